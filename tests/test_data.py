@@ -1,0 +1,377 @@
+"""Datasets: built-ins, synthetic, CSV / Parquet / npz files, splitting, and every bad-data case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tuner.data import (
+    BUILTIN_DATASETS,
+    Dataset,
+    load_dataset,
+    load_splits,
+    make_synthetic,
+    split_dataset,
+)
+from tuner.errors import DataError, TunerError
+
+
+def frame(n=60, classes=("a", "b", "c"), seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"f1": rng.standard_normal(n), "f2": rng.uniform(0, 10, n),
+                       "count": rng.integers(0, 5, n)})
+    df["label"] = [classes[i % len(classes)] for i in range(n)]
+    return df
+
+
+def dataset(counts, d=3, seed=0):
+    """A Dataset with ``counts[c]`` examples of class ``c``."""
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = np.random.default_rng(seed).standard_normal((len(y), d))
+    return Dataset("toy", X, y, [f"k{c}" for c in range(len(counts))], [f"x{i}" for i in range(d)])
+
+
+# --- round-trips ------------------------------------------------------------------------------
+
+def test_csv_round_trip_and_string_label_mapping(tmp_path):
+    df = frame()
+    df["label"] = df["label"].map({"a": "zebra", "b": "ant", "c": "moose"})
+    path = tmp_path / "animals.csv"
+    df.to_csv(path, index=False)
+    ds = load_dataset(str(path), target="label")
+    assert ds.name == "animals.csv"
+    assert ds.class_names == ["ant", "moose", "zebra"]  # sorted originals
+    assert ds.feature_names == ["f1", "f2", "count"]
+    np.testing.assert_allclose(ds.X, df[["f1", "f2", "count"]].to_numpy())
+    assert ds.X.dtype == np.float64 and ds.y.dtype == np.intp
+    np.testing.assert_array_equal(np.array(ds.class_names)[ds.y], df["label"].to_numpy())
+    assert set(ds.y) == {0, 1, 2}
+
+
+def test_parquet_round_trip(tmp_path):
+    df = frame(n=45, classes=(3, 7, 11))
+    path = tmp_path / "data.parquet"
+    df.to_parquet(path)
+    ds = load_dataset(str(path), target="label")
+    np.testing.assert_allclose(ds.X, df[["f1", "f2", "count"]].to_numpy())
+    assert ds.class_names == ["3", "7", "11"]  # numeric labels sorted numerically
+    np.testing.assert_array_equal(ds.y, np.searchsorted([3, 7, 11], df["label"]))
+
+
+def test_npz_round_trip_with_relative_path(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    y = np.array([-1, 5, 2] * 10)
+    np.savez(tmp_path / "arrays.npz", X=X, y=y)
+    ds = load_dataset("arrays.npz", base_dir=tmp_path)
+    np.testing.assert_allclose(ds.X, X.astype(np.float64))
+    assert ds.class_names == ["-1", "2", "5"]
+    np.testing.assert_array_equal(ds.y, np.searchsorted([-1, 2, 5], y))
+    assert ds.feature_names == ["x0", "x1", "x2", "x3"]
+
+
+def test_load_splits_from_a_file(tmp_path):
+    path = tmp_path / "t.csv"
+    frame(n=90).to_csv(path, index=False)
+    sp = load_splits(str(path), target="label", val_size=0.2, test_size=0.2)
+    assert (len(sp.y_train), len(sp.y_val), len(sp.y_test)) == (54, 18, 18)
+    assert sp.X_train.shape == (54, 4)  # 3 features + bias
+
+
+# --- bad data -----------------------------------------------------------------------------------
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="data file not found") as info:
+        load_dataset(str(tmp_path / "nope.csv"), target="y")
+    assert "nope.csv" in str(info.value)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(DataError, match="unknown dataset 'mnist'") as info:
+        load_dataset("mnist")
+    assert "digits" in str(info.value) and "synthetic" in str(info.value)  # the hint
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"unknown data format '\.xlsx'; supported: \.csv"):
+        load_dataset(str(path))
+
+
+def test_a_directory_is_not_a_file(tmp_path):
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataError, match="not a file"):
+        load_dataset(str(tmp_path / "dir.csv"), target="y")
+
+
+def test_unreadable_csv(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match="cannot read CSV file"):
+        load_dataset(str(path), target="y")
+
+
+def test_missing_target_column(tmp_path):
+    path = tmp_path / "t.csv"
+    frame().to_csv(path, index=False)
+    with pytest.raises(DataError, match="target column 'class' not found; "
+                                        "columns: f1, f2, count, label"):
+        load_dataset(str(path), target="class")
+
+
+def test_no_target_given(tmp_path):
+    path = tmp_path / "t.parquet"
+    frame().to_parquet(path)
+    with pytest.raises(DataError, match="no target column given; "
+                                        "set data.target to one of: f1, f2"):
+        load_dataset(str(path))
+
+
+def test_only_a_target_column(tmp_path):
+    path = tmp_path / "t.csv"
+    frame()[["label"]].to_csv(path, index=False)
+    with pytest.raises(DataError, match="no feature columns besides the target 'label'"):
+        load_dataset(str(path), target="label")
+
+
+def test_non_numeric_features(tmp_path):
+    df = frame()
+    df["colour"] = ["red", "green", "blue"] * 20
+    df["f2"] = df["f2"].astype(object)
+    df.loc[3, "f2"] = "unknown"  # a text value in an otherwise numeric column
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="non-numeric feature column") as info:
+        load_dataset(str(path), target="label")
+    message = str(info.value)
+    assert "'colour' (e.g. 'red')" in message and "'f2' (e.g. 'unknown')" in message
+    assert "only the target may be text" in message  # the hint
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_feature_values(tmp_path, bad):
+    df = frame()
+    df.loc[[4, 9], "f1"] = bad
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    with pytest.raises(DataError, match=r"missing or infinite feature values in "
+                                        r"'f1' \(2 in rows 4, 9\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_nan_in_csv_is_reported_as_missing(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,2,x\n3,,y\n5,inf,x\n7,8,y\n")
+    with pytest.raises(DataError, match=r"'b' \(2 in rows 1, 2\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_missing_target_values(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,label\n1,x\n2,\n3,y\n")
+    with pytest.raises(DataError, match=r"target column 'label' is missing in "
+                                        r"1 row\(s\) \(rows 1\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_fewer_than_two_classes(tmp_path):
+    df = frame(classes=("only",))
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="has 1 class \\('only'\\); a classifier needs at least 2"):
+        load_dataset(str(path), target="label")
+    np.savez(tmp_path / "one.npz", X=np.ones((5, 2)), y=np.zeros(5))
+    with pytest.raises(DataError, match="has 1 class"):
+        load_dataset(str(tmp_path / "one.npz"))
+
+
+def test_class_with_too_few_examples_to_split():
+    with pytest.raises(DataError, match="class 'k2' has 2 example\\(s\\); a stratified "
+                                        "train/validation/test split needs at least 3") as info:
+        split_dataset(dataset([30, 30, 2]))
+    assert info.value.hint and "drop it" in info.value.hint
+    # without a test set two examples are enough
+    sp = split_dataset(dataset([30, 30, 2]), val_size=0.2, test_size=0)
+    assert len(sp.y_test) == 0 and 2 in sp.y_train
+
+
+def test_small_class_emptied_by_the_test_split():
+    """Three examples pass the per-class count, but a large test set can take two of them."""
+    with pytest.raises(DataError, match="class 'k2' has 3 example\\(s\\) and the stratified "
+                                        "test split leaves 1, too few to split into train "
+                                        "and validation"):
+        split_dataset(dataset([50, 50, 3]), val_size=0.1, test_size=0.45)
+
+
+@pytest.mark.parametrize("counts, kwargs, match", [
+    ([20, 20, 20], {"val_size": 2, "test_size": 10}, "the validation set would have 2 example"),
+    ([20, 20, 20], {"val_size": 10, "test_size": 0.02}, "the test set would have 1 example"),
+    ([5, 5], {"val_size": 0.5, "test_size": 0.4}, "leave 1 for training"),
+    ([10, 10], {"val_size": 25}, "val_size=25 would take 25 of the 20 examples"),
+    ([10, 10], {"test_size": -0.1}, "test_size must be >= 0"),
+])
+def test_impossible_split_sizes(counts, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        split_dataset(dataset(counts), **kwargs)
+
+
+def test_npz_missing_arrays(tmp_path):
+    np.savez(tmp_path / "a.npz", data=np.ones((4, 2)), y=np.arange(4))
+    with pytest.raises(DataError, match="missing array\\(s\\) X; found: data, y"):
+        load_dataset(str(tmp_path / "a.npz"))
+    np.savez(tmp_path / "b.npz", X=np.ones((4, 2)))
+    with pytest.raises(DataError, match="missing array\\(s\\) y"):
+        load_dataset(str(tmp_path / "b.npz"))
+
+
+@pytest.mark.parametrize("X, y, match", [
+    (np.ones(6), np.arange(6), r"X must be 2-D \(examples x features\), got shape \(6,\)"),
+    (np.ones((6, 2, 2)), np.arange(6), "X must be 2-D"),
+    (np.ones((6, 2)), np.arange(5), r"X has 6 rows, y has shape \(5,\)"),
+    (np.ones((6, 2)), np.ones((6, 1)), r"y must be 1-D.*shape \(6, 1\)"),
+    (np.array([["a", "b"]] * 6), np.arange(6) % 2, "X must be numeric, got dtype <U1"),
+    (np.array([[1.0, np.nan]] * 6), np.arange(6) % 2, "missing or infinite feature values in 'x1'"),
+])
+def test_npz_wrong_shapes_and_values(tmp_path, X, y, match):
+    np.savez(tmp_path / "a.npz", X=X, y=y)
+    with pytest.raises(DataError, match=match):
+        load_dataset(str(tmp_path / "a.npz"))
+
+
+def test_npz_that_is_not_an_archive(tmp_path):
+    (tmp_path / "a.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read .npz file"):
+        load_dataset(str(tmp_path / "a.npz"))
+
+
+def test_data_errors_are_user_errors():
+    assert issubclass(DataError, TunerError)
+
+
+# --- splitting ----------------------------------------------------------------------------------
+
+def test_stratified_split_keeps_class_proportions():
+    ds = dataset([300, 150, 50], d=2)
+    sp = split_dataset(ds, val_size=0.2, test_size=0.2, seed=3)
+    assert (len(sp.y_train), len(sp.y_val), len(sp.y_test)) == (300, 100, 100)
+    for part, expected in ((sp.y_train, [180, 90, 30]), (sp.y_val, [60, 30, 10]),
+                           (sp.y_test, [60, 30, 10])):
+        np.testing.assert_allclose(np.bincount(part, minlength=3), expected, atol=1)
+
+
+def test_split_is_seeded_and_disjoint():
+    ds = dataset([40, 40, 40], d=2)
+    a, b = split_dataset(ds, seed=7), split_dataset(ds, seed=7)
+    np.testing.assert_array_equal(a.X_train, b.X_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    c = split_dataset(ds, seed=8)
+    assert not np.array_equal(a.y_train, c.y_train) or not np.array_equal(a.X_train, c.X_train)
+    # the three parts are disjoint and cover the data: match rows back through their raw values
+    raw = {tuple(np.round(r, 12)) for r in ds.X}
+    parts = [{tuple(np.round(r[:-1] * a.std + a.mean, 5)) for r in X.astype(np.float64)}
+             for X in (a.X_train, a.X_val, a.X_test)]
+    assert sum(len(p) for p in parts) == len(raw) == 120
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+
+
+def test_standardization_fitted_on_train_only():
+    rng = np.random.default_rng(4)
+    y = np.arange(400) % 4
+    X = rng.normal(loc=[5.0, -3.0, 100.0], scale=[2.0, 0.1, 30.0], size=(400, 3))
+    X[:, 1] += 0.5 * y  # informative, so splits differ in distribution a little
+    sp = split_dataset(Dataset("n", X, y, list("abcd"), ["u", "v", "w"]), dtype="float64")
+    body = sp.X_train[:, :-1]
+    np.testing.assert_allclose(body.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(body.std(axis=0), 1.0, rtol=1e-12)
+    val = sp.X_val[:, :-1]
+    assert np.all(np.abs(val.mean(axis=0)) > 1e-6)  # not re-fitted on validation data
+    np.testing.assert_allclose(val.mean(axis=0), 0.0, atol=0.5)
+    assert not np.allclose(sp.mean, X.mean(axis=0), rtol=1e-9)  # not fitted on all the data
+    # the recorded mean/std are the training set's
+    train_raw = sp.X_train[:, :-1] * sp.std + sp.mean
+    np.testing.assert_allclose(train_raw.mean(axis=0), sp.mean, rtol=1e-10)
+
+
+def test_constant_features_keep_std_one_and_no_nan():
+    ds = dataset([20, 20], d=3)
+    ds.X[:, 1] = 7.0
+    sp = split_dataset(ds)
+    assert sp.std[1] == 1.0
+    assert np.all(sp.X_train[:, 1] == 0.0) and np.isfinite(sp.X_val).all()
+
+
+def test_no_standardization_keeps_raw_values():
+    ds = dataset([20, 20], d=3)
+    sp = split_dataset(ds, standardize=False, dtype="float64", val_size=0, test_size=0)
+    np.testing.assert_array_equal(np.sort(sp.X_train[:, :-1], axis=0), np.sort(ds.X, axis=0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_column_and_dtype(dtype):
+    sp = split_dataset(dataset([25, 25, 25]), dtype=dtype)
+    for X in (sp.X_train, sp.X_val, sp.X_test):
+        assert X.dtype == np.dtype(dtype)
+        assert X.shape[1] == 4
+        np.testing.assert_array_equal(X[:, -1], 1.0)
+    assert sp.n_features == 3 and sp.n_classes == 3
+    assert "3 features, 3 classes" in sp.describe()
+
+
+# --- built-ins and synthetic ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, shape, classes", [
+    ("digits", (1797, 64), 10), ("iris", (150, 4), 3), ("wine", (178, 13), 3),
+    ("breast_cancer", (569, 30), 2),
+])
+def test_builtin_datasets_load(name, shape, classes):
+    assert name in BUILTIN_DATASETS
+    ds = load_dataset(name)
+    assert ds.X.shape == shape and ds.n_classes == classes
+    assert len(ds.feature_names) == shape[1] and len(ds.class_names) == classes
+    np.testing.assert_array_equal(np.unique(ds.y), np.arange(classes))
+    sp = load_splits(name, val_size=0.2, test_size=0.2)
+    assert len(sp.y_train) + len(sp.y_val) + len(sp.y_test) == shape[0]
+    assert set(sp.y_val) == set(range(classes))
+
+
+def test_synthetic_is_seeded():
+    a = make_synthetic(n=200, d=30, classes=4, seed=1)
+    b = make_synthetic(n=200, d=30, classes=4, seed=1)
+    c = make_synthetic(n=200, d=30, classes=4, seed=2)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert not np.array_equal(a.X, c.X)
+
+
+def test_synthetic_shapes_and_balance():
+    ds = load_dataset("synthetic", n=500, d=12, classes=5, difficulty=0.2, seed=3)
+    assert ds.X.shape == (500, 12) and ds.X.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(ds.y), [100] * 5)
+    assert ds.class_names == ["0", "1", "2", "3", "4"] and ds.n_classes == 5
+    sp = split_dataset(ds, val_size=50, test_size=50)
+    assert sp.X_train.shape == (400, 13) and len(sp.y_val) == 50 and len(sp.y_test) == 50
+
+
+def test_synthetic_difficulty_controls_separation():
+    """Easy data is nearly separable, hard data is not (class-mean distance shrinks)."""
+    def nearest_mean_accuracy(difficulty):
+        ds = make_synthetic(n=2000, d=50, classes=4, difficulty=difficulty, seed=0)
+        X, y = ds.X[:1000], ds.y[:1000]
+        means = np.stack([X[y == c].mean(axis=0) for c in range(4)])
+        test_X, test_y = ds.X[1000:], ds.y[1000:]
+        pred = np.argmin(((test_X[:, None, :] - means) ** 2).sum(-1), axis=1)
+        return np.mean(pred == test_y)
+
+    assert nearest_mean_accuracy(0.0) > nearest_mean_accuracy(1.0) + 0.2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": 5, "d": 3, "classes": 3}, "n >= 2\\*classes"),
+    ({"n": 50, "d": 3, "classes": 1}, "classes >= 2"),
+    ({"n": 50, "d": 3, "classes": 2, "difficulty": 1.5}, "difficulty must be in \\[0, 1\\]"),
+])
+def test_synthetic_invalid_arguments(kwargs, match):
+    with pytest.raises(DataError, match=match):
+        make_synthetic(**kwargs)

@@ -1,0 +1,47 @@
+"""The ``tuner`` command-line application object and the options its commands share."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="tuner",
+    help="Find the optimizer, learning rate, warmup, decay and batch-size scaling rule that train "
+         "a linear classifier best, with Optuna, stored in SQLite or PostgreSQL.\n\n"
+         "Start with: tuner run studies/digits.toml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+out = Console()
+err = Console(stderr=True)
+
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
+    help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
+         "[default: the study file's study.storage, else sqlite:///tuner.db]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+StudyArg = Annotated[str, typer.Argument(help="Study name (see `tuner ls`).")]
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` as JSON on stdout (NaN and infinities become null)."""
+    sys.stdout.write(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
+
+
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {str(k): _jsonable(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_jsonable(v) for v in data]
+    return data

@@ -1,0 +1,236 @@
+"""``tuner ls``, ``show``, ``export``, ``delete``, ``replay`` and ``best``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import optuna
+import typer
+from rich.table import Table
+
+from tuner import results
+from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, out, print_json
+from tuner.cli.views import fmt, study_report
+from tuner.config import StudyFile
+from tuner.errors import ConfigError, TunerError
+from tuner.model import evaluate
+from tuner.reference import logistic_regression_accuracy
+from tuner.storage import BufferedStorage, describe, open_storage, resolve_url
+from tuner.study import flat_params, load_data, load_study, metric_direction
+from tuner.train import fit
+
+
+def _open(storage: str | None) -> tuple[BufferedStorage, str]:
+    url = resolve_url(storage)
+    return open_storage(url), url
+
+
+def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:
+    store, url = _open(storage)
+    study, sf = load_study(name, store)
+    return study, sf, url
+
+
+def _need_file(sf: StudyFile | None, name: str) -> StudyFile:
+    if sf is None:
+        raise TunerError(f"study {name!r} was not created by tuner (no study file stored with it)")
+    return sf
+
+
+@app.command("ls")
+def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
+    """List studies with trial counts by state, best value and last activity."""
+    store, url = _open(storage)
+    rows = results.list_studies(store)
+    if json_out:
+        print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        out.print(f"no studies in {describe(url)}; start one with: tuner run studies/digits.toml")
+        return
+    table = Table(title=f"studies in {describe(url)}", title_justify="left")
+    for col in ("study", "metric", "best", "trial", *[s.lower() for s in results.STATES],
+                "last activity"):
+        table.add_column(col, justify="left" if col in ("study", "metric", "last activity") else "right")
+    for r in rows:
+        table.add_row(r.name, f"{r.metric} ({r.direction[:3]})", fmt(r.best_value),
+                      "-" if r.best_trial is None else f"#{r.best_trial}",
+                      *[str(r.counts[s]) for s in results.STATES],
+                      r.last_activity.strftime("%Y-%m-%d %H:%M:%S") if r.last_activity else "-")
+    out.print(table)
+
+
+@app.command()
+def show(study: StudyArg, storage: StorageOpt = None,
+         top: Annotated[int, typer.Option(help="Rows of the top-trials table.")] = 10,
+         json_out: JsonOpt = False) -> None:
+    """Best trial, top trials, best per optimizer / decay / scaling rule, importances."""
+    st, sf, url = _load(study, storage)
+    if json_out:
+        metric, direction = metric_direction(st)
+        try:
+            best = results.trial_record(st.best_trial, sf)
+        except ValueError:
+            best = None
+        counts: dict[str, int] = {}
+        for t in st.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        print_json({
+            "study": study, "metric": metric, "direction": direction, "counts": counts, "best": best,
+            "top": [results.trial_record(t, sf) for t in results.top_trials(st, top)],
+            "by": {key: [g.as_dict() for g in results.best_by(st, key, sf)]
+                   for key in results.GROUP_KEYS},
+            "importances": results.importances(st),
+        })
+        return
+    out.print(f"study [bold]{study}[/] in {describe(url)}")
+    study_report(out, st, sf, top=top)
+
+
+@app.command()
+def export(study: StudyArg, storage: StorageOpt = None,
+           format_: Annotated[str, typer.Option("--format", "-f",
+                                                help="csv, parquet or json (json includes "
+                                                     "learning curves).")] = "csv",
+           output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                       help="File to write [default: "
+                                                            "STUDY.FORMAT].")] = None) -> None:
+    """Export every trial: parameters, values, states, user attributes (and curves in json)."""
+    import pandas as pd
+
+    if format_ not in ("csv", "parquet", "json"):
+        raise ConfigError(f"--format {format_!r}: use csv, parquet or json")
+    st, sf, _ = _load(study, storage)
+    records = [results.trial_record(t, sf, curves=format_ == "json")
+               for t in st.get_trials(deepcopy=False)]
+    path = output or Path(f"{study}.{format_}")
+    if format_ == "json":
+        path.write_text(json.dumps({"study": study, "trials": records}, indent=1, default=str))
+    else:
+        frame = pd.DataFrame.from_records(records)
+        frame.to_csv(path, index=False) if format_ == "csv" else frame.to_parquet(path, index=False)
+    err.print(f"wrote {len(records)} trials to {path}")
+
+
+@app.command()
+def delete(study: StudyArg, storage: StorageOpt = None,
+           yes: Annotated[bool, typer.Option("--yes", "-y",
+                                             help="Do not ask for confirmation.")] = False) -> None:
+    """Delete a study and all its trials (asks first)."""
+    store, url = _open(storage)
+    st, _ = load_study(study, store)
+    n = len(st.get_trials(deepcopy=False))
+    if not yes and not typer.confirm(f"delete study {study!r} ({n} trials) from {describe(url)}?"):
+        err.print("nothing deleted")
+        raise typer.Exit(1)
+    optuna.delete_study(study_name=study, storage=store)
+    err.print(f"deleted study {study!r} ({n} trials)")
+
+
+@app.command()
+def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial number.")],
+           storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
+    """Retrain a trial from its stored configuration and seed and check that its per-epoch
+    history matches the stored one exactly."""
+    st, sf, _ = _load(study, storage)
+    sf = _need_file(sf, study)
+    frozen = next((t for t in st.get_trials(deepcopy=False) if t.number == trial), None)
+    if frozen is None:
+        raise TunerError(f"study {study!r} has no trial #{trial}")
+    stored = frozen.user_attrs.get("curve")
+    if stored is None or "seed" not in frozen.user_attrs:
+        raise TunerError(f"trial #{trial} has no stored learning curve or seed to compare with "
+                         f"(state {frozen.state.name})")
+    splits = load_data(sf)
+    params = flat_params(frozen, sf)
+    epochs_done = len(stored["epoch"])
+    diverged = bool(frozen.user_attrs.get("diverged"))
+    result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
+                 epochs=sf.model.epochs if diverged else max(epochs_done, 1),
+                 seed=frozen.user_attrs["seed"], dtype=sf.model.dtype)
+    keys = [k for k in ("train_loss", "val_loss", "val_accuracy", "lr") if stored.get(k)]
+    rows = []
+    mismatches = 0
+    for i in range(max(epochs_done, len(result.history))):
+        old = {k: stored[k][i] if i < epochs_done else None for k in keys}
+        new = {k: result.history[i].get(k) if i < len(result.history) else None for k in keys}
+        same = all(old[k] == new[k] for k in keys)
+        mismatches += not same
+        rows.append((i + 1, old, new, same))
+    stored_step = frozen.user_attrs.get("divergence_step")
+    divergence_same = not diverged or (result.divergence is not None
+                                       and result.divergence["step"] == stored_step)
+    match = mismatches == 0 and divergence_same
+    if json_out:
+        print_json({"study": study, "trial": trial, "match": match, "epochs": len(rows),
+                    "mismatched_epochs": mismatches, "seed": frozen.user_attrs["seed"],
+                    "stored": stored, "replayed": result.history, "divergence": result.divergence})
+    else:
+        table = Table(title=f"trial #{trial} replayed (seed {frozen.user_attrs['seed']})",
+                      title_justify="left")
+        table.add_column("epoch", justify="right")
+        for k in keys:
+            table.add_column(f"{k} stored", justify="right")
+            table.add_column("replayed", justify="right")
+        table.add_column("")
+        for epoch, old, new, same in rows:
+            table.add_row(str(epoch), *[c for k in keys for c in (fmt(old[k], 6), fmt(new[k], 6))],
+                          "[green]=[/]" if same else "[red]≠[/]")
+        out.print(table)
+        if diverged:
+            out.print(f"stored divergence at update {frozen.user_attrs.get('divergence_step')}, "
+                      f"replayed: {result.divergence and result.divergence['step']}")
+        out.print("[green]match: the replay reproduces the stored history exactly[/]" if match else
+                  f"[red]mismatch in {mismatches} epoch(s)[/]")
+    raise typer.Exit(0 if match else 1)
+
+
+@app.command()
+def best(study: StudyArg, storage: StorageOpt = None,
+         test: Annotated[bool, typer.Option("--test", help="Retrain the best configuration on "
+                                            "train+validation and report test accuracy.")] = False,
+         seed: Annotated[int | None, typer.Option(help="Training seed for --test [default: the "
+                                                 "trial's].")] = None,
+         json_out: JsonOpt = False) -> None:
+    """The best configuration; with --test, its test accuracy beside LogisticRegression's."""
+    st, sf, _ = _load(study, storage)
+    try:
+        trial = st.best_trial
+    except ValueError:
+        raise TunerError(f"study {study!r} has no COMPLETE trial yet") from None
+    params = flat_params(trial, sf)
+    metric, _ = metric_direction(st)
+    summary = {"study": study, "trial": trial.number, metric: trial.value, "config": params,
+               "peak_lr": trial.user_attrs.get("peak_lr")}
+    if test:
+        sf = _need_file(sf, study)
+        splits = load_data(sf)
+        X = np.concatenate([splits.X_train, splits.X_val])
+        y = np.concatenate([splits.y_train, splits.y_val])
+        result = fit(params, X, y, epochs=sf.model.epochs,
+                     seed=trial.user_attrs.get("seed", 0) if seed is None else seed, dtype=sf.model.dtype)
+        if result.diverged:
+            raise TunerError(f"retraining trial #{trial.number} on train+validation diverged: "
+                             f"{result.divergence['reason']}")
+        _, summary["test_accuracy"] = evaluate(result.W, splits.X_test, splits.y_test, params["loss"])
+        summary["reference_test_accuracy"] = logistic_regression_accuracy(
+            X, y, {"test": (splits.X_test, splits.y_test)})["test"]
+        summary["n_train"] = len(y)
+        summary["n_test"] = len(splits.y_test)
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"best trial [bold]#{trial.number}[/] of {study!r}: {metric} = "
+              f"[bold green]{fmt(trial.value)}[/]")
+    from tuner.cli.views import config_table
+
+    out.print(config_table(params, title="configuration"))
+    if test:
+        gap = summary["test_accuracy"] - summary["reference_test_accuracy"]
+        out.print(f"retrained on train+validation ({summary['n_train']} examples): test accuracy "
+                  f"[bold]{summary['test_accuracy']:.4f}[/] on {summary['n_test']} examples")
+        out.print(f"scikit-learn LogisticRegression, same data: test accuracy "
+                  f"{summary['reference_test_accuracy']:.4f} (gap {gap:+.4f})")

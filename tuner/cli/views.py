@@ -1,0 +1,96 @@
+"""Rich tables shared by several commands."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from tuner import results
+from tuner.study import flat_params, metric_direction
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def config_table(params: dict[str, Any], title: str = "configuration") -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column("key", style="cyan")
+    table.add_column("value")
+    for key, value in params.items():
+        table.add_row(key, fmt(value, 6) if isinstance(value, float) else str(value))
+    return table
+
+
+def top_table(study: optuna.Study, study_file: Any, k: int) -> Table:
+    metric, _ = metric_direction(study)
+    table = Table(title=f"top {k} trials", title_justify="left")
+    for col in ("#", metric, "optimizer", "lr (ref)", "peak lr", "batch", "scaling", "warmup",
+                "decay", "extra"):
+        table.add_column(col, justify="right" if col in ("#", metric, "lr (ref)", "peak lr",
+                                                        "batch", "warmup") else "left")
+    for trial in results.top_trials(study, k):
+        p = flat_params(trial, study_file)
+        shown = {"optimizer", "lr", "batch_size", "batch_scaling", "warmup_epochs", "decay",
+                 "base_batch_size", "loss"}
+        extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in p.items()
+                          if key not in shown and not isinstance(v, list))
+        table.add_row(str(trial.number), fmt(trial.value), str(p.get("optimizer")),
+                      fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),
+                      str(p.get("batch_size")), str(p.get("batch_scaling")),
+                      fmt(p.get("warmup_epochs"), 2), str(p.get("decay")), extra)
+    return table
+
+
+def group_table(study: optuna.Study, study_file: Any, key: str) -> Table:
+    metric, _ = metric_direction(study)
+    table = Table(title=f"best {metric} per {key}", title_justify="left")
+    for col in (key, "best", "trial", "median", "IQR", "complete", "pruned", "diverged"):
+        table.add_column(col, justify="left" if col == key else "right")
+    for g in results.best_by(study, key, study_file):
+        table.add_row(str(g.value), fmt(g.best), "-" if g.best_trial < 0 else f"#{g.best_trial}",
+                      fmt(g.median), f"{fmt(g.q25)}-{fmt(g.q75)}", str(g.n), str(g.pruned),
+                      str(g.diverged))
+    return table
+
+
+def importance_table(imp: dict[str, float]) -> Table:
+    table = Table(title="parameter importances (PED-ANOVA)", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("importance", justify="right")
+    table.add_column("")
+    for name, value in imp.items():
+        table.add_row(name, f"{value:.3f}", "█" * max(1, round(value * 30)))
+    return table
+
+
+def study_report(console: Console, study: optuna.Study, study_file: Any, *, top: int = 10,
+                 groups: bool = True, show_importances: bool = True) -> None:
+    """Best trial, top-k, best per optimizer/decay/scaling rule and importances."""
+    metric, direction = metric_direction(study)
+    try:
+        best = study.best_trial
+    except ValueError:
+        console.print("[yellow]no COMPLETE trial yet[/]")
+        return
+    console.print(f"[bold]best trial #{best.number}[/]: {metric} = [bold green]{fmt(best.value)}[/] "
+                  f"({direction}), effective peak lr {fmt(best.user_attrs.get('peak_lr'), 4)}")
+    console.print(config_table(flat_params(best, study_file), title="best configuration"))
+    console.print(top_table(study, study_file, top))
+    if groups:
+        for key in results.GROUP_KEYS:
+            console.print(group_table(study, study_file, key))
+    if show_importances:
+        imp = results.importances(study)
+        if imp:
+            console.print(importance_table(imp))

@@ -1,0 +1,307 @@
+"""Study files: a validated TOML description of one tuning study.
+
+Sections: ``[study]`` (name, metric, budget, sampler, pruner, reliability), ``[data]`` (dataset
+and split), ``[model]`` (loss, reg, epochs, dtype) and ``[space]`` (the search space, see
+:mod:`tuner.space`). Every error names the file, the key path and what is allowed, and is raised
+as :class:`~tuner.errors.ConfigError`. ``docs/study-files.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuner.data import BUILTIN_DATASETS
+from tuner.errors import ConfigError
+
+METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
+PRUNER_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
+    "successive_halving": ("min_resource", "reduction_factor"),
+    "hyperband": ("min_resource", "reduction_factor"),
+}
+SYNTHETIC_KEYS: tuple[str, ...] = ("n", "d", "classes", "difficulty")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplerConfig(_Section):
+    """``[study.sampler]``: ``tpe`` (Optuna 5 defaults: multivariate, constant liar),
+    ``random`` or ``qmc`` (Sobol). ``group = true`` makes TPE model each branch of the
+    conditional space jointly (better for optimizer-specific parameters, ~2x the sampling cost)."""
+
+    type: Literal["tpe", "random", "qmc"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0)
+    group: bool = False
+
+
+class PrunerConfig(_Section):
+    """``[study.pruner]``. Steps are epochs; no trial is pruned inside its own warmup."""
+
+    type: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "median"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    interval_steps: int = Field(1, ge=1)
+    percentile: float = Field(25.0, gt=0.0, lt=100.0)
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+    @model_validator(mode="after")
+    def _keys_apply(self) -> PrunerConfig:
+        allowed = PRUNER_KEYS[self.type]
+        stray = sorted(k for k in self.model_fields_set if k != "type" and k not in allowed)
+        if stray:
+            raise ValueError(f"{', '.join(stray)} do(es) not apply to pruner {self.type!r}; "
+                             f"it takes: {', '.join(allowed) or 'no options'}")
+        return self
+
+
+class ReliabilityConfig(_Section):
+    """``[study.reliability]``: heartbeat-based stale-trial detection and retries.
+
+    A RUNNING trial whose heartbeat is older than ``grace_period`` seconds is failed and re-run
+    with the same parameters, at most ``max_retry`` times. ``fail_fast``: stop the run when
+    that many trials failed with an exception and none succeeded (0 disables).
+    """
+
+    heartbeat_interval: int = Field(5, ge=1)
+    grace_period: int | None = Field(None, ge=1)
+    max_retry: int = Field(2, ge=0)
+    fail_fast: int = Field(5, ge=0)
+
+    @property
+    def grace(self) -> int:
+        return self.grace_period if self.grace_period is not None else 4 * self.heartbeat_interval
+
+    @model_validator(mode="after")
+    def _grace_exceeds_interval(self) -> ReliabilityConfig:
+        if self.grace <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace}) must be longer than heartbeat_interval "
+                             f"({self.heartbeat_interval})")
+        return self
+
+
+class StudySection(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=200)
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    n_trials: int = Field(ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    seed: int = Field(0, ge=0)
+    storage: str | None = None
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+
+class DataSection(_Section):
+    """``[data]``: a built-in dataset, ``synthetic``, or a path (relative to the study file)."""
+
+    dataset: str
+    target: str | None = None
+    val_size: float = Field(0.2, gt=0, description="the search scores trials on this split")
+    test_size: float = Field(0.2, ge=0)
+    seed: int = Field(0, ge=0)
+    standardize: bool = True
+    n: int = Field(51000, ge=4)
+    d: int = Field(3072, ge=1)
+    classes: int = Field(10, ge=2)
+    difficulty: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _keys_apply(self) -> DataSection:
+        if self.dataset != "synthetic":
+            stray = sorted(set(SYNTHETIC_KEYS) & self.model_fields_set)
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to dataset = \"synthetic\"")
+        is_table = self.dataset.lower().endswith((".csv", ".parquet", ".pq"))
+        if is_table and self.target is None:
+            raise ValueError("target (the label column) is required for CSV and Parquet data")
+        if self.target is not None and not is_table:
+            raise ValueError("target only applies to CSV and Parquet data")
+        return self
+
+    def is_builtin(self) -> bool:
+        return self.dataset in BUILTIN_DATASETS or self.dataset == "synthetic"
+
+
+class ModelSection(_Section):
+    """``[model]``: ``loss``, ``reg`` and ``init_scale`` may also be searched (a list or a
+    range), like any key of ``[space]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    epochs: int = Field(ge=1, le=100_000)
+    dtype: Literal["float32", "float64"] = "float32"
+    loss: Any = None
+    reg: Any = None
+    init_scale: Any = None
+
+
+class RegressionRule(_Section):
+    """``[schedule.regression]``: when tonight's best counts as a regression. ``tolerance`` is
+    in metric units (accuracy points as a fraction, or loss); differences within it are noise."""
+
+    tolerance: float = Field(0.005, ge=0)
+    baseline_nights: int = Field(3, ge=1)
+
+
+class ScheduleSection(_Section):
+    """``[schedule]``: nightly sweeps of this study file (``tuner nightly``, ``tuner scheduler``).
+    Each night is its own study, ``<study.name>-YYYY-MM-DD``."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    n_trials: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    warm_start: int = Field(5, ge=0)
+    regression: RegressionRule = RegressionRule()
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> ScheduleSection:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r}; use an IANA name such as "
+                             "'UTC' or 'Europe/Berlin'") from None
+        try:
+            CronTrigger.from_crontab(self.cron, timezone=zone)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {self.cron!r} ({exc}); use five fields: "
+                             "minute hour day-of-month month day-of-week, e.g. '0 2 * * *'") from None
+        return self
+
+
+class StudyFile(BaseModel):
+    """A parsed, validated study file. ``space`` is the compiled :class:`tuner.space.SearchSpace`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    study: StudySection
+    data: DataSection
+    model: ModelSection
+    space: Any
+    schedule: ScheduleSection | None = None
+    raw: dict[str, Any] = Field(repr=False)
+    source: str = "<memory>"
+    base_dir: str | None = None
+
+    @property
+    def direction(self) -> str:
+        return self.study.direction
+
+    def to_json(self) -> str:
+        """The study file's content, to store with the study (replay needs no file)."""
+        return json.dumps({"raw": self.raw, "source": self.source, "base_dir": self.base_dir},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudyFile:
+        blob = json.loads(text)
+        return parse_study_dict(blob["raw"], source=blob["source"], base_dir=blob.get("base_dir"))
+
+    def with_overrides(self, **study_overrides: Any) -> StudyFile:
+        """A copy with ``[study]`` keys replaced (``--study-name``, ``--n-trials``, ...)."""
+        raw = json.loads(json.dumps(self.raw))
+        raw.setdefault("study", {}).update({k: v for k, v in study_overrides.items() if v is not None})
+        return parse_study_dict(raw, source=self.source, base_dir=self.base_dir)
+
+
+_SECTIONS = {"study": StudySection, "data": DataSection, "model": ModelSection,
+             "schedule": ScheduleSection}
+_OPTIONAL = ("schedule",)
+
+
+def load_study_file(path: str | Path) -> StudyFile:
+    """Read and validate a study file; raises :class:`ConfigError` naming the file and key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: study file not found",
+                          hint="the shipped study files are in studies/ (e.g. studies/digits.toml)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read study file: {exc}") from None
+    return parse_study_dict(raw, source=str(path), base_dir=str(path.resolve().parent))
+
+
+def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
+                     base_dir: str | None = None) -> StudyFile:
+    """Validate an already-parsed study file (``source`` is used in error messages)."""
+    from tuner.space import build_space
+
+    allowed = ("study", "data", "model", "space", *_OPTIONAL)
+    stray = sorted(set(raw) - set(allowed))
+    if stray:
+        raise ConfigError(f"{source}: unknown section(s) [{'], ['.join(stray)}]; "
+                          f"allowed sections: [{'], ['.join(allowed)}]")
+    for name in allowed:
+        if name not in raw:
+            if name in _OPTIONAL:
+                continue
+            raise ConfigError(f"{source}: missing section [{name}]")
+        if not isinstance(raw[name], dict):
+            raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+    sections: dict[str, Any] = {}
+    for name, model in _SECTIONS.items():
+        if name not in raw:
+            continue
+        try:
+            sections[name] = model.model_validate(raw[name])
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(source, name, model, exc)) from None
+    space = build_space(raw["space"], sections["model"], source=source)
+    return StudyFile(study=sections["study"], data=sections["data"], model=sections["model"],
+                     space=space, schedule=sections.get("schedule"), raw=raw, source=source,
+                     base_dir=base_dir)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) section at ``loc``, for 'unknown key' messages."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        else:
+            break
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format_validation_error(source: str, section: str, model: type[BaseModel],
+                             exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in (section, *loc))
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            lines.append(f"{source}: {key}: unknown key; allowed keys: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = err.get("input")
+            got = "" if isinstance(shown, dict) or shown is None else f" (got {shown!r})"
+            lines.append(f"{source}: {key}: {msg}{got}")
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""Datasets: scikit-learn's bundled sets, a seeded synthetic generator and user files, split into
+stratified train / validation / test sets, standardized on the training set, with a bias column.
+
+Sources (``name`` in :func:`load_dataset`):
+
+- ``digits``, ``iris``, ``wine``, ``breast_cancer``: bundled with scikit-learn (no download);
+- ``synthetic``: Gaussian classes in ``d`` dimensions with correlated nuisance factors
+  (``n``, ``d``, ``classes``, ``difficulty`` in [0, 1]); ``n=51000, d=3072, classes=10`` with a
+  1000/1000 validation/test split is shaped like CS231n's CIFAR-10 (49000 x 3072 x 10);
+- a path to a ``.csv`` or ``.parquet`` file (one row per example, a named ``target`` column, all
+  other columns numeric features) or a ``.npz`` file with arrays ``X`` (N, D) and ``y`` (N,).
+
+Labels of any type are mapped to ``0..C-1`` in sorted order; :attr:`Splits.class_names` keeps
+the originals. Every problem with the data raises :class:`~tuner.errors.DataError` with a
+message that says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.errors import DataError
+
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
+FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+                                 ".npz": "npz"}
+
+
+@dataclass
+class Dataset:
+    """Raw examples before splitting: ``X`` float64 (N, D), ``y`` int labels in 0..C-1."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    feature_names: list[str]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Splits:
+    """Standardized train / validation / test arrays, each ``X`` with a trailing bias column of
+    ones (so ``W`` is ``(D + 1, C)``). ``mean`` and ``std`` were fitted on the training set."""
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    feature_names: list[str]
+    mean: np.ndarray = field(repr=False)
+    std: np.ndarray = field(repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_features(self) -> int:
+        """Features without the bias column."""
+        return self.X_train.shape[1] - 1
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.n_features} features, {self.n_classes} classes, "
+                f"train/val/test = {len(self.y_train)}/{len(self.y_val)}/{len(self.y_test)}")
+
+
+def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None = None,
+                 n: int = 51000, d: int = 3072, classes: int = 10, difficulty: float = 0.5,
+                 seed: int = 0) -> Dataset:
+    """Load a bundled dataset, generate ``synthetic`` data, or read a user file.
+
+    ``target`` names the label column of CSV/Parquet files. Relative paths are resolved against
+    ``base_dir`` (the study file's folder) when given. ``n, d, classes, difficulty, seed`` are
+    used by ``synthetic`` only.
+    """
+    if name in BUILTIN_DATASETS:
+        return _load_builtin(name)
+    if name == "synthetic":
+        return make_synthetic(n=n, d=d, classes=classes, difficulty=difficulty, seed=seed)
+    path = Path(name).expanduser()
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = base_dir / path
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        if not path.suffix and not path.exists():
+            raise DataError(
+                f"unknown dataset {name!r}: not a built-in dataset and not a file",
+                hint=f"use one of {', '.join(BUILTIN_DATASETS)}, 'synthetic', or a path to a "
+                     f"{', '.join(FILE_FORMATS)} file",
+            )
+        raise DataError(f"{path}: unknown data format {path.suffix!r}; "
+                        f"supported: {', '.join(FILE_FORMATS)}")
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    fmt = FILE_FORMATS[suffix]
+    if fmt == "npz":
+        return _load_npz(path)
+    return _load_table(path, fmt, target)
+
+
+def make_synthetic(*, n: int, d: int, classes: int, difficulty: float = 0.5,
+                   seed: int = 0) -> Dataset:
+    """Seeded Gaussian-class data: ``x = mu[y] + F @ L + noise``.
+
+    Class means ``mu`` are random directions with pairwise distance about ``sep = 4*(1 -
+    difficulty) + 0.25`` noise standard deviations; ``F @ L`` adds 16 shared nuisance factors of
+    variance 4 (correlated features make the problem ill-conditioned, like natural images).
+    Generated in float32 to keep CIFAR-sized sets at ~600 MB.
+    """
+    if n < 2 * classes or d < 1 or classes < 2:
+        raise DataError(f"synthetic data needs classes >= 2, d >= 1 and n >= 2*classes; "
+                        f"got n={n}, d={d}, classes={classes}")
+    if not 0.0 <= difficulty <= 1.0:
+        raise DataError(f"synthetic difficulty must be in [0, 1], got {difficulty!r}")
+    rng = np.random.default_rng(seed)
+    sep = 4.0 * (1.0 - difficulty) + 0.25
+    y = rng.permutation(np.arange(n) % classes)
+    means = rng.standard_normal((classes, d), dtype=np.float32) * np.float32(sep / np.sqrt(2.0 * d))
+    factors = rng.standard_normal((16, d), dtype=np.float32) * np.float32(2.0 / np.sqrt(16))
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    X += means[y]
+    X += rng.standard_normal((n, 16), dtype=np.float32) @ factors
+    return Dataset(name=f"synthetic(n={n}, d={d}, classes={classes}, difficulty={difficulty:g})",
+                   X=X, y=y.astype(np.intp), class_names=[str(c) for c in range(classes)],
+                   feature_names=[f"x{i}" for i in range(d)])
+
+
+def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2, seed: int = 0,
+                  dtype: str = "float32", standardize: bool = True) -> Splits:
+    """Stratified, seeded train/validation/test split.
+
+    ``val_size`` and ``test_size`` are fractions of the whole dataset when < 1, or example
+    counts when >= 1. Standardization (mean 0, std 1 per feature; constant features keep std 1)
+    is fitted on the training set only, then a bias column of ones is appended.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n = len(ds.y)
+    n_val, n_test = _count(val_size, n, "val_size"), _count(test_size, n, "test_size")
+    if n - n_val - n_test < ds.n_classes:
+        raise DataError(f"{ds.name}: validation ({n_val}) + test ({n_test}) examples leave "
+                        f"{n - n_val - n_test} for training, fewer than the {ds.n_classes} classes")
+    counts = np.bincount(ds.y, minlength=ds.n_classes)
+    need = 1 + (n_val > 0) + (n_test > 0)
+    for label, count in enumerate(counts):
+        if count < need:
+            raise DataError(
+                f"{ds.name}: class {ds.class_names[label]!r} has {count} example(s); a stratified "
+                f"train/validation/test split needs at least {need} per class",
+                hint="add examples of that class, drop it, or lower val_size/test_size to 0",
+            )
+    for part, size in (("validation", n_val), ("test", n_test)):
+        if 0 < size < ds.n_classes:
+            raise DataError(f"{ds.name}: the {part} set would have {size} example(s), fewer than "
+                            f"the {ds.n_classes} classes; a stratified split needs at least one "
+                            f"per class", hint=f"raise the {part} size")
+    index = np.arange(n)
+    rest, test_idx = _split(index, ds.y, n_test, seed, train_test_split)
+    if n_val:
+        _check_left_for_validation(ds, counts, np.bincount(ds.y[rest], minlength=ds.n_classes))
+    train_idx, val_idx = _split(rest, ds.y[rest], n_val, seed + 1, train_test_split)
+
+    dt = np.dtype(dtype)
+    train_rows = ds.X[train_idx]
+    mean = train_rows.mean(axis=0, dtype=np.float64)
+    std = train_rows.std(axis=0, dtype=np.float64)
+    del train_rows
+    if not standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    std[std == 0] = 1.0
+
+    def prepare(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), ds.X.shape[1] + 1), dtype=dt)
+        body = out[:, :-1]
+        body[...] = ds.X[idx]
+        body -= mean.astype(dt)
+        body /= std.astype(dt)
+        out[:, -1] = 1.0
+        return out
+
+    return Splits(name=ds.name, X_train=prepare(train_idx), y_train=ds.y[train_idx],
+                  X_val=prepare(val_idx), y_val=ds.y[val_idx], X_test=prepare(test_idx),
+                  y_test=ds.y[test_idx], class_names=ds.class_names,
+                  feature_names=ds.feature_names, mean=mean, std=std)
+
+
+def load_splits(name: str, *, val_size: float = 0.2, test_size: float = 0.2, seed: int = 0,
+                dtype: str = "float32", standardize: bool = True, **source: Any) -> Splits:
+    """:func:`load_dataset` then :func:`split_dataset`; ``source`` goes to ``load_dataset``."""
+    ds = load_dataset(name, seed=seed, **source)
+    return split_dataset(ds, val_size=val_size, test_size=test_size, seed=seed, dtype=dtype,
+                         standardize=standardize)
+
+
+def strip_bias(X: np.ndarray) -> np.ndarray:
+    """``X`` without its trailing bias column (for reference models with their own intercept)."""
+    return X[:, :-1]
+
+
+def _count(size: float, n: int, name: str) -> int:
+    if size < 0:
+        raise DataError(f"{name} must be >= 0, got {size!r}")
+    count = int(round(size * n)) if size < 1 else int(size)
+    if count >= n:
+        raise DataError(f"{name}={size!r} would take {count} of the {n} examples")
+    return count
+
+
+def _check_left_for_validation(ds: Dataset, counts: np.ndarray, left: np.ndarray) -> None:
+    """The stratified test split may take all but one example of a small class; the
+    train/validation split then cannot be stratified (scikit-learn would raise)."""
+    short = np.flatnonzero(left < 2)
+    if len(short):
+        label = short[0]
+        raise DataError(
+            f"{ds.name}: class {ds.class_names[label]!r} has {counts[label]} example(s) and the "
+            f"stratified test split leaves {left[label]}, too few to split into train and "
+            f"validation",
+            hint="add examples of that class, drop it, or lower test_size",
+        )
+
+
+def _split(index: np.ndarray, labels: np.ndarray, size: int, seed: int, splitter: Any):
+    if size == 0:
+        return index, index[:0]
+    return splitter(index, test_size=size, random_state=seed, shuffle=True, stratify=labels)
+
+
+def _load_builtin(name: str) -> Dataset:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    names = [str(t) for t in getattr(bunch, "target_names", np.unique(bunch.target))]
+    features = [str(f) for f in getattr(bunch, "feature_names", range(bunch.data.shape[1]))]
+    return Dataset(name=name, X=np.asarray(bunch.data, dtype=np.float64),
+                   y=np.asarray(bunch.target, dtype=np.intp), class_names=names,
+                   feature_names=features)
+
+
+def _encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+    classes, y = np.unique(raw, return_inverse=True)
+    if len(classes) < 2:
+        found = f" ({classes[0]!r})" if len(classes) else ""
+        raise DataError(f"{where} has {len(classes)} class{found}; a classifier needs at least 2")
+    return y.astype(np.intp), [str(c) for c in classes]
+
+
+def _check_finite(X: np.ndarray, names: list[str], where: str) -> None:
+    bad = ~np.isfinite(X)
+    if bad.any():
+        cols = np.flatnonzero(bad.any(axis=0))
+        details = []
+        for c in cols[:5]:
+            rows = np.flatnonzero(bad[:, c])
+            shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            details.append(f"{names[c]!r} ({len(rows)} in rows {shown})")
+        more = f" and {len(cols) - 5} more column(s)" if len(cols) > 5 else ""
+        raise DataError(f"{where}: missing or infinite feature values in "
+                        f"{', '.join(details)}{more}",
+                        hint="fill or drop those values before tuning")
+
+
+def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if target is None:
+        raise DataError(f"{path}: no target column given; set data.target to one of: "
+                        f"{', '.join(columns)}")
+    if target not in columns:
+        raise DataError(f"{path}: target column {target!r} not found; "
+                        f"columns: {', '.join(columns)}")
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has no rows")
+    features = frame.drop(columns=[target])
+    if features.shape[1] == 0:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric:
+        examples = []
+        for c in non_numeric[:5]:
+            sample = features[c].dropna()
+            bad = sample[pd.to_numeric(sample, errors="coerce").isna()]
+            examples.append(f"{c!r} (e.g. {bad.iloc[0]!r})" if len(bad) else repr(c))
+        raise DataError(f"{path}: non-numeric feature column(s): {', '.join(examples)}",
+                        hint="encode them as numbers or drop them; only the target may be text")
+    labels = frame[target]
+    if labels.isna().any():
+        rows = np.flatnonzero(labels.isna().to_numpy())
+        raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} row(s) "
+                        f"(rows {', '.join(str(r) for r in rows[:5])})")
+    X = features.to_numpy(dtype=np.float64)
+    _check_finite(X, list(features.columns), str(path))
+    y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}")
+    return Dataset(name=path.name, X=X, y=y, class_names=class_names,
+                   feature_names=list(features.columns))
+
+
+def _load_npz(path: Path) -> Dataset:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read .npz file: {exc}") from None
+    with archive:
+        missing = [k for k in ("X", "y") if k not in archive.files]
+        if missing:
+            raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found: "
+                            f"{', '.join(archive.files) or 'none'} (expected X (N, D) and y (N,))")
+        X, raw_y = archive["X"], archive["y"]
+    if X.ndim != 2:
+        raise DataError(f"{path}: X must be 2-D (examples x features), got shape {X.shape}")
+    if raw_y.ndim != 1 or len(raw_y) != len(X):
+        raise DataError(f"{path}: y must be 1-D with one label per row of X; X has {len(X)} rows, "
+                        f"y has shape {raw_y.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise DataError(f"{path}: X must be numeric, got dtype {X.dtype}")
+    X = X.astype(np.float64)
+    names = [f"x{i}" for i in range(X.shape[1])]
+    _check_finite(X, names, str(path))
+    y, class_names = _encode_labels(raw_y, f"{path}: y")
+    return Dataset(name=path.name, X=X, y=y, class_names=class_names, feature_names=names)

@@ -1,0 +1,46 @@
+"""User-facing errors.
+
+Every mistake a user can make (a broken study file, a bad dataset, an unreachable database)
+raises a subclass of :class:`TunerError`. The CLI prints its message, without a traceback, and
+exits with :attr:`TunerError.exit_code`. Anything else that escapes is a bug in tuner.
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """An error caused by the user's input or environment, reported without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(TunerError):
+    """A study file (or a ``--set`` override) is invalid."""
+
+
+class DataError(TunerError):
+    """A dataset cannot be loaded or split."""
+
+
+class StorageError(TunerError):
+    """The study storage cannot be reached or used. Messages never contain passwords."""
+
+    exit_code = 3
+
+
+class StudyNotFoundError(TunerError):
+    """A study name does not exist in the storage."""
+
+
+class LockHeldError(TunerError):
+    """Another process holds the lock this command needs (a study runner, a nightly sweep)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later

@@ -1,0 +1,32 @@
+"""scikit-learn's ``LogisticRegression`` on the same split: the convex reference optimum a tuned
+softmax classifier is compared with."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from tuner.data import Splits, strip_bias
+
+
+def logistic_regression_accuracy(X_train: np.ndarray, y_train: np.ndarray,
+                                 evals: dict[str, tuple[np.ndarray, np.ndarray]],
+                                 *, max_iter: int = 5000) -> dict[str, float]:
+    """Fit ``LogisticRegression(max_iter=5000)`` (L2, C=1, lbfgs, its own intercept) on
+    ``X_train`` (bias column removed) and return its accuracy on each named ``(X, y)``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(strip_bias(X_train), y_train)
+    return {name: float(model.score(strip_bias(X), y)) for name, (X, y) in evals.items()}
+
+
+def reference_on_split(splits: Splits) -> dict[str, float]:
+    """Reference accuracy trained on the training split: ``{"val": ..., "test": ...}``."""
+    return logistic_regression_accuracy(splits.X_train, splits.y_train,
+                                        {"val": (splits.X_val, splits.y_val),
+                                         "test": (splits.X_test, splits.y_test)})

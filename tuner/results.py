@@ -1,0 +1,207 @@
+"""Reading results out of studies: the study list, top trials, best per optimizer / decay /
+scaling rule, importances and exports. Shared by the CLI, the dashboards and nightly sweeps."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.storage import BufferedStorage
+from tuner.study import ATTR_METRIC, flat_params
+
+GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@dataclass
+class StudyRow:
+    """One line of the study list."""
+
+    name: str
+    direction: str
+    metric: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    last_activity: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "direction": self.direction, "metric": self.metric,
+                "counts": self.counts, "best_value": self.best_value, "best_trial": self.best_trial,
+                "last_activity": self.last_activity.isoformat() if self.last_activity else None}
+
+
+def list_studies(storage: BufferedStorage) -> list[StudyRow]:
+    """Every study with its trial counts by state, best value and last activity, from three
+    aggregate queries (fast for any number of trials)."""
+    engine = storage.backend.engine
+    studies = models.StudyModel.__table__
+    trials = models.TrialModel.__table__
+    values = models.TrialValueModel.__table__
+    directions = models.StudyDirectionModel.__table__
+    attrs = models.StudyUserAttributeModel.__table__
+    with engine.connect() as conn:
+        names = dict(conn.execute(sqlalchemy.select(studies.c.study_id, studies.c.study_name)).all())
+        dirs = {sid: d for sid, obj, d in conn.execute(sqlalchemy.select(
+            directions.c.study_id, directions.c.objective, directions.c.direction)).all() if obj == 0}
+        metrics = dict(conn.execute(sqlalchemy.select(attrs.c.study_id, attrs.c.value_json)
+                                    .where(attrs.c.key == ATTR_METRIC)).all())
+        counts: dict[int, dict[str, int]] = {}
+        last: dict[int, datetime] = {}
+        for sid, state, n, started, completed in conn.execute(sqlalchemy.select(
+                trials.c.study_id, trials.c.state, sqlalchemy.func.count(),
+                sqlalchemy.func.max(trials.c.datetime_start),
+                sqlalchemy.func.max(trials.c.datetime_complete)).group_by(
+                trials.c.study_id, trials.c.state)).all():
+            name = state.name if isinstance(state, TrialState) else str(state)
+            counts.setdefault(sid, {})[name] = n
+            for stamp in (started, completed):
+                if stamp is not None and (sid not in last or stamp > last[sid]):
+                    last[sid] = stamp
+        best: dict[int, tuple[float | None, float | None]] = {}
+        for sid, lo, hi in conn.execute(sqlalchemy.select(
+                trials.c.study_id, sqlalchemy.func.min(values.c.value), sqlalchemy.func.max(values.c.value))
+                .join(values, values.c.trial_id == trials.c.trial_id)
+                .where(trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
+                .group_by(trials.c.study_id)).all():
+            best[sid] = (lo, hi)
+        rows = []
+        for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
+            direction = dirs.get(sid)
+            direction_name = getattr(direction, "name", str(direction)).lower()
+            lo, hi = best.get(sid, (None, None))
+            value = hi if direction_name == "maximize" else lo
+            best_number = None
+            if value is not None:
+                best_number = conn.execute(sqlalchemy.select(sqlalchemy.func.min(trials.c.number))
+                                           .join(values, values.c.trial_id == trials.c.trial_id)
+                                           .where(trials.c.study_id == sid, values.c.value == value,
+                                                  trials.c.state == TrialState.COMPLETE)).scalar()
+            metric = _json(metrics.get(sid)) or "value"
+            stamp = last.get(sid)
+            rows.append(StudyRow(name, direction_name, metric,
+                                 {s: counts.get(sid, {}).get(s, 0) for s in STATES}, value, best_number,
+                                 _utc_to_local(stamp) if stamp else None))
+    return rows
+
+
+def _json(text: str | None) -> Any:
+    import json
+
+    return None if text is None else json.loads(text)
+
+
+def _utc_to_local(stamp: datetime) -> datetime:
+
+    return stamp.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def top_trials(study: optuna.Study, k: int = 10) -> list[FrozenTrial]:
+    """The ``k`` best COMPLETE trials, best first."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = [t for t in completed(study) if t.value is not None and math.isfinite(t.value)]
+    return sorted(trials, key=lambda t: (-t.value if maximize else t.value, t.number))[:k]
+
+
+@dataclass
+class GroupStats:
+    """Best and spread of the metric over COMPLETE trials with ``key == value``."""
+
+    key: str
+    value: Any
+    n: int
+    best: float
+    best_trial: int
+    median: float
+    q25: float
+    q75: float
+    pruned: int
+    diverged: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def best_by(study: optuna.Study, key: str, study_file: Any = None) -> list[GroupStats]:
+    """Per value of ``key`` (e.g. ``optimizer``): count, best, median and quartiles of the
+    metric over COMPLETE trials, and how many were pruned or diverged; best group first."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    groups: dict[Any, list[FrozenTrial]] = {}
+    stopped: dict[Any, list[FrozenTrial]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        value = flat_params(trial, study_file).get(key)
+        if value is None:
+            continue
+        (groups if trial.state == TrialState.COMPLETE else stopped).setdefault(value, []).append(trial)
+    out = []
+    for value in set(groups) | set(stopped):
+        done = [t for t in groups.get(value, []) if t.value is not None]
+        halted = stopped.get(value, [])
+        diverged = sum(1 for t in halted if t.user_attrs.get("diverged"))
+        if not done:
+            out.append(GroupStats(key, value, 0, math.nan, -1, math.nan, math.nan, math.nan,
+                                  len(halted), diverged))
+            continue
+        vals = sorted(t.value for t in done)
+        best = (max if maximize else min)(done, key=lambda t: t.value)
+        q = _quartiles(vals)
+        out.append(GroupStats(key, value, len(done), best.value, best.number, statistics.median(vals),
+                              q[0], q[1], len(halted), diverged))
+    out.sort(key=lambda g: (math.isnan(g.best), -g.best if maximize else g.best))
+    return out
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    qs = statistics.quantiles(values, n=4, method="inclusive")
+    return qs[0], qs[2]
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances (Optuna 5 default evaluator, PED-ANOVA) over the parameters all
+    COMPLETE trials share; empty when there are too few trials."""
+    if len(completed(study)) < 2:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return dict(optuna.importance.get_param_importances(study))
+        except (ValueError, RuntimeError):
+            return {}
+
+
+def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = False) -> dict[str, Any]:
+    """A flat, JSON-friendly description of a trial for exports and ``--json`` output."""
+    record: dict[str, Any] = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "duration_s": trial.duration.total_seconds() if trial.duration else None,
+        "retry_of": trial.system_attrs.get("failed_trial"),
+    }
+    record.update({f"param.{k}": v for k, v in flat_params(trial, study_file).items()
+                   if not isinstance(v, list | dict)})
+    for key, value in trial.user_attrs.items():
+        if key in ("config", "curve") or isinstance(value, list | dict):
+            continue
+        record[f"attr.{key}"] = value
+    if curves:
+        record["curve"] = trial.user_attrs.get("curve")
+        record["intermediate_values"] = {str(k): v for k, v in trial.intermediate_values.items()}
+    return record

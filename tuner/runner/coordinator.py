@@ -1,0 +1,591 @@
+"""The runner: one process owns the study and hands configurations to worker processes.
+
+Only this process talks to the database; workers only train (:mod:`tuner.runner.worker`).
+That is what makes several workers on one SQLite file safe (no trial popped twice, no "database
+is locked"), and on PostgreSQL any number of runners on any number of machines join one study.
+
+Per trial: claim (under the study's budget lock: count the trials by state, then ``ask``, which
+pops a queued retry first), suggest the configuration (define-by-run, :mod:`tuner.space`),
+flush parameters and a first heartbeat, train in a worker while epoch reports feed the pruner,
+then write curve, attributes and final state in one transaction. Each worker gets its next
+trial before the current one ends, so it never waits for the sampler or the database.
+
+Budget: the study is done when COMPLETE + PRUNED trials reach ``n_trials``; a new trial is
+claimed only while COMPLETE + PRUNED + RUNNING is below it, so failures and retries never make
+the study exceed or fall short of its target, however many runners there are.
+
+Failures: an exception in training fails the trial (error recorded) and the study goes on; a
+worker that dies fails its trial and re-queues it; SIGINT/SIGTERM fail the running trials, re-
+queue them and put never-started ones back in the queue; a heartbeat thread keeps this runner's
+trials alive and fails other runners' stale ones. Database outages are ridden out
+(:mod:`tuner.storage.resilience`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config import StudyFile
+from tuner.errors import StorageError
+from tuner.runner.progress import Display, Snapshot
+from tuner.runner.shared import SharedSplits
+from tuner.runner.worker import worker_main
+from tuner.storage import describe, open_storage
+from tuner.storage.coordination import (
+    BudgetLock,
+    NamedLock,
+    enqueue_retry,
+    fail_stale_trials,
+    fail_trial,
+    state_counts,
+    touch_heartbeats,
+)
+from tuner.storage.resilience import Resilient
+from tuner.study import derive_seed, load_data, open_study, trial_seed
+from tuner.train import Plan, make_plan
+
+log = logging.getLogger("tuner.runner")
+# We beat hearts ourselves (one UPDATE for all of a runner's trials), not through optimize().
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+FLUSH_EVERY_S = 5.0
+EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
+              "fail_fast": 1}
+
+
+@dataclass
+class Job:
+    """A claimed trial and where it is in its life."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    seed: int
+    plan: Plan
+    started: bool = False
+    epoch: int = 0
+    prune_at: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def trial_id(self) -> int:
+        return self.trial._trial_id
+
+
+class Worker:
+    """One worker process and the (at most two) jobs it holds: running and next."""
+
+    def __init__(self, ctx: Any, data: Any, index: int) -> None:
+        self.index = index
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, data), daemon=True,
+                                   name=f"tuner-worker-{index}")
+        self.process.start()
+        child.close()
+        self.current: Job | None = None
+        self.queued: Job | None = None
+        self.ready = False
+
+    def jobs(self) -> list[Job]:
+        return [j for j in (self.current, self.queued) if j is not None]
+
+    def send(self, *message: Any) -> None:
+        self.conn.send(message)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(("exit",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        self.conn.close()
+
+
+@dataclass
+class RunResult:
+    study_name: str
+    storage: str
+    reason: str
+    counts: Counter
+    best: FrozenTrial | None
+    db_retries: int = 0
+    fail_fast_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.reason, 1)
+
+
+class Runner:
+    """Runs a study file's trials on ``workers`` local worker processes until the study's
+    budget is reached, ``timeout`` passes, or a signal arrives."""
+
+    def __init__(self, study_file: StudyFile, *, storage_url: str, workers: int = 1,
+                 timeout: float | None = None, quiet: bool = False, live: bool | None = None,
+                 console: Any = None, max_outage: float = 120.0, prefetch: bool = True) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.sf = study_file
+        self.url = storage_url
+        self.n_workers = workers
+        self.timeout = timeout if timeout is not None else study_file.study.timeout
+        self.prefetch = prefetch
+        self.metric = study_file.study.metric
+        self.rel = study_file.study.reliability
+        self.resilient = Resilient(storage_url, max_outage=max_outage, on_retry=self._on_db_retry)
+        self.snap = Snapshot(study=study_file.study.name, storage=describe(storage_url),
+                             metric=self.metric, n_trials=study_file.study.n_trials, workers=workers)
+        self.display = Display(self.snap, console=console, quiet=quiet, live=live)
+        self.stop_reason: str | None = None
+        self.fail_fast_errors: Counter[str] = Counter()
+        self.successes_this_run = 0
+        self._signal: str | None = None
+        self._stop_event = threading.Event()
+        self.workers: list[Worker] = []
+        self.startup_failures = 0
+
+    # --- public ------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self.storage = self.resilient.call("open the storage", open_storage, self.url,
+                                           heartbeat_interval=self.rel.heartbeat_interval,
+                                           grace_period=self.rel.grace,
+                                           max_retry=self.rel.max_retry)
+        self.engine_kind = self.storage.backend.engine.dialect.name
+        owner_lock = None
+        if self.engine_kind == "sqlite":
+            owner_lock = NamedLock(self.storage, f"run-{self.sf.study.name}",
+                                   what=f"study {self.sf.study.name!r} on {describe(self.url)}")
+            owner_lock.acquire()
+        previous = self._install_signal_handlers()
+        shared = None
+        heartbeat = None
+        try:
+            self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
+                                             sampler_seed=0)
+            self.study_id = self.study._study_id
+            self._recover_orphans()
+            self.study.sampler = self._seeded_sampler()
+            splits = load_data(self.sf)
+            self.n_train = len(splits.y_train)
+            self.display.message(f"data: {splits.describe()}")
+            shared = SharedSplits(splits)
+            del splits
+            ctx = mp.get_context("spawn")
+            self.workers = [Worker(ctx, shared.handle, i) for i in range(self.n_workers)]
+            self._ctx, self._shared_handle = ctx, shared.handle
+            heartbeat = threading.Thread(target=self._heartbeat_loop, name="tuner-heartbeat",
+                                         daemon=True)
+            heartbeat.start()
+            self.started = time.monotonic()
+            with self.display:
+                self._update_counts()
+                self._loop()
+        finally:
+            self._stop_event.set()
+            self._shutdown()
+            if heartbeat is not None:
+                heartbeat.join(5.0)
+            if shared is not None:
+                shared.close()
+            if owner_lock is not None:
+                owner_lock.release()
+            self._restore_signal_handlers(previous)
+        counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
+        best = self._best()
+        error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
+        return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
+                         counts, best, self.resilient.retries, error)
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _recover_orphans(self) -> None:
+        """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
+        only runner lock, so every RUNNING trial is an orphan; with PostgreSQL only those whose
+        heartbeat is older than the grace period."""
+        numbers = self.resilient.call(
+            "recover stale trials", fail_stale_trials, self.study, self.storage,
+            grace_seconds=self.rel.grace, max_retry=self.rel.max_retry,
+            all_running=self.engine_kind == "sqlite",
+            reason="orphaned: the runner that owned it stopped without finishing it")
+        if numbers:
+            self.display.message(f"recovered {len(numbers)} trial(s) left RUNNING by a stopped "
+                                 f"runner: {', '.join(f'#{n}' for n in numbers)} (failed and re-queued)")
+
+    def _seeded_sampler(self) -> optuna.samplers.BaseSampler:
+        """Seed the sampler from the study seed and the study's state, so a fresh single-runner
+        study is reproducible and a resumed or joined one does not repeat earlier samples."""
+        from tuner.study import make_sampler
+
+        counts = state_counts(self.storage, self.study_id)
+        others = counts[TrialState.RUNNING]
+        seed = derive_seed(self.sf.study.seed, sum(counts.values()), os.getpid() if others else 0)
+        return make_sampler(self.sf, seed)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._signal is not None:
+            raise KeyboardInterrupt  # second signal: stop waiting for the cleanup
+        self._signal = name
+        self.snap.note = f"{name} received: failing and re-queueing running trials, then exiting"
+
+    def _on_db_retry(self, what: str, exc: BaseException, delay: float) -> None:
+        self.snap.note = f"database unavailable ({type(exc).__name__}) while trying to {what}; " \
+                         f"retrying in {delay:.2g} s"
+        self.display.refresh()
+
+    # --- main loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_flush = time.monotonic()
+        last_counts = 0.0
+        while True:
+            if self._signal is not None:
+                self.stop_reason = self._signal
+                return
+            self._assign_jobs()
+            in_flight = [j for w in self.workers for j in w.jobs()]
+            if not in_flight:
+                counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
+                done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+                if self.stop_reason is not None or done >= self.sf.study.n_trials:
+                    self.stop_reason = self.stop_reason or "done"
+                    return
+                # other runners hold the remaining trials; wait for them to finish or go stale
+                self._stop_event.wait(0.5)
+            self._dispatch(timeout=0.2)
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_EVERY_S:
+                self.resilient.call("save learning curves", self.storage.flush_older_than, FLUSH_EVERY_S)
+                last_flush = now
+            if now - last_counts >= 2.0:
+                self._update_counts()
+                last_counts = now
+            self.display.refresh()
+
+    def _may_claim(self) -> bool:
+        if self.stop_reason is not None or self._signal is not None:
+            return False
+        if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
+            self.stop_reason = "timeout"
+            return False
+        fail_fast = self.rel.fail_fast
+        if fail_fast and self.successes_this_run == 0 and sum(self.fail_fast_errors.values()) >= fail_fast:
+            self.stop_reason = "fail_fast"
+            return False
+        return True
+
+    def _assign_jobs(self) -> None:
+        for worker in self.workers:
+            if not worker.ready:
+                continue
+            while worker.current is None or (self.prefetch and worker.queued is None):
+                if not self._may_claim():
+                    return
+                job = self.resilient.call("claim a trial", self._claim)
+                if job is None:
+                    return
+                worker.send("run", job.number, job.params, job.seed, self.sf.model.epochs,
+                            self.sf.model.dtype)
+                if worker.current is None:
+                    worker.current, job.started = job, True
+                else:
+                    worker.queued = job
+                self.snap.running += 1
+
+    def _claim(self) -> Job | None:
+        """Claim the next trial if the study's budget allows one (exact across runners)."""
+        self._put_back_stray_claims()
+        with BudgetLock(self.storage, self.study_id):
+            counts = state_counts(self.storage, self.study_id)
+            taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
+            if taken >= self.sf.study.n_trials:
+                return None
+            self.storage.refresh(self.study_id)
+            trial = self.study.ask()
+        try:
+            params = self.sf.space.suggest(trial)
+            plan = make_plan(_resolved(params), self.n_train, self.sf.model.epochs)
+        except Exception as exc:
+            self._fail(trial._trial_id, trial.number, f"exception: {exc}", retry=False,
+                       error=str(exc), error_type=type(exc).__name__)
+            self.fail_fast_errors[f"{type(exc).__name__}: {exc}"] += 1
+            return None
+        seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))
+        attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
+                 "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
+                 "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id()}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.storage.flush(trial._trial_id)
+        return Job(trial=trial, params=params, seed=seed, plan=plan)
+
+    def _put_back_stray_claims(self) -> None:
+        """Re-queue trials a claim interrupted by a database error left owned but unassigned."""
+        assigned = {j.trial_id for w in self.workers for j in w.jobs()}
+        for trial_id in set(self.storage.owned_trial_ids()) - assigned:
+            try:
+                self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.storage.release(trial_id)
+
+    def _dispatch(self, timeout: float) -> None:
+        conns = {w.conn: w for w in self.workers}
+        sentinels = {w.process.sentinel: w for w in self.workers}
+        ready = wait(list(conns) + list(sentinels), timeout=timeout)
+        for item in ready:
+            if item in conns:
+                worker = conns[item]
+                try:
+                    while worker.conn.poll():
+                        self._handle(worker, worker.conn.recv())
+                except (EOFError, OSError):
+                    pass  # handled as a dead worker below
+        for worker in self.workers:
+            if not worker.process.is_alive():
+                self._worker_died(worker)
+
+    def _handle(self, worker: Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            return
+        job = worker.current
+        if job is None or job.number != message[1]:
+            return
+        if kind == "epoch":
+            self._on_epoch(worker, job, message[2])
+        elif kind == "done":
+            self._on_done(worker, job, message[2])
+        elif kind == "error":
+            self._on_error(worker, job, *message[2:])
+
+    def _on_epoch(self, worker: Worker, job: Job, metrics: dict[str, float]) -> None:
+        job.epoch = int(metrics["epoch"])
+        job.history.append(metrics)
+        if job.prune_at is not None:
+            return
+        job.trial.report(float(metrics[self.metric]), job.epoch)
+        if self.sf.study.pruner.type == "none" or not job.plan.warmup_epochs_done(job.epoch):
+            return  # never prune a trial inside its own warmup
+        if job.epoch < self.sf.model.epochs and job.trial.should_prune():
+            job.prune_at = job.epoch
+            worker.send("stop", job.number)
+
+    def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
+        trial = job.trial
+        history = outcome["history"]
+        attrs: dict[str, Any] = {
+            "curve": {key: [h.get(key) for h in history]
+                      for key in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr")},
+            "wall_time": outcome["wall_time"],
+            "samples_processed": outcome["samples_seen"],
+            "steps_done": outcome["steps"],
+        }
+        divergence = outcome["divergence"]
+        value: float | None = None
+        if divergence is not None:
+            state = TrialState.PRUNED
+            trial.report(self._worst_value(history), int(divergence["epoch"]))
+            attrs.update(diverged=True, divergence_step=divergence["step"],
+                         divergence_epoch=divergence["epoch"], divergence_reason=divergence["reason"])
+            note = f"diverged at step {divergence['step']}: {divergence['reason']}"
+        elif job.prune_at is not None:
+            state, note = TrialState.PRUNED, f"pruned at epoch {job.prune_at}"
+            attrs["pruned_at_epoch"] = job.prune_at
+        else:
+            state, note = TrialState.COMPLETE, ""
+            value = float(history[-1][self.metric])
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+        self._finish(job, state, value)
+        self.successes_this_run += 1
+        self.snap.finished_this_run += 1
+        if state == TrialState.COMPLETE:
+            self.snap.complete += 1
+            best = self.snap.best_value
+            if best is None or (value > best if self.sf.direction == "maximize" else value < best):
+                self.snap.best_value, self.snap.best_number = value, job.number
+                self.snap.best_params = dict(trial.params)
+        else:
+            self.snap.pruned += 1
+        self._advance(worker)
+        self.display.trial_finished(job.number, state.name, value, job.params, note)
+
+    def _on_error(self, worker: Worker, job: Job, error_type: str, message: str, tb: str) -> None:
+        self._fail(job.trial_id, job.number, f"exception: {error_type}: {message}", retry=False,
+                   error=message, error_type=error_type, traceback=tb)
+        self.fail_fast_errors[f"{error_type}: {message}"] += 1
+        self._advance(worker)
+        self.display.trial_finished(job.number, "FAIL", None, job.params, f"{error_type}: {message}")
+
+    def _advance(self, worker: Worker) -> None:
+        worker.current, worker.queued = worker.queued, None
+        if worker.current is not None:
+            worker.current.started = True
+        self.snap.running = max(0, self.snap.running - 1)
+
+    def _finish(self, job: Job, state: TrialState, value: float | None) -> None:
+        def tell() -> None:
+            try:
+                self.study.tell(job.trial, value, state=state)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                # finished elsewhere: our earlier attempt committed before the connection
+                # dropped, or another runner failed it as stale (its retry will run it)
+                self.storage.release(job.trial_id)
+                actual = self.storage.backend.get_trial(job.trial_id).state
+                if actual != state:
+                    log.warning("trial %d was finished as %s by another process; its result "
+                                "is discarded (a retry re-runs it)", job.number, actual.name)
+        self.resilient.call(f"save trial {job.number}", tell)
+
+    def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> None:
+        def do_fail() -> None:
+            if fail_trial(self.storage, trial_id, reason, **attrs) and retry:
+                enqueue_retry(self.study, self.storage.backend.get_trial(trial_id), self.rel.max_retry)
+        self.resilient.call(f"fail trial {number}", do_fail)
+        self.snap.failed += 1
+
+    def _unclaim(self, job: Job) -> None:
+        """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
+        def put_back() -> None:
+            try:
+                self.storage.set_trial_state_values(job.trial_id, TrialState.WAITING)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.storage.release(job.trial_id)
+        self.resilient.call(f"re-queue trial {job.number}", put_back)
+        self.snap.running = max(0, self.snap.running - 1)
+
+    def _worst_value(self, history: list[dict[str, float]]) -> float:
+        """A finite value worse than any real one, for diverged trials (never NaN/inf: spec 5)."""
+        if self.sf.direction == "maximize":
+            return 0.0
+        seen = [h[self.metric] for h in history if math.isfinite(h.get(self.metric, math.nan))]
+        return 100.0 * max(seen + [math.log(10.0)])
+
+    def _worker_died(self, worker: Worker) -> None:
+        code = worker.process.exitcode
+        why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        if worker.current is not None:
+            job = worker.current
+            self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
+            self.display.trial_finished(job.number, "FAIL", None, job.params,
+                                        f"worker died ({why}); re-queued")
+        if worker.queued is not None:
+            self._unclaim(worker.queued)
+        self.snap.running = max(0, self.snap.running - len(worker.jobs()))
+        worker.current = worker.queued = None
+        worker.conn.close()
+        index = self.workers.index(worker)
+        if not worker.ready:
+            self.startup_failures += 1
+            if self.startup_failures >= 3:
+                raise RuntimeError(f"worker processes exit at start-up ({why}); see the error above")
+        if self._signal is None:
+            self.workers[index] = Worker(self._ctx, self._shared_handle, worker.index)
+        else:
+            self.workers.pop(index)
+
+    # --- background: heartbeats and stale trials ------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.rel.heartbeat_interval
+        while not self._stop_event.wait(interval):
+            try:
+                touch_heartbeats(self.storage, self.storage.owned_trial_ids())
+                if self.engine_kind != "sqlite":
+                    fail_stale_trials(self.study, self.storage, grace_seconds=self.rel.grace,
+                                      max_retry=self.rel.max_retry)
+            except Exception as exc:  # keep beating; the main loop reports persistent outages
+                log.warning("heartbeat failed (%s: %s); will retry", type(exc).__name__, exc)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Fail (and re-queue) trials that are mid-training, put never-started ones back in the
+        queue, and stop the workers. Nothing stays RUNNING."""
+        reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
+        if self._signal is not None:  # exit promptly: the trials are re-queued anyway
+            for worker in self.workers:
+                worker.process.kill()
+        for worker in self.workers:
+            for job in worker.jobs():
+                try:
+                    if job.started:
+                        self._fail(job.trial_id, job.number, reason, retry=True)
+                    else:
+                        self._unclaim(job)
+                except StorageError as exc:
+                    log.error("could not record trial %d: %s", job.number, exc)
+            worker.current = worker.queued = None
+            worker.stop()
+        self.workers = []
+
+    def _update_counts(self) -> None:
+        counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
+        s = self.snap
+        s.complete, s.pruned = counts[TrialState.COMPLETE], counts[TrialState.PRUNED]
+        s.failed, s.running = counts[TrialState.FAIL], counts[TrialState.RUNNING]
+        s.waiting = counts[TrialState.WAITING]
+        s.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
+                   self.sf.model.epochs) for w in self.workers if w.current is not None]
+        best = self._best()
+        if best is not None:
+            s.best_value, s.best_number, s.best_params = best.value, best.number, dict(best.params)
+
+    def _best(self) -> FrozenTrial | None:
+        try:
+            return self.resilient.call("read the best trial", lambda: self.study.best_trial)
+        except ValueError:
+            return None
+
+
+def _resolved(params: dict[str, Any]) -> dict[str, Any]:
+    from tuner.params import resolve
+
+    return resolve(params)
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return (f"{params.get('optimizer')} lr={params.get('lr', float('nan')):.3g} "
+            f"bs={params.get('batch_size')} {params.get('batch_scaling')} "
+            f"warmup={params.get('warmup_epochs', 0):g} {params.get('decay')}")
+
+
+def _runner_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,248 @@
+"""What several runners need to agree on: trial counts, heartbeats, stale trials, retries and
+locks. All of it lives in the study's database, so it works across processes and machines.
+
+- Counts come from one ``GROUP BY`` query (exact, never from a cache).
+- Heartbeats of all trials a runner owns are refreshed in one ``UPDATE``.
+- A RUNNING trial is *stale* when its heartbeat (or, before its first heartbeat, its start) is
+  older than the grace period by the database clock. Stale trials are failed with
+  ``fail_reason`` recorded and re-queued with the same parameters (:func:`enqueue_retry`).
+- :class:`NamedLock`: an exclusive lock on a name, a PostgreSQL advisory lock (released by the
+  server if the holder dies) or, for SQLite, an ``flock`` on a file next to the database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import selectinload
+
+from tuner.errors import LockHeldError
+from tuner.storage.buffered import BufferedStorage
+
+RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
+
+
+def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]:
+    """Exact number of trials per state, read from the database."""
+    model = models.TrialModel
+    query = (sqlalchemy.select(model.state, sqlalchemy.func.count())
+             .where(model.study_id == study_id).group_by(model.state))
+    with storage.backend.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    counts: Counter[TrialState] = Counter()
+    for state, count in rows:
+        counts[state if isinstance(state, TrialState) else TrialState[state]] += count
+    return counts
+
+
+def touch_heartbeats(storage: BufferedStorage, trial_ids: list[int]) -> None:
+    """Set the heartbeat of ``trial_ids`` to the database's ``now()``, in one statement."""
+    if not trial_ids:
+        return
+    beat = models.TrialHeartbeatModel
+    with storage.backend.engine.begin() as conn:
+        conn.execute(sqlalchemy.update(beat).where(beat.trial_id.in_(trial_ids))
+                     .values(heartbeat=sqlalchemy.func.now()))
+
+
+def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: float,
+                    *, all_running: bool = False) -> list[int]:
+    """RUNNING trials whose heartbeat (or start, if they never beat) is older than the grace
+    period; every RUNNING trial when ``all_running`` (their owner is known to be gone)."""
+    with _create_scoped_session(storage.backend.scoped_session) as session:
+        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        now = now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
+        running = (session.query(models.TrialModel)
+                   .options(selectinload(models.TrialModel.heartbeats))
+                   .filter(models.TrialModel.study_id == study_id,
+                           models.TrialModel.state == TrialState.RUNNING).all())
+        cutoff = now - timedelta(seconds=grace_seconds)
+        stale = []
+        for trial in running:
+            last = trial.heartbeats[0].heartbeat if trial.heartbeats else trial._datetime_start_utc
+            if all_running or last is None or last < cutoff:
+                stale.append(trial.trial_id)
+        return stale
+
+
+def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, **attrs: Any) -> bool:
+    """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) as user attributes, in one
+    transaction. Returns ``False`` if it was no longer RUNNING (someone else finished it)."""
+    if trial_id in storage.owned_trial_ids():
+        for key, value in {"fail_reason": reason, **attrs}.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        try:
+            return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            storage.release(trial_id)
+            return False
+    backend = storage.backend
+    with _create_scoped_session(backend.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial.state != TrialState.RUNNING:
+            return False
+        for key, value in {"fail_reason": reason, **attrs}.items():
+            backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
+                                                   trial_id, key, value)
+        trial.state = TrialState.FAIL
+        trial.datetime_complete = datetime.now()
+    return True
+
+
+def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> bool:
+    """Queue a WAITING copy of ``failed``'s parameters, unless it already has ``max_retry``
+    retries or has no parameters. Uses Optuna's ``failed_trial`` / ``retry_history`` system
+    attributes, so ``RetryHeartbeatStaleTrialCallback.retry_history`` works on our trials."""
+    if not failed.params:
+        return False
+    system_attrs = {k: v for k, v in failed.system_attrs.items() if k in RETRY_KEYS}
+    history = [*system_attrs.get("retry_history", []), failed.number]
+    if len(history) > max_retry:
+        return False
+    system_attrs.update(failed_trial=history[0], retry_history=history)
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        system_attrs=system_attrs, user_attrs={"retry_of": failed.number},
+    ))
+    return True
+
+
+class RetryCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's stale-trial retry, with tuner's rules (no user attributes copied), so that
+    ``optuna.storages.fail_stale_trials`` run by any tool behaves like tuner's own janitor."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        enqueue_retry(study, trial, self._max_retry if self._max_retry is not None else 10**9)
+
+
+def fail_stale_trials(study: optuna.Study, storage: BufferedStorage, *, grace_seconds: float,
+                      max_retry: int, all_running: bool = False,
+                      reason: str = "stale heartbeat: its runner stopped responding") -> list[int]:
+    """Fail stale RUNNING trials of ``study`` and queue their retries; returns their numbers."""
+    failed = []
+    for trial_id in stale_trial_ids(storage, study._study_id, grace_seconds, all_running=all_running):
+        if trial_id in storage.owned_trial_ids():
+            continue  # ours and alive: the heartbeat thread is just late
+        if fail_trial(storage, trial_id, reason):
+            frozen = storage.backend.get_trial(trial_id)
+            enqueue_retry(study, frozen, max_retry)
+            failed.append(frozen.number)
+    if failed:
+        storage.refresh(study._study_id)
+    return failed
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class NamedLock:
+    """An exclusive, non-blocking lock on ``name`` for this process's lifetime (or until
+    :meth:`release`). PostgreSQL: ``pg_try_advisory_lock`` on a dedicated connection. SQLite:
+    ``flock`` on ``<database>.locks/<name>.lock``, which records the holder's host and pid."""
+
+    def __init__(self, storage: BufferedStorage, name: str, *, what: str) -> None:
+        self.storage, self.name, self.what = storage, name, what
+        self._conn: Any = None
+        self._fd: int | None = None
+
+    def acquire(self) -> NamedLock:
+        engine = self.storage.backend.engine
+        if engine.dialect.name == "postgresql":
+            conn = engine.connect()
+            got = conn.execute(sqlalchemy.select(sqlalchemy.func.pg_try_advisory_lock(
+                _lock_key(self.name)))).scalar()
+            conn.commit()
+            if not got:
+                conn.close()
+                raise LockHeldError(f"{self.what} is already running in another process "
+                                    "(PostgreSQL advisory lock held)")
+            self._conn = conn
+            return self
+        path = _sqlite_lock_path(engine, self.name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeldError(f"{self.what} is already running in another process ({holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(
+                    _lock_key(self.name))))
+                self._conn.commit()
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass  # the connection is gone, and with it the lock
+            finally:
+                self._conn.close()
+                self._conn = None
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> NamedLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BudgetLock:
+    """Serializes 'count the study's trials, then claim one' across runners on PostgreSQL
+    (``pg_advisory_xact_lock``-style, blocking for the few milliseconds of a claim). SQLite
+    studies have a single runner, so there it is a no-op."""
+
+    def __init__(self, storage: BufferedStorage, study_id: int) -> None:
+        self.engine = storage.backend.engine
+        self.key = _lock_key(f"tuner:budget:{study_id}")
+        self._conn: Any = None
+
+    def __enter__(self) -> BudgetLock:
+        if self.engine.dialect.name == "postgresql":
+            self._conn = self.engine.connect()
+            self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(self.key)))
+            self._conn.commit()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(self.key)))
+                self._conn.commit()
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass
+            finally:
+                self._conn.close()
+                self._conn = None
+
+
+def _sqlite_lock_path(engine: sqlalchemy.engine.Engine, name: str) -> str:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        base = Path(os.environ.get("TMPDIR", "/tmp")) / "tuner-memory.locks"
+    else:
+        base = Path(database).expanduser().resolve().with_name(Path(database).name + ".locks")
+    base.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return str(base / f"{safe}.lock")

@@ -1,0 +1,78 @@
+"""Riding out database outages: retry an operation whose connection dropped, with backoff.
+
+A dropped connection (server restart, failover, ``pg_terminate_backend``, an idle connection
+cut by a firewall) surfaces as ``OperationalError`` / ``InterfaceError`` from the driver, often
+wrapped in Optuna's ``StorageInternalError``. Such an operation is retried with exponential
+backoff (0.25 s doubling to 8 s) until it succeeds or the outage has lasted ``max_outage``
+seconds; then :class:`~tuner.errors.StorageError` ends the runner with a clear message. Any other
+error is raised at once. Only the in-flight operation is retried; callers make it idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import sqlalchemy.exc
+
+from tuner.errors import StorageError
+from tuner.storage.urls import describe, scrub
+
+T = TypeVar("T")
+log = logging.getLogger("tuner.storage")
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a lost or busy connection rather than a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(current, sqlalchemy.exc.DisconnectionError | sqlalchemy.exc.TimeoutError):
+            return True
+        module = type(current).__module__
+        if module.startswith("psycopg") and type(current).__name__ in (
+                "OperationalError", "InterfaceError", "AdminShutdown", "ConnectionTimeout"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class Resilient:
+    """Runs storage operations, retrying those that fail because the connection dropped."""
+
+    def __init__(self, url: str, *, max_outage: float = 120.0,
+                 on_retry: Callable[[str, BaseException, float], None] | None = None) -> None:
+        self.url = url
+        self.max_outage = max_outage
+        self.on_retry = on_retry
+        self.retries = 0
+
+    def call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        started = time.monotonic()
+        delay = 0.25
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self.max_outage:
+                    raise StorageError(
+                        f"lost the connection to {describe(self.url)} while trying to {what}, and "
+                        f"it did not come back within {self.max_outage:g} s: "
+                        f"{scrub(str(exc).splitlines()[0], self.url)}",
+                        hint="finished trials are saved; rerun the same command to continue") from None
+                self.retries += 1
+                if self.on_retry is not None:
+                    self.on_retry(what, exc, delay)
+                log.warning("database unavailable while trying to %s (%s); retrying in %.2g s",
+                            what, type(exc).__name__, delay)
+                time.sleep(min(delay, max(0.0, self.max_outage - waited)))
+                delay = min(delay * 2, 8.0)

@@ -1,0 +1,89 @@
+"""Storage URLs: which one to use, how to show it (password masked), what kind it is."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from tuner.errors import StorageError
+
+DEFAULT_URL = "sqlite:///tuner.db"
+ENV_VAR = "TUNER_STORAGE"
+SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def resolve_url(cli_url: str | None = None, file_url: str | None = None) -> str:
+    """The storage to use: ``--storage``, else ``$TUNER_STORAGE``, else the study file's
+    ``study.storage``, else the embedded SQLite file ``./tuner.db``."""
+    url = cli_url or os.environ.get(ENV_VAR) or file_url or DEFAULT_URL
+    return normalize_url(url)
+
+
+def normalize_url(url: str) -> str:
+    """Validate ``url`` and pin PostgreSQL URLs to the psycopg 3 driver."""
+    parsed = parse(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def parse(url: str) -> URL:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"not a database URL: {_scrub_free_text(url)!r}",
+                           hint=f"use {SUPPORTED}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StorageError(f"unsupported storage {parsed.get_backend_name()!r} in "
+                           f"{mask_url(url)}", hint=f"use {SUPPORTED}")
+    return parsed
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe to print and log)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return _scrub_free_text(url)
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove ``url``'s password from ``text`` (error messages from drivers)."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return _scrub_free_text(text)
+
+
+def _scrub_free_text(text: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def is_sqlite(url: str) -> bool:
+    return parse(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (``None`` for in-memory databases)."""
+    parsed = parse(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+def describe(url: str) -> str:
+    """A short, password-free description: ``SQLite /abs/tuner.db`` or ``PostgreSQL u@h:p/db``."""
+    parsed = parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {sqlite_path(url) or ':memory:'}"
+    host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    return f"PostgreSQL {parsed.username or ''}{'@' if parsed.username else ''}{host}/{parsed.database}"

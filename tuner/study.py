@@ -1,0 +1,154 @@
+"""Creating and loading tuner studies: an Optuna study plus the study file it was made from.
+
+Each study stores its study file (``tuner.config``), search-space fingerprint and metric as
+study user attributes, so any command (``replay``, ``best --test``, ``show``, the dashboard) can
+rebuild the data and training setup from the database alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import __version__
+from tuner.config import METRICS, StudyFile
+from tuner.data import Splits, load_splits
+from tuner.errors import ConfigError, StudyNotFoundError
+from tuner.storage import BufferedStorage
+
+ATTR_CONFIG = "tuner.config"
+ATTR_SPACE = "tuner.space"
+ATTR_METRIC = "tuner.metric"
+ATTR_VERSION = "tuner.version"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(study_file: StudyFile, seed: int) -> optuna.samplers.BaseSampler:
+    """The study file's sampler. TPE uses Optuna 5's defaults (multivariate, constant liar);
+    ``group`` decomposes the conditional space into branches modelled jointly."""
+    cfg = study_file.study.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if cfg.type == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True,
+                                              warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
+                                          multivariate=True, group=cfg.group, constant_liar=True)
+
+
+def make_pruner(study_file: StudyFile) -> optuna.pruners.BasePruner:
+    """The study file's pruner; steps are epochs. (Warmup protection is the runner's job.)"""
+    cfg = study_file.study.pruner
+    if cfg.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
+                                           n_warmup_steps=cfg.n_warmup_steps,
+                                           interval_steps=cfg.interval_steps)
+    if cfg.type == "percentile":
+        return optuna.pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,
+                                               n_warmup_steps=cfg.n_warmup_steps,
+                                               interval_steps=cfg.interval_steps)
+    if cfg.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.min_resource,
+                                                      reduction_factor=cfg.reduction_factor)
+    if cfg.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource,
+                                              max_resource=study_file.model.epochs,
+                                              reduction_factor=cfg.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def load_data(study_file: StudyFile) -> Splits:
+    """The study's train/validation/test split, as its ``[data]`` section describes it
+    (relative paths are resolved against the study file's folder)."""
+    d = study_file.data
+    source: dict[str, Any] = {"base_dir": Path(study_file.base_dir) if study_file.base_dir else None}
+    if d.dataset == "synthetic":
+        source.update(n=d.n, d=d.d, classes=d.classes, difficulty=d.difficulty)
+    if d.target is not None:
+        source["target"] = d.target
+    return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
+                       dtype=study_file.model.dtype, standardize=d.standardize, **source)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (NumPy ``SeedSequence``), stable across platforms."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def trial_seed(study_seed: int, trial: FrozenTrial) -> int:
+    """Training seed of a trial: from the study seed and the number of the trial it retries
+    (its own number if it is not a retry), so a retry trains exactly like the original."""
+    root = trial.system_attrs.get("failed_trial", trial.number)
+    return derive_seed(study_seed, root)
+
+
+def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed: int | None = None,
+               create: bool = True) -> optuna.Study:
+    """Create the study (first use) or load it, and check that it matches the study file."""
+    name = study_file.study.name
+    sampler = make_sampler(study_file, study_file.study.seed if sampler_seed is None else sampler_seed)
+    existing = _study_names(storage)
+    if name not in existing and not create:
+        raise StudyNotFoundError(f"no study named {name!r} in this storage")
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                pruner=make_pruner(study_file), direction=study_file.direction,
+                                load_if_exists=True)
+    attrs = study.user_attrs
+    if ATTR_METRIC not in attrs:
+        study.set_user_attr(ATTR_CONFIG, study_file.to_json())
+        study.set_user_attr(ATTR_SPACE, study_file.space.fingerprint())
+        study.set_user_attr(ATTR_METRIC, study_file.study.metric)
+        study.set_user_attr(ATTR_VERSION, __version__)
+    elif attrs[ATTR_METRIC] != study_file.study.metric:
+        raise ConfigError(
+            f"{study_file.source}: study.metric: the study {name!r} already exists with metric "
+            f"{attrs[ATTR_METRIC]!r}, not {study_file.study.metric!r}",
+            hint="pick another study name (--study-name) or delete the old study (tuner delete)")
+    return study
+
+
+def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, StudyFile | None]:
+    """Load an existing study and the study file stored with it (``None`` for studies that
+    were not created by tuner)."""
+    if name not in _study_names(storage):
+        known = ", ".join(sorted(_study_names(storage))) or "none"
+        raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})")
+    study = optuna.load_study(study_name=name, storage=storage)
+    text = study.user_attrs.get(ATTR_CONFIG)
+    study_file = StudyFile.from_json(text) if text else None
+    if study_file is not None:
+        study.sampler = make_sampler(study_file, study_file.study.seed)
+        study.pruner = make_pruner(study_file)
+    return study, study_file
+
+
+def _study_names(storage: BufferedStorage) -> set[str]:
+    return {s.study_name for s in storage.get_all_studies()}
+
+
+def metric_direction(study: optuna.Study) -> tuple[str, str]:
+    metric = study.user_attrs.get(ATTR_METRIC, "value")
+    return metric, METRICS.get(metric, study.direction.name.lower())
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE and PRUNED trials, without copying."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def flat_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:
+    """The full training configuration of a trial (the ``config`` attribute, or rebuilt)."""
+    config = trial.user_attrs.get("config")
+    if config is not None:
+        return dict(config)
+    if study_file is not None:
+        return study_file.space.params_from_optuna(trial.params)
+    return dict(trial.params)

@@ -1,0 +1,201 @@
+"""Mini-batch training of a linear classifier: :func:`fit`.
+
+One epoch visits every training example once, in a fresh seeded permutation, in
+``steps_per_epoch = ceil(N / batch_size)`` updates (the last batch may be partial). The budget is
+in epochs, so ``T = epochs * steps_per_epoch`` shrinks as the batch grows (spec section 3). The
+peak lr is ``scale_lr(lr, batch_size, base_batch_size, batch_scaling)`` and the lr of update
+``t`` is ``make_schedule(...)(t)``.
+
+Reported per epoch (1-based): ``train_loss`` (mean over the epoch's batches of the mini-batch
+objective, regularizer included), ``val_loss`` (data loss only), ``val_accuracy``, ``lr`` (the
+lr of the epoch's last update) and ``step`` (updates done).
+
+Divergence guard (spec section 5): after every update the run stops if the loss is not finite,
+the weights are not finite, or the loss exceeds ``100 x`` the first batch's loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuner import params as P
+from tuner.model import LOSS_FUNCTIONS, evaluate
+from tuner.optim import Optimizer, make_optimizer
+from tuner.schedules import Schedule, make_schedule, scale_lr
+
+DIVERGENCE_FACTOR = 100.0
+
+EpochCallback = Callable[[int, dict[str, float]], bool | None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The update budget and learning-rate schedule of one run, derived from ``params``."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    schedule: Schedule
+
+    def warmup_epochs_done(self, epoch: int) -> bool:
+        """Whether warmup is over by the end of (1-based) ``epoch``."""
+        return epoch * self.steps_per_epoch >= self.warmup_steps
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    ``history`` has one dict per completed epoch. ``divergence`` is ``None`` or
+    ``{"step", "epoch", "reason", "loss"}``; ``step`` is the 0-based index of the update after
+    which the guard fired.
+    """
+
+    W: np.ndarray
+    history: list[dict[str, float]]
+    params: dict[str, Any]
+    plan: Plan
+    divergence: dict[str, Any] | None = None
+    stopped_early: bool = False
+    steps: int = 0
+    samples_seen: int = 0
+    wall_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.divergence is not None
+
+    @property
+    def final(self) -> dict[str, float] | None:
+        return self.history[-1] if self.history else None
+
+
+def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
+    """Budget and schedule for resolved ``params`` on ``n_train`` examples over ``epochs``."""
+    batch = min(int(params["batch_size"]), n_train)
+    spe = math.ceil(n_train / batch)
+    total = epochs * spe
+    warmup = min(total, round(params["warmup_epochs"] * spe))
+    peak = scale_lr(params["lr"], int(params["batch_size"]),
+                    base_batch_size=int(params["base_batch_size"]), rule=params["batch_scaling"])
+    decay = params["decay"]
+    decay_params: dict[str, Any] = {}
+    if decay == "step":
+        decay_params["gamma"] = params["gamma"]
+        if params.get("step_epochs") is not None:
+            decay_params["step_size"] = max(1, round(params["step_epochs"] * spe))
+        else:
+            decay_params["milestones"] = [round(f * (total - warmup)) for f in params["milestones"]]
+    elif decay in ("cosine", "linear"):
+        decay_params["min_lr"] = params["min_lr_factor"] * peak
+    elif decay == "inv_sqrt" and params.get("timescale_epochs") is not None:
+        decay_params["timescale"] = max(1.0, params["timescale_epochs"] * spe)
+    schedule = make_schedule(decay, peak_lr=peak, total_steps=total, warmup_steps=warmup,
+                             warmup_start_factor=params["warmup_start_factor"], **decay_params)
+    return Plan(spe, total, warmup, peak, schedule)
+
+
+def make_run_optimizer(params: Mapping[str, Any]) -> Optimizer:
+    """The optimizer of resolved ``params`` (flat keys mapped to PyTorch keywords)."""
+    name = params["optimizer"]
+    kwargs = {k: params[k] for k in P.keys_for_optimizer(name) if k not in ("beta1", "beta2")}
+    if name in ("adam", "adamw"):
+        kwargs["betas"] = (params["beta1"], params["beta2"])
+    return make_optimizer(name, **kwargs)
+
+
+def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
+        X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, *, epochs: int,
+        seed: int = 0, dtype: str = "float32", on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train a linear classifier with the flat hyperparameters ``params`` (see
+    :mod:`tuner.params`; unknown or inapplicable keys raise ``ValueError``).
+
+    ``X_*`` already carry the bias column. ``seed`` fixes the initial weights and every epoch's
+    shuffle: the same params, seed and data give bit-identical results. ``on_epoch(epoch,
+    metrics)`` runs after each epoch; returning ``True`` stops training (``stopped_early``).
+    For ``adamw`` the L2 term ``reg`` is not used: its decay is decoupled (``weight_decay``).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    resolved = P.resolve(params)
+    dt = np.dtype(dtype)
+    X_train = np.ascontiguousarray(X_train, dtype=dt)
+    y_train = np.asarray(y_train, dtype=np.intp)
+    if X_val is not None:
+        X_val = np.ascontiguousarray(X_val, dtype=dt)
+        y_val = np.asarray(y_val, dtype=np.intp)
+    n, d = X_train.shape
+    n_classes = int(max(y_train.max(), -1 if y_val is None or len(y_val) == 0 else y_val.max())) + 1
+
+    plan = make_plan(resolved, n, epochs)
+    batch = min(int(resolved["batch_size"]), n)
+    reg = resolved.get("reg", 0.0)
+    loss_fn = LOSS_FUNCTIONS[resolved["loss"]]
+    optimizer = make_run_optimizer(resolved)
+
+    init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+    init_rng, shuffle_rng = np.random.default_rng(init_seq), np.random.default_rng(shuffle_seq)
+    W = (resolved["init_scale"] * init_rng.standard_normal((d, n_classes))).astype(dt)
+    Xb_buf = np.empty((batch, d), dtype=dt)
+
+    result = FitResult(W=W, history=[], params=resolved, plan=plan)
+    started = time.perf_counter()
+    t = 0
+    first_loss: float | None = None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(1, epochs + 1):
+            order = shuffle_rng.permutation(n)
+            loss_sum = 0.0
+            lr_t = 0.0
+            for start in range(0, n, batch):
+                idx = order[start:start + batch]
+                # the one gather per batch; idx is always in range, and mode="raise" (the
+                # default) with out= would buffer the whole batch: 2x slower (docs/benchmarks.md)
+                Xb = np.take(X_train, idx, axis=0, out=Xb_buf[: len(idx)], mode="clip")
+                loss, grad = loss_fn(W, Xb, y_train[idx], reg)
+                lr_t = plan.schedule(t)
+                optimizer.step(W, grad, lr_t)
+                if first_loss is None:
+                    first_loss = loss
+                reason = _divergence_reason(loss, W, first_loss)
+                if reason is not None:
+                    result.divergence = {"step": t, "epoch": epoch, "reason": reason,
+                                         "loss": loss if math.isfinite(loss) else None}
+                    t += 1
+                    result.samples_seen += len(idx)
+                    break
+                loss_sum += loss
+                t += 1
+                result.samples_seen += len(idx)
+            if result.divergence is not None:
+                break
+            metrics: dict[str, float] = {"epoch": epoch, "step": t,
+                                         "train_loss": loss_sum / plan.steps_per_epoch, "lr": lr_t}
+            if X_val is not None and y_val is not None and len(y_val):
+                metrics["val_loss"], metrics["val_accuracy"] = evaluate(W, X_val, y_val,
+                                                                        resolved["loss"])
+            result.history.append(metrics)
+            if on_epoch is not None and on_epoch(epoch, metrics):
+                result.stopped_early = epoch < epochs
+                break
+    result.steps = t
+    result.wall_time = time.perf_counter() - started
+    return result
+
+
+def _divergence_reason(loss: float, W: np.ndarray, first_loss: float) -> str | None:
+    if not math.isfinite(loss):
+        return "non-finite loss"
+    if not np.isfinite(W).all():
+        return "non-finite weights"
+    if loss > DIVERGENCE_FACTOR * first_loss:
+        return f"loss {loss:.4g} exceeded {DIVERGENCE_FACTOR:g}x the first loss {first_loss:.4g}"
+    return None
