@@ -25,6 +25,7 @@ ATTR_CONFIG = "tuner.config"
 ATTR_SPACE = "tuner.space"
 ATTR_METRIC = "tuner.metric"
 ATTR_VERSION = "tuner.version"
+ATTR_DATA = "tuner.data"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -76,6 +77,14 @@ def load_data(study_file: StudyFile) -> Splits:
         source["target"] = d.target
     return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
                        dtype=study_file.model.dtype, standardize=d.standardize, **source)
+
+
+def data_summary(splits: Splits) -> dict[str, Any]:
+    """Sizes of the study's split (stored as ``tuner.data``; views need ``n_train`` to rebuild
+    each trial's learning-rate schedule without loading the data)."""
+    return {"description": splits.describe(), "n_train": len(splits.y_train),
+            "n_val": len(splits.y_val), "n_test": len(splits.y_test),
+            "n_features": splits.n_features, "n_classes": splits.n_classes}
 
 
 def derive_seed(*parts: int) -> int:

@@ -34,7 +34,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -55,7 +55,7 @@ from tuner.storage.coordination import (
     touch_heartbeats,
 )
 from tuner.storage.resilience import Resilient
-from tuner.study import derive_seed, load_data, open_study, trial_seed
+from tuner.study import ATTR_DATA, data_summary, derive_seed, load_data, open_study, trial_seed
 from tuner.train import Plan, make_plan
 
 log = logging.getLogger("tuner.runner")
@@ -122,6 +122,17 @@ class Worker:
         self.conn.close()
 
 
+class RunHook(Protocol):
+    """Something to do with the study at the start, every ``hook_interval`` seconds and at the
+    end of a run (e.g. refresh the dashboard views stored with it). Errors are logged only."""
+
+    def on_start(self, study: optuna.Study) -> None: ...
+
+    def periodic(self, study: optuna.Study) -> None: ...
+
+    def on_end(self, study: optuna.Study) -> None: ...
+
+
 @dataclass
 class RunResult:
     study_name: str
@@ -143,7 +154,8 @@ class Runner:
 
     def __init__(self, study_file: StudyFile, *, storage_url: str, workers: int = 1,
                  timeout: float | None = None, quiet: bool = False, live: bool | None = None,
-                 console: Any = None, max_outage: float = 120.0, prefetch: bool = True) -> None:
+                 console: Any = None, max_outage: float = 120.0, prefetch: bool = True,
+                 hooks: list[RunHook] | None = None, hook_interval: float = 300.0) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.sf = study_file
@@ -164,6 +176,8 @@ class Runner:
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.startup_failures = 0
+        self.hooks = list(hooks or [])
+        self.hook_interval = hook_interval
 
     # --- public ------------------------------------------------------------------------
 
@@ -190,6 +204,8 @@ class Runner:
             splits = load_data(self.sf)
             self.n_train = len(splits.y_train)
             self.display.message(f"data: {splits.describe()}")
+            if ATTR_DATA not in self.study.user_attrs:
+                self.study.set_user_attr(ATTR_DATA, data_summary(splits))
             shared = SharedSplits(splits)
             del splits
             ctx = mp.get_context("spawn")
@@ -199,9 +215,11 @@ class Runner:
                                          daemon=True)
             heartbeat.start()
             self.started = time.monotonic()
+            self._call_hooks("on_start")
             with self.display:
                 self._update_counts()
                 self._loop()
+            self._call_hooks("on_end")
         finally:
             self._stop_event.set()
             self._shutdown()
@@ -270,7 +288,7 @@ class Runner:
     # --- main loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_flush = time.monotonic()
+        last_flush = last_hook = time.monotonic()
         last_counts = 0.0
         while True:
             if self._signal is not None:
@@ -294,6 +312,9 @@ class Runner:
             if now - last_counts >= 2.0:
                 self._update_counts()
                 last_counts = now
+            if self.hooks and now - last_hook >= self.hook_interval:
+                self._call_hooks("periodic")
+                last_hook = now
             self.display.refresh()
 
     def _may_claim(self) -> bool:
@@ -518,6 +539,14 @@ class Runner:
             self.workers[index] = Worker(self._ctx, self._shared_handle, worker.index)
         else:
             self.workers.pop(index)
+
+    def _call_hooks(self, event: str) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, event)(self.study)
+            except Exception as exc:  # a view that fails to render must not stop the study
+                log.warning("%s.%s failed: %s: %s", type(hook).__name__, event,
+                            type(exc).__name__, exc)
 
     # --- background: heartbeats and stale trials ------------------------------------------
 
