@@ -59,7 +59,8 @@ class PrunerConfig(_Section):
         allowed = PRUNER_KEYS[self.type]
         stray = sorted(k for k in self.model_fields_set if k != "type" and k not in allowed)
         if stray:
-            raise ValueError(f"{', '.join(stray)} do(es) not apply to pruner {self.type!r}; "
+            verb = "does" if len(stray) == 1 else "do"
+            raise ValueError(f"{', '.join(stray)} {verb} not apply to pruner {self.type!r}; "
                              f"it takes: {', '.join(allowed) or 'no options'}")
         return self
 
@@ -70,12 +71,15 @@ class ReliabilityConfig(_Section):
     A RUNNING trial whose heartbeat is older than ``grace_period`` seconds is failed and re-run
     with the same parameters, at most ``max_retry`` times. ``fail_fast``: stop the run when
     that many trials failed with an exception and none succeeded (0 disables).
+    ``max_db_outage``: how long (seconds) a runner waits for a lost database to come back before
+    it gives up with an error (finished trials are never lost either way).
     """
 
     heartbeat_interval: int = Field(5, ge=1)
     grace_period: int | None = Field(None, ge=1)
     max_retry: int = Field(2, ge=0)
     fail_fast: int = Field(5, ge=0)
+    max_db_outage: float = Field(120.0, gt=0)
 
     @property
     def grace(self) -> int:
@@ -124,7 +128,8 @@ class DataSection(_Section):
         if self.dataset != "synthetic":
             stray = sorted(set(SYNTHETIC_KEYS) & self.model_fields_set)
             if stray:
-                raise ValueError(f"{', '.join(stray)} only apply to dataset = \"synthetic\"")
+                verb = "applies" if len(stray) == 1 else "apply"
+                raise ValueError(f"{', '.join(stray)} {verb} only to dataset = \"synthetic\"")
         is_table = self.dataset.lower().endswith((".csv", ".parquet", ".pq"))
         if is_table and self.target is None:
             raise ValueError("target (the label column) is required for CSV and Parquet data")
@@ -151,15 +156,22 @@ class ModelSection(_Section):
 
 class RegressionRule(_Section):
     """``[schedule.regression]``: when tonight's best counts as a regression. ``tolerance`` is
-    in metric units (accuracy points as a fraction, or loss); differences within it are noise."""
+    in metric units (accuracy points as a fraction, or loss); differences within it are noise.
+    The baseline is the best value of each of the last ``baseline_nights`` nights; the margin
+    of noise is ``max(tolerance, spread_factor * standard deviation of those values)``
+    (``spread_factor = 0``: the tolerance alone). See ``docs/nightly.md``."""
 
     tolerance: float = Field(0.005, ge=0)
     baseline_nights: int = Field(3, ge=1)
+    spread_factor: float = Field(2.0, ge=0)
 
 
 class ScheduleSection(_Section):
     """``[schedule]``: nightly sweeps of this study file (``tuner nightly``, ``tuner scheduler``).
-    Each night is its own study, ``<study.name>-YYYY-MM-DD``."""
+    Each night is its own study, ``<study.name>-YYYY-MM-DD`` (the date in ``timezone``).
+    ``n_trials``/``timeout`` are one night's budget (default: ``[study]``'s); ``warm_start``:
+    how many of the previous night's best configurations start the night. Cron weekday numbers
+    follow crontab (0 = Sunday). See ``docs/nightly.md``."""
 
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -172,18 +184,19 @@ class ScheduleSection(_Section):
     def _valid_cron(self) -> ScheduleSection:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-        from apscheduler.triggers.cron import CronTrigger
+        from tuner.nightly.cron import cron_trigger
 
         try:
-            zone = ZoneInfo(self.timezone)
+            ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r}; use an IANA name such as "
                              "'UTC' or 'Europe/Berlin'") from None
         try:
-            CronTrigger.from_crontab(self.cron, timezone=zone)
+            cron_trigger(self.cron, self.timezone)
         except ValueError as exc:
             raise ValueError(f"invalid cron expression {self.cron!r} ({exc}); use five fields: "
-                             "minute hour day-of-month month day-of-week, e.g. '0 2 * * *'") from None
+                             "minute hour day-of-month month day-of-week, e.g. '0 2 * * *' "
+                             "(or six, with seconds first)") from None
         return self
 
 
@@ -299,8 +312,16 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
             lines.append(f"{source}: {key}: unknown key; allowed keys: {', '.join(allowed)}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {key}: required key is missing")
+        elif err["type"] in ("model_type", "dict_type"):
+            allowed = _allowed_keys(model, loc)
+            lines.append(f"{source}: {key}: must be a table ([{key}]) with keys: "
+                         f"{', '.join(allowed)} (got {err.get('input')!r})")
         else:
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "string_pattern_mismatch":
+                msg = ("must start with a letter or digit and contain only letters, digits, "
+                       "'_', '.' and '-'")
+            msg = msg.replace("Input should be", "must be")
             shown = err.get("input")
             got = "" if isinstance(shown, dict) or shown is None else f" (got {shown!r})"
             lines.append(f"{source}: {key}: {msg}{got}")

@@ -73,7 +73,7 @@ class ParamSpec:
         if self.kind == "fractions":
             return "an increasing list of numbers strictly between 0 and 1"
         lo = "(" if not self.low_inclusive else "["
-        hi = ")" if not self.high_inclusive else "]"
+        hi = ")" if not self.high_inclusive or self.high is None else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         kind = "an integer" if self.kind == "int" else "a number"

@@ -16,7 +16,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import BufferedStorage
-from tuner.study import ATTR_METRIC, flat_params
+from tuner.study import ATTR_METRIC, flat_params, resolved_params
 
 GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -142,7 +142,7 @@ def best_by(study: optuna.Study, key: str, study_file: Any = None) -> list[Group
     groups: dict[Any, list[FrozenTrial]] = {}
     stopped: dict[Any, list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        value = flat_params(trial, study_file).get(key)
+        value = resolved_params(trial, study_file).get(key)
         if value is None:
             continue
         (groups if trial.state == TrialState.COMPLETE else stopped).setdefault(value, []).append(trial)

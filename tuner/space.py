@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,11 @@ class SearchSpace:
         try:
             self.suggest(trial)
         except ValueError as exc:  # FixedTrial: a parameter this configuration needs is missing
-            return [str(exc)]
+            missing = re.search(r"parameter '([^']+)' is not found", str(exc))
+            if missing is None:
+                return [str(exc)]
+            name = missing.group(1)
+            return [f"{name} is missing (this configuration needs it: {by_name[name].describe()})"]
         unused = sorted(set(optuna_params) - set(trial.params))
         return [f"{name} does not apply to this configuration" for name in unused]
 
@@ -240,6 +245,9 @@ def _conditional(raw: Any, section: str, names: tuple[str, ...], in_play: tuple[
                 raise fail(f"{path}.{key}", f"{key!r} does not apply to {what} {name!r}; "
                                             f"it takes: {', '.join(allowed) or 'no parameters'}")
             group[key] = _dimension(key, f"{name}.{key}", value, f"{path}.{key}", fail)
+        if "milestones" in group and "step_epochs" in group:
+            raise fail(path, "step decay takes either milestones (fractions of the decay length) "
+                             "or step_epochs (decay every so many epochs), not both")
         out[name] = group
     return out
 

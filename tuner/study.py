@@ -26,6 +26,7 @@ ATTR_SPACE = "tuner.space"
 ATTR_METRIC = "tuner.metric"
 ATTR_VERSION = "tuner.version"
 ATTR_DATA = "tuner.data"
+ATTR_RUNS = "tuner.runs"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -154,10 +155,27 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def flat_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:
-    """The full training configuration of a trial (the ``config`` attribute, or rebuilt)."""
+    """The training configuration of a trial as the study file gives it: searched and fixed
+    keys (the ``config`` attribute, or rebuilt); engine defaults are not filled in."""
     config = trial.user_attrs.get("config")
     if config is not None:
         return dict(config)
-    if study_file is not None:
-        return study_file.space.params_from_optuna(trial.params)
+    if study_file is not None and trial.params:
+        try:
+            return study_file.space.params_from_optuna(trial.params)
+        except ValueError:  # a trial from an older version of the space
+            pass
     return dict(trial.params)
+
+
+def resolved_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:
+    """:func:`flat_params` with the engine's defaults filled in (``batch_scaling = "none"``,
+    ``decay = "constant"``, ...): every key the trial trained with. Falls back to
+    :func:`flat_params` for configurations the catalogue does not accept (foreign studies)."""
+    from tuner.params import resolve
+
+    params = flat_params(trial, study_file)
+    try:
+        return resolve(params)
+    except (ValueError, KeyError, TypeError):
+        return params

@@ -3,12 +3,21 @@ user mistakes (:class:`~tuner.errors.TunerError`) into a one-line message and an
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import sys
 import time
 
-from tuner.cli import inspect, run  # noqa: F401, I001  (registers the commands, in help order)
+from rich.markup import escape
+
+# Importing a command module registers its commands (help lists them in this order).
+from tuner.cli import run
+from tuner.cli import inspect
+from tuner.cli import doctor
+from tuner.cli import nightly  # noqa: F401, I001
+from tuner.cli import dashboard  # noqa: F401, I001  (tuner dashboard, tuner report)
 from tuner.cli.app import app, err
 from tuner.errors import TunerError
 
@@ -19,12 +28,19 @@ def main() -> None:
     os.environ["TZ"] = "UTC"
     time.tzset()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
+    import optuna
+
+    # tuner reports what matters itself (retries, failures); Optuna's own warnings repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         app()
     except TunerError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # messages quote study-file sections ("[space.optimizers.adam]"): not rich markup
+        # one line per message, however long (paths and URLs stay copy-pastable)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"  [dim]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"  [dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

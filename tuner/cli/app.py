@@ -27,7 +27,7 @@ err = Console(stderr=True)
 StorageOpt = Annotated[str | None, typer.Option(
     "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
     help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
-         "[default: the study file's study.storage, else sqlite:///tuner.db]")]
+         "\\[default: the study file's study.storage, else sqlite:///tuner.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `tuner ls`).")]
 

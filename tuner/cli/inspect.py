@@ -96,7 +96,7 @@ def export(study: StudyArg, storage: StorageOpt = None,
                                                 help="csv, parquet or json (json includes "
                                                      "learning curves).")] = "csv",
            output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                       help="File to write [default: "
+                                                       help="File to write \\[default: "
                                                             "STUDY.FORMAT].")] = None) -> None:
     """Export every trial: parameters, values, states, user attributes (and curves in json)."""
     import pandas as pd
@@ -133,8 +133,11 @@ def delete(study: StudyArg, storage: StorageOpt = None,
 @app.command()
 def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial number.")],
            storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
-    """Retrain a trial from its stored configuration and seed and check that its per-epoch
-    history matches the stored one exactly."""
+    """Retrain a trial and check that it reproduces its stored learning curve exactly.
+
+    The trial is retrained from its stored configuration and seed; every per-epoch value
+    (train loss, validation loss and accuracy, lr) must match bit for bit, and a diverged
+    trial must diverge at the same update."""
     st, sf, _ = _load(study, storage)
     sf = _need_file(sf, study)
     frozen = next((t for t in st.get_trials(deepcopy=False) if t.number == trial), None)
@@ -192,7 +195,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
 def best(study: StudyArg, storage: StorageOpt = None,
          test: Annotated[bool, typer.Option("--test", help="Retrain the best configuration on "
                                             "train+validation and report test accuracy.")] = False,
-         seed: Annotated[int | None, typer.Option(help="Training seed for --test [default: the "
+         seed: Annotated[int | None, typer.Option(help="Training seed for --test \\[default: the "
                                                  "trial's].")] = None,
          json_out: JsonOpt = False) -> None:
     """The best configuration; with --test, its test accuracy beside LogisticRegression's."""
@@ -208,6 +211,9 @@ def best(study: StudyArg, storage: StorageOpt = None,
     if test:
         sf = _need_file(sf, study)
         splits = load_data(sf)
+        if len(splits.y_test) == 0:
+            raise TunerError(f"study {study!r} has no test split (data.test_size = 0 in its study "
+                             "file), so there is no test accuracy to report")
         X = np.concatenate([splits.X_train, splits.X_val])
         y = np.concatenate([splits.y_train, splits.y_val])
         result = fit(params, X, y, epochs=sf.model.epochs,
@@ -215,7 +221,8 @@ def best(study: StudyArg, storage: StorageOpt = None,
         if result.diverged:
             raise TunerError(f"retraining trial #{trial.number} on train+validation diverged: "
                              f"{result.divergence['reason']}")
-        _, summary["test_accuracy"] = evaluate(result.W, splits.X_test, splits.y_test, params["loss"])
+        _, summary["test_accuracy"] = evaluate(result.W, splits.X_test, splits.y_test,
+                                               result.params["loss"])
         summary["reference_test_accuracy"] = logistic_regression_accuracy(
             X, y, {"test": (splits.X_test, splits.y_test)})["test"]
         summary["n_train"] = len(y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 import optuna
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from tuner import params as P
@@ -17,9 +20,10 @@ from tuner.cli.views import fmt, study_report
 from tuner.config import StudyFile, load_study_file
 from tuner.errors import ConfigError
 from tuner.model import evaluate
-from tuner.reference import reference_on_split
+from tuner.reference import logistic_regression_accuracy
 from tuner.space import SearchSpace
 from tuner.storage import describe, open_storage, resolve_url
+from tuner.storage.resilience import Resilient
 from tuner.study import load_data, load_study
 from tuner.train import fit, make_plan
 
@@ -33,8 +37,9 @@ def check(study_file: StudyFileArg,
           samples: Annotated[int, typer.Option(help="How many sampled configurations to show.")] = 5,
           data: Annotated[bool, typer.Option(help="Also load and split the data.")] = True,
           json_out: JsonOpt = False) -> None:
-    """Validate a study file and show its search space and a few sampled configurations,
-    without running anything."""
+    """Validate a study file and show its search space and sample configurations.
+
+    Nothing is trained or stored; the data is loaded and split unless --no-data."""
     sf = load_study_file(study_file)
     data_text = _check_data(sf) if data else "not loaded (--no-data)"
     configs = sample_configurations(sf.space, samples, seed=sf.study.seed)
@@ -157,8 +162,10 @@ def train(study_file: StudyFileArg,
           epochs: Annotated[int | None, typer.Option(help="Override model.epochs.")] = None,
           seed: Annotated[int, typer.Option(help="Training seed (weights and shuffling).")] = 0,
           json_out: JsonOpt = False) -> None:
-    """Train one configuration of a study file and show its learning curve, validation and
-    test accuracy, beside scikit-learn's LogisticRegression on the same split."""
+    """Train one configuration of a study file and show its learning curve.
+
+    Reports validation and test accuracy beside scikit-learn's LogisticRegression on the same
+    split. Nothing is stored."""
     sf = load_study_file(study_file)
     params, sources = resolve_train_config(sf, parse_sets(set_ or []))
     n_epochs = epochs or sf.model.epochs
@@ -184,24 +191,28 @@ def train(study_file: StudyFileArg,
 
     result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
                  epochs=n_epochs, seed=seed, dtype=sf.model.dtype, on_epoch=on_epoch)
-    reference = reference_on_split(splits)
+    # data.test_size = 0 leaves no test split: report what exists
+    evals = {name: (X, y) for name, X, y in (("val", splits.X_val, splits.y_val),
+                                             ("test", splits.X_test, splits.y_test)) if len(y)}
+    reference = logistic_regression_accuracy(splits.X_train, splits.y_train, evals)
     summary: dict[str, Any] = {"config": params, "history": result.history,
                                "divergence": result.divergence, "reference": reference,
                                "wall_time": result.wall_time}
     if not result.diverged:
-        _, summary["val_accuracy"] = evaluate(result.W, splits.X_val, splits.y_val, params["loss"])
-        _, summary["test_accuracy"] = evaluate(result.W, splits.X_test, splits.y_test, params["loss"])
+        for name, (X, y) in evals.items():
+            _, summary[f"{name}_accuracy"] = evaluate(result.W, X, y, params["loss"])
     if json_out:
         print_json(summary)
         return
+    names = {"val": "validation", "test": "test"}
     if result.diverged:
         d = result.divergence
         out.print(f"[red]diverged[/] at update {d['step']} (epoch {d['epoch']}): {d['reason']}")
     else:
-        out.print(f"validation accuracy [bold]{summary['val_accuracy']:.4f}[/], test accuracy "
-                  f"[bold]{summary['test_accuracy']:.4f}[/] ({result.wall_time:.2f} s)")
-    out.print(f"reference (scikit-learn LogisticRegression, same split): validation "
-              f"{reference['val']:.4f}, test {reference['test']:.4f}")
+        shown = ", ".join(f"{names[k]} accuracy [bold]{summary[f'{k}_accuracy']:.4f}[/]" for k in evals)
+        out.print(f"{shown[0].upper()}{shown[1:]} ({result.wall_time:.2f} s)")
+    out.print("reference (scikit-learn LogisticRegression, same split): "
+              + ", ".join(f"{names[k]} {v:.4f}" for k, v in reference.items()))
 
 
 @app.command()
@@ -215,21 +226,22 @@ def run(study_file: StudyFileArg,
         workers: Annotated[int, typer.Option(
             "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
         study_name: Annotated[str | None, typer.Option(
-            help="Study name [default: study.name from the file].")] = None,
+            help="Study name \\[default: study.name from the file].")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
         top: Annotated[int, typer.Option(help="Rows of the final top-trials table.")] = 10,
         json_out: JsonOpt = False) -> None:
-    """Run (or resume, or join) a study: trials until the study has --n-trials finished ones.
+    """Run, resume or join a study until it has --n-trials finished trials.
 
     Ctrl-C stops cleanly: running trials are marked FAIL and re-queued, nothing else is lost,
     and the same command continues the study. On PostgreSQL, `tuner run` on other machines
     with the same study file and storage joins the study."""
+    from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
 
     sf = load_study_file(study_file).with_overrides(name=study_name, n_trials=n_trials)
     url = resolve_url(storage, sf.study.storage)
     runner = Runner(sf, storage_url=url, workers=workers, timeout=timeout,
-                    quiet=quiet or json_out, console=err)
+                    quiet=quiet or json_out, console=err, hooks=[DashboardHook()])
     result = runner.run()
     counts = {state.name: n for state, n in result.counts.items()}
     if json_out:
@@ -261,8 +273,16 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
     if result.reason == "fail_fast":
         err.print("  hint: see the error with `tuner show` or fix the study file, then rerun")
         return
-    storage = open_storage(url)
-    study, stored = load_study(result.study_name, storage)
-    study_report(out, study, stored or sf, top=top)
-    out.print(f"[dim]storage: {describe(url)} · inspect: tuner show {result.study_name} · "
-              f"dashboard: tuner dashboard[/]")
+    if result.reason in ("SIGINT", "SIGTERM"):
+        return  # exit promptly: `tuner show` has the report
+
+    def render() -> str:  # rendered whole, so a dropped connection mid-way prints nothing twice
+        buffer = Console(file=io.StringIO(), width=out.width, force_terminal=out.is_terminal,
+                         color_system=out.color_system)
+        study, stored = load_study(result.study_name, open_storage(url))
+        study_report(buffer, study, stored or sf, top=top)
+        buffer.print(f"[dim]storage: {describe(url)} · inspect: tuner show {result.study_name} · "
+                     f"dashboard: tuner dashboard[/]")
+        return buffer.file.getvalue()
+
+    sys.stdout.write(Resilient(url, max_outage=30).call("print the study report", render))

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner import results
-from tuner.study import flat_params, metric_direction
+from tuner.study import flat_params, metric_direction, resolved_params
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -40,10 +40,11 @@ def top_table(study: optuna.Study, study_file: Any, k: int) -> Table:
         table.add_column(col, justify="right" if col in ("#", metric, "lr (ref)", "peak lr",
                                                         "batch", "warmup") else "left")
     for trial in results.top_trials(study, k):
-        p = flat_params(trial, study_file)
+        p = resolved_params(trial, study_file)
+        searched = flat_params(trial, study_file)  # 'extra' lists what the study file sets
         shown = {"optimizer", "lr", "batch_size", "batch_scaling", "warmup_epochs", "decay",
                  "base_batch_size", "loss"}
-        extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in p.items()
+        extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in searched.items()
                           if key not in shown and not isinstance(v, list))
         table.add_row(str(trial.number), fmt(trial.value), str(p.get("optimizer")),
                       fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),

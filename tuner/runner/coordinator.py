@@ -92,11 +92,11 @@ class Job:
 class Worker:
     """One worker process and the (at most two) jobs it holds: running and next."""
 
-    def __init__(self, ctx: Any, data: Any, index: int) -> None:
+    def __init__(self, ctx: Any, data: Any, index: int, blas_threads: int) -> None:
         self.index = index
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, data), daemon=True,
-                                   name=f"tuner-worker-{index}")
+        self.process = ctx.Process(target=worker_main, args=(child, data, blas_threads),
+                                   daemon=True, name=f"tuner-worker-{index}")
         self.process.start()
         child.close()
         self.current: Job | None = None
@@ -154,7 +154,7 @@ class Runner:
 
     def __init__(self, study_file: StudyFile, *, storage_url: str, workers: int = 1,
                  timeout: float | None = None, quiet: bool = False, live: bool | None = None,
-                 console: Any = None, max_outage: float = 120.0, prefetch: bool = True,
+                 console: Any = None, max_outage: float | None = None, prefetch: bool = True,
                  hooks: list[RunHook] | None = None, hook_interval: float = 300.0) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -165,7 +165,11 @@ class Runner:
         self.prefetch = prefetch
         self.metric = study_file.study.metric
         self.rel = study_file.study.reliability
-        self.resilient = Resilient(storage_url, max_outage=max_outage, on_retry=self._on_db_retry)
+        self._shutting_down = False
+        self.resilient = Resilient(
+            storage_url, on_retry=self._on_db_retry,
+            max_outage=self.rel.max_db_outage if max_outage is None else max_outage,
+            interrupted=lambda: self._signal is not None and not self._shutting_down)
         self.snap = Snapshot(study=study_file.study.name, storage=describe(storage_url),
                              metric=self.metric, n_trials=study_file.study.n_trials, workers=workers)
         self.display = Display(self.snap, console=console, quiet=quiet, live=live)
@@ -182,59 +186,81 @@ class Runner:
     # --- public ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        previous = self._install_signal_handlers()
+        self._owner_lock: NamedLock | None = None
+        self._shared: SharedSplits | None = None
+        self._heartbeat: threading.Thread | None = None
+        self.study: optuna.Study | None = None
+        try:
+            try:
+                self._setup()
+                if self._signal is None and self.stop_reason is None:
+                    self.started = time.monotonic()
+                    self._call_hooks("on_start")
+                    with self.display:
+                        self._update_counts()
+                        self._loop()
+                    self._call_hooks("on_end")
+            except StorageError:
+                if self._signal is None:
+                    raise
+            if self._signal is not None:
+                self.stop_reason = self._signal
+        finally:
+            self._stop_event.set()
+            self._shutdown()
+            if self._heartbeat is not None:
+                self._heartbeat.join(5.0)
+            if self._shared is not None:
+                self._shared.close()
+            if self._owner_lock is not None:
+                self._owner_lock.release()
+            self._restore_signal_handlers(previous)
+        counts: Counter = Counter()
+        best = None
+        if self.study is not None:
+            counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
+            best = self._best()
+        error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
+        return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
+                         counts, best, self.resilient.retries, error)
+
+    def _setup(self) -> None:
+        """Storage, runner lock (SQLite), study, orphan recovery, data in shared memory,
+        worker processes and the heartbeat thread. Stops early if a signal arrives."""
         self.storage = self.resilient.call("open the storage", open_storage, self.url,
                                            heartbeat_interval=self.rel.heartbeat_interval,
                                            grace_period=self.rel.grace,
                                            max_retry=self.rel.max_retry)
         self.engine_kind = self.storage.backend.engine.dialect.name
-        owner_lock = None
         if self.engine_kind == "sqlite":
-            owner_lock = NamedLock(self.storage, f"run-{self.sf.study.name}",
-                                   what=f"study {self.sf.study.name!r} on {describe(self.url)}")
-            owner_lock.acquire()
-        previous = self._install_signal_handlers()
-        shared = None
-        heartbeat = None
-        try:
-            self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
-                                             sampler_seed=0)
-            self.study_id = self.study._study_id
-            self._recover_orphans()
-            self.study.sampler = self._seeded_sampler()
-            splits = load_data(self.sf)
-            self.n_train = len(splits.y_train)
-            self.display.message(f"data: {splits.describe()}")
-            if ATTR_DATA not in self.study.user_attrs:
-                self.study.set_user_attr(ATTR_DATA, data_summary(splits))
-            shared = SharedSplits(splits)
-            del splits
-            ctx = mp.get_context("spawn")
-            self.workers = [Worker(ctx, shared.handle, i) for i in range(self.n_workers)]
-            self._ctx, self._shared_handle = ctx, shared.handle
-            heartbeat = threading.Thread(target=self._heartbeat_loop, name="tuner-heartbeat",
-                                         daemon=True)
-            heartbeat.start()
-            self.started = time.monotonic()
-            self._call_hooks("on_start")
-            with self.display:
-                self._update_counts()
-                self._loop()
-            self._call_hooks("on_end")
-        finally:
-            self._stop_event.set()
-            self._shutdown()
-            if heartbeat is not None:
-                heartbeat.join(5.0)
-            if shared is not None:
-                shared.close()
-            if owner_lock is not None:
-                owner_lock.release()
-            self._restore_signal_handlers(previous)
+            self._owner_lock = NamedLock(self.storage, f"run-{self.sf.study.name}",
+                                         what=f"study {self.sf.study.name!r} on {describe(self.url)}")
+            self._owner_lock.acquire()
+        self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
+                                         sampler_seed=0)
+        self.study_id = self.study._study_id
+        self._recover_orphans()
+        self.study.sampler = self._seeded_sampler()
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
-        best = self._best()
-        error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
-        return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
-                         counts, best, self.resilient.retries, error)
+        if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials:
+            self.stop_reason = "done"  # nothing to do: don't load data or start workers
+        if self._signal is not None or self.stop_reason is not None:
+            return
+        splits = load_data(self.sf)
+        self.n_train = len(splits.y_train)
+        self.display.message(f"data: {splits.describe()}")
+        if ATTR_DATA not in self.study.user_attrs:
+            self.study.set_user_attr(ATTR_DATA, data_summary(splits))
+        self._shared = SharedSplits(splits)
+        del splits
+        self._ctx = mp.get_context("spawn")
+        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        self.workers = [Worker(self._ctx, self._shared.handle, i, self.blas_threads)
+                        for i in range(self.n_workers)]
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="tuner-heartbeat",
+                                           daemon=True)
+        self._heartbeat.start()
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -252,14 +278,15 @@ class Runner:
                                  f"runner: {', '.join(f'#{n}' for n in numbers)} (failed and re-queued)")
 
     def _seeded_sampler(self) -> optuna.samplers.BaseSampler:
-        """Seed the sampler from the study seed and the study's state, so a fresh single-runner
-        study is reproducible and a resumed or joined one does not repeat earlier samples."""
-        from tuner.study import make_sampler
+        """Seed the sampler from the study seed and this run's index in the study (claimed
+        under the budget lock), so a fresh single-runner study is reproducible while resumed
+        runs and concurrent runners never repeat each other's random samples."""
+        from tuner.study import ATTR_RUNS, make_sampler
 
-        counts = state_counts(self.storage, self.study_id)
-        others = counts[TrialState.RUNNING]
-        seed = derive_seed(self.sf.study.seed, sum(counts.values()), os.getpid() if others else 0)
-        return make_sampler(self.sf, seed)
+        with BudgetLock(self.storage, self.study_id):
+            runs = int(self.storage.get_study_user_attrs(self.study_id).get(ATTR_RUNS, 0))
+            self.study.set_user_attr(ATTR_RUNS, runs + 1)
+        return make_sampler(self.sf, derive_seed(self.sf.study.seed, runs))
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
@@ -422,7 +449,8 @@ class Runner:
         job.trial.report(float(metrics[self.metric]), job.epoch)
         if self.sf.study.pruner.type == "none" or not job.plan.warmup_epochs_done(job.epoch):
             return  # never prune a trial inside its own warmup
-        if job.epoch < self.sf.model.epochs and job.trial.should_prune():
+        if job.epoch < self.sf.model.epochs and self.resilient.call(
+                f"decide whether to prune trial {job.number}", job.trial.should_prune):
             job.prune_at = job.epoch
             worker.send("stop", job.number)
 
@@ -536,7 +564,8 @@ class Runner:
             if self.startup_failures >= 3:
                 raise RuntimeError(f"worker processes exit at start-up ({why}); see the error above")
         if self._signal is None:
-            self.workers[index] = Worker(self._ctx, self._shared_handle, worker.index)
+            self.workers[index] = Worker(self._ctx, self._shared.handle, worker.index,
+                                         self.blas_threads)
         else:
             self.workers.pop(index)
 
@@ -565,8 +594,12 @@ class Runner:
 
     def _shutdown(self) -> None:
         """Fail (and re-queue) trials that are mid-training, put never-started ones back in the
-        queue, and stop the workers. Nothing stays RUNNING."""
+        queue, and stop the workers. Nothing stays RUNNING. If the database is down, give up
+        after a short wait: the trials' heartbeats stop, so any runner (or `tuner doctor`)
+        fails and re-queues them later."""
         reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
+        self._shutting_down = True
+        self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
         if self._signal is not None:  # exit promptly: the trials are re-queued anyway
             for worker in self.workers:
                 worker.process.kill()

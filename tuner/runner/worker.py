@@ -5,13 +5,20 @@ seed, epochs, dtype)``, ``("stop", job_id)``, ``("exit",)``. Worker -> runner: `
 pid)``, ``("epoch", job_id, metrics)`` after every epoch, then ``("done", job_id, outcome)`` or
 ``("error", job_id, type, message, traceback)``. The worker never waits for an answer to an
 epoch report: a ``stop`` is picked up at the next epoch end, so training runs at full speed.
-Workers ignore SIGINT; the runner decides when they stop.
+Workers ignore SIGINT (the runner decides when they stop) and die with the runner (Linux
+``PR_SET_PDEATHSIG``), so a killed runner leaves no orphan training behind.
+
+Fault injection for reliability tests: ``TUNER_INJECT_FAULT=exception:P`` makes a trial raise
+inside the worker with probability ``P`` (drawn from the trial's seed, so it is reproducible).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import random
 import signal
+import sys
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection
@@ -33,24 +40,46 @@ def outcome(result: FitResult) -> dict[str, Any]:
     }
 
 
-def worker_main(conn: Connection, data: SharedData) -> None:
+def worker_main(conn: Connection, data: SharedData, blas_threads: int = 1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(blas_threads)  # K workers share the cores instead of oversubscribing them
     arrays, blocks = data.attach()
     inbox: deque[tuple] = deque()
-    conn.send(("ready", os.getpid()))
     try:
+        conn.send(("ready", os.getpid()))
         while True:
-            try:
-                message = inbox.popleft() if inbox else conn.recv()
-            except EOFError:
-                return  # the runner is gone
+            message = inbox.popleft() if inbox else conn.recv()
             if message[0] == "exit":
                 return
             if message[0] == "run":
                 _run(conn, inbox, arrays, *message[1:])
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the runner is gone
     finally:
         for block in blocks:
             block.close()
+
+
+def _maybe_inject_fault(seed: int) -> None:
+    spec = os.environ.get("TUNER_INJECT_FAULT", "")
+    kind, _, probability = spec.partition(":")
+    if kind == "exception" and random.Random(seed).random() < float(probability or 1.0):
+        raise RuntimeError(f"injected fault (TUNER_INJECT_FAULT={spec})")
+
+
+def _die_with_parent() -> None:
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() == 1:  # the runner died before prctl took effect
+        os._exit(1)
 
 
 def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict, seed: int,
@@ -68,8 +97,11 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
         return stop
 
     try:
+        _maybe_inject_fault(seed)
         result = fit(params, arrays["X_train"], arrays["y_train"], arrays["X_val"], arrays["y_val"],
                      epochs=epochs, seed=seed, dtype=dtype, on_epoch=on_epoch)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        raise  # the runner is gone: nobody to report to
     except Exception as exc:  # a bug or a bad value: the runner fails this trial and goes on
         conn.send(("error", job_id, type(exc).__name__, str(exc), traceback.format_exc()[-4000:]))
         return

@@ -3,8 +3,10 @@ errors that say which database could not be reached and what to try, never a pas
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -27,6 +29,7 @@ from tuner.storage.urls import (
 __all__ = ["open_storage", "resolve_url", "mask_url", "describe", "BufferedStorage"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+SCHEMA_LOCK_KEY = 0x7475_6E65_7273_6368  # "tunersch": one advisory lock for table creation
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None,
@@ -59,18 +62,42 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
             "connect_args": {"connect_timeout": 10, "options": "-c timezone=UTC"},
         }
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = RetryCallback(max_retry=max_retry) if heartbeat_interval else None
             backend = RDBStorage(url, engine_kwargs=engine_kwargs,
                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                  heartbeat_stale_trial_callback=callback)
+    except StorageError:
+        raise
     except Exception as exc:  # driver, SQLAlchemy and Optuna raise many types here
         raise storage_error(exc, url) from None
     if parsed.get_backend_name() == "sqlite":
         sqlalchemy.event.listen(backend.engine, "connect", _sqlite_pragmas)
         backend.engine.dispose()  # reconnect with the pragmas
     return BufferedStorage(backend)
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Serialize table creation across processes on PostgreSQL: runners started together on a
+    fresh database would otherwise race in ``CREATE TYPE`` ("duplicate key ... pg_type")."""
+    if parse(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=engine_kwargs["connect_args"])
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(SCHEMA_LOCK_KEY)))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise storage_error(exc, url) from None
+    finally:
+        engine.dispose()
 
 
 def _enable_wal(path: Any) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import os
 import socket
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,9 @@ def touch_heartbeats(storage: BufferedStorage, trial_ids: list[int]) -> None:
                      .values(heartbeat=sqlalchemy.func.now()))
 
 
-def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: float,
-                    *, all_running: bool = False) -> list[int]:
-    """RUNNING trials whose heartbeat (or start, if they never beat) is older than the grace
-    period; every RUNNING trial when ``all_running`` (their owner is known to be gone)."""
+def heartbeat_ages(storage: BufferedStorage, study_id: int) -> dict[int, float]:
+    """Seconds since each RUNNING trial's last heartbeat (or its start, if it never beat), by
+    the database clock: ``{trial_id: age}``."""
     with _create_scoped_session(storage.backend.scoped_session) as session:
         now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
         now = now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
@@ -69,13 +68,19 @@ def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: floa
                    .options(selectinload(models.TrialModel.heartbeats))
                    .filter(models.TrialModel.study_id == study_id,
                            models.TrialModel.state == TrialState.RUNNING).all())
-        cutoff = now - timedelta(seconds=grace_seconds)
-        stale = []
+        ages = {}
         for trial in running:
             last = trial.heartbeats[0].heartbeat if trial.heartbeats else trial._datetime_start_utc
-            if all_running or last is None or last < cutoff:
-                stale.append(trial.trial_id)
-        return stale
+            ages[trial.trial_id] = float("inf") if last is None else (now - last).total_seconds()
+        return ages
+
+
+def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: float,
+                    *, all_running: bool = False) -> list[int]:
+    """RUNNING trials whose heartbeat (or start, if they never beat) is older than the grace
+    period; every RUNNING trial when ``all_running`` (their owner is known to be gone)."""
+    return [trial_id for trial_id, age in heartbeat_ages(storage, study_id).items()
+            if all_running or age > grace_seconds]
 
 
 def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, **attrs: Any) -> bool:

@@ -47,10 +47,12 @@ class Resilient:
     """Runs storage operations, retrying those that fail because the connection dropped."""
 
     def __init__(self, url: str, *, max_outage: float = 120.0,
-                 on_retry: Callable[[str, BaseException, float], None] | None = None) -> None:
+                 on_retry: Callable[[str, BaseException, float], None] | None = None,
+                 interrupted: Callable[[], bool] | None = None) -> None:
         self.url = url
         self.max_outage = max_outage
         self.on_retry = on_retry
+        self.interrupted = interrupted or (lambda: False)
         self.retries = 0
 
     def call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -63,16 +65,30 @@ class Resilient:
                 if not is_transient(exc):
                     raise
                 waited = time.monotonic() - started
+                if self.interrupted():
+                    raise StorageError(f"gave up waiting for {describe(self.url)} to {what}: "
+                                       "interrupted") from None
                 if waited >= self.max_outage:
                     raise StorageError(
                         f"lost the connection to {describe(self.url)} while trying to {what}, and "
                         f"it did not come back within {self.max_outage:g} s: "
-                        f"{scrub(str(exc).splitlines()[0], self.url)}",
+                        f"{_first_line(exc, self.url)}",
                         hint="finished trials are saved; rerun the same command to continue") from None
                 self.retries += 1
                 if self.on_retry is not None:
                     self.on_retry(what, exc, delay)
-                log.warning("database unavailable while trying to %s (%s); retrying in %.2g s",
-                            what, type(exc).__name__, delay)
-                time.sleep(min(delay, max(0.0, self.max_outage - waited)))
+                log.warning("database unavailable while trying to %s (%s: %s); retrying in %.2g s",
+                            what, type(exc).__name__, _first_line(exc, self.url), delay)
+                pause = min(delay, max(0.0, self.max_outage - waited))
+                deadline = time.monotonic() + pause
+                while time.monotonic() < deadline and not self.interrupted():
+                    time.sleep(min(0.05, pause))
                 delay = min(delay * 2, 8.0)
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = str(root).strip().splitlines()
+    return scrub(lines[0] if lines else type(root).__name__, url)[:200]

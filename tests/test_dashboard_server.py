@@ -1,0 +1,226 @@
+"""`tuner dashboard` as a real subprocess answering real HTTP on a free port: optuna-dashboard's
+API and UI, the tuner study list (best values, counts, last activity), the study views, the
+report download, plotly.js, concurrent requests, live updates, and clear errors for a busy port
+and a bad storage. On SQLite and on the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from conftest import run_tuner, tuner_env
+from test_dashboard import STUDY_NAME, STUDY_PANELS, make_study, shared_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Dashboard:
+    """``tuner dashboard --port 0`` in the background; ``.base`` is its address."""
+
+    def __init__(self, url: str, *extra: str, cwd: Path | None = None, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", url,
+                                      "--port", "0", *extra], cwd=cwd, env=env or tuner_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.base = self._wait_for_address()
+
+    def _wait_for_address(self, timeout: float = 60) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                m = re.search(r"serving (http://[^/\s]+)/", line)
+                if m:
+                    found.append(m.group(1))
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not found:
+            self.stop()
+            raise AssertionError(f"tuner dashboard did not start: {self.proc.stderr.read()}")
+        return found[0]
+
+    def get(self, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, Any, bytes]:
+        req = urllib.request.Request(self.base + path, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    def text(self, path: str) -> str:
+        status, _, body = self.get(path)
+        assert status == 200, (path, status, body[:500])
+        return body.decode("utf-8")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stderr = self.stop()
+        assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory):
+    return shared_study(tmp_path_factory)[0]
+
+
+def best_of(url: str, name: str = STUDY_NAME) -> optuna.trial.FrozenTrial:
+    return optuna.load_study(study_name=name, storage=url).best_trial
+
+
+def check_server(dash: Dashboard, url: str, name: str) -> None:
+    plain = optuna.load_study(study_name=name, storage=url)
+    best = plain.best_trial
+    # optuna-dashboard's API and UI
+    summaries = json.loads(dash.text("/api/studies"))["study_summaries"]
+    study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+    detail = json.loads(dash.text(f"/api/studies/{study_id}"))
+    assert len(detail["trials"]) == len(plain.trials)
+    graph_ids = {g["id"] for g in detail["plotly_graph_objects"]}
+    assert {f"tuner-{p}" for p in STUDY_PANELS if p != "summary"} <= graph_ids
+    assert f"**Best trial #{best.number}**" in detail["note"]["body"]
+    assert "<div id=\"root\">" in dash.text("/dashboard") or "bundle.js" in dash.text("/dashboard")
+    # the tuner study list: best value, counts by state, last activity
+    page = dash.text("/")
+    row = re.search(rf'<tr data-study="{name}">(.*?)</tr>', page, re.S)
+    assert row, page
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    counts = {s: sum(t.state.name == s for t in plain.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    assert cells[2] == f"{best.value:.4f}" and cells[3] == f"#{best.number}"
+    assert cells[4:7] == [str(counts["COMPLETE"]), str(counts["PRUNED"]), str(counts["FAIL"])]
+    last = max(t.datetime_complete for t in plain.trials if t.datetime_complete)
+    assert cells[9] == f"{last:%Y-%m-%d %H:%M:%S}"
+    assert f'href="/dashboard/studies/{study_id}"' in cells[10]
+    rows = json.loads(dash.text("/tuner/api/studies"))
+    item = next(r for r in rows if r["name"] == name)
+    assert item["best_value"] == pytest.approx(best.value) and item["best_trial"] == best.number
+    assert item["counts"]["COMPLETE"] == counts["COMPLETE"] and item["study_id"] == study_id
+    # the study's tuner views
+    view = dash.text(f"/tuner/studies/{name}")
+    for p in STUDY_PANELS:
+        assert f'data-panel="{p}"' in view
+    assert f'id="best-value">{best.value:.4f}<' in view
+    assert '<script src="/tuner/static/plotly.min.js">' in view
+
+
+def test_dashboard_serves_optuna_dashboard_and_the_tuner_views(study_url):
+    with Dashboard(study_url) as dash:
+        assert dash.base.startswith("http://127.0.0.1:")  # localhost unless asked
+        check_server(dash, study_url, STUDY_NAME)
+        status, headers, body = dash.get(f"/tuner/studies/{STUDY_NAME}/report.html")
+        assert status == 200 and "attachment" in headers["Content-Disposition"]
+        assert body.count(b"* plotly.js v") == 1 and b"<script src=" not in body[:2000]
+        status, headers, body = dash.get("/tuner/static/plotly.min.js", {"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["Content-Encoding"] == "gzip" and len(body) < 2_500_000
+        status, headers, _ = dash.get("/tuner/static/plotly.min.js", {"If-None-Match": headers["ETag"]})
+        assert status == 304
+        status, _, body = dash.get("/tuner/studies/no-such-study")
+        assert status == 404 and b"no study named" in body
+        assert dash.get("/tuner/studies/x", method="POST")[0] == 405
+        status, _, body = dash.get("/", method="HEAD")
+        assert status == 200 and body == b""
+        assert dash.text("/tuner/health") == "ok\n"
+
+
+def test_requests_are_served_concurrently(study_url):
+    with Dashboard(study_url, "--threads", "4") as dash:
+        paths = ["/", "/api/studies", f"/tuner/studies/{STUDY_NAME}", "/tuner/api/studies"] * 4
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda p: dash.get(p)[0], paths))
+        assert statuses == [200] * len(paths)
+
+
+def test_pages_follow_a_running_study(tmp_path):
+    url, _ = make_study(tmp_path, name="live", n_trials=10)
+    with Dashboard(url) as dash:
+        first = dash.text("/tuner/studies/live")
+        assert re.search(r'id="trial-counts">10 trials', first)
+        study = optuna.load_study(study_name="live", storage=url)
+        model = study.trials[0]
+        study.add_trial(optuna.trial.create_trial(  # a new best
+            params=model.params, distributions=model.distributions, value=0.999,
+            user_attrs=model.user_attrs))
+        page = dash.text("/tuner/studies/live")
+        assert 'id="best-value">0.9990<' in page and 'id="trial-counts">11 trials' in page
+        assert re.search(r'<tr data-study="live">.*?<td class="num best">0.9990</td>', dash.text("/"), re.S)
+
+
+def test_dashboard_on_postgresql(pg_url, tmp_path):
+    make_study(tmp_path, name="pgdash", n_trials=14, url=pg_url)
+    with Dashboard(pg_url) as dash:
+        check_server(dash, pg_url, "pgdash")
+
+
+def test_busy_port_is_a_clear_error(study_url):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    port = sock.getsockname()[1]
+    try:
+        proc = run_tuner("dashboard", "--storage", study_url, "--port", port, timeout=60)
+    finally:
+        sock.close()
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in proc.stderr
+    assert "--port 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_storage_is_a_clear_error_with_the_password_masked(tmp_path):
+    proc = run_tuner("dashboard", "--storage", f"sqlite:///{tmp_path / 'missing.db'}", timeout=60)
+    assert proc.returncode == 3 and "no database at" in proc.stderr
+    assert not (tmp_path / "missing.db").exists()
+    proc = run_tuner("dashboard", "--storage", "postgresql+psycopg://tuner:s3cr3tpw@127.0.0.1:1/nodb",
+                     timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot connect" in proc.stderr and "s3cr3tpw" not in proc.stdout + proc.stderr
+    assert "***" in proc.stderr
+    proc = run_tuner("dashboard", "--storage", "mysql://x@y/z", timeout=60)
+    assert proc.returncode == 3 and "unsupported storage" in proc.stderr
+
+
+def test_a_broken_dashboard_file_stops_the_server_at_start(study_url, tmp_path):
+    (tmp_path / "study.toml").write_text("[[panel]\n")
+    proc = run_tuner("dashboard", "--storage", study_url, "--dashboards", tmp_path, "--port", "0", timeout=60)
+    assert proc.returncode == 2 and "invalid TOML" in proc.stderr
+
+
+def test_list_panels(study_url):
+    proc = run_tuner("dashboard", "--list-panels", timeout=60)
+    assert proc.returncode == 0
+    for p in STUDY_PANELS:
+        assert f"{p}:" in proc.stdout
+
+
+def test_ctrl_c_stops_the_server(study_url):
+    dash = Dashboard(study_url)
+    assert dash.get("/")[0] == 200
+    dash.proc.send_signal(2)
+    assert dash.proc.wait(15) == 0
+    assert "stopped" in dash.proc.stderr.read()
+    time.sleep(0.1)

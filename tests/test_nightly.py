@@ -1,0 +1,337 @@
+"""``tuner nightly`` and ``tuner history`` end to end: real storage (SQLite and PostgreSQL),
+the CLI as real subprocesses. Night histories are built with ``optuna.trial.create_trial`` /
+``add_trial`` where a test needs particular past nights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from tuner import params as P
+from tuner.config import load_study_file
+from tuner.nightly.figures import choices_figure, trend_figure, verdict_markdown
+from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, night_study_file
+from tuner.nightly.regression import check_night, reevaluate
+from tuner.storage import open_storage
+from tuner.storage.coordination import NamedLock
+from tuner.study import load_data, open_study
+
+from conftest import run_tuner, tuner_env, write_study
+
+DAY = date(2026, 11, 25)
+POLL_DEADLINE_S = 120.0
+
+
+def nightly_file(path: Path, *, name: str = "nt", n_trials: int = 4, epochs: int = 3,
+                 space: str | None = None, warm_start: int = 3, tolerance: float = 0.01,
+                 baseline_nights: int = 3, extra: str = "") -> Path:
+    """A tiny digits study file with a [schedule] section."""
+    write_study(path, name=name, n_trials=n_trials, epochs=epochs, space=space)
+    with path.open("a") as fh:
+        fh.write(f"""
+[schedule]
+cron = "0 2 * * *"
+timezone = "UTC"
+warm_start = {warm_start}
+{extra}
+
+[schedule.regression]
+tolerance = {tolerance}
+baseline_nights = {baseline_nights}
+spread_factor = 2.0
+""")
+    return path
+
+
+def nightly(path: Path, url: str, day: date = DAY, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    return run_tuner("nightly", path, "--date", day.isoformat(), "--storage", url, *args, **kwargs)
+
+
+def add_night(url: str, study_path: Path, day: date,
+              trials: list[tuple[dict[str, Any], float, int]]) -> str:
+    """A past night built directly: each (config, value, seed) becomes a COMPLETE trial with
+    the ``config`` and ``seed`` attributes the runner stores."""
+    sf = night_study_file(load_study_file(study_path), day)
+    study = open_study(sf, open_storage(url))
+    study.set_user_attr(ATTR_NIGHT, {"base": load_study_file(study_path).study.name,
+                                     "date": day.isoformat()})
+    for config, value, seed in trials:
+        params, dists = {}, {}
+        for key, v in config.items():
+            spec = P.PARAMS[key]
+            params[key] = v
+            if spec.kind in ("choice", "bool"):
+                dists[key] = CategoricalDistribution(list(spec.choices or (False, True)))
+            elif spec.kind == "int":
+                dists[key] = IntDistribution(1, 4096)
+            else:
+                dists[key] = FloatDistribution(1e-9, 10.0, log=True)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=value,
+            user_attrs={"config": config, "seed": seed}))
+    return sf.study.name
+
+
+def study_of(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def done(study: optuna.Study) -> int:
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+# --- idempotent nights ------------------------------------------------------------------------
+
+def test_same_night_twice_is_one_study_with_an_exact_budget(storage_url, tmp_path):
+    path = nightly_file(tmp_path / "n.toml", n_trials=5)
+    first = nightly(path, storage_url, DAY, "--json", check=True)
+    summary = json.loads(first.stdout)
+    assert summary["study"] == "nt-2026-11-25" and summary["exit_code"] == 0
+    assert summary["verdict"]["verdict"] == "ok" and summary["verdict"]["cause"] == "no_baseline"
+    second = nightly(path, storage_url, DAY, check=True)
+    assert "nt-2026-11-25" in second.stdout and "5/5 trials done" in second.stdout
+    names = optuna.get_all_study_names(storage=storage_url)
+    assert names == ["nt-2026-11-25"]
+    study = study_of(storage_url, "nt-2026-11-25")
+    assert done(study) == 5 and len(study.trials) == 5
+    assert study.user_attrs[ATTR_NIGHT]["base"] == "nt"
+    assert study.user_attrs[ATTR_VERDICT]["verdict"] == "ok"
+
+
+def test_two_concurrent_nightly_runs_of_the_same_night(storage_url, tmp_path):
+    path = nightly_file(tmp_path / "n.toml", n_trials=30, epochs=10)
+    cmd = [sys.executable, "-m", "tuner", "nightly", str(path), "--date", DAY.isoformat(),
+           "--storage", storage_url, "--quiet"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=tuner_env())
+    try:
+        deadline = time.monotonic() + POLL_DEADLINE_S
+        # the study is created under the night's lock: once it exists, the first run holds it
+        while "nt-2026-11-25" not in _names(storage_url) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first run never created its study"
+            time.sleep(0.05)
+        second = run_tuner("nightly", path, "--date", DAY.isoformat(), "--storage", storage_url)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert second.returncode == 75, second.stderr
+    assert "nightly sweep 'nt-2026-11-25' is already running in another process" in second.stderr
+    study = study_of(storage_url, "nt-2026-11-25")
+    assert done(study) == 30 and len(study.trials) == 30
+
+
+def test_night_lock_held_elsewhere_exits_75(storage_url, tmp_path):
+    path = nightly_file(tmp_path / "n.toml")
+    lock = NamedLock(open_storage(storage_url), "nightly:nt-2026-11-25", what="x").acquire()
+    try:
+        proc = nightly(path, storage_url)
+    finally:
+        lock.release()
+    assert proc.returncode == 75
+    assert "already running in another process" in proc.stderr
+    assert "nt-2026-11-25" not in _names(storage_url)
+
+
+def _names(url: str) -> list[str]:
+    try:
+        return optuna.get_all_study_names(storage=url)
+    except Exception:  # the tables may not exist yet
+        return []
+
+
+# --- warm start ---------------------------------------------------------------------------------
+
+YESTERDAY_SPACE = '''optimizer = ["sgd", "momentum", "adam"]
+lr = {low = 1e-3, high = 0.5, log = true}
+batch_size = [64, 128]
+decay = ["constant", "cosine"]'''
+TONIGHT_SPACE = '''optimizer = ["sgd", "adam"]
+lr = {low = 1e-3, high = 0.2, log = true}
+batch_size = [64, 128]
+decay = ["constant", "cosine"]'''
+
+
+def test_warm_start_enqueues_yesterdays_valid_top_k_first(storage_url, tmp_path):
+    yesterday = nightly_file(tmp_path / "y.toml", space=YESTERDAY_SPACE, warm_start=4)
+    c = {"adam": {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "constant"},
+         "momentum": {"optimizer": "momentum", "lr": 0.05, "batch_size": 128, "decay": "cosine"},
+         "sgd_hi": {"optimizer": "sgd", "lr": 0.3, "batch_size": 64, "decay": "cosine"},
+         "sgd": {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "decay": "constant"},
+         "sgd_lo": {"optimizer": "sgd", "lr": 0.002, "batch_size": 64, "decay": "constant"}}
+    # the night before yesterday must not be used: yesterday is the most recent earlier night
+    add_night(storage_url, yesterday, DAY - timedelta(days=2), [(c["sgd_lo"], 0.99, 1)])
+    add_night(storage_url, yesterday, DAY - timedelta(days=1), [
+        (c["adam"], 0.97, 1), (c["momentum"], 0.96, 2), (c["sgd_hi"], 0.95, 3),
+        (c["adam"], 0.94, 4),  # the same configuration again: counted once
+        (c["sgd"], 0.93, 5), (c["sgd_lo"], 0.50, 6)])
+    tonight = nightly_file(tmp_path / "t.toml", space=TONIGHT_SPACE, warm_start=4, n_trials=4)
+    proc = nightly(tonight, storage_url, DAY)
+    # (the made-up values of yesterday are above what 3 epochs reach: any verdict will do here)
+    assert proc.returncode in (0, 4), proc.stderr
+    assert "warm start from nt-2026-11-24: 2 of its top 4 configuration(s) enqueued, 2 skipped" in proc.stdout
+    assert "skipped #1 (0.96): optimizer='momentum' is outside one of 'sgd', 'adam'" in proc.stdout
+    assert "skipped #2 (0.95): lr=0.3 is outside log float [0.001, 0.2]" in proc.stdout
+
+    study = study_of(storage_url, "nt-2026-11-25")
+    first_two = sorted(study.trials, key=lambda t: t.number)[:2]
+    assert [t.user_attrs["warm_start"]["trial"] for t in first_two] == [0, 4]
+    assert [t.user_attrs["config"] for t in first_two] == [c["adam"], c["sgd"]]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first_two)
+    stored = study.user_attrs[ATTR_WARM_START]
+    assert stored["source"] == "nt-2026-11-24" and [e["trial"] for e in stored["enqueued"]] == [0, 4]
+    assert {s["trial"]: s["reasons"] for s in stored["skipped"]} == {
+        1: ["optimizer='momentum' is outside one of 'sgd', 'adam'"],
+        2: ["lr=0.3 is outside log float [0.001, 0.2]"]}
+    assert done(study) == 4
+
+    # resuming the night does not enqueue again
+    again = nightly(tonight, storage_url, DAY)
+    assert again.returncode in (0, 4), again.stderr
+    assert "done by the first run of this night" in again.stdout
+    study = study_of(storage_url, "nt-2026-11-25")
+    assert sum("warm_start" in t.user_attrs for t in study.trials) == 2 and len(study.trials) == 4
+
+
+# --- regression verdicts on constructed histories ----------------------------------------------
+
+POOR_SPACE = '''optimizer = "sgd"
+lr = {low = 1e-4, high = 3e-4, log = true}'''
+
+
+def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
+    """Tonight is a real sweep (plain SGD with a tiny learning rate, so its best is modest);
+    the baseline nights are constructed around numbers measured on tonight's data."""
+    path = nightly_file(tmp_path / "r.toml", space=POOR_SPACE, warm_start=0, tolerance=0.01)
+    first = json.loads(nightly(path, storage_url, DAY, "--json", check=True).stdout)
+    tonight = first["best"]["value"]
+    best_config = first["best"]["config"]
+    best_seed = study_of(storage_url, "nt-2026-11-25").trials[first["best"]["trial"]].user_attrs["seed"]
+    sf = night_study_file(load_study_file(path), DAY)
+    splits = load_data(sf)
+    # the premise of the incumbent check: same configuration, seed and data give the same value
+    assert reevaluate(best_config, best_seed, sf, splits)[0] == tonight
+    good = {"optimizer": "adam", "lr": 0.05}
+    bad = {"optimizer": "sgd", "lr": 1e-6}
+    v_good = reevaluate(good, 7, sf, splits)[0]
+    v_bad = reevaluate(bad, 7, sf, splits)[0]
+    assert v_good > tonight + 0.05 and v_bad < tonight - 0.05  # preconditions of the scenarios
+
+    rule = load_study_file(path).schedule.regression
+
+    def scenario(bests: list[tuple[dict, float, int]], *, cli: bool = False) -> tuple[int, dict]:
+        """Replace the baseline nights with ``bests`` (oldest first, one night each) and
+        check tonight again: in-process, or by rerunning ``tuner nightly`` (a resume)."""
+        for name in optuna.get_all_study_names(storage=storage_url):
+            if name != "nt-2026-11-25":
+                optuna.delete_study(study_name=name, storage=storage_url)
+        for i, trial in enumerate(bests):
+            add_night(storage_url, path, DAY - timedelta(days=len(bests) - i), [trial])
+        if cli:
+            proc = nightly(path, storage_url, DAY, "--json")
+            verdict = json.loads(proc.stdout)["verdict"]
+            assert study_of(storage_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT] == verdict
+            return proc.returncode, verdict
+        storage = open_storage(storage_url)  # fresh: deleted studies' ids may be reused
+        study = optuna.load_study(study_name="nt-2026-11-25", storage=storage)
+        result = check_night(study, sf, storage, base="nt", day=DAY, rule=rule, splits=splits)
+        assert study_of(storage_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT] == result.as_dict()
+        return result.exit_code, result.as_dict()
+
+    # a noisy equal night: the baseline is tonight's own configuration a little above and below
+    code, v = scenario([(best_config, tonight + 0.004, best_seed), (good, tonight - 0.003, 1),
+                        (good, tonight + 0.002, 1)])
+    assert (code, v["verdict"], v["cause"]) == (0, "ok", None), v
+    assert v["incumbent"]["tonight"] == tonight and v["drift"] == pytest.approx(-0.004)
+
+    # genuinely worse: the incumbent scored 0.06 more on the baseline nights' data than it does
+    # tonight, and tonight's sweep found nothing better: data drift (exit code 4)
+    code, v = scenario([(best_config, tonight + 0.06, best_seed), (good, tonight + 0.05, 1),
+                        (good, tonight + 0.055, 1)], cli=True)
+    assert (code, v["verdict"], v["cause"]) == (4, "regression", "data"), v
+    assert v["drift"] == pytest.approx(-0.06)
+    assert v["baseline"]["level"] == pytest.approx(tonight + 0.055)
+
+    # an improvement found by the search: the incumbent (a poor configuration) re-scores exactly
+    # as stored, and tonight's sweep beats the baseline
+    code, v = scenario([(bad, v_bad, 7), (bad, v_bad - 0.01, 8), (bad, v_bad - 0.005, 9)])
+    assert (code, v["verdict"], v["cause"]) == (0, "improvement", "search"), v
+    assert v["drift"] == pytest.approx(0.0)
+
+    # search luck: tonight's sweep falls short, but the incumbent still holds on tonight's data
+    code, v = scenario([(good, v_good - 0.002, 8), (good, v_good, 7), (good, v_good - 0.001, 9)])
+    assert (code, v["verdict"], v["cause"]) == (0, "ok", "search"), v
+    assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
+
+    proc = nightly(path, storage_url, DAY)
+    assert proc.returncode == 0, proc.stderr
+    assert "verdict: OK (search) — search shortfall" in proc.stdout
+    assert "re-trained on tonight's data" in proc.stdout
+
+
+def test_a_night_without_result_exits_1(sqlite_url, tmp_path):
+    path = nightly_file(tmp_path / "f.toml", n_trials=3)
+    proc = nightly(path, sqlite_url, DAY, "--json",
+                   env=tuner_env(TUNER_INJECT_FAULT="exception"))
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["stopped"] == "fail_fast" and summary["verdict"]["verdict"] == "no_result"
+
+
+def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
+    proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", "25.11.2026")
+    assert proc.returncode == 2 and "expected a date as YYYY-MM-DD" in proc.stderr
+
+
+# --- history and trend views --------------------------------------------------------------------
+
+def test_history_and_trend_views(sqlite_url, tmp_path):
+    path = nightly_file(tmp_path / "h.toml", n_trials=3, warm_start=2, baseline_nights=2)
+    for offset in (2, 1, 0):
+        nightly(path, sqlite_url, DAY - timedelta(days=offset), "--quiet", check=True)
+    proc = run_tuner("history", "nt", "--storage", sqlite_url, check=True)
+    for day in ("2026-11-23", "2026-11-24", "2026-11-25"):
+        assert day in proc.stdout
+    assert "ok (no_baseline)" in proc.stdout and "2 in, 0 skipped" in proc.stdout
+    records = json.loads(run_tuner("history", "nt", "--storage", sqlite_url, "--json",
+                                   check=True).stdout)
+    assert [r["date"] for r in records] == ["2026-11-23", "2026-11-24", "2026-11-25"]
+    assert all(r["counts"]["COMPLETE"] + r["counts"]["PRUNED"] == 3 for r in records)
+    assert all(r["config"]["optimizer"] in ("sgd", "momentum", "adam") for r in records)
+    assert records[-1]["verdict"]["baseline"]["nights"][0]["date"] == "2026-11-23"
+    missing = run_tuner("history", "nope", "--storage", sqlite_url)
+    assert missing.returncode == 2 and "no nights of 'nope'" in missing.stderr
+
+    storage = open_storage(sqlite_url)
+    study = optuna.load_study(study_name="nt-2026-11-25", storage=storage)
+    ctx = SimpleNamespace(study=study, study_file=None, storage=storage, options={})
+    trend = trend_figure(ctx)
+    assert isinstance(trend, go.Figure)
+    best = next(t for t in trend.data if t.name == "best of the night")
+    assert list(best.x) == ["2026-11-23", "2026-11-24", "2026-11-25"]
+    assert list(best.y) == [r["best_value"] for r in records]
+    assert any(t.name == "baseline ± margin" for t in trend.data)
+    assert any(t.name == "incumbent re-trained on the night's data" for t in trend.data)
+    choices = choices_figure(SimpleNamespace(study=study, study_file=None, storage=sqlite_url,
+                                             options={"last": 2}))
+    assert [list(t.y) for t in choices.data[:1]] == [[r["config"]["optimizer"] for r in records[-2:]]]
+    text = verdict_markdown(ctx)
+    assert text.startswith("### Nightly verdict for `nt-2026-11-25`")
+    assert "incumbent re-trained on tonight's data" in text
+    other = SimpleNamespace(study=optuna.create_study(study_name="plain"), study_file=None,
+                            storage=sqlite_url, options={"base": "nt"})
+    assert [t.name for t in trend_figure(other).data] == [t.name for t in trend.data]
+    assert "is not a night of a nightly sweep" in verdict_markdown(other)

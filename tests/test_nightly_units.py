@@ -1,0 +1,281 @@
+"""Nightly sweeps, in-process: the verdict rule on constructed numbers, cron and catch-up with a
+fake clock, warm-start mapping across search-space changes, and the [schedule] section."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from tuner.config import RegressionRule, load_study_file, parse_study_dict
+from tuner.errors import ConfigError
+from tuner.nightly.cron import _weekdays, cron_trigger, last_fire_time, night_of
+from tuner.nightly.nights import (
+    ATTR_NIGHT,
+    ATTR_VERDICT,
+    base_of,
+    list_nights,
+    night_date,
+    night_name,
+    night_study_file,
+    today,
+)
+from tuner.nightly.regression import EXIT_CODES, judge
+from tuner.nightly.scheduler import catch_up_night, collect_study_files, due_night, make_sweeps
+from tuner.nightly.warmstart import map_config
+from tuner.storage import open_storage
+from tuner.study import open_study
+
+RULE = RegressionRule(tolerance=0.005, baseline_nights=3, spread_factor=2.0)
+
+
+# --- the verdict rule ------------------------------------------------------------------------
+
+def test_noisy_equal_night_is_not_flagged():
+    # tonight 0.952 vs nightly bests 0.957 / 0.951 / 0.955: the max would say -0.005, but the
+    # median (0.955) and a spread-aware margin say noise
+    j = judge("maximize", 0.952, [0.957, 0.951, 0.955], RULE,
+              incumbent_stored=0.957, incumbent_tonight=0.955)
+    assert j.verdict == "ok" and j.cause is None
+    assert j.level == pytest.approx(0.955)
+    assert j.margin == pytest.approx(max(0.005, 2 * 0.0030550504633038962))
+
+
+def test_genuinely_worse_night_is_a_regression_from_data_drift():
+    j = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
+              incumbent_stored=0.957, incumbent_tonight=0.905)
+    assert (j.verdict, j.cause) == ("regression", "data")
+    assert j.drift == pytest.approx(-0.052)
+    assert j.delta == pytest.approx(0.905 - 0.955)
+    assert EXIT_CODES[j.verdict] == 4
+
+
+def test_search_shortfall_is_not_a_regression_when_the_incumbent_still_holds():
+    j = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
+              incumbent_stored=0.957, incumbent_tonight=0.957)
+    assert (j.verdict, j.cause) == ("ok", "search")
+    assert j.sweep_delta == pytest.approx(0.90 - 0.955)
+    assert j.available == pytest.approx(0.957)
+
+
+def test_improvement_by_search_and_by_easier_data():
+    by_search = judge("maximize", 0.99, [0.957, 0.951, 0.955], RULE,
+                      incumbent_stored=0.957, incumbent_tonight=0.957)
+    assert (by_search.verdict, by_search.cause) == ("improvement", "search")
+    by_data = judge("maximize", 0.99, [0.957, 0.951, 0.955], RULE,
+                    incumbent_stored=0.957, incumbent_tonight=0.985)
+    assert (by_data.verdict, by_data.cause) == ("improvement", "data")
+    assert EXIT_CODES["improvement"] == 0
+
+
+def test_minimized_metric_signs():
+    worse = judge("minimize", 0.40, [0.30, 0.31, 0.29], RULE,
+                  incumbent_stored=0.29, incumbent_tonight=0.41)
+    assert (worse.verdict, worse.cause) == ("regression", "data")
+    assert worse.delta < 0 and worse.drift < 0
+    better = judge("minimize", 0.20, [0.30, 0.31, 0.29], RULE,
+                   incumbent_stored=0.29, incumbent_tonight=0.29)
+    assert better.verdict == "improvement"
+
+
+def test_spread_widens_the_margin_and_spread_factor_zero_disables_it():
+    noisy = [0.90, 0.95, 0.93]  # stdev 0.025
+    assert judge("maximize", 0.89, noisy, RULE, incumbent_stored=0.95,
+                 incumbent_tonight=0.89).verdict == "ok"
+    strict = RegressionRule(tolerance=0.005, baseline_nights=3, spread_factor=0.0)
+    assert judge("maximize", 0.89, noisy, strict, incumbent_stored=0.95,
+                 incumbent_tonight=0.89).verdict == "regression"
+
+
+def test_edge_cases_first_night_no_result_and_unknown_cause():
+    assert (judge("maximize", 0.9, [], RULE).verdict, judge("maximize", 0.9, [], RULE).cause) == \
+        ("ok", "no_baseline")
+    assert judge("maximize", None, [0.9], RULE).verdict == "no_result"
+    assert EXIT_CODES["no_result"] == 1
+    unknown = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9)
+    assert (unknown.verdict, unknown.cause) == ("regression", "unknown")
+    diverged = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9,
+                     incumbent_diverged=True)
+    assert (diverged.verdict, diverged.cause) == ("regression", "data")
+
+
+# --- names and dates -------------------------------------------------------------------------
+
+def test_night_names_and_dates():
+    assert night_name("digits", date(2026, 11, 25)) == "digits-2026-11-25"
+    assert night_date("digits-2026-11-25", "digits") == date(2026, 11, 25)
+    assert night_date("digits-x-2026-11-25", "digits") is None
+    assert night_date("digits-2026-13-45", "digits") is None
+    assert base_of("my-sweep-2026-01-02") == "my-sweep"
+    sched = parse_study_dict(_raw(schedule={"timezone": "Pacific/Auckland"})).schedule
+    # 2026-11-25 12:30 UTC is already the 26th in Auckland
+    assert today(sched, datetime(2026, 11, 25, 12, 30, tzinfo=UTC)) == date(2026, 11, 26)
+
+
+def test_night_study_file_budget_and_seed():
+    sf = parse_study_dict(_raw(schedule={"n_trials": 7}))
+    a, b = night_study_file(sf, date(2026, 1, 1)), night_study_file(sf, date(2026, 1, 2))
+    assert a.study.name == "u-2026-01-01" and a.study.n_trials == 7
+    assert a.study.seed != b.study.seed  # nights explore independently
+    assert night_study_file(sf, date(2026, 1, 1)).study.seed == a.study.seed  # reruns reproduce
+
+
+# --- cron, fire times, catch-up with a fake clock --------------------------------------------
+
+def test_cron_weekdays_follow_crontab():
+    assert _weekdays("0") == "6" and _weekdays("7") == "6"  # Sunday
+    assert _weekdays("1-5") == "0,1,2,3,4"  # Monday..Friday
+    assert _weekdays("mon-fri") == "mon-fri"
+    trigger = cron_trigger("30 3 * * 0", "UTC")
+    fire = last_fire_time(trigger, datetime(2026, 11, 25, 12, tzinfo=UTC))  # a Wednesday
+    assert fire == datetime(2026, 11, 22, 3, 30, tzinfo=UTC) and fire.strftime("%a") == "Sun"
+
+
+def test_last_fire_time_with_seconds_and_timezones():
+    now = datetime(2026, 11, 25, 10, 0, 7, tzinfo=UTC)
+    assert last_fire_time(cron_trigger("*/5 * * * * *", "UTC"), now) == now.replace(second=5)
+    berlin = cron_trigger("30 0 * * *", "Europe/Berlin")  # 23:30 UTC the day before
+    fire = last_fire_time(berlin, datetime(2026, 11, 24, 23, 45, tzinfo=UTC))
+    assert fire.astimezone(UTC) == datetime(2026, 11, 24, 23, 30, tzinfo=UTC)
+    assert night_of(fire, "Europe/Berlin") == date(2026, 11, 25)
+    yearly = cron_trigger("0 2 1 1 *", "UTC")
+    assert last_fire_time(yearly, now) == datetime(2026, 1, 1, 2, tzinfo=UTC)
+
+
+def _sweep(tmp_path: Path, url: str, cron: str = "0 2 * * *", timezone: str = "UTC"):
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(schedule=f'cron = "{cron}"\ntimezone = "{timezone}"'))
+    files, _ = collect_study_files([path])
+    return make_sweeps(files, storage=url)[0]
+
+
+def _make_night(url: str, sweep, day: date, *, verdict: bool) -> None:
+    storage = open_storage(url)
+    study = open_study(night_study_file(sweep.sf, day), storage)
+    study.set_user_attr(ATTR_NIGHT, {"base": sweep.base, "date": day.isoformat()})
+    if verdict:
+        study.set_user_attr(ATTR_VERDICT, {"verdict": "ok"})
+
+
+def test_catch_up_after_downtime_with_a_fake_clock(storage_url, tmp_path):
+    sweep = _sweep(tmp_path, storage_url)
+    for day in (20, 21, 22):
+        _make_night(storage_url, sweep, date(2026, 11, day), verdict=True)
+    # down from the 22nd's run until the 25th at 10:00: the 23rd, 24th and 25th were missed,
+    # and only the latest is caught up (once, not once per missed night)
+    assert catch_up_night(sweep, datetime(2026, 11, 25, 10, tzinfo=UTC)) == date(2026, 11, 25)
+    # back at 01:00 on the 23rd, before that night's 02:00: nothing was missed
+    assert catch_up_night(sweep, datetime(2026, 11, 23, 1, tzinfo=UTC)) is None
+    # back at 01:00 on the 24th: the 23rd was missed (today's run comes at 02:00)
+    assert catch_up_night(sweep, datetime(2026, 11, 24, 1, tzinfo=UTC)) == date(2026, 11, 23)
+    # a night that started but has no verdict (interrupted) is resumed
+    _make_night(storage_url, sweep, date(2026, 11, 23), verdict=False)
+    assert catch_up_night(sweep, datetime(2026, 11, 24, 1, tzinfo=UTC)) == date(2026, 11, 23)
+    _make_night(storage_url, sweep, date(2026, 11, 23), verdict=True)
+    assert catch_up_night(sweep, datetime(2026, 11, 24, 1, tzinfo=UTC)) is None
+    assert [n.date.day for n in list_nights(open_storage(storage_url), sweep.base)] == [20, 21, 22, 23]
+    # the night a scheduled run is for: its fire time's date in the schedule's timezone
+    assert due_night(sweep, datetime(2026, 11, 25, 2, 0, 1, tzinfo=UTC)) == date(2026, 11, 25)
+
+
+def test_catch_up_uses_the_schedule_timezone(sqlite_url, tmp_path):
+    sweep = _sweep(tmp_path, sqlite_url, cron="30 0 * * *", timezone="Europe/Berlin")
+    # 23:40 UTC on the 24th is 00:40 on the 25th in Berlin: the 25th's night (00:30) is due
+    assert catch_up_night(sweep, datetime(2026, 11, 24, 23, 40, tzinfo=UTC)) == date(2026, 11, 25)
+
+
+# --- warm start across search-space changes --------------------------------------------------
+
+SPACE = {"optimizer": ["sgd", "adam"], "lr": {"low": 1e-3, "high": 0.5, "log": True},
+         "batch_size": [64, 128], "decay": ["constant", "cosine"]}
+
+
+def _space(**changes):
+    space = dict(SPACE)
+    for key, value in changes.items():
+        if value is None:
+            space.pop(key, None)
+        else:
+            space[key] = value
+    return parse_study_dict(_raw(space=space)).space
+
+
+def test_map_config_valid_and_invalid_points():
+    space = _space()
+    good = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "cosine"}
+    params, reasons = map_config(space, good)
+    assert reasons == [] and params == good
+    params, reasons = map_config(space, {**good, "optimizer": "momentum"})
+    assert reasons == ["optimizer='momentum' is outside one of 'sgd', 'adam'"]
+    _, reasons = map_config(space, {**good, "lr": 0.9})
+    assert reasons == ["lr=0.9 is outside log float [0.001, 0.5]"]
+
+
+def test_map_config_follows_fixed_and_searched_keys():
+    config = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "cosine"}
+    # a key fixed tonight to the same value is fine; to another value is not
+    assert map_config(_space(decay="cosine"), config)[1] == []
+    assert map_config(_space(batch_size=128), config)[1] == [
+        "batch_size is fixed to 128 tonight (was 64)"]
+    # a key that was fixed yesterday (so not an Optuna parameter) and is searched tonight
+    params, reasons = map_config(_space(decay=["constant", "cosine", "step"]), config)
+    assert reasons == [] and params["decay"] == "cosine"
+    # a key yesterday's configuration set that tonight's space no longer sets
+    _, reasons = map_config(_space(warmup_epochs=None), {**config, "warmup_epochs": 2.0})
+    assert reasons == ["warmup_epochs would be 0.0 tonight (was 2.0): tonight's space no longer sets it"]
+    # a key searched tonight that the configuration lacks
+    _, reasons = map_config(_space(warmup_epochs=[0.0, 1.0]), config)
+    assert reasons == ["warmup_epochs is searched tonight but the configuration has no value for it"]
+
+
+# --- the [schedule] section --------------------------------------------------------------------
+
+def test_schedule_section_validation(tmp_path):
+    assert parse_study_dict(_raw(schedule={"cron": "*/10 * * * * *"})).schedule.cron == "*/10 * * * * *"
+    with pytest.raises(ConfigError, match="invalid cron expression"):
+        parse_study_dict(_raw(schedule={"cron": "0 2 * *"}))
+    with pytest.raises(ConfigError, match="unknown timezone"):
+        parse_study_dict(_raw(schedule={"timezone": "Mars/Olympus"}))
+    with pytest.raises(ConfigError, match="spread_factor"):
+        parse_study_dict(_raw(schedule={"regression": {"spread_factor": -1}}))
+    example = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "nightly-digits.toml")
+    assert example.schedule is not None and example.schedule.warm_start == 3
+
+
+def test_collect_study_files_from_a_folder(tmp_path):
+    (tmp_path / "a.toml").write_text(_toml(name="a", schedule='cron = "0 3 * * *"'))
+    (tmp_path / "b.toml").write_text(_toml(name="b"))
+    files, skipped = collect_study_files([tmp_path])
+    assert [sf.study.name for _, sf in files] == ["a"] and skipped == [tmp_path / "b.toml"]
+    with pytest.raises(ConfigError, match="no \\[schedule\\] section"):
+        collect_study_files([tmp_path / "b.toml"])
+    (tmp_path / "c.toml").write_text(_toml(name="a", schedule='cron = "0 4 * * *"'))
+    with pytest.raises(ConfigError, match="both name their study 'a'"):
+        collect_study_files([tmp_path])
+
+
+def _raw(*, schedule: dict | None = None, space: dict | None = None) -> dict:
+    raw = {"study": {"name": "u", "n_trials": 4}, "data": {"dataset": "digits"},
+           "model": {"epochs": 3}, "space": space or dict(SPACE)}
+    if schedule is not None:
+        raw["schedule"] = schedule
+    return raw
+
+
+def _toml(*, name: str = "c", schedule: str | None = None) -> str:
+    text = f"""
+[study]
+name = "{name}"
+n_trials = 4
+[data]
+dataset = "digits"
+[model]
+epochs = 3
+[space]
+optimizer = ["sgd", "adam"]
+lr = {{low = 1e-3, high = 0.5, log = true}}
+"""
+    if schedule is not None:
+        text += f"[schedule]\n{schedule}\n"
+    return text

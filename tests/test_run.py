@@ -1,0 +1,550 @@
+"""`tuner run` end to end, as real subprocesses against real SQLite files and the real
+PostgreSQL server: create and resume, the per-study budget across restarts and concurrent
+runners, 4 workers on SQLite, the one-runner lock on SQLite, Ctrl-C, pruning (never inside a
+trial's warmup), divergence, replay, export, `best --test`, and the shipped study files.
+
+The database is always read back with plain Optuna (not tuner's own storage layer), so the
+assertions check what is really stored."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from conftest import STUDIES, run_tuner, tuner_env, write_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(url: str, name: str) -> Counter:
+    return Counter(t.state.name for t in load(url, name).trials)
+
+
+def finished(url: str, name: str) -> int:
+    c = states(url, name)
+    return c["COMPLETE"] + c["PRUNED"]
+
+
+def flat(text: str) -> str:
+    """``text`` with every run of whitespace (line wraps included) as one space."""
+    return " ".join(text.split())
+
+
+def assert_clean(proc: subprocess.CompletedProcess) -> None:
+    """No Python traceback and no SQLite lock error anywhere in the output."""
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text
+    assert "database is locked" not in text, text
+
+
+def tuner(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    proc = run_tuner(*args, **kwargs)
+    assert_clean(proc)
+    return proc
+
+
+def popen_tuner(*args: object, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tuner", *map(str, args)], cwd=cwd,
+                            env=tuner_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_running(url: str, name: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the study has a RUNNING trial (read straight from the database)."""
+    engine = sqlalchemy.create_engine(url)
+    query = sqlalchemy.text("SELECT count(*) FROM trials JOIN studies USING (study_id) "
+                            "WHERE studies.study_name = :n AND trials.state = 'RUNNING'")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"runner exited early: {proc.communicate()}"
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(query, {"n": name}).scalar():
+                        return
+            except sqlalchemy.exc.DBAPIError:
+                pass  # the runner has not created the tables yet
+            time.sleep(0.1)
+        raise AssertionError(f"no RUNNING trial in {name!r} after {timeout} s")
+    finally:
+        engine.dispose()
+
+
+# A trial that takes a noticeable time (batch size 1 on digits: ~0.05 s per epoch).
+SLOW_SPACE = '''optimizer = ["sgd", "adam"]
+lr = {low = 1e-3, high = 1e-2, log = true}
+batch_size = 1'''
+NO_PRUNER = '[study.pruner]\ntype = "none"'
+
+
+# --- create, resume and the budget ----------------------------------------------------------
+
+
+def test_create_then_resume_keeps_an_exact_budget(storage_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="budget", n_trials=5, epochs=3)
+    first = tuner("run", study, "--storage", storage_url, "--json", check=True)
+    assert json.loads(first.stdout)["stopped"] == "done"
+    assert finished(storage_url, "budget") == 5
+
+    tuner("run", study, "--storage", storage_url, "-n", "8", check=True)  # resume: 3 more
+    trials = load(storage_url, "budget").trials
+    assert [t.number for t in trials] == list(range(8))
+    assert all(t.state in FINISHED for t in trials)
+
+    again = tuner("run", study, "--storage", storage_url, "-n", "8", check=True)  # nothing to do
+    assert "reached its target of 8 trials" in flat(again.stderr)
+    assert len(load(storage_url, "budget").trials) == 8
+
+    attrs = load(storage_url, "budget").user_attrs
+    assert {"tuner.config", "tuner.space", "tuner.metric", "tuner.data"} <= set(attrs)
+    assert attrs["tuner.metric"] == "val_accuracy"
+    assert attrs["tuner.data"]["n_train"] == 1079
+
+    listed = json.loads(tuner("ls", "--storage", storage_url, "--json", check=True).stdout)
+    assert [row["name"] for row in listed] == ["budget"]
+    assert listed[0]["counts"]["COMPLETE"] + listed[0]["counts"]["PRUNED"] == 8
+    best = load(storage_url, "budget").best_trial
+    assert (listed[0]["best_trial"], listed[0]["best_value"]) == (best.number, best.value)
+
+
+def test_study_name_override_and_metric_clash(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="one", n_trials=2, epochs=2)
+    tuner("run", study, "--storage", sqlite_url, "--study-name", "two", "-q", check=True)
+    names = {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}
+    assert names == {"two"}
+
+    clash = write_study(tmp_path / "c.toml", name="two", n_trials=2, epochs=2,
+                        extra_study='metric = "val_loss"')
+    proc = tuner("run", clash, "--storage", sqlite_url)
+    assert proc.returncode == 2
+    assert "already exists with metric 'val_accuracy', not 'val_loss'" in flat(proc.stderr)
+    assert "--study-name" in flat(proc.stderr)  # the hint
+
+
+def test_timeout_stops_starting_trials(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="short", n_trials=50, epochs=2)
+    proc = tuner("run", study, "--storage", sqlite_url, "--timeout", "0.001", "--json", check=True)
+    result = json.loads(proc.stdout)
+    assert result["stopped"] == "timeout"
+    assert sum(result["counts"].get(s, 0) for s in ("COMPLETE", "PRUNED")) < 50
+    assert states(sqlite_url, "short")["RUNNING"] == 0
+
+
+# --- several runners and workers -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_concurrent_runners_share_one_postgres_study(pg_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="shared", n_trials=12, epochs=8,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    # started together on an empty database: they also race to create the tables and the study
+    runners = [popen_tuner("run", study, "--storage", pg_url, "-q", "--json"),
+               popen_tuner("run", study, "--storage", pg_url, "-q", "--json"),
+               popen_tuner("run", study, "--storage", pg_url, "-q", "--json", "--workers", "2")]
+    for proc in runners:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in out + err
+        assert json.loads(out)["stopped"] == "done"
+    trials = load(pg_url, "shared").trials
+    assert len(trials) == 12  # exactly the budget: no runner over-claimed
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert all(t.state == TrialState.COMPLETE for t in trials)  # nothing failed or left behind
+    assert all(len(t.user_attrs["curve"]["epoch"]) == 8 for t in trials)
+    runner_ids = Counter(t.user_attrs["runner"] for t in trials)
+    assert len(runner_ids) >= 2, runner_ids  # the study really was shared
+
+
+def test_first_use_of_an_empty_postgres_database_from_concurrent_clients(pg_url):
+    """Clients creating the tables of an empty database at the same moment do not race
+    (regression: 'UniqueViolation ... pg_type' from concurrent CREATE TYPE)."""
+    from tuner.storage import open_storage
+
+    barrier = threading.Barrier(4)
+    errors: list[str] = []
+
+    def client() -> None:
+        barrier.wait()
+        try:
+            open_storage(pg_url).backend.engine.dispose()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_sqlite_with_four_workers(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="four", n_trials=16, epochs=4,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = tuner("run", study, "--storage", sqlite_url, "--workers", "4", check=True)
+    assert "4 worker(s)" in flat(proc.stderr)
+    trials = load(sqlite_url, "four").trials
+    assert len(trials) == 16
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:  # each trial trained once, start to end
+        assert t.user_attrs["curve"]["epoch"] == [1, 2, 3, 4]
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        assert t.user_attrs["samples_processed"] == 4 * 1079
+    # each trial finished exactly once in the run's log
+    lines = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("trial ")]
+    assert sorted(map(int, lines)) == list(range(16))
+
+
+@pytest.mark.slow
+def test_a_second_runner_on_a_running_sqlite_study_is_refused(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="solo", n_trials=3, epochs=40,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    first = popen_tuner("run", study, "--storage", sqlite_url)
+    try:
+        wait_for_running(sqlite_url, "solo", first)
+        second = tuner("run", study, "--storage", sqlite_url, "--workers", "2")
+        assert second.returncode == 75
+        assert "study 'solo'" in flat(second.stderr)
+        assert "is already running in another process" in flat(second.stderr)
+        assert "pid" in flat(second.stderr)
+        # read-only commands still work while it runs
+        assert tuner("ls", "--storage", sqlite_url).returncode == 0
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == 130
+
+
+@pytest.mark.slow
+def test_ctrl_c_fails_and_requeues_the_running_trial_and_rerun_completes(storage_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="ctrlc", n_trials=2, epochs=30,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = popen_tuner("run", study, "--storage", storage_url)
+    wait_for_running(storage_url, "ctrlc", proc)
+    time.sleep(0.5)  # let the worker get into training
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    assert "interrupted by SIGINT" in flat(err) and "run the same command to continue" in flat(err)
+
+    trials = load(storage_url, "ctrlc").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    interrupted = failed[0]
+    assert interrupted.user_attrs["fail_reason"] == "interrupted by SIGINT"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+    assert retries[0].params == interrupted.params
+
+    rerun = tuner("run", study, "--storage", storage_url, check=True)
+    assert "reached its target of 2 trials" in flat(rerun.stderr)
+    trials = load(storage_url, "ctrlc").trials
+    c = Counter(t.state for t in trials)
+    assert c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 2
+    assert c[TrialState.RUNNING] == c[TrialState.WAITING] == 0
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == interrupted.params
+    assert retry.user_attrs["seed"] == interrupted.user_attrs["seed"]  # trains exactly like it
+
+
+# --- pruning and divergence -----------------------------------------------------------------
+
+# SGD/momentum with lr 500 diverges on the first update; lr 0.05 trains fine. The random sampler
+# (seeded) mixes both, the median pruner prunes some of the rest, and the warmup choice puts
+# some trials inside a 2-epoch warmup while the pruner is already active.
+MIXED = '''optimizer = ["sgd", "momentum"]
+lr = [0.05, 500.0]
+batch_size = [32, 64]
+warmup_epochs = [0, 2]
+decay = ["constant", "step"]
+
+[space.decays.step]
+gamma = {low = 0.1, high = 0.5}'''
+MIXED_STUDY = '''[study.sampler]
+type = "random"
+
+[study.pruner]
+type = "median"
+n_startup_trials = 2
+n_warmup_steps = 1'''
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A finished SQLite study with COMPLETE, pruned and diverged trials: (url, study file)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    url = f"sqlite:///{folder / 'mixed.db'}"
+    study = write_study(folder / "mixed.toml", name="mixed", n_trials=16, epochs=6, space=MIXED,
+                        extra_study=MIXED_STUDY, model="reg = [0.0, 0.5]")
+    tuner("run", study, "--storage", url, check=True)
+    return url, study
+
+
+def test_diverged_trials_are_pruned_with_the_reason_and_never_best(mixed):
+    url, _ = mixed
+    study = load(url, "mixed")
+    trials = study.trials
+    assert len(trials) == 16 and all(t.state in FINISHED for t in trials)
+    diverged = [t for t in trials if t.user_attrs.get("diverged")]
+    assert diverged, "the space forces some divergence"
+    assert all(t.params["lr"] == 500.0 for t in diverged)
+    # without warmup and with L2, lr 500 always blows up on the first updates
+    assert all(t in diverged for t in trials if t.params["lr"] == 500.0
+               and t.params["warmup_epochs"] == 0 and t.params["reg"] == 0.5)
+    for t in diverged:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["diverged"] is True
+        assert isinstance(t.user_attrs["divergence_step"], int)
+        assert t.user_attrs["divergence_step"] < t.user_attrs["total_steps"]
+        assert "exceeded 100x the first loss" in t.user_attrs["divergence_reason"] \
+            or "non-finite" in t.user_attrs["divergence_reason"]
+        assert all(math.isfinite(v) for v in t.intermediate_values.values())  # never NaN/inf
+    assert not study.best_trial.user_attrs.get("diverged")
+    assert study.best_trial.params["lr"] == 0.05
+
+
+def test_pruning_never_happens_inside_a_trials_warmup(mixed):
+    url, _ = mixed
+    pruned = [t for t in load(url, "mixed").trials if "pruned_at_epoch" in t.user_attrs]
+    assert pruned, "the median pruner pruned something"
+    assert any(t.user_attrs["warmup_steps"] > 0 for t in pruned)
+    for t in pruned:
+        epoch = t.user_attrs["pruned_at_epoch"]
+        assert t.state == TrialState.PRUNED
+        assert epoch >= 1  # study.pruner.n_warmup_steps = 1: at the end of epoch 1 at the earliest
+        assert epoch * t.user_attrs["steps_per_epoch"] >= t.user_attrs["warmup_steps"]
+        assert epoch < 6  # a trial that reached its last epoch completes
+        assert max(t.intermediate_values) == epoch  # the pruner saw nothing after its decision
+        curve = t.user_attrs["curve"]  # the worker may finish an epoch or more before it stops
+        assert curve["epoch"][:epoch] == list(range(1, epoch + 1))
+        assert curve["val_accuracy"][:epoch] == [t.intermediate_values[e] for e in range(1, epoch + 1)]
+
+
+@pytest.mark.parametrize("pruner", [
+    'type = "percentile"\npercentile = 50.0\nn_startup_trials = 2\nn_warmup_steps = 2',
+    'type = "successive_halving"\nmin_resource = 1\nreduction_factor = 2',
+    'type = "hyperband"\nmin_resource = 1\nreduction_factor = 2',
+    'type = "none"',
+], ids=["percentile", "successive_halving", "hyperband", "none"])
+def test_every_pruner_type_runs_and_respects_warmup(sqlite_url, tmp_path, pruner):
+    study = write_study(tmp_path / "s.toml", name="p", n_trials=10, epochs=6,
+                        space=MIXED.replace("[0.05, 500.0]", "{low = 1e-4, high = 0.5, log = true}"),
+                        extra_study=f'[study.sampler]\ntype = "random"\n\n[study.pruner]\n{pruner}')
+    tuner("run", study, "--storage", sqlite_url, "-q", check=True)
+    trials = load(sqlite_url, "p").trials
+    assert len(trials) == 10 and all(t.state in FINISHED for t in trials)
+    for t in trials:
+        epoch = t.user_attrs.get("pruned_at_epoch")
+        if epoch is None:
+            continue
+        assert pruner != 'type = "none"'
+        assert epoch * t.user_attrs["steps_per_epoch"] >= t.user_attrs["warmup_steps"]
+        if "percentile" in pruner:
+            assert epoch >= 2
+
+
+# --- replay, export, best -------------------------------------------------------------------
+
+
+def pick(url: str, kind: str) -> optuna.trial.FrozenTrial:
+    trials = load(url, "mixed").trials
+    if kind == "complete":
+        return next(t for t in trials if t.state == TrialState.COMPLETE)
+    if kind == "pruned":
+        return next(t for t in trials if "pruned_at_epoch" in t.user_attrs)
+    return next(t for t in trials if t.user_attrs.get("diverged"))
+
+
+@pytest.mark.parametrize("kind", ["complete", "pruned", "diverged"])
+def test_replay_reproduces_the_stored_history(mixed, kind):
+    url, _ = mixed
+    trial = pick(url, kind)
+    proc = tuner("replay", "mixed", trial.number, "--storage", url, check=True)
+    assert "match: the replay reproduces the stored history exactly" in proc.stdout
+    data = json.loads(tuner("replay", "mixed", trial.number, "--storage", url, "--json",
+                            check=True).stdout)
+    assert data["match"] is True and data["mismatched_epochs"] == 0
+    assert data["seed"] == trial.user_attrs["seed"]
+    assert data["stored"] == trial.user_attrs["curve"]
+    if kind == "diverged":
+        assert "stored divergence at update" in proc.stdout
+        assert data["divergence"]["step"] == trial.user_attrs["divergence_step"]
+
+
+def test_replay_of_an_unknown_trial(mixed):
+    url, _ = mixed
+    proc = tuner("replay", "mixed", 999, "--storage", url)
+    assert proc.returncode == 2 and "study 'mixed' has no trial #999" in flat(proc.stderr)
+
+
+def _expected_rows(url: str) -> dict[int, optuna.trial.FrozenTrial]:
+    return {t.number: t for t in load(url, "mixed").trials}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_table_round_trip(mixed, tmp_path, fmt):
+    url, _ = mixed
+    out = tmp_path / f"mixed.{fmt}"
+    proc = tuner("export", "mixed", "--storage", url, "--format", fmt, "--output", out, check=True)
+    assert f"wrote 16 trials to {out}" in flat(proc.stderr)
+    frame = pd.read_csv(out, float_precision="round_trip") if fmt == "csv" else pd.read_parquet(out)
+    expected = _expected_rows(url)
+    assert sorted(frame["number"]) == sorted(expected)
+    for row in frame.to_dict("records"):
+        t = expected[row["number"]]
+        assert row["state"] == t.state.name
+        if t.value is None:
+            assert pd.isna(row["value"])
+        else:
+            assert row["value"] == t.value  # exact: floats survive the round trip
+        config = t.user_attrs["config"]
+        for key, value in config.items():
+            if isinstance(value, list):
+                continue
+            assert row[f"param.{key}"] == value, key
+        assert row["attr.seed"] == t.user_attrs["seed"]
+        assert row["attr.peak_lr"] == t.user_attrs["peak_lr"]
+        assert (row.get("attr.diverged") in (True,)) == bool(t.user_attrs.get("diverged"))
+
+
+def test_export_json_round_trip_with_curves(mixed, tmp_path):
+    url, _ = mixed
+    out = tmp_path / "mixed.json"
+    tuner("export", "mixed", "--storage", url, "--format", "json", "-o", out, check=True)
+    data = json.loads(out.read_text())
+    assert data["study"] == "mixed"
+    expected = _expected_rows(url)
+    assert sorted(r["number"] for r in data["trials"]) == sorted(expected)
+    for record in data["trials"]:
+        t = expected[record["number"]]
+        assert record["state"] == t.state.name
+        assert record["value"] == t.value
+        assert record["curve"] == t.user_attrs["curve"]
+        assert record["intermediate_values"] == {str(k): v for k, v in t.intermediate_values.items()}
+        assert {k[len("param."):]: v for k, v in record.items() if k.startswith("param.")} == {
+            k: v for k, v in t.user_attrs["config"].items() if not isinstance(v, list)}
+        if t.user_attrs.get("diverged"):
+            assert record["attr.divergence_reason"] == t.user_attrs["divergence_reason"]
+
+
+def test_export_default_file_name_and_bad_format(mixed, tmp_path):
+    url, _ = mixed
+    tuner("export", "mixed", "--storage", url, cwd=tmp_path, check=True)
+    assert (tmp_path / "mixed.csv").exists()
+    proc = tuner("export", "mixed", "--storage", url, "--format", "xlsx", cwd=tmp_path)
+    assert proc.returncode == 2 and "--format 'xlsx': use csv, parquet or json" in flat(proc.stderr)
+
+
+def test_best_with_test_reports_test_accuracy_and_the_reference(mixed):
+    url, _ = mixed
+    best = load(url, "mixed").best_trial
+    data = json.loads(tuner("best", "mixed", "--storage", url, "--test", "--json", check=True).stdout)
+    assert data["trial"] == best.number and data["val_accuracy"] == best.value
+    assert data["config"] == best.user_attrs["config"]
+    assert 0.8 < data["test_accuracy"] <= 1.0
+    assert 0.9 < data["reference_test_accuracy"] <= 1.0
+    assert (data["n_train"], data["n_test"]) == (1079 + 359, 359)  # train+validation; test
+    text = tuner("best", "mixed", "--storage", url, "--test", check=True).stdout
+    assert f"best trial #{best.number}" in text
+    assert "test accuracy" in text and "LogisticRegression" in text
+    plain = json.loads(tuner("best", "mixed", "--storage", url, "--json", check=True).stdout)
+    assert "test_accuracy" not in plain and plain["trial"] == best.number
+
+
+def test_show_reports_pruned_and_diverged_per_group(mixed):
+    url, _ = mixed
+    data = json.loads(tuner("show", "mixed", "--storage", url, "--json", check=True).stdout)
+    trials = load(url, "mixed").trials
+    assert sum(data["counts"].values()) == 16
+    by_optimizer = {g["value"]: g for g in data["by"]["optimizer"]}
+    for name, group in by_optimizer.items():
+        mine = [t for t in trials if t.params["optimizer"] == name]
+        assert group["n"] == sum(t.state == TrialState.COMPLETE for t in mine)
+        assert group["pruned"] == sum(t.state == TrialState.PRUNED for t in mine)
+        assert group["diverged"] == sum(bool(t.user_attrs.get("diverged")) for t in mine)
+    assert [g["value"] for g in data["by"]["batch_scaling"]] == ["none"]  # engine default shown
+    assert data["best"]["number"] == load(url, "mixed").best_trial.number
+    text = tuner("show", "mixed", "--storage", url, check=True).stdout
+    for title in ("best trial #", "top 10 trials", "best val_accuracy per optimizer",
+                  "best val_accuracy per decay", "best val_accuracy per batch_scaling"):
+        assert title in text
+
+
+# --- the shipped study files ----------------------------------------------------------------
+
+
+def test_digits_study_runs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    tuner("run", STUDIES / "digits.toml", "--storage", url, "-n", "4", "-q", check=True)
+    assert finished(url, "digits") == 4
+
+
+def test_csv_example_study_runs_from_any_folder(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    proc = tuner("run", STUDIES / "csv-example.toml", "--storage", url, "-n", "2", cwd=tmp_path,
+                 check=True)
+    assert "machines.csv: 6 features, 3 classes" in flat(proc.stderr)
+    assert finished(url, "csv-example") == 2
+
+
+def test_cifar_shaped_study_on_smaller_synthetic_data(tmp_path):
+    """The CIFAR-shaped study file with its data shrunk (same space, sampler, pruner)."""
+    text = (STUDIES / "cifar-shaped.toml").read_text()
+    for old, new in (("n = 51000", "n = 1200"), ("d = 3072", "d = 48"), ("val_size = 1000", "val_size = 200"),
+                     ("test_size = 1000", "test_size = 200"), ("epochs = 8", "epochs = 4")):
+        assert old in text
+        text = text.replace(old, new)
+    study = tmp_path / "cifar-small.toml"
+    study.write_text(text)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    proc = tuner("run", study, "--storage", url, "-n", "2", check=True)
+    assert "synthetic(n=1200, d=48, classes=10" in flat(proc.stderr)
+    assert finished(url, "cifar-shaped") == 2
+
+
+def test_data_errors_at_run_time_are_reported_without_a_traceback(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", data='dataset = "missing.csv"\ntarget = "y"')
+    proc = tuner("run", study, "--storage", sqlite_url)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'missing.csv'}: data file not found" in flat(proc.stderr)
+
+
+def test_storage_folder_must_exist(tmp_path):
+    study = write_study(tmp_path / "s.toml")
+    proc = tuner("run", study, "--storage", f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+    assert proc.returncode == 3
+    assert f"folder {tmp_path / 'nope'} does not exist" in flat(proc.stderr)
+
+
+def test_a_finished_sqlite_study_can_be_run_again(tmp_path):
+    """The runner lock is released at the end: the next run of the study is not refused."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    study = write_study(tmp_path / "s.toml", name="again", n_trials=1, epochs=1)
+    tuner("run", study, "--storage", url, "-q", check=True)
+    tuner("run", study, "--storage", url, "-n", "2", "-q", check=True)
+    assert finished(url, "again") == 2

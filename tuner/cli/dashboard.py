@@ -1,0 +1,122 @@
+"""``tuner dashboard`` (optuna-dashboard plus the tuner views, one server) and ``tuner report``
+(the views of one study as a self-contained HTML file)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuner.cli.app import StorageOpt, StudyArg, app, err, out
+from tuner.errors import StorageError, TunerError
+from tuner.storage import describe, mask_url, open_storage, resolve_url
+from tuner.storage.urls import sqlite_path
+
+DashboardsOpt = Annotated[str | None, typer.Option(
+    "--dashboards", envvar="TUNER_DASHBOARDS", show_envvar=True,
+    help="Folder with your own dashboard files (<name>.toml); dashboards not found there come "
+         "from the bundled ones.")]
+
+
+def _open_existing(storage: str | None):
+    """Open the storage for reading: a SQLite file must exist (never create an empty one)."""
+    url = resolve_url(storage)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise StorageError(f"no database at {path} (from {mask_url(url)})",
+                           hint="run a study first (tuner run studies/digits.toml) or pass "
+                                "--storage / TUNER_STORAGE")
+    return open_storage(url), url
+
+
+@app.command()
+def dashboard(storage: StorageOpt = None,
+              host: Annotated[str, typer.Option(
+                  help="Address to listen on. 127.0.0.1 is this machine only; 0.0.0.0 exposes the "
+                       "dashboard (which has no login and can delete studies) to the network.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8080,
+              dashboards: DashboardsOpt = None,
+              threads: Annotated[int, typer.Option(min=1, max=64, help="Request threads.")] = 8,
+              list_panels: Annotated[bool, typer.Option(
+                  "--list-panels", help="List the panel types dashboard files can use, and exit.")] = False,
+              ) -> None:
+    """Serve optuna-dashboard for the storage together with the tuner views: a study list with
+    best values, trial counts and last activity, and per-study views of optimizers, schedules
+    and batch-size scaling (defined in dashboards/*.toml)."""
+    from tuner.dashboard import panel_names
+    from tuner.dashboard.registry import get_panel
+    from tuner.dashboard.server import create_server, listen_addresses, make_app, run_server, url_for
+    from tuner.dashboard.spec import available_dashboards, load_dashboard
+
+    if list_panels:
+        for name in panel_names():
+            info = get_panel(name)
+            options = ", ".join(f"{k}={v[1]!r}" for k, v in (info.options or {}).items())
+            out.print(f"[cyan]{name}[/]: {info.description}" + (f" [dim]options: {options}[/]" if options else ""),
+                      highlight=False)
+        return
+    found = available_dashboards(dashboards)
+    for name in found:  # fail now on a broken file, not at the first page view
+        load_dashboard(name, dashboards)
+    store, url = _open_existing(storage)
+    wsgi_app = make_app(store, describe(url), dashboards)
+    server = create_server(wsgi_app, host, port, threads)
+    addresses = listen_addresses(server)
+    base = url_for(*addresses[0])
+    err.print(f"tuner dashboard: {describe(url)} ({len(found)} dashboards: {', '.join(found)})",
+              highlight=False)
+    out.print(f"serving {base}/  (study list with best values)", highlight=False)
+    out.print(f"optuna-dashboard {base}/dashboard", highlight=False)
+    for h, p in addresses[1:]:
+        out.print(f"also on {url_for(h, p)}/", highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("[yellow]warning:[/] listening beyond this machine: anyone who can reach it can "
+                  "read and delete studies (optuna-dashboard has no login)")
+    err.print("Ctrl-C to stop", style="dim")
+    out.file.flush()
+    run_server(server)
+    err.print("stopped")
+
+
+@app.command()
+def report(study: StudyArg, storage: StorageOpt = None,
+           output: Annotated[Path | None, typer.Option(
+               "--output", "-o", help="HTML file to write [default: <study>.html]",
+               dir_okay=False)] = None,
+           dashboard_name: Annotated[str, typer.Option(
+               "--dashboard", "-d", help="Which dashboard file: a name in the dashboards folders "
+                                         "(study, nightly, ...) or a path to a .toml file.")] = "study",
+           dashboards: DashboardsOpt = None,
+           attach: Annotated[bool, typer.Option(
+               "--attach", help="Also store the views with the study, for optuna-dashboard.")] = False,
+           ) -> None:
+    """Write one study's views and summary as a single self-contained HTML file (plotly.js
+    embedded once; opens offline, no database needed) to share with anyone."""
+    from tuner.dashboard.attach import attach_views
+    from tuner.dashboard.report import write_report
+
+    store, _url = _open_existing(storage)
+    path = output or Path(f"{study}.html")
+    if not path.parent.is_dir():
+        raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
+    started = time.perf_counter()
+    try:
+        view = write_report(store, study, path, dashboard=dashboard_name, folder=dashboards)
+    except OSError as exc:
+        raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
+    size = path.stat().st_size
+    out.print(f"wrote {path} ({size / 1e6:.1f} MB, {len(view.panels)} views, "
+              f"{time.perf_counter() - started:.1f} s)", highlight=False)
+    if attach:
+        from tuner.study import load_study
+
+        st, _ = load_study(study, store)
+        stats = attach_views(st, view.panels)
+        out.print(f"stored {stats['figures']} figures and the summary note with study {study!r}",
+                  highlight=False)
+    for key, error in view.errors.items():
+        err.print(f"[red]view {key} failed:[/] {error}", highlight=False)
+    if view.errors:
+        raise typer.Exit(1)

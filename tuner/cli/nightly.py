@@ -1,0 +1,194 @@
+"""``tuner nightly``, ``tuner scheduler`` and ``tuner history``: scheduled nightly sweeps."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
+from tuner.cli.run import StudyFileArg
+from tuner.cli.views import fmt
+from tuner.config import load_study_file
+from tuner.errors import ConfigError, TunerError
+from tuner.nightly.nights import parse_date, schedule_of, today
+from tuner.storage import describe, open_storage, resolve_url
+
+EXIT_CODES_HELP = ("Exit codes: 0 ok or improvement; 1 the night produced no result (every "
+                   "trial failed, or none completed); 2 invalid input; 3 storage unreachable; "
+                   "4 regression; 75 this night is already running elsewhere; 130/143 "
+                   "interrupted (running trials re-queued; rerun to resume).")
+
+
+class _Terminated(Exception):
+    """SIGTERM outside the runner (which handles it itself while trials run)."""
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise _Terminated
+
+
+@app.command(help="Run one night's sweep now (for system cron or a Kubernetes CronJob): the "
+                  "study <study.name>-YYYY-MM-DD, warm-started from the previous night, then "
+                  "checked for a regression against the last nights. Running it again for the "
+                  "same night resumes it.\n\n" + EXIT_CODES_HELP)
+def nightly(study_file: StudyFileArg,
+            date: Annotated[str | None, typer.Option(
+                "--date", help="The night, YYYY-MM-DD \\[default: today in the schedule's "
+                               "timezone].")] = None,
+            storage: StorageOpt = None,
+            workers: Annotated[int, typer.Option(
+                "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+            json_out: JsonOpt = False) -> None:
+    from tuner.nightly.run import run_night
+
+    sf = load_study_file(study_file)
+    schedule = schedule_of(sf)
+    day = parse_date(date) if date else today(schedule)
+    url = resolve_url(storage, sf.study.storage)
+    say = (lambda _line: None) if json_out else (lambda line: out.print(line, highlight=False))
+    if sf.schedule is None and not json_out:
+        err.print(f"note: {study_file} has no [schedule] section; using its defaults "
+                  "(see docs/nightly.md)")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = run_night(sf, day=day, storage_url=url, workers=workers,
+                           quiet=quiet or json_out, console=err, say=say)
+    except _Terminated:
+        err.print("terminated (SIGTERM) outside the sweep; no trial was running. Rerun to resume.")
+        raise typer.Exit(143) from None
+    if json_out:
+        print_json(result.as_dict())
+        raise typer.Exit(result.exit_code)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()) if n)
+    done = result.counts.get("COMPLETE", 0) + result.counts.get("PRUNED", 0)
+    out.print(f"night [bold]{result.study}[/] on {result.storage}: {done}/{result.n_trials} "
+              f"trials done ({counts or 'none'}); stopped: {result.reason}")
+    if result.best is not None:
+        from tuner.nightly.scheduler import describe_config
+
+        out.print(f"best: #{result.best['trial']} {fmt(result.best['value'])} "
+                  f"({describe_config(result.best['config'])})", highlight=False)
+    if result.verdict is None:
+        out.print(f"[yellow]no verdict[/]: the night was interrupted ({result.reason}); running "
+                  "trials were re-queued; run the same command to resume")
+    else:
+        style = {"regression": "bold red", "improvement": "bold green", "ok": "green"}.get(
+            result.verdict.verdict, "yellow")
+        for line in result.verdict.lines():
+            if line.startswith("verdict:"):
+                out.print(f"[{style}]{line}[/]", highlight=False)
+            else:
+                out.print(line, highlight=False)
+    out.print(f"[dim]exit code {result.exit_code} · history: tuner history {result.base}[/]")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command(help="Run every study file's nightly sweep at its \\[schedule] cron time, in its "
+                  "timezone, until SIGTERM or Ctrl-C. A night missed while the scheduler was "
+                  "down is caught up once on start. Each night runs as `tuner nightly` in a "
+                  "subprocess; SIGTERM is forwarded so no trial is left RUNNING.")
+def scheduler(paths: Annotated[list[Path], typer.Argument(
+                  help="Study files and/or folders (their *.toml files with a \\[schedule] "
+                       "section).", show_default=False)],
+              storage: StorageOpt = None,
+              workers: Annotated[int, typer.Option(
+                  "--workers", "-w", min=1, help="Worker processes per night.")] = 1,
+              cron: Annotated[str | None, typer.Option(
+                  help="Override every file's schedule.cron: 5 fields, or 6 with seconds first "
+                       "(e.g. '*/30 * * * * *' to try it out).")] = None,
+              catch_up: Annotated[bool, typer.Option(
+                  "--catch-up/--no-catch-up", help="Run the latest missed night on start.")] = True,
+              now: Annotated[str | None, typer.Option(
+                  hidden=True, help="Pretend the current time is this ISO time when deciding "
+                                    "what to catch up (tests).")] = None) -> None:
+    from tuner.nightly.scheduler import (
+        SchedulerService,
+        collect_study_files,
+        configure_logging,
+        log,
+        make_sweeps,
+    )
+
+    configure_logging()
+    files, skipped = collect_study_files(paths)
+    for path in skipped:
+        log.info("skipping %s: no [schedule] section", path)
+    sweeps = make_sweeps(files, storage=storage, cron=cron)
+    clock = None
+    if now is not None:
+        try:
+            fake = datetime.fromisoformat(now)
+        except ValueError:
+            raise ConfigError(f"--now {now!r}: expected an ISO time") from None
+        fake = fake if fake.tzinfo else fake.replace(tzinfo=UTC)
+        clock = lambda: fake  # noqa: E731
+    service = SchedulerService(sweeps, workers=workers, catch_up=catch_up, clock=clock,
+                               storage_override=storage)
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service.start()
+        log.info("scheduler running with %d sweep(s); stop with SIGTERM or Ctrl-C", len(sweeps))
+        while not stop.wait(0.5):
+            pass
+    finally:
+        service.stop(received[0] if received else "exiting")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@app.command(help="The nights of a nightly sweep so far: date, best value and configuration, "
+                  "verdict and trial counts.")
+def history(base: Annotated[str, typer.Argument(
+                help="The sweep's base name (study.name of its study file).", show_default=False)],
+            storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
+    from tuner.nightly.history import night_history
+
+    url = resolve_url(storage)
+    records = night_history(open_storage(url), base)
+    if json_out:
+        print_json([r.as_dict() for r in records])
+        return
+    if not records:
+        raise TunerError(f"no nights of {base!r} in {describe(url)} (night studies are named "
+                         f"{base}-YYYY-MM-DD)", hint="run one with: tuner nightly STUDY_FILE")
+    metric = records[-1].metric
+    table = Table(title=f"nights of {base} in {describe(url)}", title_justify="left")
+    for col in ("date", f"best {metric}", "trial", "optimizer", "decay", "scaling", "lr",
+                "verdict", "incumbent drift", "complete", "pruned", "fail", "warm start"):
+        table.add_column(col, justify="right" if col in ("trial", "complete", "pruned", "fail")
+                         else "left")
+    styles = {"regression": "bold red", "improvement": "green", "ok": "", "no_result": "yellow"}
+    for r in records:
+        v = r.verdict or {}
+        verdict = v.get("verdict", "-")
+        if v.get("cause"):
+            verdict += f" ({v['cause']})"
+        style = styles.get(v.get("verdict", ""), "")
+        warm = r.warm_start or {}
+        warm_text = (f"{len(warm.get('enqueued', []))} in, {len(warm.get('skipped', []))} skipped"
+                     if warm.get("source") else "-")
+        table.add_row(r.date.isoformat(), fmt(r.best_value),
+                      "-" if r.best_trial is None else f"#{r.best_trial}",
+                      str(r.choice("optimizer") or "-"), str(r.choice("decay") or "-"),
+                      str(r.choice("batch_scaling") or "-"),
+                      fmt(r.choice("lr"), 3) if r.choice("lr") is not None else "-",
+                      f"[{style}]{verdict}[/]" if style else verdict,
+                      fmt(v.get("drift")) if v.get("drift") is not None else "-",
+                      str(r.counts.get("COMPLETE", 0)), str(r.counts.get("PRUNED", 0)),
+                      str(r.counts.get("FAIL", 0)), warm_text)
+    out.print(table)

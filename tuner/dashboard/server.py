@@ -1,0 +1,306 @@
+"""``tuner dashboard``: optuna-dashboard and the tuner views from one threaded WSGI server.
+
+Routes (everything else goes to optuna-dashboard, whose UI is under ``/dashboard``):
+
+* ``/`` and ``/tuner/``: the study list, with best value, trial counts by state and last
+  activity per study (one set of aggregate queries, fast for any number of trials);
+* ``/tuner/studies/<name>[?dashboard=<name>]``: a study's tuner views (``dashboards/study.toml``
+  by default);
+* ``/tuner/studies/<name>/report.html``: the same as a self-contained file (``tuner report``);
+* ``/tuner/api/studies``: the study list as JSON; ``/tuner/health``: ``ok``;
+* ``/tuner/static/plotly.min.js``: plotly.js (cached by the browser, gzip when accepted).
+
+Rendered pages are cached per study until its trials change (a cheap aggregate query decides).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import html
+import json
+import logging
+import signal
+import socket
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import sqlalchemy
+
+from tuner.dashboard.html import jsonable, list_page, plotly_js, plotly_version
+from tuner.dashboard.report import render_study_view
+from tuner.dashboard.spec import DashboardError, available_dashboards, find_dashboard, load_dashboard
+from tuner.errors import StudyNotFoundError, TunerError
+
+log = logging.getLogger("tuner.dashboard")
+
+StartResponse = Callable[..., Any]
+HTML = "text/html; charset=utf-8"
+
+
+class TunerViews:
+    """The WSGI application of the tuner routes."""
+
+    def __init__(self, storage: Any, storage_text: str, folder: str | Path | None = None,
+                 cache_size: int = 32) -> None:
+        self.storage = storage
+        self.storage_text = storage_text
+        self.folder = folder
+        self._cache: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._js: dict[str, bytes] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = _path(environ)
+        if method not in ("GET", "HEAD"):
+            return self._send(start_response, "405 Method Not Allowed", "method not allowed\n",
+                              "text/plain; charset=utf-8", method, [("Allow", "GET, HEAD")])
+        try:
+            status, body, ctype, headers = self._route(path, environ)
+        except StudyNotFoundError as exc:
+            status, body, ctype, headers = "404 Not Found", _error_page("Study not found", exc.message), HTML, []
+        except TunerError as exc:
+            status, body, ctype, headers = ("500 Internal Server Error",
+                                            _error_page("Cannot show this page", exc.message, exc.hint), HTML, [])
+        except Exception as exc:  # a bug: log it, answer with a page rather than a dropped connection
+            log.error("GET %s failed:\n%s", path, traceback.format_exc())
+            status, body, ctype, headers = ("500 Internal Server Error",
+                                            _error_page("Internal error", f"{type(exc).__name__}: {exc}",
+                                                        "see the server's log"), HTML, [])
+        return self._send(start_response, status, body, ctype, method, headers)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _route(self, path: str, environ: dict[str, Any]) -> tuple[str, Any, str, list]:
+        if path in ("", "/", "/tuner", "/tuner/", "/tuner/studies", "/tuner/studies/"):
+            return "200 OK", self.list_html(), HTML, [("Cache-Control", "no-store")]
+        if path == "/tuner/health":
+            return "200 OK", "ok\n", "text/plain; charset=utf-8", []
+        if path == "/tuner/api/studies":
+            return "200 OK", json.dumps(self.list_json(), indent=1), "application/json", \
+                [("Cache-Control", "no-store")]
+        if path == "/tuner/static/plotly.min.js":
+            return self._plotly(environ)
+        if path.startswith("/tuner/studies/"):
+            rest = path[len("/tuner/studies/"):]
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            dashboard = (query.get("dashboard") or ["study"])[0]
+            if rest.endswith("/report.html"):
+                name = rest[: -len("/report.html")]
+                page = self.study_html(name, dashboard, plotly="inline")
+                filename = quote(f"{name}-{dashboard}.html", safe="")
+                return "200 OK", page, HTML, [
+                    ("Content-Disposition", f"attachment; filename*=UTF-8''{filename}")]
+            name = rest.rstrip("/")
+            return "200 OK", self.study_html(name, dashboard), HTML, [("Cache-Control", "no-store")]
+        return "404 Not Found", _error_page("Not found", f"no page at {path}"), HTML, []
+
+    def _send(self, start_response: StartResponse, status: str, body: Any, ctype: str, method: str,
+              headers: list | None = None) -> Iterable[bytes]:
+        data = body if isinstance(body, bytes) else body.encode("utf-8")
+        out = [("Content-Type", ctype), ("Content-Length", str(len(data))),
+               ("X-Content-Type-Options", "nosniff")]
+        out += headers or []
+        start_response(status, out)
+        return [b""] if method == "HEAD" else [data]
+
+    # --- pages ----------------------------------------------------------------------------------
+
+    def list_rows(self) -> list[Any]:
+        from tuner import results
+
+        return results.list_studies(self.storage)
+
+    def list_json(self) -> list[dict[str, Any]]:
+        ids = {s.study_name: s._study_id for s in self.storage.get_all_studies()}
+        out = []
+        for row in self.list_rows():
+            item = jsonable(row.as_dict())
+            item["study_id"] = ids.get(row.name)
+            item["views"] = f"/tuner/studies/{quote(row.name, safe='')}"
+            item["optuna_dashboard"] = f"/dashboard/studies/{ids.get(row.name)}"
+            out.append(item)
+        return out
+
+    def list_html(self) -> str:
+        ids = {s.study_name: s._study_id for s in self.storage.get_all_studies()}
+        names = list(available_dashboards(self.folder))
+        names = ["study"] + [n for n in names if n != "study"]
+        return list_page(self.list_rows(), storage=self.storage_text, ids=ids, dashboards=names)
+
+    def study_html(self, name: str, dashboard: str = "study", *, plotly: str = "/tuner/static/plotly.min.js") -> str:
+        if not name:
+            raise StudyNotFoundError("no study name in the address")
+        path = find_dashboard(dashboard, self.folder)
+        stamp = (self._fingerprint(name), path.stat().st_mtime_ns, str(path), plotly)
+        key = (name, f"{dashboard}|{plotly}")
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one render per study and dashboard at a time; the others wait for it
+            cached = self._cache.get(key)
+            if cached is not None and stamp[0] is not None and cached[0] == stamp:
+                self._cache.move_to_end(key)
+                return cached[1]
+            spec = load_dashboard(str(path))
+            q = quote(name, safe="")
+            nav = [("all studies", "/"), ("optuna-dashboard", f"/dashboard/studies/{self._study_id(name)}"),
+                   ("download report", f"/tuner/studies/{q}/report.html"
+                                       + ("" if dashboard == "study" else f"?dashboard={quote(dashboard)}"))]
+            nav += [(f"{d} views", f"/tuner/studies/{q}" + ("" if d == "study" else f"?dashboard={quote(d)}"))
+                    for d in available_dashboards(self.folder) if d != dashboard]
+            view = render_study_view(self.storage, name, spec=spec, plotly=plotly, nav=nav)
+            if view.errors:
+                log.warning("study %s: %d view(s) failed: %s", name, len(view.errors), view.errors)
+            self._cache[key] = (stamp, view.html)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return view.html
+
+    def _study_id(self, name: str) -> int | str:
+        try:
+            return self.storage.get_study_id_from_name(name)
+        except KeyError:
+            raise StudyNotFoundError(f"no study named {name!r} in this storage") from None
+
+    def _fingerprint(self, name: str) -> tuple | None:
+        """Changes whenever a trial of the study is added or changes state (``None``: unknown,
+        do not cache)."""
+        from optuna.storages._rdb import models
+
+        backend = getattr(self.storage, "backend", None)
+        if backend is None:
+            return None
+        trials = models.TrialModel.__table__
+        studies = models.StudyModel.__table__
+        attrs = models.StudyUserAttributeModel.__table__
+        with backend.engine.connect() as conn:
+            sid = conn.execute(sqlalchemy.select(studies.c.study_id)
+                               .where(studies.c.study_name == name)).scalar()
+            if sid is None:
+                raise StudyNotFoundError(f"no study named {name!r} in this storage")
+            row = conn.execute(sqlalchemy.select(
+                sqlalchemy.func.count(), sqlalchemy.func.max(trials.c.datetime_start),
+                sqlalchemy.func.max(trials.c.datetime_complete),
+                sqlalchemy.func.sum(sqlalchemy.case((trials.c.state == "RUNNING", 1), else_=0)))
+                .where(trials.c.study_id == sid)).one()
+            n_attrs = conn.execute(sqlalchemy.select(sqlalchemy.func.count())
+                                   .where(attrs.c.study_id == sid)).scalar()
+        return (sid, *tuple(str(v) for v in row), n_attrs)
+
+    def _plotly(self, environ: dict[str, Any]) -> tuple[str, Any, str, list]:
+        etag = f'"plotly-{plotly_version()}"'
+        headers = [("Cache-Control", "public, max-age=86400"), ("ETag", etag), ("Vary", "Accept-Encoding")]
+        if environ.get("HTTP_IF_NONE_MATCH") == etag:
+            return "304 Not Modified", b"", "application/javascript", headers
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            if "gzip" not in self._js:
+                self._js["gzip"] = gzip.compress(plotly_js().encode("utf-8"), compresslevel=6)
+            return "200 OK", self._js["gzip"], "application/javascript; charset=utf-8", \
+                headers + [("Content-Encoding", "gzip")]
+        if "plain" not in self._js:
+            self._js["plain"] = plotly_js().encode("utf-8")
+        return "200 OK", self._js["plain"], "application/javascript; charset=utf-8", headers
+
+
+def _path(environ: dict[str, Any]) -> str:
+    raw = environ.get("PATH_INFO", "") or ""
+    try:  # WSGI gives the URL-decoded path as latin-1 code points of the UTF-8 bytes
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw
+
+
+def _error_page(title: str, message: str, hint: str | None = None) -> str:
+    hint_html = f"<p class=muted>{html.escape(hint)}</p>" if hint else ""
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            "<style>body{font:15px system-ui,sans-serif;margin:40px;color:#1d2330}"
+            "pre{white-space:pre-wrap;background:#fff7f7;border:1px solid #f1b5b5;padding:10px}"
+            ".muted{color:#667085}</style></head>"
+            f'<body><h1>{html.escape(title)}</h1><pre id="error">{html.escape(message)}</pre>{hint_html}'
+            '<p><a href="/">all studies</a> · <a href="/dashboard">optuna-dashboard</a></p></body></html>')
+
+
+def make_app(storage: Any, storage_text: str, folder: str | Path | None = None) -> Callable:
+    """One WSGI application: the tuner routes next to optuna-dashboard (same storage)."""
+    import optuna_dashboard
+
+    dashboard = optuna_dashboard.wsgi(storage)
+    views = TunerViews(storage, storage_text, folder)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path == "/" or path == "/tuner" or path.startswith("/tuner/"):
+            return views(environ, start_response)
+        return dashboard(environ, start_response)
+
+    app.views = views  # type: ignore[attr-defined]
+    return app
+
+
+def create_server(app: Callable, host: str, port: int, threads: int = 8) -> Any:
+    """A waitress server bound to ``host:port`` (``port=0``: any free port), or a
+    :class:`TunerError` that says why it cannot listen."""
+    import waitress
+
+    try:
+        return waitress.create_server(app, host=host, port=port, threads=threads, ident="tuner",
+                                      channel_timeout=120, clear_untrusted_proxy_headers=True)
+    except socket.gaierror as exc:
+        raise TunerError(f"cannot listen on {host}:{port}: unknown host {host!r} ({exc.strerror})",
+                         hint="use an address of this machine, e.g. --host 127.0.0.1") from None
+    except OSError as exc:
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise TunerError(f"cannot listen on {where}: the port is already in use",
+                             hint="stop the other server, or pick another port with --port "
+                                  "(--port 0 picks a free one)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise TunerError(f"cannot listen on {where}: permission denied",
+                             hint="ports below 1024 need privileges; use e.g. --port 8080") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise TunerError(f"cannot listen on {where}: {host} is not an address of this machine",
+                             hint="use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (all "
+                                  "interfaces)") from None
+        raise TunerError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def listen_addresses(server: Any) -> list[tuple[str, int]]:
+    if hasattr(server, "effective_listen"):
+        return [(str(h), int(p)) for h, p in server.effective_listen]
+    return [(str(server.effective_host), int(server.effective_port))]
+
+
+def url_for(host: str, port: int) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def run_server(server: Any) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close the listening sockets."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["DashboardError", "TunerViews", "create_server", "listen_addresses", "make_app", "run_server",
+           "url_for"]

@@ -1,0 +1,241 @@
+"""Trend views of a nightly sweep for the dashboard and ``tuner report``.
+
+Plain builder functions; each takes a context ``ctx`` with attributes ``study`` (an
+``optuna.Study``: one night of the sweep, or any study when ``options["base"]`` names the
+sweep), ``study_file``, ``storage`` (a ``BufferedStorage``, an Optuna RDB storage, a database
+URL, or ``None`` to use the study's own storage) and ``options`` (a dict; ``base`` overrides
+the sweep's base name, ``last`` limits the nights shown). They do not import the dashboard.
+
+- :func:`trend_figure` (plotly Figure): best value per night with the baseline band (median
+  of the baseline nights' bests +- margin), the incumbent re-trained on each night's data, and
+  verdict markers.
+- :func:`choices_figure` (plotly Figure): the best configuration's optimizer, decay,
+  batch-size scaling rule and learning rate per night.
+- :func:`verdict_markdown` (str): the night's verdict with its numbers, and its warm start.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tuner.nightly.history import NightRecord, night_history
+from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, base_of
+from tuner.storage import BufferedStorage
+
+VERDICT_STYLE = {
+    "regression": {"color": "#d62728", "symbol": "x", "size": 14},
+    "improvement": {"color": "#2ca02c", "symbol": "triangle-up", "size": 14},
+    "ok": {"color": "#7f7f7f", "symbol": "circle", "size": 9},
+    "no_result": {"color": "#ff7f0e", "symbol": "square", "size": 10},
+}
+
+
+def base_name(ctx: Any) -> str | None:
+    """The sweep a context is about: ``options["base"]``, else the night study's stored base,
+    else its name without the ``-YYYY-MM-DD`` suffix."""
+    options = getattr(ctx, "options", None) or {}
+    if options.get("base"):
+        return str(options["base"])
+    study = getattr(ctx, "study", None)
+    if study is None:
+        return None
+    night = study.user_attrs.get(ATTR_NIGHT)
+    if isinstance(night, dict) and night.get("base"):
+        return str(night["base"])
+    return base_of(study.study_name)
+
+
+def _storage(ctx: Any) -> BufferedStorage:
+    from optuna.storages import RDBStorage
+
+    from tuner.storage import open_storage
+
+    candidate = getattr(ctx, "storage", None)
+    if isinstance(candidate, str):
+        return open_storage(candidate)
+    if candidate is None and getattr(ctx, "study", None) is not None:
+        candidate = ctx.study._storage
+    if isinstance(candidate, BufferedStorage):
+        return candidate
+    for attr in ("backend", "_backend"):
+        inner = getattr(candidate, attr, None)
+        if isinstance(inner, RDBStorage):
+            return BufferedStorage(inner)
+    if isinstance(candidate, RDBStorage):
+        return BufferedStorage(candidate)
+    raise ValueError("nightly views need a database storage (SQLite or PostgreSQL)")
+
+
+def _records(ctx: Any) -> tuple[str | None, list[NightRecord]]:
+    base = base_name(ctx)
+    if base is None:
+        return None, []
+    records = night_history(_storage(ctx), base)
+    last = (getattr(ctx, "options", None) or {}).get("last")
+    if last:
+        records = records[-int(last):]
+    return base, records
+
+
+def _empty(title: str, text: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    fig.update_layout(title=title, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def _current_date(ctx: Any) -> str | None:
+    study = getattr(ctx, "study", None)
+    night = study.user_attrs.get(ATTR_NIGHT) if study is not None else None
+    return night.get("date") if isinstance(night, dict) else None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def trend_figure(ctx: Any) -> go.Figure:
+    """Best value per night, baseline band, incumbent re-evaluations and verdict markers."""
+    base, records = _records(ctx)
+    title = f"nightly trend: {base}" if base else "nightly trend"
+    if not records:
+        return _empty(title, "no nights yet (night studies are named BASE-YYYY-MM-DD)")
+    metric = records[-1].metric
+    dates = [r.date.isoformat() for r in records]
+    fig = go.Figure()
+    band = [(r.date.isoformat(), (r.verdict or {}).get("baseline") or {}) for r in records]
+    band = [(d, b) for d, b in band if _num(b.get("level")) is not None and _num(b.get("margin")) is not None]
+    if band:
+        xs = [d for d, _ in band]
+        lows = [b["level"] - b["margin"] for _, b in band]
+        highs = [b["level"] + b["margin"] for _, b in band]
+        fig.add_trace(go.Scatter(x=xs, y=lows, mode="lines", line={"width": 0}, showlegend=False,
+                                 hoverinfo="skip", name="baseline low"))
+        fig.add_trace(go.Scatter(x=xs, y=highs, mode="lines", line={"width": 0}, fill="tonexty",
+                                 fillcolor="rgba(31,119,180,0.15)", name="baseline ± margin",
+                                 hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=xs, y=[b["level"] for _, b in band], mode="lines",
+                                 line={"dash": "dash", "color": "#1f77b4"},
+                                 name="baseline (median of nightly bests)"))
+    fig.add_trace(go.Scatter(
+        x=dates, y=[r.best_value for r in records], mode="lines+markers", name="best of the night",
+        line={"color": "#1f77b4"}, marker={"size": 6},
+        text=[f"{r.study} #{r.best_trial}" for r in records],
+        hovertemplate="%{x}: %{y:.4f} (%{text})<extra></extra>"))
+    inc = [(r.date.isoformat(), ((r.verdict or {}).get("incumbent") or {})) for r in records]
+    inc = [(d, i) for d, i in inc if _num(i.get("tonight")) is not None]
+    if inc:
+        fig.add_trace(go.Scatter(
+            x=[d for d, _ in inc], y=[i["tonight"] for _, i in inc], mode="markers",
+            name="incumbent re-trained on the night's data",
+            marker={"symbol": "diamond-open", "size": 10, "color": "#9467bd"},
+            text=[f"{i.get('night')} #{i.get('trial')} (stored {i.get('value')})" for _, i in inc],
+            hovertemplate="%{x}: %{y:.4f} %{text}<extra></extra>"))
+    for verdict, style in VERDICT_STYLE.items():
+        hits = [r for r in records if (r.verdict or {}).get("verdict") == verdict]
+        if not hits:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r.date.isoformat() for r in hits],
+            y=[r.best_value if r.best_value is not None else (r.verdict or {}).get("available")
+               for r in hits],
+            mode="markers", name=verdict, marker={"symbol": style["symbol"], "size": style["size"],
+                                                   "color": style["color"], "line": {"width": 2}},
+            text=[(r.verdict or {}).get("message", "") for r in hits],
+            hovertemplate=f"%{{x}}: {verdict}<br>%{{text}}<extra></extra>"))
+    current = _current_date(ctx)
+    if current in dates:
+        fig.add_vline(x=current, line={"dash": "dot", "color": "#555"})
+    fig.update_layout(title=title, xaxis_title="night", yaxis_title=metric, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.2})
+    fig.update_xaxes(type="category" if len(dates) == 1 else "date")
+    return fig
+
+
+def choices_figure(ctx: Any) -> go.Figure:
+    """The best configuration's optimizer, decay, scaling rule and learning rate per night."""
+    base, records = _records(ctx)
+    title = f"best configuration per night: {base}" if base else "best configuration per night"
+    records = [r for r in records if r.config]
+    if not records:
+        return _empty(title, "no night with a COMPLETE trial yet")
+    rows = (("optimizer", "optimizer"), ("decay", "decay"), ("batch_scaling", "batch-size scaling"))
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[label for _, label in rows] + ["learning rate (lr)"])
+    dates = [r.date.isoformat() for r in records]
+    colors = [VERDICT_STYLE.get((r.verdict or {}).get("verdict", ""), {}).get("color", "#1f77b4")
+              for r in records]
+    for i, (key, label) in enumerate(rows, start=1):
+        values = [str(r.choice(key) if r.choice(key) is not None else "-") for r in records]
+        fig.add_trace(go.Scatter(x=dates, y=values, mode="markers+lines", name=label,
+                                 line={"color": "rgba(0,0,0,0.15)"},
+                                 marker={"size": 11, "color": colors},
+                                 hovertemplate=f"%{{x}}: {label} %{{y}}<extra></extra>"),
+                      row=i, col=1)
+        fig.update_yaxes(type="category", categoryorder="category ascending", row=i, col=1)
+    lrs = [_num(r.choice("lr")) for r in records]
+    fig.add_trace(go.Scatter(x=dates, y=lrs, mode="markers+lines", name="lr",
+                             marker={"size": 9, "color": colors},
+                             hovertemplate="%{x}: lr %{y:.3g}<extra></extra>"), row=4, col=1)
+    fig.update_yaxes(type="log", row=4, col=1)
+    fig.update_xaxes(type="category" if len(dates) == 1 else "date")
+    fig.update_layout(title=title, showlegend=False, height=720)
+    return fig
+
+
+def _f(value: Any, signed: bool = False) -> str:
+    number = _num(value)
+    if number is None:
+        return "–"
+    return f"{number:+.4f}" if signed else f"{number:.4f}"
+
+
+def verdict_markdown(ctx: Any) -> str:
+    """The night's verdict with its numbers, and what its warm start did (Markdown)."""
+    study = getattr(ctx, "study", None)
+    if study is None:
+        return "_No study selected._"
+    attrs = study.user_attrs
+    verdict = attrs.get(ATTR_VERDICT)
+    if verdict is None:
+        if ATTR_NIGHT not in attrs:
+            base = base_name(ctx)
+            hint = f" The nights of `{base}` are studies `{base}-YYYY-MM-DD`." if base else ""
+            return f"_`{study.study_name}` is not a night of a nightly sweep._{hint}"
+        return (f"_No verdict for `{study.study_name}` yet: the night is running or was "
+                "interrupted (rerun `tuner nightly` to resume it)._")
+    v, b, inc = verdict, verdict.get("baseline") or {}, verdict.get("incumbent") or {}
+    cause = f" ({v['cause']})" if v.get("cause") else ""
+    lines = [f"### Nightly verdict for `{study.study_name}`: **{v['verdict'].upper()}**{cause}",
+             "", str(v.get("message", "")), "",
+             f"| {v.get('metric', 'value')} | value |", "|---|---|",
+             f"| tonight's best (trial #{v.get('tonight_trial')}) | {_f(v.get('tonight'))} |"]
+    nights = b.get("nights") or []
+    if nights:
+        lines += [f"| baseline: median of {len(nights)} nightly bests | {_f(b.get('level'))} |",
+                  f"| baseline best | {_f(b.get('best'))} |",
+                  f"| spread (stdev of nightly bests) | {_f(b.get('spread'))} |",
+                  f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
+                  f"{b.get('spread_factor')} × spread) | {_f(b.get('margin'))} |",
+                  f"| available tonight − baseline | {_f(v.get('delta'), signed=True)} |"]
+    if inc:
+        again = (_f(inc.get("tonight")) if inc.get("tonight") is not None
+                 else (inc.get("error") or "–"))
+        lines += [f"| incumbent `{inc.get('night')}` #{inc.get('trial')}, stored | "
+                  f"{_f(inc.get('value'))} |",
+                  f"| incumbent re-trained on tonight's data | {again} |",
+                  f"| incumbent drift | {_f(v.get('drift'), signed=True)} |"]
+    if nights:
+        lines += ["", "Baseline nights: " + ", ".join(
+            f"{n['date']} ({_f(n.get('best'))})" for n in nights)]
+    warm = attrs.get(ATTR_WARM_START) or {}
+    if warm.get("source"):
+        lines += ["", f"Warm start from `{warm['source']}`: {len(warm.get('enqueued', []))} "
+                      f"configuration(s) enqueued, {len(warm.get('skipped', []))} skipped."]
+        for item in warm.get("skipped", []):
+            lines.append(f"- skipped #{item.get('trial')}: " + "; ".join(item.get("reasons", [])))
+    return "\n".join(lines)

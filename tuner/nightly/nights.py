@@ -1,0 +1,107 @@
+"""Nights: one dated study per night of a study file, ``<study.name>-YYYY-MM-DD``.
+
+The date is the night's date in the schedule's timezone. A night's study is an ordinary tuner
+study (``tuner show``, the dashboard and ``tuner replay`` work on it) with three extra study user
+attributes: :data:`ATTR_NIGHT` (base name, date, timezone), :data:`ATTR_WARM_START` (what was
+enqueued from the previous night and what was skipped, and why) and :data:`ATTR_VERDICT` (the
+regression check, written at the end of every complete run of the night).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tuner.config import ScheduleSection, StudyFile
+from tuner.errors import ConfigError
+from tuner.storage import BufferedStorage
+from tuner.study import derive_seed
+
+ATTR_NIGHT = "tuner.nightly"
+ATTR_WARM_START = "tuner.nightly.warm_start"
+ATTR_VERDICT = "tuner.nightly.verdict"
+
+_DATE = r"(\d{4}-\d{2}-\d{2})"
+
+
+def schedule_of(sf: StudyFile) -> ScheduleSection:
+    """The study file's ``[schedule]``, or the defaults when it has none."""
+    return sf.schedule if sf.schedule is not None else ScheduleSection()
+
+
+def night_name(base: str, day: date) -> str:
+    """``digits`` + 2026-11-25 -> ``digits-2026-11-25``."""
+    return f"{base}-{day.isoformat()}"
+
+
+def night_date(name: str, base: str) -> date | None:
+    """The date of night study ``name`` of ``base``, or ``None`` if it is not one."""
+    match = re.fullmatch(re.escape(base) + "-" + _DATE, name)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def base_of(name: str) -> str | None:
+    """``digits-2026-11-25`` -> ``digits`` (``None`` for a name without a date suffix)."""
+    match = re.fullmatch(r"(.+)-" + _DATE, name)
+    return match.group(1) if match else None
+
+
+def parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--date {text!r}: expected a date as YYYY-MM-DD, e.g. 2026-11-25") from None
+
+
+def today(schedule: ScheduleSection, now: datetime | None = None) -> date:
+    """Today's date in the schedule's timezone (``now``: an aware time, for tests)."""
+    zone = ZoneInfo(schedule.timezone)
+    return (now.astimezone(zone) if now is not None else datetime.now(zone)).date()
+
+
+def night_study_file(sf: StudyFile, day: date) -> StudyFile:
+    """The study file of one night: named ``<name>-<date>``, with the nightly budget, and a
+    sampler/training seed derived from the study seed and the date, so nights explore
+    independently (and the spread of their bests measures search noise) while a rerun of the
+    same night is reproducible."""
+    schedule = schedule_of(sf)
+    return sf.with_overrides(name=night_name(sf.study.name, day),
+                             n_trials=schedule.n_trials or sf.study.n_trials,
+                             seed=derive_seed(sf.study.seed, day.toordinal()))
+
+
+@dataclass
+class NightRef:
+    """A night study found in the storage."""
+
+    name: str
+    date: date
+    study_id: int
+    user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        return self.user_attrs.get(ATTR_VERDICT)
+
+
+def list_nights(storage: BufferedStorage, base: str) -> list[NightRef]:
+    """Every night study of ``base`` in the storage, oldest first."""
+    nights = []
+    for frozen in storage.get_all_studies():
+        day = night_date(frozen.study_name, base)
+        if day is not None:
+            nights.append(NightRef(frozen.study_name, day, frozen._study_id, dict(frozen.user_attrs)))
+    return sorted(nights, key=lambda n: n.date)
+
+
+def find_night(storage: BufferedStorage, base: str, day: date) -> NightRef | None:
+    name = night_name(base, day)
+    return next((n for n in list_nights(storage, base) if n.name == name), None)

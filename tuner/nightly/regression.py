@@ -1,0 +1,306 @@
+"""Regression detection: is tonight's best configuration still as good as the last nights'?
+
+After a night's sweep, tonight is compared with a **baseline**: the best value of each of the
+last ``regression.baseline_nights`` earlier nights that have a COMPLETE trial.
+
+- *Level*: the median of those nightly bests (robust to one lucky or unlucky night; the max of
+  several noisy nights would be biased upwards and flag equal nights).
+- *Margin* (noise): ``max(tolerance, spread_factor * stdev(nightly bests))``; the standard
+  deviation is used only with at least two baseline nights. Differences within the margin are
+  noise.
+- *Incumbent*: the best trial of the baseline. It is **re-trained on tonight's data** with its
+  stored configuration and seed (``tuner.train.fit``, the engine is bit-for-bit deterministic),
+  outside tonight's study. With the same data and code the re-evaluation reproduces its stored
+  value exactly, so ``drift = re-evaluated - stored`` measures what changed in the data (or
+  code) and nothing else: no seed noise, no search luck. (Enqueueing it as a trial of tonight's
+  study would give it a new seed, a slot of the budget, and a pruner that may stop it.)
+- *Available tonight*: the better of tonight's best and the re-evaluated incumbent: the best
+  configuration the team could ship this morning.
+
+Verdict (signs are such that positive is better, for maximized and minimized metrics alike):
+
+- ``improvement`` when available - level > margin. Cause ``data`` if the incumbent itself
+  improved on tonight's data by more than the tolerance (the data got easier), else ``search``.
+- ``ok`` when within the margin. Cause ``search`` ("search shortfall") when tonight's sweep fell
+  below level - margin but the incumbent still holds on tonight's data: search luck, not a
+  regression.
+- ``regression`` when available < level - margin: tonight's sweep found nothing as good *and*
+  the incumbent lost on tonight's data too. Cause ``data``, or ``unknown`` when the incumbent
+  could not be re-evaluated (no stored configuration).
+- ``no_result`` when tonight has no COMPLETE trial.
+
+The first night (no baseline) is ``ok`` with cause ``no_baseline``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config import RegressionRule, StudyFile
+from tuner.data import Splits
+from tuner.nightly.nights import ATTR_VERDICT, list_nights
+from tuner.storage import BufferedStorage
+from tuner.study import flat_params, load_data, load_study
+from tuner.train import fit
+
+EXIT_OK = 0
+EXIT_NO_RESULT = 1
+EXIT_REGRESSION = 4
+EXIT_CODES = {"ok": EXIT_OK, "improvement": EXIT_OK, "regression": EXIT_REGRESSION,
+              "no_result": EXIT_NO_RESULT}
+
+
+@dataclass
+class Judgement:
+    """The pure outcome of :func:`judge` (numbers in metric units)."""
+
+    verdict: str
+    cause: str | None
+    level: float | None
+    spread: float | None
+    margin: float | None
+    delta: float | None  # available tonight - level, positive = better
+    sweep_delta: float | None  # tonight's sweep best - level, positive = better
+    drift: float | None  # incumbent re-evaluated - incumbent stored, positive = better
+    available: float | None
+
+
+def judge(direction: str, tonight: float | None, baseline: list[float], rule: RegressionRule, *,
+          incumbent_stored: float | None = None, incumbent_tonight: float | None = None,
+          incumbent_diverged: bool = False) -> Judgement:
+    """The verdict from the numbers (see the module docs). ``baseline``: the best value of
+    each baseline night; ``incumbent_*``: the baseline's best trial, as stored and as
+    re-trained on tonight's data (``None``: not re-evaluated)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    drift = None
+    if incumbent_diverged and incumbent_stored is not None:
+        drift = -math.inf
+    elif incumbent_stored is not None and incumbent_tonight is not None:
+        drift = sign * (incumbent_tonight - incumbent_stored)
+    candidates = [v for v in (tonight, incumbent_tonight) if v is not None and math.isfinite(v)]
+    available = (max if sign > 0 else min)(candidates) if candidates else None
+    if tonight is None:
+        return Judgement("no_result", None, None, None, None, None, None, drift, available)
+    if not baseline:
+        return Judgement("ok", "no_baseline", None, None, None, None, None, drift, available)
+    level = statistics.median(baseline)
+    spread = statistics.stdev(baseline) if len(baseline) >= 2 else 0.0
+    margin = max(rule.tolerance, rule.spread_factor * spread)
+    sweep_delta = sign * (tonight - level)
+    delta = sign * (available - level)
+    tol = rule.tolerance
+    if delta > margin:
+        cause = "data" if drift is not None and drift > tol else "search"
+        verdict = "improvement"
+    elif delta >= -margin:
+        verdict, cause = "ok", ("search" if sweep_delta < -margin else None)
+    else:
+        verdict = "regression"
+        cause = "data" if drift is not None and drift < -tol else "unknown"
+    return Judgement(verdict, cause, level, spread, margin, delta, sweep_delta, drift, available)
+
+
+@dataclass
+class Verdict:
+    """A night's regression check, as stored in the study user attribute
+    ``tuner.nightly.verdict`` (``as_dict``) and printed (``lines``)."""
+
+    verdict: str
+    cause: str | None
+    message: str
+    metric: str
+    direction: str
+    tonight: float | None
+    tonight_trial: int | None
+    baseline: dict[str, Any]
+    incumbent: dict[str, Any] | None
+    delta: float | None
+    drift: float | None
+    available: float | None
+    computed_at: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.verdict, EXIT_NO_RESULT)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["exit_code"] = self.exit_code
+        return _finite(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        fields = {k: data.get(k) for k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+    def lines(self) -> list[str]:
+        f = _fmt
+        out = []
+        trial = f" (trial #{self.tonight_trial})" if self.tonight_trial is not None else ""
+        out.append(f"tonight's best {self.metric}: {f(self.tonight)}{trial}")
+        b = self.baseline
+        if b.get("nights"):
+            dates = ", ".join(n["date"] for n in b["nights"])
+            out.append(f"baseline ({len(b['nights'])} night(s): {dates}): median {f(b['level'])}, "
+                       f"best {f(b['best'])}, spread {f(b['spread'])}, margin {f(b['margin'])} "
+                       f"(tolerance {f(b['tolerance'])})")
+        inc = self.incumbent
+        if inc:
+            if inc.get("tonight") is not None:
+                again = f"{f(inc['tonight'])} (drift {_signed(self.drift)})"
+            elif inc.get("diverged"):
+                again = "diverged"
+            else:
+                again = f"not re-evaluated ({inc.get('error')})"
+            out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}) re-trained "
+                       f"on tonight's data: {again}")
+        out.append(f"verdict: {self.verdict.upper()}"
+                   + (f" ({self.cause})" if self.cause else "") + f" — {self.message}")
+        return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
+def _message(j: Judgement, metric: str) -> str:
+    if j.verdict == "no_result":
+        return "tonight has no COMPLETE trial: nothing to compare"
+    if j.cause == "no_baseline":
+        return "no earlier night to compare with (first night)"
+    d, m = _signed(j.delta), _fmt(j.margin)
+    if j.verdict == "improvement":
+        if j.cause == "data":
+            return (f"{d} above the baseline (margin {m}); the incumbent itself improved by "
+                    f"{_signed(j.drift)} on tonight's data: the data got easier")
+        return f"{d} above the baseline (margin {m}): tonight's sweep found a better configuration"
+    if j.verdict == "ok":
+        if j.cause == "search":
+            return (f"search shortfall: tonight's sweep is {_signed(j.sweep_delta)} from the baseline, "
+                    f"but the incumbent still scores {_fmt(j.available)} on tonight's data "
+                    "(search luck, not a regression; consider a larger nightly budget)")
+        return f"within the margin of the baseline ({d}, margin {m})"
+    if j.cause == "data":
+        return (f"{d} below the baseline (margin {m}), and the incumbent also lost "
+                f"{_signed(j.drift)} on tonight's data: data (or code) drift")
+    return (f"{d} below the baseline (margin {m}); the incumbent could not be re-evaluated, so "
+            "drift and search luck cannot be told apart")
+
+
+@dataclass
+class BaselineNight:
+    name: str
+    date: date
+    best: FrozenTrial
+    study_file: StudyFile | None
+
+
+def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> list[BaselineNight]:
+    """The last ``n`` nights before ``day`` that have a COMPLETE trial, oldest first."""
+    out: list[BaselineNight] = []
+    for night in reversed([x for x in list_nights(storage, base) if x.date < day]):
+        if len(out) >= n:
+            break
+        study, sf = load_study(night.name, storage)
+        best = _best(study)
+        if best is not None:
+            out.append(BaselineNight(night.name, night.date, best, sf))
+    return out[::-1]
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return None
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return max(done, key=lambda t: (sign * t.value, -t.number))
+
+
+def reevaluate(config: dict[str, Any], seed: int, sf: StudyFile,
+               splits: Splits) -> tuple[float | None, bool, str | None]:
+    """Train ``config`` with ``seed`` on ``splits`` (tonight's data, tonight's epochs and
+    dtype); returns (metric value, diverged, error)."""
+    try:
+        result = fit(config, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
+                     epochs=sf.model.epochs, seed=seed, dtype=sf.model.dtype)
+    except ValueError as exc:
+        return None, False, f"cannot train it tonight: {exc}"
+    if result.diverged:
+        return None, True, f"diverged: {result.divergence['reason']}"
+    return float(result.history[-1][sf.study.metric]), False, None
+
+
+def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *, base: str,
+                day: date, rule: RegressionRule, splits: Splits | None = None,
+                store: bool = True) -> Verdict:
+    """Compare night ``study`` (of ``base``, dated ``day``; ``sf`` is its study file) with its
+    baseline, re-train the incumbent on tonight's data, store the verdict with the study."""
+    direction, metric = sf.direction, sf.study.metric
+    best = _best(study)
+    nights = baseline_nights(storage, base, day, rule.baseline_nights)
+    values = [b.best.value for b in nights]
+    incumbent: dict[str, Any] | None = None
+    inc_stored = inc_tonight = None
+    inc_diverged = False
+    if nights:
+        sign = 1.0 if direction == "maximize" else -1.0
+        holder = max(reversed(nights), key=lambda b: sign * b.best.value)
+        trial = holder.best
+        inc_stored = trial.value
+        config = flat_params(trial, holder.study_file) if (
+            trial.user_attrs.get("config") is not None or holder.study_file is not None) else None
+        seed = trial.user_attrs.get("seed")
+        incumbent = {"night": holder.name, "date": holder.date.isoformat(), "trial": trial.number,
+                     "value": inc_stored, "config": config, "seed": seed, "tonight": None,
+                     "diverged": False, "error": None}
+        if config is None or seed is None:
+            incumbent["error"] = "no stored configuration and seed"
+        else:
+            splits = splits if splits is not None else load_data(sf)
+            inc_tonight, inc_diverged, error = reevaluate(config, int(seed), sf, splits)
+            incumbent.update(tonight=inc_tonight, diverged=inc_diverged, error=error)
+    j = judge(direction, None if best is None else best.value, values, rule,
+              incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
+              incumbent_diverged=inc_diverged)
+    baseline = {"nights": [{"night": b.name, "date": b.date.isoformat(), "best": b.best.value,
+                            "trial": b.best.number} for b in nights],
+                "level": j.level, "best": (None if not values else
+                                           (max if direction == "maximize" else min)(values)),
+                "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
+                "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
+    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j, metric), metric=metric,
+                      direction=direction, tonight=None if best is None else best.value,
+                      tonight_trial=None if best is None else best.number, baseline=baseline,
+                      incumbent=incumbent, delta=j.delta, drift=j.drift, available=j.available,
+                      computed_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    if store:
+        study.set_user_attr(ATTR_VERDICT, verdict.as_dict())
+    return verdict

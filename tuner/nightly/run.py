@@ -1,0 +1,104 @@
+"""One night's sweep, start to finish (``tuner nightly``).
+
+1. Take the night's lock (:class:`tuner.storage.coordination.NamedLock` on
+   ``nightly:<night>``: a PostgreSQL advisory lock, or an ``flock`` next to the SQLite file), so
+   two schedulers or cron hosts never run the same night at once: the second one gets
+   :class:`~tuner.errors.LockHeldError` (exit code 75).
+2. Create or resume the night's study ``<name>-<date>`` (the budget is the study's, so a rerun
+   only runs what is missing: idempotent).
+3. Warm start from the previous night (once per night, :mod:`tuner.nightly.warmstart`).
+4. Run the sweep with the ordinary :class:`tuner.runner.coordinator.Runner`.
+5. Check for a regression (:mod:`tuner.nightly.regression`) and store the verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from tuner.config import StudyFile
+from tuner.nightly.nights import (
+    ATTR_NIGHT,
+    night_name,
+    night_study_file,
+    schedule_of,
+)
+from tuner.nightly.regression import EXIT_NO_RESULT, Verdict, check_night
+from tuner.nightly.warmstart import WarmStart, warm_start
+from tuner.storage import describe, open_storage
+from tuner.storage.coordination import NamedLock
+from tuner.study import flat_params, open_study
+
+INTERRUPTED = ("SIGINT", "SIGTERM")
+
+
+@dataclass
+class NightResult:
+    base: str
+    date: date
+    study: str
+    storage: str
+    n_trials: int
+    reason: str
+    counts: dict[str, int]
+    warm_start: WarmStart
+    verdict: Verdict | None
+    exit_code: int
+    best: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "date": self.date.isoformat(), "study": self.study,
+                "storage": self.storage, "n_trials": self.n_trials, "stopped": self.reason,
+                "counts": self.counts, "warm_start": self.warm_start.as_dict(),
+                "verdict": None if self.verdict is None else self.verdict.as_dict(),
+                "best": self.best, "exit_code": self.exit_code}
+
+
+def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, quiet: bool = False,
+              console: Any = None, say: Callable[[str], None] | None = None) -> NightResult:
+    """Run (or resume) the night ``day`` of study file ``sf``; see the module docs. ``say``
+    receives progress lines (warm start, verdict)."""
+    from tuner.runner.coordinator import Runner
+
+    say = say or (lambda _line: None)
+    schedule = schedule_of(sf)
+    base = sf.study.name
+    night_sf = night_study_file(sf, day)
+    name = night_name(base, day)
+    storage = open_storage(storage_url)
+    lock = NamedLock(storage, f"nightly:{name}", what=f"the nightly sweep {name!r}")
+    lock.acquire()
+    try:
+        study = open_study(night_sf, storage)
+        if ATTR_NIGHT not in study.user_attrs:
+            study.set_user_attr(ATTR_NIGHT, {"base": base, "date": day.isoformat(),
+                                             "timezone": schedule.timezone, "cron": schedule.cron,
+                                             "source": sf.source})
+        warm = warm_start(study, night_sf, storage, base=base, day=day,
+                          k=min(schedule.warm_start, night_sf.study.n_trials))
+        for line in warm.lines():
+            say(line)
+        runner = Runner(night_sf, storage_url=storage_url, workers=workers,
+                        timeout=schedule.timeout, quiet=quiet, console=console)
+        result = runner.run()
+        counts = {state.name: n for state, n in result.counts.items()}
+        verdict = None
+        exit_code = result.exit_code
+        if result.reason not in INTERRUPTED:
+            storage.refresh(study._study_id)  # the runner wrote through its own connection
+            verdict = check_night(study, night_sf, storage, base=base, day=day,
+                                  rule=schedule.regression)
+            exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
+                                                                             EXIT_NO_RESULT)
+        best = None
+        if verdict is not None and verdict.tonight_trial is not None:
+            trial = next(t for t in study.get_trials(deepcopy=False)
+                         if t.number == verdict.tonight_trial)
+            best = {"trial": trial.number, "value": trial.value,
+                    "config": flat_params(trial, night_sf)}
+        return NightResult(base, day, name, describe(storage_url), night_sf.study.n_trials,
+                           result.reason, counts, warm, verdict, exit_code, best)
+    finally:
+        lock.release()
