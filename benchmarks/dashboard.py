@@ -159,13 +159,14 @@ def create_study(url: str, n_trials: int, *, name: str = "digits-5k", seed: int 
                                     "n_test": 359, "n_features": 64, "n_classes": 10})
     rng = np.random.default_rng(seed)
     engine = storage.backend.engine
-    t = {name: model.__table__ for name, model in (
+    t = {key: model.__table__ for key, model in (
         ("trials", models.TrialModel), ("params", models.TrialParamModel),
         ("values", models.TrialValueModel), ("attrs", models.TrialUserAttributeModel),
         ("inter", models.TrialIntermediateValueModel))}
     t0 = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=6)
     with engine.connect() as conn:
-        next_id = (conn.execute(sqlalchemy.select(sqlalchemy.func.max(t["trials"].c.trial_id))).scalar() or 0) + 1
+        last = conn.execute(sqlalchemy.select(sqlalchemy.func.max(t["trials"].c.trial_id))).scalar()
+    next_id = (last or 0) + 1
     for start in range(0, n_trials, batch):
         rows: dict[str, list[dict[str, Any]]] = {k: [] for k in t}
         for number in range(start, min(start + batch, n_trials)):
@@ -243,7 +244,8 @@ def run(url: str, n_trials: int, name: str) -> list[tuple[str, float, str]]:
     total = time.perf_counter() - started
     for p in panels:
         size = len(p.figure.to_json()) if p.figure is not None else len(p.markdown or "")
-        rows.append((f"panel {p.type}", p.seconds, f"{size / 1e3:,.0f} kB" + (f" ERROR {p.error}" if p.error else "")))
+        note = f"{size / 1e3:,.0f} kB" + (f" ERROR {p.error}" if p.error else "")
+        rows.append((f"panel {p.type}", p.seconds, note))
     rows.append(("all panels of dashboards/study.toml", total, ""))
     stats, t_attach = _timed(attach_views, study, panels)
     rows.append(("store the views with the study (graph objects + note)", t_attach,

@@ -165,6 +165,20 @@ def test_train_bad_set(tmp_path, sets, fragments):
     assert_user_error(run_tuner("train", study, *args, "--epochs", "1"), 2, *fragments)
 
 
+def test_no_test_split(tmp_path):
+    """data.test_size = 0: train reports validation only; best --test says why it cannot."""
+    study = write_study(tmp_path / "s.toml", name="notest", n_trials=1, epochs=1,
+                        data='dataset = "digits"\ntest_size = 0')
+    data = json.loads(run_tuner("train", study, "--json", check=True).stdout)
+    assert "val_accuracy" in data and "test_accuracy" not in data
+    assert set(data["reference"]) == {"val"}
+    assert "Traceback" not in run_tuner("train", study, check=True).stderr
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    run_tuner("run", study, "--storage", url, "-q", check=True)
+    assert_user_error(run_tuner("best", "notest", "--storage", url, "--test"), 2,
+                      "study 'notest' has no test split (data.test_size = 0")
+
+
 # --- ls, show, delete -----------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from tuner import params as P
 from tuner.cli.run import parse_sets, resolve_train_config
@@ -150,6 +151,9 @@ ERROR_CASES = [
      "space.decays.cosine", ["not among space.decay choices (constant)"]),
     ("parameter-of-another-decay", BASE + 'decay = "cosine"\n[space.decays.cosine]\ngamma = 0.5\n',
      "space.decays.cosine.gamma", ["does not apply to decay 'cosine'", "it takes: min_lr_factor"]),
+    ("milestones-and-step_epochs", BASE + 'decay = "step"\n[space.decays.step]\n'
+     "milestones = [0.5]\nstep_epochs = 2\n", "space.decays.step",
+     ["either milestones", "or step_epochs", "not both"]),
     ("decay-parameter-at-top", BASE + "gamma = 0.5\n", "space.gamma",
      ["decay parameter", "[space.decays.step]"]),
     ("pruner-option-not-applying", edit("n_trials = 5", 'n_trials = 5\n[study.pruner]\n'
@@ -367,8 +371,11 @@ def test_docs_describe_every_key():
                 "schedule": ScheduleSection, "schedule.regression": RegressionRule}
     for section, model in sections.items():
         assert f"[{section}]" in text, section
-        for key in model.model_fields:
-            assert re.search(rf"`{key}`", text), f"{section}.{key} is not documented"
+        for key, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                assert f"[{section}.{key}]" in text, f"[{section}.{key}] is not documented"
+            else:
+                assert f"`{key}`" in text, f"{section}.{key} is not documented"
     for key in P.PARAMS:
         assert f"`{key}`" in text, f"training parameter {key} is not documented"
     for name in (*P.OPTIMIZERS, *P.DECAYS, *P.SCALING_RULES):

@@ -21,7 +21,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, run_tuner, tuner_env
 from tuner import params as P
 from tuner import results
 from tuner.dashboard import (
@@ -47,6 +46,8 @@ from tuner.reference import reference_on_split
 from tuner.storage import open_storage
 from tuner.study import load_data, load_study
 from tuner.train import make_plan
+
+from conftest import REPO, run_tuner, tuner_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -315,7 +316,7 @@ def test_summary_states_the_best_trial_counts_reference_gap_and_per_optimizer_ta
     for g in results.best_by(real["plain"], "optimizer", real["sf"]):
         if g.n:
             assert re.search(rf"\| {g.value} \| {g.best:.4f} \| #{g.best_trial} \|", md), g
-    for key, value in best.user_attrs["config"].items():
+    for key in best.user_attrs["config"]:
         assert f"| {key} |" in md
 
 
@@ -373,7 +374,8 @@ def test_unknown_or_mistyped_options_are_errors(real):
     spec = parse_dashboard({"panel": [{"type": "learning_curves", "topk": 3}]}, name="x", source="a.toml")
     with pytest.raises(DashboardError, match="unknown option 'topk'.*top_k"):
         render_dashboard(spec, real["study"], real["sf"], real["storage"])
-    spec = parse_dashboard({"panel": [{"type": "learning_curves", "top_k": "ten"}]}, name="x", source="a.toml")
+    spec = parse_dashboard({"panel": [{"type": "learning_curves", "top_k": "ten"}]}, name="x",
+                           source="a.toml")
     with pytest.raises(DashboardError, match="top_k must be an integer"):
         render_dashboard(spec, real["study"], real["sf"], real["storage"])
 
@@ -483,10 +485,10 @@ def test_refreshing_replaces_the_stored_views_and_keeps_the_users_note(tmp_path)
     storage = open_storage(url)
     study, sf = load_study("refresh", storage)
     import optuna_dashboard
+    import plotly.graph_objects as go
     from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-    optuna_dashboard.save_plotly_graph_object(study, __import__("plotly.graph_objects").graph_objects.Figure(),
-                                              graph_object_id="users-own")
+    optuna_dashboard.save_plotly_graph_object(study, go.Figure(), graph_object_id="users-own")
     body = optuna_dashboard.get_note(study)
     optuna_dashboard.save_note(study, "my own words\n\n" + body)
     before = _plot_rows(study)

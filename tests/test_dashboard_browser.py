@@ -17,10 +17,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from conftest import IN_CI, REPO, run_tuner
 from test_dashboard import STUDY_NAME, STUDY_PANELS, shared_study
 from test_dashboard_server import Dashboard
+
+from conftest import IN_CI, REPO, run_tuner
 
 pytestmark = pytest.mark.browser
 

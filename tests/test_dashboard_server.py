@@ -20,9 +20,9 @@ from typing import Any
 
 import optuna
 import pytest
+from test_dashboard import STUDY_NAME, STUDY_PANELS, make_study, shared_study
 
 from conftest import run_tuner, tuner_env
-from test_dashboard import STUDY_NAME, STUDY_PANELS, make_study, shared_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -102,6 +102,7 @@ NO_PRUNER = '[study.pruner]\ntype = "none"'
 # --- create, resume and the budget ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_create_then_resume_keeps_an_exact_budget(storage_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="budget", n_trials=5, epochs=3)
     first = tuner("run", study, "--storage", storage_url, "--json", check=True)
@@ -326,6 +327,23 @@ def test_diverged_trials_are_pruned_with_the_reason_and_never_best(mixed):
         assert all(math.isfinite(v) for v in t.intermediate_values.values())  # never NaN/inf
     assert not study.best_trial.user_attrs.get("diverged")
     assert study.best_trial.params["lr"] == 0.05
+
+
+def test_a_space_where_everything_diverges(sqlite_url, tmp_path):
+    study = write_study(tmp_path / "s.toml", name="boom", n_trials=3, epochs=3,
+                        space='optimizer = "sgd"\nlr = {low = 1e3, high = 1e4, log = true}',
+                        model="reg = 1.0")
+    proc = tuner("run", study, "--storage", sqlite_url, check=True)
+    assert "no COMPLETE trial yet" in proc.stdout
+    trials = load(sqlite_url, "boom").trials
+    assert len(trials) == 3
+    assert all(t.state == TrialState.PRUNED and t.user_attrs["diverged"] for t in trials)
+    assert all(t.user_attrs["divergence_epoch"] == 1 for t in trials)
+    best = tuner("best", "boom", "--storage", sqlite_url)
+    assert best.returncode == 2 and "study 'boom' has no COMPLETE trial yet" in flat(best.stderr)
+    shown = json.loads(tuner("show", "boom", "--storage", sqlite_url, "--json", check=True).stdout)
+    assert shown["best"] is None and shown["counts"] == {"PRUNED": 3}
+    assert shown["by"]["optimizer"][0]["diverged"] == 3
 
 
 def test_pruning_never_happens_inside_a_trials_warmup(mixed):

@@ -16,6 +16,7 @@ from tuner.space import Dimension, SearchSpace
 from conftest import STUDIES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPE group
 
 # Every optimizer and decay, with every one of their parameters searched.
 FULL = """

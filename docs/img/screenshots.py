@@ -34,7 +34,8 @@ def tuner(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def shoot(url: str, out: Path, width: int, height: int, profile: Path) -> None:
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking",
                     "--no-first-run", f"--user-data-dir={profile}", "--hide-scrollbars",
                     "--force-device-scale-factor=1", f"--window-size={width},{height}",
                     "--virtual-time-budget=15000", f"--screenshot={out}", url],
@@ -67,7 +68,8 @@ def main() -> None:
             html_path = tmp / f"{p.type}.html"
             html_path.write_text(page, encoding="utf-8")
             shoot(html_path.as_uri(), HERE / f"{p.type}.png", width, height, tmp / "chrome")
-        server = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", url, "--port", "0"],
+        server = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", url,
+                                   "--port", "0"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                   env=dict(os.environ, TZ="UTC"))
         try:

@@ -35,7 +35,8 @@ def _open_existing(storage: str | None):
 def dashboard(storage: StorageOpt = None,
               host: Annotated[str, typer.Option(
                   help="Address to listen on. 127.0.0.1 is this machine only; 0.0.0.0 exposes the "
-                       "dashboard (which has no login and can delete studies) to the network.")] = "127.0.0.1",
+                       "dashboard (which has no login and can delete studies) to the network."
+              )] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8080,
               dashboards: DashboardsOpt = None,
               threads: Annotated[int, typer.Option(min=1, max=64, help="Request threads.")] = 8,
@@ -54,8 +55,8 @@ def dashboard(storage: StorageOpt = None,
         for name in panel_names():
             info = get_panel(name)
             options = ", ".join(f"{k}={v[1]!r}" for k, v in (info.options or {}).items())
-            out.print(f"[cyan]{name}[/]: {info.description}" + (f" [dim]options: {options}[/]" if options else ""),
-                      highlight=False)
+            text = f"[cyan]{name}[/]: {info.description}"
+            out.print(text + (f" [dim]options: {options}[/]" if options else ""), highlight=False)
         return
     found = available_dashboards(dashboards)
     for name in found:  # fail now on a broken file, not at the first page view

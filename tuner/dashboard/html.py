@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -208,8 +207,8 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
         name = html.escape(r.name)
         q = quote(r.name, safe="")
         views = " · ".join(
-            f'<a href="/tuner/studies/{q}{"" if d == "study" else "?dashboard=" + quote(d)}">{html.escape(d)}</a>'
-            for d in dashboards)
+            f'<a href="/tuner/studies/{q}{"" if d == "study" else "?dashboard=" + quote(d)}">'
+            f"{html.escape(d)}</a>" for d in dashboards)
         sid = ids.get(r.name)
         optuna_link = f' · <a href="/dashboard/studies/{sid}">optuna-dashboard</a>' if sid is not None else ""
         best = "-" if r.best_value is None or (isinstance(r.best_value, float) and math.isnan(r.best_value)) \

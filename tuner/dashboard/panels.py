@@ -260,7 +260,12 @@ def lr_schedule(ctx: PanelContext) -> go.Figure:
 
     k = ctx.option("top_k", 5, int)
     points = ctx.option("points", 400, int)
-    axis = ctx.option("lr_axis", "linear", str)
+    axis = ctx.option("lr_axis", "auto", str)
+    if axis not in ("auto", "linear", "log"):
+        from tuner.dashboard.spec import DashboardError
+
+        raise DashboardError(f"{ctx.where}: option lr_axis must be \"auto\", \"linear\" or \"log\", "
+                             f"got {axis!r}")
     train_loss = ctx.option("train_loss", True, bool)
     title = f"Learning-rate schedule and loss of the top {k} trials"
     top = ctx.top(k)
@@ -308,6 +313,10 @@ def lr_schedule(ctx: PanelContext) -> go.Figure:
                     meta=[int(row.number), key],
                     hovertemplate=f"#{row.number}<br>update %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"),
                     row=2, col=1)
+    peaks = top["peak_lr"].to_numpy(dtype=float)
+    peaks = peaks[np.isfinite(peaks) & (peaks > 0)]
+    if axis == "auto":  # log when the peaks are too far apart to see the small ones on a linear axis
+        axis = "log" if peaks.size and peaks.max() / peaks.min() > 20 else "linear"
     fig.update_xaxes(title_text="update (step)", row=2, col=1)
     fig.update_yaxes(type="log" if axis == "log" else "linear", title_text="lr", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=2, col=1)
@@ -426,7 +435,8 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
         better = delta >= 0 if ctx.maximize else delta <= 0
         xs = both.to_numpy(dtype=float)
         fig.add_trace(go.Bar(
-            x=xs, y=delta, width=xs * 0.3,  # same visual width on the log axis name=f"{rules[0]} − {rules[1]}", showlegend=False,
+            x=xs, y=delta, width=xs * 0.3,  # the same visual width on the log axis
+            name=f"{rules[0]} − {rules[1]}", showlegend=False,
             marker_color=[color_for(rules[0] if w else rules[1], RULE_COLORS) for w in better],
             meta=["difference", "best"],
             hovertemplate="batch %{x}<br>difference %{y:+.4f}<extra></extra>"), row=2, col=1)
@@ -633,7 +643,7 @@ BUILTIN = {
     "learning_curves": (learning_curves, "Learning curves of the top-k trials",
                         {"top_k": (int, 10), "max_points": (int, 200)}),
     "lr_schedule": (lr_schedule, "Learning-rate schedules over loss curves",
-                    {"top_k": (int, 5), "points": (int, 400), "lr_axis": (str, "linear"),
+                    {"top_k": (int, 5), "points": (int, 400), "lr_axis": (str, "auto"),
                      "train_loss": (bool, True)}),
     "group_best": (group_best, "Best value per optimizer, decay and scaling rule",
                    {"keys": (list, list(GROUP_KEYS))}),

@@ -66,10 +66,11 @@ class TunerViews:
         try:
             status, body, ctype, headers = self._route(path, environ)
         except StudyNotFoundError as exc:
-            status, body, ctype, headers = "404 Not Found", _error_page("Study not found", exc.message), HTML, []
+            page = _error_page("Study not found", exc.message)
+            status, body, ctype, headers = "404 Not Found", page, HTML, []
         except TunerError as exc:
-            status, body, ctype, headers = ("500 Internal Server Error",
-                                            _error_page("Cannot show this page", exc.message, exc.hint), HTML, [])
+            page = _error_page("Cannot show this page", exc.message, exc.hint)
+            status, body, ctype, headers = "500 Internal Server Error", page, HTML, []
         except Exception as exc:  # a bug: log it, answer with a page rather than a dropped connection
             log.error("GET %s failed:\n%s", path, traceback.format_exc())
             status, body, ctype, headers = ("500 Internal Server Error",
@@ -136,7 +137,8 @@ class TunerViews:
         names = ["study"] + [n for n in names if n != "study"]
         return list_page(self.list_rows(), storage=self.storage_text, ids=ids, dashboards=names)
 
-    def study_html(self, name: str, dashboard: str = "study", *, plotly: str = "/tuner/static/plotly.min.js") -> str:
+    def study_html(self, name: str, dashboard: str = "study", *,
+                   plotly: str = "/tuner/static/plotly.min.js") -> str:
         if not name:
             raise StudyNotFoundError("no study name in the address")
         path = find_dashboard(dashboard, self.folder)

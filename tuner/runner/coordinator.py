@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
@@ -41,9 +41,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyFile
 from tuner.errors import StorageError
+from tuner.runner.pool import Job, Worker
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
-from tuner.runner.worker import worker_main
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import (
     BudgetLock,
@@ -56,7 +56,7 @@ from tuner.storage.coordination import (
 )
 from tuner.storage.resilience import Resilient
 from tuner.study import ATTR_DATA, data_summary, derive_seed, load_data, open_study, trial_seed
-from tuner.train import Plan, make_plan
+from tuner.train import make_plan
 
 log = logging.getLogger("tuner.runner")
 # We beat hearts ourselves (one UPDATE for all of a runner's trials), not through optimize().
@@ -65,61 +65,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 FLUSH_EVERY_S = 5.0
 EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
               "fail_fast": 1}
-
-
-@dataclass
-class Job:
-    """A claimed trial and where it is in its life."""
-
-    trial: optuna.Trial
-    params: dict[str, Any]
-    seed: int
-    plan: Plan
-    started: bool = False
-    epoch: int = 0
-    prune_at: int | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def number(self) -> int:
-        return self.trial.number
-
-    @property
-    def trial_id(self) -> int:
-        return self.trial._trial_id
-
-
-class Worker:
-    """One worker process and the (at most two) jobs it holds: running and next."""
-
-    def __init__(self, ctx: Any, data: Any, index: int, blas_threads: int) -> None:
-        self.index = index
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, data, blas_threads),
-                                   daemon=True, name=f"tuner-worker-{index}")
-        self.process.start()
-        child.close()
-        self.current: Job | None = None
-        self.queued: Job | None = None
-        self.ready = False
-
-    def jobs(self) -> list[Job]:
-        return [j for j in (self.current, self.queued) if j is not None]
-
-    def send(self, *message: Any) -> None:
-        self.conn.send(message)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        if self.process.is_alive():
-            try:
-                self.conn.send(("exit",))
-            except (BrokenPipeError, OSError):
-                pass
-            self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(1.0)
-        self.conn.close()
 
 
 class RunHook(Protocol):
@@ -324,6 +269,7 @@ class Runner:
             self._assign_jobs()
             in_flight = [j for w in self.workers for j in w.jobs()]
             if not in_flight:
+                self.snap.jobs = []
                 counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
                 done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
                 if self.stop_reason is not None or done >= self.sf.study.n_trials:
@@ -342,6 +288,8 @@ class Runner:
             if self.hooks and now - last_hook >= self.hook_interval:
                 self._call_hooks("periodic")
                 last_hook = now
+            self.snap.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
+                               self.sf.model.epochs) for w in self.workers if w.current is not None]
             self.display.refresh()
 
     def _may_claim(self) -> bool:
@@ -622,8 +570,6 @@ class Runner:
         s.complete, s.pruned = counts[TrialState.COMPLETE], counts[TrialState.PRUNED]
         s.failed, s.running = counts[TrialState.FAIL], counts[TrialState.RUNNING]
         s.waiting = counts[TrialState.WAITING]
-        s.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
-                   self.sf.model.epochs) for w in self.workers if w.current is not None]
         best = self._best()
         if best is not None:
             s.best_value, s.best_number, s.best_params = best.value, best.number, dict(best.params)

@@ -36,7 +36,7 @@ def outcome(result: FitResult) -> dict[str, Any]:
         "stopped_early": result.stopped_early,
         "steps": result.steps,
         "samples_seen": result.samples_seen,
-        "wall_time": result.wall_time,
+        "wall_time": result.wall_time - result.callback_time,  # training, not reporting
     }
 
 

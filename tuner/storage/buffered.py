@@ -77,6 +77,22 @@ class BufferedStorage(_CachedStorage):
         super().__setstate__(state)
         self._owned_lock = threading.RLock()
 
+    # --- study identity ------------------------------------------------------------------
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        # SQLite reuses the id of a deleted study: if another process deleted a study and created
+        # this one, our cache for the id belongs to the old study; forget it.
+        study_id = self._backend.get_study_id_from_name(study_name)
+        with self._lock:
+            info = self._studies.get(study_id)
+            if info is not None and info.name != study_name:
+                for number in list(info.trials):
+                    trial_id = self._study_id_and_number_to_trial_id.pop((study_id, number), None)
+                    self._trial_id_to_study_id_and_number.pop(trial_id, None)
+                del self._studies[study_id]
+                self._last_refresh.pop(study_id, None)
+        return study_id
+
     # --- which trials are ours ----------------------------------------------------------
 
     def owned_trial_ids(self) -> list[int]:

@@ -1,0 +1,67 @@
+"""The runner's view of its worker processes: a process handle per worker and the claimed
+trials ("jobs") it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from tuner.runner.worker import worker_main
+from tuner.train import Plan
+
+
+@dataclass
+class Job:
+    """A claimed trial and where it is in its life."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    seed: int
+    plan: Plan
+    started: bool = False
+    epoch: int = 0
+    prune_at: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def trial_id(self) -> int:
+        return self.trial._trial_id
+
+
+class Worker:
+    """One worker process and the (at most two) jobs it holds: running and next."""
+
+    def __init__(self, ctx: Any, data: Any, index: int, blas_threads: int) -> None:
+        self.index = index
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, data, blas_threads),
+                                   daemon=True, name=f"tuner-worker-{index}")
+        self.process.start()
+        child.close()
+        self.current: Job | None = None
+        self.queued: Job | None = None
+        self.ready = False
+
+    def jobs(self) -> list[Job]:
+        return [j for j in (self.current, self.queued) if j is not None]
+
+    def send(self, *message: Any) -> None:
+        self.conn.send(message)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(("exit",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        self.conn.close()
