@@ -402,16 +402,16 @@ def pick(url: str, kind: str) -> optuna.trial.FrozenTrial:
 def test_replay_reproduces_the_stored_history(mixed, kind):
     url, _ = mixed
     trial = pick(url, kind)
-    proc = tuner("replay", "mixed", trial.number, "--storage", url, check=True)
-    assert "match: the replay reproduces the stored history exactly" in proc.stdout
     data = json.loads(tuner("replay", "mixed", trial.number, "--storage", url, "--json",
                             check=True).stdout)
     assert data["match"] is True and data["mismatched_epochs"] == 0
     assert data["seed"] == trial.user_attrs["seed"]
     assert data["stored"] == trial.user_attrs["curve"]
     if kind == "diverged":
-        assert "stored divergence at update" in proc.stdout
         assert data["divergence"]["step"] == trial.user_attrs["divergence_step"]
+        text = tuner("replay", "mixed", trial.number, "--storage", url, check=True).stdout
+        assert "match: the replay reproduces the stored history exactly" in text
+        assert f"stored divergence at update {trial.user_attrs['divergence_step']}" in text
 
 
 def test_replay_of_an_unknown_trial(mixed):
@@ -476,6 +476,9 @@ def test_export_default_file_name_and_bad_format(mixed, tmp_path):
     assert (tmp_path / "mixed.csv").exists()
     proc = tuner("export", "mixed", "--storage", url, "--format", "xlsx", cwd=tmp_path)
     assert proc.returncode == 2 and "--format 'xlsx': use csv, parquet or json" in flat(proc.stderr)
+    for fmt in ("csv", "json"):
+        proc = tuner("export", "mixed", "--storage", url, "-f", fmt, "-o", tmp_path / "no" / f"x.{fmt}")
+        assert proc.returncode == 2 and f"cannot write {tmp_path / 'no' / f'x.{fmt}'}" in flat(proc.stderr)
 
 
 def test_best_with_test_reports_test_accuracy_and_the_reference(mixed):
@@ -489,9 +492,9 @@ def test_best_with_test_reports_test_accuracy_and_the_reference(mixed):
     assert (data["n_train"], data["n_test"]) == (1079 + 359, 359)  # train+validation; test
     text = tuner("best", "mixed", "--storage", url, "--test", check=True).stdout
     assert f"best trial #{best.number}" in text
-    assert "test accuracy" in text and "LogisticRegression" in text
-    plain = json.loads(tuner("best", "mixed", "--storage", url, "--json", check=True).stdout)
-    assert "test_accuracy" not in plain and plain["trial"] == best.number
+    assert f"test accuracy {data['test_accuracy']:.4f}" in flat(text)
+    assert f"LogisticRegression, same data: test accuracy {data['reference_test_accuracy']:.4f}" \
+        in flat(text)
 
 
 def test_show_reports_pruned_and_diverged_per_group(mixed):

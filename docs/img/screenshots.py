@@ -78,7 +78,7 @@ def main() -> None:
             time.sleep(0.5)
             shoot(f"{base}/", HERE / "study-list.png", 1200, 260, tmp / "chrome")
             shoot(f"{base}/tuner/studies/digits", HERE / "study-page.png", 1300, 1500, tmp / "chrome")
-            shoot(f"{base}/dashboard/studies/1", HERE / "optuna-dashboard.png", 1400, 1400, tmp / "chrome")
+            shoot(f"{base}/dashboard/studies/1", HERE / "optuna-dashboard.png", 1300, 2500, tmp / "chrome")
             shoot(f"{base}/dashboard/studies/1/note", HERE / "optuna-dashboard-note.png", 1200, 900,
                   tmp / "chrome")
         finally:

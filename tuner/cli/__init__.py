@@ -18,6 +18,7 @@ from tuner.cli import inspect
 from tuner.cli import doctor
 from tuner.cli import nightly  # noqa: F401, I001
 from tuner.cli import dashboard  # noqa: F401, I001  (tuner dashboard, tuner report)
+from tuner.cli import admin  # noqa: F401, I001  (tuner init)
 from tuner.cli.app import app, err
 from tuner.errors import TunerError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -84,11 +84,13 @@ def dashboard(storage: StorageOpt = None,
 @app.command()
 def report(study: StudyArg, storage: StorageOpt = None,
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", help="HTML file to write [default: <study>.html]",
+               "--output", "-o", help="HTML file to write (default: STUDY.html in the current folder).",
                dir_okay=False)] = None,
-           dashboard_name: Annotated[str, typer.Option(
+           dashboard_name: Annotated[str | None, typer.Option(
                "--dashboard", "-d", help="Which dashboard file: a name in the dashboards folders "
-                                         "(study, nightly, ...) or a path to a .toml file.")] = "study",
+                                         "(study, nightly, ...) or a path to a .toml file "
+                                         "\\[default: nightly for a night of `tuner nightly`, "
+                                         "else study].", show_default=False)] = None,
            dashboards: DashboardsOpt = None,
            attach: Annotated[bool, typer.Option(
                "--attach", help="Also store the views with the study, for optuna-dashboard.")] = False,
@@ -104,7 +106,8 @@ def report(study: StudyArg, storage: StorageOpt = None,
         raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
     started = time.perf_counter()
     try:
-        view = write_report(store, study, path, dashboard=dashboard_name, folder=dashboards)
+        view = write_report(store, study, path, dashboard=dashboard_name or _default_dashboard(
+            store, study), folder=dashboards)
     except OSError as exc:
         raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
     size = path.stat().st_size
@@ -121,3 +124,14 @@ def report(study: StudyArg, storage: StorageOpt = None,
         err.print(f"[red]view {key} failed:[/] {error}", highlight=False)
     if view.errors:
         raise typer.Exit(1)
+
+
+def _default_dashboard(storage: Any, study: str) -> str:
+    """``nightly`` for a night of a nightly sweep (its trend over the nights), else ``study``."""
+    from tuner.nightly.nights import ATTR_NIGHT
+
+    try:
+        study_id = storage.get_study_id_from_name(study)
+    except KeyError:
+        return "study"  # write_report says the study does not exist
+    return "nightly" if ATTR_NIGHT in storage.get_study_user_attrs(study_id) else "study"

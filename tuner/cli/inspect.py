@@ -107,11 +107,14 @@ def export(study: StudyArg, storage: StorageOpt = None,
     records = [results.trial_record(t, sf, curves=format_ == "json")
                for t in st.get_trials(deepcopy=False)]
     path = output or Path(f"{study}.{format_}")
-    if format_ == "json":
-        path.write_text(json.dumps({"study": study, "trials": records}, indent=1, default=str))
-    else:
-        frame = pd.DataFrame.from_records(records)
-        frame.to_csv(path, index=False) if format_ == "csv" else frame.to_parquet(path, index=False)
+    try:
+        if format_ == "json":
+            path.write_text(json.dumps({"study": study, "trials": records}, indent=1, default=str))
+        else:
+            frame = pd.DataFrame.from_records(records)
+            frame.to_csv(path, index=False) if format_ == "csv" else frame.to_parquet(path, index=False)
+    except OSError as exc:
+        raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
     err.print(f"wrote {len(records)} trials to {path}")
 
 

@@ -159,7 +159,7 @@ def train(study_file: StudyFileArg,
               "--set", help="Fix a training parameter, e.g. --set optimizer=adam --set lr=0.01 "
                             "(repeatable). Unset searchable keys take the first choice or the "
                             "middle of their range.")] = None,
-          epochs: Annotated[int | None, typer.Option(help="Override model.epochs.")] = None,
+          epochs: Annotated[int | None, typer.Option(min=1, help="Override model.epochs.")] = None,
           seed: Annotated[int, typer.Option(help="Training seed (weights and shuffling).")] = 0,
           json_out: JsonOpt = False) -> None:
     """Train one configuration of a study file and show its learning curve.
@@ -168,7 +168,7 @@ def train(study_file: StudyFileArg,
     split. Nothing is stored."""
     sf = load_study_file(study_file)
     params, sources = resolve_train_config(sf, parse_sets(set_ or []))
-    n_epochs = epochs or sf.model.epochs
+    n_epochs = epochs if epochs is not None else sf.model.epochs
     splits = load_data(sf)
     plan = make_plan(params, len(splits.y_train), n_epochs)
     if not json_out:

@@ -9,11 +9,14 @@ for optuna-dashboard (:mod:`tuner.dashboard.attach`), and written as a self-cont
 """
 
 from tuner.dashboard import panels as _panels  # noqa: F401  (registers the built-in panels)
+from tuner.dashboard.attach import DashboardHook, attach_views, refresh_study_views
 from tuner.dashboard.context import ATTR_REFERENCE, PanelContext
 from tuner.dashboard.registry import get_panel, panel, panel_names, register_panel, unregister_panel
 from tuner.dashboard.render import RenderedPanel, check_panels, render_dashboard
 from tuner.dashboard.spec import DashboardError, DashboardSpec, PanelSpec, load_dashboard, parse_dashboard
+from tuner.nightly import panels as _nightly_panels  # noqa: F401  (registers the nightly panels)
 
-__all__ = ["ATTR_REFERENCE", "DashboardError", "DashboardSpec", "PanelContext", "PanelSpec",
-           "RenderedPanel", "check_panels", "get_panel", "load_dashboard", "panel", "panel_names",
-           "parse_dashboard", "register_panel", "render_dashboard", "unregister_panel"]
+__all__ = ["ATTR_REFERENCE", "DashboardError", "DashboardHook", "DashboardSpec", "PanelContext",
+           "PanelSpec", "RenderedPanel", "attach_views", "check_panels", "get_panel", "load_dashboard",
+           "panel", "panel_names", "parse_dashboard", "refresh_study_views", "register_panel",
+           "render_dashboard", "unregister_panel"]

@@ -169,7 +169,9 @@ class DashboardHook:
     study current while ``tuner run`` works.
 
     * ``on_start``: in a background thread, compute the LogisticRegression reference (cached in
-      the study) and, when the study already has finished trials, refresh the views;
+      the study; only for data up to :attr:`MAX_REFERENCE_CELLS`, larger data gets it when the
+      dashboard or a report first needs it) and, when the study already has finished trials,
+      refresh the views;
     * ``periodic``: refresh in a background thread when trials finished since the last refresh
       (the runner's loop is never blocked by rendering);
     * ``on_end``: wait for a background refresh, then refresh once more.
@@ -178,8 +180,12 @@ class DashboardHook:
     Failures are logged, never raised: views must not stop a study.
     """
 
+    #: data larger than this (training examples x features) gets its reference computed on
+    #: demand by `tuner dashboard` / `tuner report`, not while the study runs
+    MAX_REFERENCE_CELLS = 10_000_000
+
     def __init__(self, dashboard: str = "study", folder: str | None = None, *,
-                 end_timeout: float = 120.0) -> None:
+                 end_timeout: float = 30.0) -> None:
         self.dashboard = dashboard
         self.folder = folder
         self.end_timeout = end_timeout
@@ -216,13 +222,12 @@ class DashboardHook:
     def _run(self, study: optuna.Study, reference_only: bool) -> None:
         try:
             if reference_only:
+                from tuner.config import StudyFile
                 from tuner.dashboard.context import study_reference
                 from tuner.study import ATTR_CONFIG
 
                 text = study.user_attrs.get(ATTR_CONFIG)
-                if text:
-                    from tuner.config import StudyFile
-
+                if text and self._small_data(study):
                     study_reference(study, StudyFile.from_json(text))
                 if _fingerprint(study)[1] == 0:
                     return
@@ -231,7 +236,14 @@ class DashboardHook:
             log.warning("refreshing the dashboard views of %s failed: %s: %s", study.study_name,
                         type(exc).__name__, exc)
 
+    def _small_data(self, study: optuna.Study) -> bool:
+        from tuner.study import ATTR_DATA
+
+        size = study.user_attrs.get(ATTR_DATA) or {}
+        return size.get("n_train", 0) * size.get("n_features", 0) <= self.MAX_REFERENCE_CELLS
+
     def _refresh(self, study: optuna.Study, *, force: bool, compute_reference: bool = True) -> None:
+        compute_reference = compute_reference and self._small_data(study)
         with self._lock:
             mark = _fingerprint(study)
             if not force and mark == self._last:

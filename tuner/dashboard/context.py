@@ -199,7 +199,7 @@ def study_reference(study: optuna.Study, study_file: Any, *, compute: bool = Tru
     if study_file is None:
         return None
     if not compute:
-        return {"error": "not computed yet"}
+        return {"error": "not computed yet (tuner dashboard and tuner report compute it)"}
     key = (id(study._storage), study._study_id)
     with _REFERENCE_GUARD:
         lock = _REFERENCE_LOCKS.setdefault(key, threading.Lock())

@@ -351,7 +351,8 @@ def group_best(ctx: PanelContext) -> go.Figure:
     """Best value per optimizer, per decay and per batch-scaling rule, with the spread (box:
     quartiles and min-max of COMPLETE trials; diamond: the best trial)."""
     keys = ctx.option("keys", list(GROUP_KEYS), list)
-    title = f"Best {metric_label(ctx)} per {', '.join(keys)} (box: spread of COMPLETE trials)"
+    names = " / ".join(k.replace("batch_scaling", "scaling rule") for k in keys)
+    title = f"Best {metric_label(ctx)} per {names}"
     if ctx.complete().empty:
         return empty_figure(title, "no COMPLETE trial yet")
     fig = make_subplots(rows=1, cols=len(keys), shared_yaxes=True, horizontal_spacing=0.04,

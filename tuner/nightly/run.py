@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -60,6 +61,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
               console: Any = None, say: Callable[[str], None] | None = None) -> NightResult:
     """Run (or resume) the night ``day`` of study file ``sf``; see the module docs. ``say``
     receives progress lines (warm start, verdict)."""
+    from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
 
     say = say or (lambda _line: None)
@@ -81,7 +83,8 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         for line in warm.lines():
             say(line)
         runner = Runner(night_sf, storage_url=storage_url, workers=workers,
-                        timeout=schedule.timeout, quiet=quiet, console=console)
+                        timeout=schedule.timeout, quiet=quiet, console=console,
+                        hooks=[DashboardHook(dashboard="nightly")])
         result = runner.run()
         counts = {state.name: n for state, n in result.counts.items()}
         verdict = None
@@ -92,6 +95,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                                   rule=schedule.regression)
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
+            _attach_nightly_views(study, night_sf)
         best = None
         if verdict is not None and verdict.tonight_trial is not None:
             trial = next(t for t in study.get_trials(deepcopy=False)
@@ -102,3 +106,19 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                            result.reason, counts, warm, verdict, exit_code, best)
     finally:
         lock.release()
+
+
+def _attach_nightly_views(study: Any, night_sf: StudyFile) -> None:
+    """Store the night's views (trend, choices, verdict) with its study for optuna-dashboard,
+    now that the verdict exists; a view that fails to render must not fail the night."""
+    import os
+
+    from tuner.dashboard.attach import refresh_study_views
+
+    if os.environ.get("TUNER_DASHBOARD_VIEWS", "1") == "0":
+        return
+    try:
+        refresh_study_views(study, night_sf, dashboard="nightly")
+    except Exception as exc:  # a broken view must not fail the night
+        logging.getLogger("tuner.nightly").warning("storing the nightly views failed: %s: %s",
+                                                   type(exc).__name__, exc)
