@@ -10,9 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from tuner.cli.app import StorageOpt, StudyArg, app, err, out
-from tuner.errors import StorageError, TunerError
-from tuner.storage import describe, mask_url, open_storage, resolve_url
-from tuner.storage.urls import sqlite_path
+from tuner.errors import TunerError
+from tuner.storage import describe, open_storage, resolve_url
 
 DashboardsOpt = Annotated[str | None, typer.Option(
     "--dashboards", envvar="TUNER_DASHBOARDS", show_envvar=True,
@@ -23,12 +22,7 @@ DashboardsOpt = Annotated[str | None, typer.Option(
 def _open_existing(storage: str | None):
     """Open the storage for reading: a SQLite file must exist (never create an empty one)."""
     url = resolve_url(storage)
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise StorageError(f"no database at {path} (from {mask_url(url)})",
-                           hint="run a study first (tuner run studies/digits.toml) or pass "
-                                "--storage / TUNER_STORAGE")
-    return open_storage(url), url
+    return open_storage(url, must_exist=True), url
 
 
 @app.command()

@@ -35,7 +35,7 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     """Health of a study: stale RUNNING trials, retries and failures (exit code 1 if stale
     trials remain)."""
     url = resolve_url(storage)
-    store = open_storage(url)
+    store = open_storage(url, must_exist=True)
     st, sf = load_study(study, store)
     rel = sf.study.reliability if sf is not None else None
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)

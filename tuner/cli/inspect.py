@@ -25,7 +25,7 @@ from tuner.train import fit
 
 def _open(storage: str | None) -> tuple[BufferedStorage, str]:
     url = resolve_url(storage)
-    return open_storage(url), url
+    return open_storage(url, must_exist=True), url
 
 
 def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:

@@ -159,7 +159,7 @@ def history(base: Annotated[str, typer.Argument(
     from tuner.nightly.history import night_history
 
     url = resolve_url(storage)
-    records = night_history(open_storage(url), base)
+    records = night_history(open_storage(url, must_exist=True), base)
     if json_out:
         print_json([r.as_dict() for r in records])
         return

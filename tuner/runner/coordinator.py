@@ -315,7 +315,7 @@ class Runner:
                 if job is None:
                     return
                 worker.send("run", job.number, job.params, job.seed, self.sf.model.epochs,
-                            self.sf.model.dtype)
+                            self.sf.model.dtype, self._sync_from(job))
                 if worker.current is None:
                     worker.current, job.started = job, True
                 else:
@@ -389,18 +389,27 @@ class Runner:
         elif kind == "error":
             self._on_error(worker, job, *message[2:])
 
+    def _sync_from(self, job: Job) -> int | None:
+        """First epoch at which the pruner may stop ``job`` (``None``: never): the end of its
+        warmup. From there its worker waits for our decisions (at most one epoch of lag)."""
+        if self.sf.study.pruner.type == "none":
+            return None
+        spe = job.plan.steps_per_epoch
+        return max(1, -(-job.plan.warmup_steps // spe))
+
     def _on_epoch(self, worker: Worker, job: Job, metrics: dict[str, float]) -> None:
         job.epoch = int(metrics["epoch"])
         job.history.append(metrics)
         if job.prune_at is not None:
             return
         job.trial.report(float(metrics[self.metric]), job.epoch)
-        if self.sf.study.pruner.type == "none" or not job.plan.warmup_epochs_done(job.epoch):
-            return  # never prune a trial inside its own warmup
-        if job.epoch < self.sf.model.epochs and self.resilient.call(
-                f"decide whether to prune trial {job.number}", job.trial.should_prune):
-            job.prune_at = job.epoch
+        if (self.sf.study.pruner.type != "none" and job.plan.warmup_epochs_done(job.epoch)
+                and job.epoch < self.sf.model.epochs and self.resilient.call(
+                    f"decide whether to prune trial {job.number}", job.trial.should_prune)):
+            job.prune_at = job.epoch  # (never inside the trial's own warmup)
             worker.send("stop", job.number)
+        else:
+            worker.send("ack", job.number, job.epoch)
 
     def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
         trial = job.trial

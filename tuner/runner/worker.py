@@ -1,10 +1,12 @@
 """A worker process: trains the configurations the runner sends it, and nothing else.
 
 Protocol (tuples over a ``multiprocessing`` pipe). Runner -> worker: ``("run", job_id, params,
-seed, epochs, dtype)``, ``("stop", job_id)``, ``("exit",)``. Worker -> runner: ``("ready",
-pid)``, ``("epoch", job_id, metrics)`` after every epoch, then ``("done", job_id, outcome)`` or
-``("error", job_id, type, message, traceback)``. The worker never waits for an answer to an
-epoch report: a ``stop`` is picked up at the next epoch end, so training runs at full speed.
+seed, epochs, dtype, sync_from)``, ``("ack", job_id, epoch)``, ``("stop", job_id)``,
+``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epoch", job_id, metrics)`` after every
+epoch, then ``("done", job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
+The worker does not wait for the runner's answer to an epoch report, except that from epoch
+``sync_from`` on (where the pruner may act; ``None``: never) it stays at most one epoch ahead of
+the acknowledged epochs, so a pruned trial trains at most one epoch past its pruning point.
 Workers ignore SIGINT (the runner decides when they stop) and die with the runner (Linux
 ``PR_SET_PDEATHSIG``), so a killed runner leaves no orphan training behind.
 
@@ -83,17 +85,27 @@ def _die_with_parent() -> None:
 
 
 def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict, seed: int,
-         epochs: int, dtype: str) -> None:
+         epochs: int, dtype: str, sync_from: int | None) -> None:
+    acked = 0  # the runner has decided on epochs up to this one
+
+    def handle(message: tuple) -> bool:
+        nonlocal acked
+        if message[0] in ("ack", "stop"):
+            if message[1] == job_id:
+                acked = max(acked, message[2]) if message[0] == "ack" else acked
+                return message[0] == "stop"
+            return False
+        inbox.append(message)  # the next job, or "exit"
+        return message[0] == "exit"
+
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
         conn.send(("epoch", job_id, metrics))
         stop = False
         while conn.poll():
-            message = conn.recv()
-            if message[0] == "stop" and message[1] == job_id:
-                stop = True
-            elif message[0] != "stop":
-                inbox.append(message)
-                stop = stop or message[0] == "exit"
+            stop = handle(conn.recv()) or stop
+        # Where the pruner may act, run at most one epoch ahead of its decisions.
+        while not stop and sync_from is not None and epoch >= sync_from and acked < epoch - 1:
+            stop = handle(conn.recv())
         return stop
 
     try:

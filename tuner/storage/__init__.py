@@ -34,20 +34,25 @@ SCHEMA_LOCK_KEY = 0x7475_6E65_7273_6368  # "tunersch": one advisory lock for tab
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None,
                  grace_period: int | None = None, max_retry: int = 2,
-                 pool_size: int = 3) -> BufferedStorage:
+                 pool_size: int = 3, must_exist: bool = False) -> BufferedStorage:
     """Open (and on first use create) the Optuna tables at ``url``.
 
     SQLite files get ``journal_mode=WAL`` and ``synchronous=NORMAL`` (half the per-trial
     overhead of the default journal, reference notes 3.1) and a 30 s busy timeout. PostgreSQL
     gets ``pool_pre_ping`` (a dropped connection is replaced, not raised), a 10 s connect
     timeout and sessions in UTC. With ``heartbeat_interval`` the storage is heartbeat-enabled
-    for Optuna's own tools too (``optuna.storages.fail_stale_trials``).
+    for Optuna's own tools too (``optuna.storages.fail_stale_trials``). With ``must_exist``
+    (commands that only read), a missing SQLite file is an error instead of a new empty database.
     """
     url = normalize_url(url)
     parsed = parse(url)
     engine_kwargs: dict[str, Any]
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(url)
+        if path is not None and must_exist and not path.exists():
+            raise StorageError(f"no database at {path} (from {mask_url(url)})",
+                               hint="run a study first (tuner run studies/digits.toml) or pass "
+                                    "--storage / TUNER_STORAGE")
         if path is not None:
             if not path.parent.is_dir():
                 raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
