@@ -209,8 +209,17 @@ def test_ls(small, tmp_path):
         assert row["counts"]["RUNNING"] == row["counts"]["FAIL"] == 0
         assert row["last_activity"] and row["direction"] == "maximize"
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.storages.RDBStorage(empty).engine.dispose()  # a database without studies
     assert "no studies in SQLite" in run_tuner("ls", "--storage", empty, check=True).stdout
     assert json.loads(run_tuner("ls", "--storage", empty, "--json", check=True).stdout) == []
+
+
+def test_read_only_commands_do_not_create_a_database(tmp_path):
+    missing = tmp_path / "typo.db"
+    for command in (["ls"], ["show", "x"]):
+        assert_user_error(run_tuner(*command, "--storage", f"sqlite:///{missing}"), 3,
+                          f"no database at {missing}", "run a study first")
+    assert not missing.exists()
 
 
 def test_storage_from_the_environment(small):
@@ -292,7 +301,7 @@ def test_bad_storage_urls(tmp_path):
     proc = run_tuner("ls", "--storage", "not a url")
     assert_user_error(proc, 3, "not a database URL")
     proc = run_tuner("ls", "--storage", f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
-    assert_user_error(proc, 3, "does not exist")
+    assert_user_error(proc, 3, f"no database at {tmp_path / 'missing' / 'x.db'}")
 
 
 def test_missing_postgres_database(pg_url):
@@ -389,14 +398,6 @@ def test_wrong_password_for_run_is_hidden(password_server, tmp_path):
     assert wrong not in proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug in tuner/storage/resilience.py is_transient: it "
-                   "walks __context__ even when it was suppressed (`raise ... from None`), so the "
-                   "StorageError that open_storage raises for a wrong password (or a missing "
-                   "database) counts as a dropped connection; the runner (coordinator.py, "
-                   "Resilient.call('open the storage', ...)) then retries for "
-                   "study.reliability.max_db_outage (120 s by default) and ends with 'lost the "
-                   "connection ... rerun the same command' instead of 'cannot log in ... check "
-                   "the user and password'")
 def test_wrong_password_for_run_fails_at_once_with_the_login_hint(password_server, tmp_path):
     url = f"postgresql+psycopg://postgres:wrong@127.0.0.1:{password_server}/postgres"
     proc = run_tuner("run", _study_with_short_outage(tmp_path), "--storage", url)

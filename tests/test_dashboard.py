@@ -26,6 +26,7 @@ from tuner import results
 from tuner.dashboard import (
     ATTR_REFERENCE,
     DashboardError,
+    check_panels,
     load_dashboard,
     parse_dashboard,
     register_panel,
@@ -411,8 +412,9 @@ def test_user_folder_overrides_the_bundled_dashboards(tmp_path, monkeypatch):
 
 
 def test_panels_registered_later_render_with_the_same_context(real):
-    spec = load_dashboard("nightly")
-    with pytest.raises(DashboardError, match="unknown panel type 'nightly_trend'"):
+    spec = parse_dashboard({"panel": [{"type": "later_trend"}, {"type": "later_choices"},
+                                      {"type": "later_verdicts"}]}, name="later")
+    with pytest.raises(DashboardError, match="unknown panel type 'later_trend'"):
         render_dashboard(spec, real["study"], real["sf"], real["storage"])
     seen = []
 
@@ -423,19 +425,27 @@ def test_panels_registered_later_render_with_the_same_context(real):
         return go.Figure(go.Scatter(x=[1, 2], y=[0.9, 0.95]), layout={"title": {"text": "trend"}})
 
     try:
-        register_panel("nightly_trend", trend)
-        register_panel("nightly_choices", lambda ctx: "**choices**")
-        register_panel("nightly_verdicts", lambda ctx: None)
+        register_panel("later_trend", trend)
+        register_panel("later_choices", lambda ctx: "**choices**")
+        register_panel("later_verdicts", lambda ctx: None)
         with pytest.raises(ValueError, match="already registered"):
-            register_panel("nightly_trend", lambda ctx: None)
+            register_panel("later_trend", lambda ctx: None)
         out = render_dashboard(spec, real["study"], real["sf"], real["storage"])
         assert [p.error for p in out] == [None] * len(out)
         assert out[0].title == "trend" and out[1].markdown == "**choices**"
         assert out[2].markdown == "*Nothing to show yet.*"
         assert seen == [(STUDY_NAME, True, True, {})]
     finally:
-        for name in ("nightly_trend", "nightly_choices", "nightly_verdicts"):
+        for name in ("later_trend", "later_choices", "later_verdicts"):
             unregister_panel(name)
+
+
+def test_the_nightly_panels_are_registered():
+    from tuner.dashboard import get_panel
+
+    for name in ("nightly_trend", "nightly_choices", "nightly_verdicts"):
+        assert get_panel(name) is not None, name
+    check_panels(load_dashboard("nightly"))
 
 
 def test_a_failing_builder_is_reported_in_its_panel_only(real):
@@ -571,9 +581,11 @@ def test_report_errors(real, tmp_path):
     proc = run_tuner("report", STUDY_NAME, "--storage", f"sqlite:///{tmp_path / 'none.db'}")
     assert proc.returncode == 3 and "no database at" in proc.stderr
     assert not (tmp_path / "none.db").exists()  # never creates an empty database
-    proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "--dashboard", "nightly",
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[panel]]\ntype = "no_such_panel"\n')
+    proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "--dashboard", broken,
                      "-o", tmp_path / "n.html")
-    assert proc.returncode == 2 and "unknown panel type 'nightly_trend'" in proc.stderr
+    assert proc.returncode == 2 and "unknown panel type 'no_such_panel'" in proc.stderr
 
 
 def test_report_with_a_user_dashboard_folder(real, tmp_path):

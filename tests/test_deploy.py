@@ -494,6 +494,12 @@ def test_compose_services_run_as_declared_without_docker(pg_url: str, tmp_path: 
         assert runners == {str(p.popen.pid) for p in workers}, "both workers contributed trials"
         for proc in workers:
             assert f"study '{name}' reached its target of {N_TRIALS} trials" in proc.text()
+        # a replica started after the study is done (a late Job pod, a restart) exits 0 at once
+        late = stack.start("worker", len(workers) + 1)
+        started["late worker"] = [late]
+        assert late.popen.wait(timeout=120) == 0, late.text()
+        assert len(optuna.load_study(study_name=name, storage=pg_url).get_trials(deepcopy=False)) \
+            == len(trials)
 
         # dashboard: answers on the published port with the study
         base = f"http://127.0.0.1:{dashboard_port}"

@@ -488,7 +488,7 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
     for t in trials:
         chains[root_of(t)].append(t)
     lost = []
-    for root, chain in chains.items():
+    for chain in chains.values():
         states = {t.state for t in chain}
         if states & {TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING}:
             continue

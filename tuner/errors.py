@@ -31,9 +31,16 @@ class DataError(TunerError):
 
 
 class StorageError(TunerError):
-    """The study storage cannot be reached or used. Messages never contain passwords."""
+    """The study storage cannot be reached or used. Messages never contain passwords.
+
+    ``transient`` marks errors worth retrying (a connection that dropped or a server that is
+    restarting), as opposed to a wrong URL, password or database name."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
 
 
 class StudyNotFoundError(TunerError):

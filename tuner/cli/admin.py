@@ -70,12 +70,17 @@ def alembic_versions() -> tuple[str, list[str]]:
     return head, [r.revision for r in script.walk_revisions()]
 
 
-def inspect_schema(url: str) -> Schema:
-    """Read-only look at the tables at ``url`` (one short-lived connection)."""
+def _engine(url: str) -> sqlalchemy.engine.Engine:
+    """A pool-less engine: ``tuner init`` holds at most one connection of its own at a time."""
     connect_args: dict[str, Any] = {}
     if parse(url).get_backend_name() == "postgresql":
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC"}
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+
+
+def inspect_schema(url: str) -> Schema:
+    """Read-only look at the tables at ``url`` (one short-lived connection)."""
+    engine = _engine(url)
     try:
         with engine.connect() as conn:
             names = set(sqlalchemy.inspect(conn).get_table_names())
@@ -154,7 +159,7 @@ def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
 
 
 def count_studies(url: str) -> int:
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = _engine(url)
     try:
         with engine.connect() as conn:
             return int(conn.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() or 0)

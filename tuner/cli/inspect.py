@@ -154,9 +154,12 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     params = flat_params(frozen, sf)
     epochs_done = len(stored["epoch"])
     diverged = bool(frozen.user_attrs.get("diverged"))
+    # The trial's own schedule spans model.epochs (total updates fix the decay); a pruned trial
+    # stopped early, so the replay stops after the same number of epochs (a diverged one stops
+    # by itself).
     result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
-                 epochs=sf.model.epochs if diverged else max(epochs_done, 1),
-                 seed=frozen.user_attrs["seed"], dtype=sf.model.dtype)
+                 epochs=sf.model.epochs, seed=frozen.user_attrs["seed"], dtype=sf.model.dtype,
+                 on_epoch=None if diverged else lambda epoch, _m: epoch >= epochs_done)
     keys = [k for k in ("train_loss", "val_loss", "val_accuracy", "lr") if stored.get(k)]
     rows = []
     mismatches = 0

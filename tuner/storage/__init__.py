@@ -122,6 +122,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+_TRANSIENT_TEXT = ("terminating connection", "server closed the connection",
+                   "the database system is starting up", "the database system is shutting down",
+                   "the database system is in recovery mode", "consuming input failed")
+
+
 def storage_error(exc: BaseException, url: str) -> StorageError:
     """Translate a driver/SQLAlchemy/Optuna error into a :class:`StorageError` that names the
     database (password masked) and suggests a fix."""
@@ -136,6 +141,14 @@ def storage_error(exc: BaseException, url: str) -> StorageError:
         return StorageError(f"cannot log in to {where}: {text}",
                             hint=f"check the user and password in --storage / TUNER_STORAGE "
                                  f"(given as {masked})")
+    if "role" in lowered and "does not exist" in lowered:
+        return StorageError(f"cannot log in to {where}: {text}",
+                            hint=f"check the user name in --storage / TUNER_STORAGE (given as {masked}), "
+                                 "or create the role")
+    if any(s in lowered for s in _TRANSIENT_TEXT) or type(root).__name__ == "AdminShutdown":
+        return StorageError(f"lost the connection to {where}: {text}",
+                            hint="the server is restarting or dropped the connection; retry",
+                            transient=True)
     if "does not exist" in lowered and "database" in lowered:
         name = parse(url).database
         return StorageError(f"cannot open {where}: {text}",

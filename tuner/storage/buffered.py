@@ -85,7 +85,9 @@ class BufferedStorage(_CachedStorage):
         study_id = self._backend.get_study_id_from_name(study_name)
         with self._lock:
             info = self._studies.get(study_id)
-            if info is not None and info.name != study_name:
+            if info is not None and info.name is None:
+                info.name = study_name
+            elif info is not None and info.name != study_name:
                 for number in list(info.trials):
                     trial_id = self._study_id_and_number_to_trial_id.pop((study_id, number), None)
                     self._trial_id_to_study_id_and_number.pop(trial_id, None)
