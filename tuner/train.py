@@ -146,8 +146,7 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
     init_rng, shuffle_rng = np.random.default_rng(init_seq), np.random.default_rng(shuffle_seq)
     W = (resolved["init_scale"] * init_rng.standard_normal((d, n_classes))).astype(dt)
-    chunk_buf = np.empty((chunk_rows(batch, d, dt.itemsize), d), dtype=dt)
-    grad = np.empty_like(W)
+    Xb_buf = np.empty((batch, d), dtype=dt)
 
     result = FitResult(W=W, history=[], params=resolved, plan=plan)
     started = time.perf_counter()
@@ -160,7 +159,10 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
             lr_t = 0.0
             for start in range(0, n, batch):
                 idx = order[start:start + batch]
-                loss = batch_loss_and_grad(loss_fn, W, X_train, y_train, idx, reg, chunk_buf, grad)
+                # the one gather per batch; idx is always in range, and mode="raise" (the
+                # default) with out= would buffer the whole batch: 2x slower (docs/benchmarks.md)
+                Xb = np.take(X_train, idx, axis=0, out=Xb_buf[: len(idx)], mode="clip")
+                loss, grad = loss_fn(W, Xb, y_train[idx], reg)
                 lr_t = plan.schedule(t)
                 optimizer.step(W, grad, lr_t)
                 if first_loss is None:
@@ -193,43 +195,6 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     result.steps = t
     result.wall_time = time.perf_counter() - started
     return result
-
-
-CHUNK_BYTES = 384 * 1024  # gathered rows per chunk: stays in a core's L2 cache
-
-
-def chunk_rows(batch: int, d: int, itemsize: int) -> int:
-    """Rows per chunk: about ``CHUNK_BYTES`` of gathered examples, at least 16, at most the batch."""
-    return max(1, min(batch, max(16, CHUNK_BYTES // (d * itemsize))))
-
-
-def batch_loss_and_grad(loss_fn: Callable, W: np.ndarray, X: np.ndarray, y: np.ndarray,
-                        idx: np.ndarray, reg: float, buf: np.ndarray, grad: np.ndarray) -> float:
-    """Mean loss over the rows ``idx`` of ``X`` plus ``reg * sum(W**2)``, with its gradient
-    written into ``grad``.
-
-    The batch is gathered and processed ``len(buf)`` rows at a time: ``L = sum_c (n_c / n) L_c``
-    and likewise for the gradient, which equals the whole-batch formula up to float rounding.
-    A chunk stays in cache between its gather and the two products that read it, so each
-    example crosses the memory bus once per update instead of three times (docs/benchmarks.md).
-    """
-    n = len(idx)
-    loss = 0.0
-    grad[...] = 0.0
-    for start in range(0, n, len(buf)):
-        part = idx[start:start + len(buf)]
-        # idx is always in range; mode="raise" (the default) with out= buffers the whole gather
-        Xc = np.take(X, part, axis=0, out=buf[: len(part)], mode="clip")
-        loss_c, grad_c = loss_fn(W, Xc, y[part], 0.0)
-        weight = len(part) / n
-        loss += weight * loss_c
-        if weight != 1.0:
-            grad_c *= weight
-        grad += grad_c
-    if reg:
-        loss += reg * float(np.vdot(W, W))
-        grad += (2.0 * reg) * W
-    return loss
 
 
 def _divergence_reason(loss: float, W: np.ndarray, first_loss: float) -> str | None:

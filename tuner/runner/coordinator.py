@@ -27,11 +27,12 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import queue
 import signal
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Protocol
@@ -125,6 +126,17 @@ class Runner:
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.startup_failures = 0
+        # Claims (sampling + a few writes, 5-50 ms) run on a thread, so the main loop keeps
+        # answering workers' epoch reports meanwhile.
+        self._claimed: set[int] = set()  # trial ids claimed and not yet finished
+        self._claimed_lock = threading.Lock()
+        self._ready: deque[Job] = deque()  # claimed, not yet handed to a worker
+        self._claim_wanted = threading.Event()
+        self._claim_results: queue.Queue[Job | None | BaseException] = queue.Queue()
+        self._claim_pending = False
+        self._budget_full_at = -1e9
+        self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        self._claimer: threading.Thread | None = None
         self.hooks = list(hooks or [])
         self.hook_interval = hook_interval
 
@@ -192,6 +204,10 @@ class Runner:
             self.stop_reason = "done"  # nothing to do: don't load data or start workers
         if self._signal is not None or self.stop_reason is not None:
             return
+        # workers start (a fresh interpreter each) while the data loads
+        self._ctx = mp.get_context("spawn")
+        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        self.workers = [Worker(self._ctx, i, self.blas_threads) for i in range(self.n_workers)]
         splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
@@ -199,13 +215,14 @@ class Runner:
             self.study.set_user_attr(ATTR_DATA, data_summary(splits))
         self._shared = SharedSplits(splits)
         del splits
-        self._ctx = mp.get_context("spawn")
-        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
-        self.workers = [Worker(self._ctx, self._shared.handle, i, self.blas_threads)
-                        for i in range(self.n_workers)]
+        for worker in self.workers:
+            worker.send("data", self._shared.handle)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="tuner-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
+        self._claimer = threading.Thread(target=self._claimer_loop, name="tuner-claimer",
+                                         daemon=True)
+        self._claimer.start()
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -268,7 +285,7 @@ class Runner:
                 return
             self._assign_jobs()
             in_flight = [j for w in self.workers for j in w.jobs()]
-            if not in_flight:
+            if not in_flight and not self._claim_pending and not self._ready:
                 self.snap.jobs = []
                 counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
                 done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -305,15 +322,30 @@ class Runner:
         return True
 
     def _assign_jobs(self) -> None:
+        """Hand claimed trials to workers that need one (running, then next), and ask the
+        claimer thread for another claim while any worker slot is empty."""
+        while True:
+            try:
+                result = self._claim_results.get_nowait()
+            except queue.Empty:
+                break
+            self._claim_pending = False
+            if isinstance(result, BaseException):
+                raise result
+            if result is None:
+                self._budget_full_at = time.monotonic()
+            else:
+                self._ready.append(result)
+        while self._wake_r.poll():
+            self._wake_r.recv_bytes()
+        if not self._claim_pending:
+            self._handle_deferred()
+        wanted = 0
         for worker in self.workers:
             if not worker.ready:
                 continue
-            while worker.current is None or (self.prefetch and worker.queued is None):
-                if not self._may_claim():
-                    return
-                job = self.resilient.call("claim a trial", self._claim)
-                if job is None:
-                    return
+            while self._ready and (worker.current is None or (self.prefetch and worker.queued is None)):
+                job = self._ready.popleft()
                 worker.send("run", job.number, job.params, job.seed, self.sf.model.epochs,
                             self.sf.model.dtype, self._sync_from(job))
                 if worker.current is None:
@@ -321,6 +353,34 @@ class Runner:
                 else:
                     worker.queued = job
                 self.snap.running += 1
+            wanted += (worker.current is None) + (self.prefetch and worker.queued is None)
+        if (wanted > len(self._ready) and not self._claim_pending and self._may_claim()
+                and time.monotonic() - self._budget_full_at >= 0.5):
+            self._claim_pending = True
+            self._claim_wanted.set()
+
+    def _handle_deferred(self, workers: list[Worker] | None = None) -> None:
+        for worker in self.workers if workers is None else workers:
+            messages, worker.deferred = worker.deferred, []
+            for message in messages:
+                self._handle(worker, message, defer=False)
+
+    def _claimer_loop(self) -> None:
+        """The claimer thread: one claim per request, result (or error) back to the main loop."""
+        while True:
+            self._claim_wanted.wait()
+            self._claim_wanted.clear()
+            if self._stop_event.is_set():
+                return
+            try:
+                result: Job | None | BaseException = self.resilient.call("claim a trial", self._claim)
+            except BaseException as exc:  # re-raised in the main loop
+                result = exc
+            self._claim_results.put(result)
+            try:
+                self._wake_w.send_bytes(b"c")
+            except OSError:
+                return
 
     def _claim(self) -> Job | None:
         """Claim the next trial if the study's budget allows one (exact across runners)."""
@@ -330,7 +390,6 @@ class Runner:
             taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
             if taken >= self.sf.study.n_trials:
                 return None
-            self.storage.refresh(self.study_id)
             trial = self.study.ask()
         try:
             params = self.sf.space.suggest(trial)
@@ -340,6 +399,8 @@ class Runner:
                        error=str(exc), error_type=type(exc).__name__)
             self.fail_fast_errors[f"{type(exc).__name__}: {exc}"] += 1
             return None
+        with self._claimed_lock:
+            self._claimed.add(trial._trial_id)
         seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))
         attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
                  "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
@@ -350,9 +411,11 @@ class Runner:
         return Job(trial=trial, params=params, seed=seed, plan=plan)
 
     def _put_back_stray_claims(self) -> None:
-        """Re-queue trials a claim interrupted by a database error left owned but unassigned."""
-        assigned = {j.trial_id for w in self.workers for j in w.jobs()}
-        for trial_id in set(self.storage.owned_trial_ids()) - assigned:
+        """Re-queue trials a claim interrupted by a database error left owned but unclaimed
+        (runs on the claimer thread, before its next claim)."""
+        with self._claimed_lock:
+            stray = set(self.storage.owned_trial_ids()) - self._claimed
+        for trial_id in stray:
             try:
                 self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -361,7 +424,7 @@ class Runner:
     def _dispatch(self, timeout: float) -> None:
         conns = {w.conn: w for w in self.workers}
         sentinels = {w.process.sentinel: w for w in self.workers}
-        ready = wait(list(conns) + list(sentinels), timeout=timeout)
+        ready = wait([*conns, *sentinels, self._wake_r], timeout=timeout)
         for item in ready:
             if item in conns:
                 worker = conns[item]
@@ -374,10 +437,15 @@ class Runner:
             if not worker.process.is_alive():
                 self._worker_died(worker)
 
-    def _handle(self, worker: Worker, message: tuple) -> None:
+    def _handle(self, worker: Worker, message: tuple, *, defer: bool = True) -> None:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
+            return
+        if defer and (worker.deferred or (self._claim_pending and kind in ("done", "error"))):
+            # Finish trials between claims, not during one: the sampler then always sees the
+            # same history, so a single-runner study samples the same configurations every time.
+            worker.deferred.append(message)
             return
         job = worker.current
         if job is None or job.number != message[1]:
@@ -477,12 +545,14 @@ class Runner:
                     log.warning("trial %d was finished as %s by another process; its result "
                                 "is discarded (a retry re-runs it)", job.number, actual.name)
         self.resilient.call(f"save trial {job.number}", tell)
+        self._release_claim(job.trial_id)
 
     def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> None:
         def do_fail() -> None:
             if fail_trial(self.storage, trial_id, reason, **attrs) and retry:
                 enqueue_retry(self.study, self.storage.backend.get_trial(trial_id), self.rel.max_retry)
         self.resilient.call(f"fail trial {number}", do_fail)
+        self._release_claim(trial_id)
         self.snap.failed += 1
 
     def _unclaim(self, job: Job) -> None:
@@ -493,7 +563,12 @@ class Runner:
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.storage.release(job.trial_id)
         self.resilient.call(f"re-queue trial {job.number}", put_back)
+        self._release_claim(job.trial_id)
         self.snap.running = max(0, self.snap.running - 1)
+
+    def _release_claim(self, trial_id: int) -> None:
+        with self._claimed_lock:
+            self._claimed.discard(trial_id)
 
     def _worst_value(self, history: list[dict[str, float]]) -> float:
         """A finite value worse than any real one, for diverged trials (never NaN/inf: spec 5)."""
@@ -505,6 +580,7 @@ class Runner:
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
         why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        self._handle_deferred([worker])  # what it finished before dying is kept
         if worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
@@ -521,8 +597,9 @@ class Runner:
             if self.startup_failures >= 3:
                 raise RuntimeError(f"worker processes exit at start-up ({why}); see the error above")
         if self._signal is None:
-            self.workers[index] = Worker(self._ctx, self._shared.handle, worker.index,
-                                         self.blas_threads)
+            replacement = Worker(self._ctx, worker.index, self.blas_threads)
+            replacement.send("data", self._shared.handle)
+            self.workers[index] = replacement
         else:
             self.workers.pop(index)
 
@@ -557,6 +634,25 @@ class Runner:
         reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
         self._shutting_down = True
         self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
+        self._stop_event.set()
+        if self._claimer is not None:  # let a claim in progress finish, then re-queue it below
+            self._claim_wanted.set()
+            self._claimer.join(30.0)
+        while not self._claim_results.empty():
+            result = self._claim_results.get_nowait()
+            if isinstance(result, Job):
+                self._ready.append(result)
+        self._claim_pending = False
+        try:
+            self._handle_deferred()  # trials that finished must be saved, not failed
+        except StorageError as exc:
+            log.error("could not save finished trials: %s", exc)
+        for job in self._ready:
+            try:
+                self._unclaim(job)
+            except StorageError as exc:
+                log.error("could not re-queue trial %d: %s", job.number, exc)
+        self._ready.clear()
         if self._signal is not None:  # exit promptly: the trials are re-queued anyway
             for worker in self.workers:
                 worker.process.kill()

@@ -37,15 +37,18 @@ class Job:
 class Worker:
     """One worker process and the (at most two) jobs it holds: running and next."""
 
-    def __init__(self, ctx: Any, data: Any, index: int, blas_threads: int) -> None:
+    def __init__(self, ctx: Any, index: int, blas_threads: int) -> None:
+        """Start the process; it waits for :meth:`send` ``("data", handle)`` (so it can start
+        while the runner is still loading the data)."""
         self.index = index
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, data, blas_threads),
+        self.process = ctx.Process(target=worker_main, args=(child, blas_threads),
                                    daemon=True, name=f"tuner-worker-{index}")
         self.process.start()
         child.close()
         self.current: Job | None = None
         self.queued: Job | None = None
+        self.deferred: list[tuple] = []  # messages held back while a claim is in progress
         self.ready = False
 
     def jobs(self) -> list[Job]:

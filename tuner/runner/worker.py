@@ -1,6 +1,7 @@
 """A worker process: trains the configurations the runner sends it, and nothing else.
 
-Protocol (tuples over a ``multiprocessing`` pipe). Runner -> worker: ``("run", job_id, params,
+Protocol (tuples over a ``multiprocessing`` pipe). Runner -> worker: first ``("data",
+SharedData)``, then ``("run", job_id, params,
 seed, epochs, dtype, sync_from)``, ``("ack", job_id, epoch)``, ``("stop", job_id)``,
 ``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epoch", job_id, metrics)`` after every
 epoch, then ``("done", job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
@@ -42,12 +43,19 @@ def outcome(result: FitResult) -> dict[str, Any]:
     }
 
 
-def worker_main(conn: Connection, data: SharedData, blas_threads: int = 1) -> None:
+def worker_main(conn: Connection, blas_threads: int = 1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(blas_threads)  # K workers share the cores instead of oversubscribing them
+    try:
+        first = conn.recv()
+    except (EOFError, ConnectionResetError):
+        return
+    if first[0] != "data":
+        return  # "exit" before any work
+    data: SharedData = first[1]
     arrays, blocks = data.attach()
     inbox: deque[tuple] = deque()
     try:

@@ -66,6 +66,8 @@ class BufferedStorage(_CachedStorage):
         self.refresh_interval = refresh_interval
         self._owned: dict[int, _Owned] = {}
         self._last_refresh: dict[int, float] = {}
+        # sorted trial lists of finished states, valid until the cache changes
+        self._listings: dict[tuple[int, frozenset], list[FrozenTrial]] = {}
         self._owned_lock = threading.RLock()
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -93,6 +95,7 @@ class BufferedStorage(_CachedStorage):
                     self._trial_id_to_study_id_and_number.pop(trial_id, None)
                 del self._studies[study_id]
                 self._last_refresh.pop(study_id, None)
+                self._listings.clear()
         return study_id
 
     # --- which trials are ours ----------------------------------------------------------
@@ -174,8 +177,18 @@ class BufferedStorage(_CachedStorage):
         self._write(trial_id, owned, state=state, values=values)
         with self._owned_lock:
             self._owned.pop(trial_id, None)
-        study_id = self._trial_id_to_study_id_and_number[trial_id][0]
-        self._last_refresh.pop(study_id, None)
+        study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+        if state.is_finished():
+            # What we just wrote is what the database holds: cache it, no need to read it back.
+            finished = copy.deepcopy(owned.frozen)
+            finished.state = state
+            finished.values = None if values is None else [float(v) for v in values]
+            finished.datetime_complete = datetime.now()
+            with self._lock:
+                self._studies[study_id].trials[number] = finished
+                self._listings.clear()
+        else:
+            self._last_refresh.pop(study_id, None)
         return True
 
     def flush(self, trial_id: int) -> None:
@@ -280,6 +293,13 @@ class BufferedStorage(_CachedStorage):
         if now - self._last_refresh.get(study_id, -1e9) >= self.refresh_interval:
             self._read_trials_from_remote_storage(study_id)
             self._last_refresh[study_id] = now
+        key = None
+        if states is not None and not {TrialState.RUNNING, TrialState.WAITING} & set(states):
+            key = (study_id, frozenset(states))  # finished states only: ours cannot be in it
+            with self._lock:
+                listed = self._listings.get(key)
+            if listed is not None:
+                return copy.deepcopy(listed) if deepcopy else list(listed)
         with self._lock:
             trials = dict(self._studies[study_id].trials)
         with self._owned_lock:
@@ -288,7 +308,14 @@ class BufferedStorage(_CachedStorage):
                 if self._trial_id_to_study_id_and_number.get(trial._trial_id, (None,))[0] == study_id:
                     trials[trial.number] = trial
         selected = [t for _, t in sorted(trials.items()) if states is None or t.state in states]
-        return copy.deepcopy(selected) if deepcopy else selected
+        if key is not None:
+            with self._lock:
+                self._listings[key] = selected
+        return copy.deepcopy(selected) if deepcopy else list(selected)
+
+    def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
+        super()._add_trials_to_cache(study_id, trials)  # (called with self._lock held)
+        self._listings.clear()
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         # Our own running trials are known locally; don't re-read them on every refresh.
