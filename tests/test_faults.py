@@ -112,8 +112,10 @@ def finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log
+        time.sleep(1.0)
         proc.kill()
-        tail = log.read_text()[-3000:]
+        tail = log.read_text()[-6000:]
         raise AssertionError(f"runner did not finish within {timeout} s:\n{tail}") from None
 
 

@@ -172,6 +172,8 @@ class Runner:
                 self._shared.close()
             if self._owner_lock is not None:
                 self._owner_lock.release()
+            self._wake_r.close()
+            self._wake_w.close()
             self._restore_signal_handlers(previous)
         counts: Counter = Counter()
         best = None
@@ -181,6 +183,8 @@ class Runner:
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
                          counts, best, self.resilient.retries, error)
+
+    # --- setup ---------------------------------------------------------------------------
 
     def _setup(self) -> None:
         """Storage, runner lock (SQLite), study, orphan recovery, data in shared memory,
@@ -223,8 +227,6 @@ class Runner:
         self._claimer = threading.Thread(target=self._claimer_loop, name="tuner-claimer",
                                          daemon=True)
         self._claimer.start()
-
-    # --- setup ---------------------------------------------------------------------------
 
     def _recover_orphans(self) -> None:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
@@ -297,7 +299,9 @@ class Runner:
             self._dispatch(timeout=0.2)
             now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY_S:
-                self.resilient.call("save learning curves", self.storage.flush_older_than, FLUSH_EVERY_S)
+                lost = self.resilient.call("save learning curves", self.storage.flush_older_than,
+                                           FLUSH_EVERY_S)
+                self._stop_lost(lost)
                 last_flush = now
             if now - last_counts >= 2.0:
                 self._update_counts()
@@ -308,6 +312,19 @@ class Runner:
             self.snap.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
                                self.sf.model.epochs) for w in self.workers if w.current is not None]
             self.display.refresh()
+
+    def _stop_lost(self, trial_ids: list[int]) -> None:
+        """Trials another runner failed as stale while we still ran them (we were cut off from
+        the database longer than the grace period): their retries will run them, so stop
+        training them; their results are discarded when they end."""
+        for worker in self.workers:
+            for job in worker.jobs():
+                if job.trial_id in trial_ids:
+                    log.warning("trial %d was failed by another runner (stale heartbeat); "
+                                "its retry will run it", job.number)
+                    job.lost = True
+                    if job is worker.current:
+                        worker.send("stop", job.number)
 
     def _may_claim(self) -> bool:
         if self.stop_reason is not None or self._signal is not None:
@@ -399,8 +416,6 @@ class Runner:
                        error=str(exc), error_type=type(exc).__name__)
             self.fail_fast_errors[f"{type(exc).__name__}: {exc}"] += 1
             return None
-        with self._claimed_lock:
-            self._claimed.add(trial._trial_id)
         seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))
         attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
                  "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
@@ -408,6 +423,10 @@ class Runner:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.storage.flush(trial._trial_id)
+        # Only now is it claimed: if anything above failed (a dropped connection), the trial is
+        # owned but unclaimed, and the next claim puts it back in the queue.
+        with self._claimed_lock:
+            self._claimed.add(trial._trial_id)
         return Job(trial=trial, params=params, seed=seed, plan=plan)
 
     def _put_back_stray_claims(self) -> None:
@@ -468,7 +487,7 @@ class Runner:
     def _on_epoch(self, worker: Worker, job: Job, metrics: dict[str, float]) -> None:
         job.epoch = int(metrics["epoch"])
         job.history.append(metrics)
-        if job.prune_at is not None:
+        if job.prune_at is not None or job.lost:
             return
         job.trial.report(float(metrics[self.metric]), job.epoch)
         if (self.sf.study.pruner.type != "none" and job.plan.warmup_epochs_done(job.epoch)
@@ -480,6 +499,10 @@ class Runner:
             worker.send("ack", job.number, job.epoch)
 
     def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
+        if job.lost:
+            self._release_claim(job.trial_id)
+            self._advance(worker)
+            return
         trial = job.trial
         history = outcome["history"]
         attrs: dict[str, Any] = {
@@ -520,6 +543,10 @@ class Runner:
         self.display.trial_finished(job.number, state.name, value, job.params, note)
 
     def _on_error(self, worker: Worker, job: Job, error_type: str, message: str, tb: str) -> None:
+        if job.lost:
+            self._release_claim(job.trial_id)
+            self._advance(worker)
+            return
         self._fail(job.trial_id, job.number, f"exception: {error_type}: {message}", retry=False,
                    error=message, error_type=error_type, traceback=tb)
         self.fail_fast_errors[f"{error_type}: {message}"] += 1

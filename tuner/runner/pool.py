@@ -23,6 +23,7 @@ class Job:
     started: bool = False
     epoch: int = 0
     prune_at: int | None = None
+    lost: bool = False  # another runner failed it as stale: discard its result
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property

@@ -197,13 +197,21 @@ class BufferedStorage(_CachedStorage):
         if owned is not None and not owned.pending.empty():
             self._write(trial_id, owned)
 
-    def flush_older_than(self, seconds: float) -> None:
-        """Flush every owned trial not written for ``seconds`` (live learning curves)."""
+    def flush_older_than(self, seconds: float) -> list[int]:
+        """Flush every owned trial not written for ``seconds`` (live learning curves). Returns
+        the trials another process finished meanwhile (e.g. failed as stale while this one was
+        cut off from the database); they are no longer ours."""
         now = time.monotonic()
+        lost = []
         for trial_id in self.owned_trial_ids():
             owned = self._owned.get(trial_id)
             if owned is not None and now - owned.last_flush >= seconds:
-                self.flush(trial_id)
+                try:
+                    self.flush(trial_id)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    self.release(trial_id)
+                    lost.append(trial_id)
+        return lost
 
     def _write(self, trial_id: int, owned: _Owned, *, state: TrialState | None = None,
                values: Sequence[float] | None = None) -> None:

@@ -214,32 +214,46 @@ class NamedLock:
 
 
 class BudgetLock:
-    """Serializes 'count the study's trials, then claim one' across runners on PostgreSQL
-    (``pg_advisory_xact_lock``-style, blocking for the few milliseconds of a claim). SQLite
-    studies have a single runner, so there it is a no-op."""
+    """Serializes 'count the study's trials, then claim one' across runners on PostgreSQL: a
+    transaction-level advisory lock (``pg_advisory_xact_lock``), held for the few milliseconds of
+    a claim and released by the transaction's end, however the claim ends (even if the
+    connection drops). A wait longer than ``lock_timeout`` is an error the caller retries, never
+    a hang. SQLite studies have a single runner, so there it is a no-op."""
+
+    LOCK_TIMEOUT = "60s"
 
     def __init__(self, storage: BufferedStorage, study_id: int) -> None:
         self.engine = storage.backend.engine
         self.key = _lock_key(f"tuner:budget:{study_id}")
         self._conn: Any = None
+        self._trans: Any = None
 
     def __enter__(self) -> BudgetLock:
         if self.engine.dialect.name == "postgresql":
             self._conn = self.engine.connect()
-            self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(self.key)))
-            self._conn.commit()
+            try:
+                self._trans = self._conn.begin()
+                self._conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = '{self.LOCK_TIMEOUT}'"))
+                self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_xact_lock(self.key)))
+            except BaseException:
+                self._release()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(self.key)))
-                self._conn.commit()
-            except sqlalchemy.exc.SQLAlchemyError:
-                pass
-            finally:
-                self._conn.close()
-                self._conn = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            if self._trans is not None:
+                self._trans.rollback()  # ends the transaction, and with it the lock
+        except sqlalchemy.exc.SQLAlchemyError:
+            pass  # the connection is gone, and with it the lock
+        finally:
+            self._conn.close()
+            self._conn = self._trans = None
 
 
 def _sqlite_lock_path(engine: sqlalchemy.engine.Engine, name: str) -> str:
