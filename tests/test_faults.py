@@ -494,10 +494,12 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
         states = {t.state for t in chain}
         if states & {TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING}:
             continue
-        infra = [t for t in chain if not str(t.user_attrs.get("fail_reason", "")).startswith("exception")]
+        last = max(chain, key=lambda t: t.number)
+        if str(last.user_attrs.get("fail_reason", "")).startswith("exception"):
+            continue  # the attempt that ran raised: exceptions are not retried, by design
         # a trial that failed before its parameters were sampled has nothing to retry; the
         # budget simply claims a new trial in its place
-        if infra and any(t.params for t in chain) and len(chain) <= 3:  # max_retry=3
+        if any(t.params for t in chain) and len(chain) <= 3:  # max_retry=3
             lost.append([(t.number, t.state.name, t.user_attrs.get("fail_reason"), bool(t.params),
                           t.system_attrs.get("retry_history")) for t in chain])
     figures = {
