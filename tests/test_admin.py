@@ -194,6 +194,34 @@ def test_concurrent_inits_on_a_fresh_postgres_database_all_succeed(pg_url: str):
 
 
 @pytest.mark.postgres
+def test_init_waits_for_a_table_creation_in_progress_instead_of_calling_it_old(pg_url: str):
+    """Deterministic form of the race above: another process holds the schema lock and has
+    committed some tables but not yet the schema version (Optuna creates them in several
+    transactions). ``tuner init`` must wait for it, then find the schema up to date."""
+    from tuner.storage import SCHEMA_LOCK_KEY, open_storage
+
+    open_storage(pg_url).backend.engine.dispose()
+    with sqlalchemy.create_engine(pg_url).begin() as conn:  # the moment before the stamp
+        conn.execute(sqlalchemy.text("DELETE FROM alembic_version"))
+    holder = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    with holder.connect() as lock_conn:
+        lock_conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
+        lock_conn.commit()
+        proc = subprocess.Popen([sys.executable, "-m", "tuner", "init", "--storage", pg_url],
+                                env=tuner_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert proc.poll() is None, "init did not wait for the schema lock: " + proc.communicate()[1]
+        with sqlalchemy.create_engine(pg_url).begin() as conn:  # the creator finishes
+            conn.execute(sqlalchemy.text("INSERT INTO alembic_version VALUES ('v3.2.0.a')"))
+        lock_conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(SCHEMA_LOCK_KEY)))
+        lock_conn.commit()
+        out, errs = proc.communicate(timeout=60)
+    holder.dispose()
+    assert proc.returncode == 0, out + errs
+    assert "schema up to date (v3.2.0.a" in out
+
+
+@pytest.mark.postgres
 def test_old_postgres_schema_needs_upgrade_then_passes(pg_url: str):
     assert init("--storage", pg_url).returncode == 0
     make_old_schema(pg_url)

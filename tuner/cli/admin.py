@@ -34,7 +34,7 @@ import typer
 
 from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
 from tuner.errors import StorageError
-from tuner.storage import describe, mask_url, open_storage, resolve_url, storage_error
+from tuner.storage import SCHEMA_LOCK_KEY, describe, mask_url, open_storage, resolve_url, storage_error
 from tuner.storage.urls import ENV_VAR, parse, sqlite_path
 
 EXIT_SCHEMA = 4
@@ -79,10 +79,18 @@ def _engine(url: str) -> sqlalchemy.engine.Engine:
 
 
 def inspect_schema(url: str) -> Schema:
-    """Read-only look at the tables at ``url`` (one short-lived connection)."""
+    """Read-only look at the tables at ``url`` (one short-lived connection).
+
+    On PostgreSQL the look is taken under the advisory lock that serializes table creation
+    (:data:`tuner.storage.SCHEMA_LOCK_KEY`): a concurrent ``tuner init`` or runner creates the
+    tables in several transactions, and a look in between would see tables without their
+    schema version and call them old."""
     engine = _engine(url)
     try:
         with engine.connect() as conn:
+            if parse(url).get_backend_name() == "postgresql":
+                # session-level: released when this pool-less connection closes
+                conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
             names = set(sqlalchemy.inspect(conn).get_table_names())
             version = library = None
             if "alembic_version" in names:
