@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,9 +31,11 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class Dashboard:
     """``tuner dashboard --port 0`` in the background; ``.base`` is its address."""
 
-    def __init__(self, url: str, *extra: str, cwd: Path | None = None, env: dict | None = None) -> None:
+    def __init__(self, url: str, *extra: str, cwd: Path | None = None, env: dict | None = None,
+                 preexec: Any = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", url,
                                       "--port", "0", *extra], cwd=cwd, env=env or tuner_env(),
+                                     preexec_fn=preexec,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.base = self._wait_for_address()
 
@@ -218,9 +221,13 @@ def test_list_panels(study_url):
 
 
 def test_ctrl_c_stops_the_server(study_url):
-    dash = Dashboard(study_url)
-    assert dash.get("/")[0] == 200
-    dash.proc.send_signal(2)
-    assert dash.proc.wait(15) == 0
-    assert "stopped" in dash.proc.stderr.read()
+    # started as from a script's background job: SIGINT inherited as ignored
+    dash = Dashboard(study_url, preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert dash.get("/")[0] == 200
+        dash.proc.send_signal(signal.SIGINT)
+        assert dash.proc.wait(15) == 0
+        assert "stopped" in dash.proc.stderr.read()
+    finally:
+        dash.stop()
     time.sleep(0.1)

@@ -287,21 +287,25 @@ def url_for(host: str, port: int) -> str:
 
 
 def run_server(server: Any) -> None:
-    """Serve until Ctrl-C or SIGTERM, then close the listening sockets."""
-    previous = None
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then close the listening sockets.
+
+    Both handlers are installed explicitly: a process started in the background by a
+    non-interactive shell (``tuner dashboard &`` in a script) inherits SIGINT *ignored*, and
+    Python then leaves it ignored."""
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def _stop(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, _stop)
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["DashboardError", "TunerViews", "create_server", "listen_addresses", "make_app", "run_server",
