@@ -18,6 +18,7 @@ the pruner, and stores the same user attributes.
 
     .venv/bin/python benchmarks/overhead.py                 # 300 trials per configuration
     .venv/bin/python benchmarks/overhead.py --trials 100    # quicker
+    .venv/bin/python benchmarks/overhead.py --configs sqlite1,pg1   # some configurations only
 PostgreSQL configurations use a fresh database on TUNER_TEST_POSTGRES_URL (an admin URL,
 default postgresql+psycopg://postgres@127.0.0.1:5432/postgres) and are skipped if unreachable.
 """
@@ -101,6 +102,9 @@ def run_plain(sf, url: str) -> dict:
     return {"wall": wall, "train": train, "finished": finished, "workers": 1}
 
 
+CONFIGS = ("plain", "sqlite1", "sqlite2", "pg1", "pg2")
+
+
 def fresh_pg() -> str | None:
     name = f"tuner_bench_{uuid.uuid4().hex[:8]}"
     try:
@@ -120,7 +124,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--study", default=str(REPO / "studies" / "digits.toml"))
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated, from {', '.join(CONFIGS)} (default: all); without "
+                             "plain there is no trials/min ratio")
     args = parser.parse_args()
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     base = load_study_file(args.study)
     tmp = Path(tempfile.mkdtemp(prefix="tuner-bench-"))
     rows = []
@@ -130,26 +141,30 @@ def main() -> None:
 
     print(f"{args.trials} trials of {args.study}, {base.model.epochs} epochs each; "
           f"{os.cpu_count()} CPUs")
-    rows.append(("plain Optuna loop, SQLite (default journal)",
-                 run_plain(study("plain"), f"sqlite:///{tmp / 'plain.db'}")))
+    if "plain" in configs:
+        rows.append(("plain Optuna loop, SQLite (default journal)",
+                     run_plain(study("plain"), f"sqlite:///{tmp / 'plain.db'}")))
     for workers in (1, 2):
-        rows.append((f"tuner run, SQLite (WAL), {workers} worker(s)",
-                     run_tuner(study(f"sqlite{workers}"), f"sqlite:///{tmp / f'w{workers}.db'}",
-                               workers)))
+        if f"sqlite{workers}" in configs:
+            rows.append((f"tuner run, SQLite (WAL), {workers} worker(s)",
+                         run_tuner(study(f"sqlite{workers}"), f"sqlite:///{tmp / f'w{workers}.db'}",
+                                   workers)))
     for workers in (1, 2):
-        url = fresh_pg()
+        url = fresh_pg() if f"pg{workers}" in configs else None
         if url is not None:
             rows.append((f"tuner run, PostgreSQL, {workers} worker(s)",
                          run_tuner(study(f"pg{workers}"), url, workers)))
-    plain = rows[0][1]
-    plain_rate = plain["finished"] / plain["wall"] * 60
+    plain_rate = None
+    if "plain" in configs:
+        plain = rows[0][1]
+        plain_rate = plain["finished"] / plain["wall"] * 60
     print(f"\n{'configuration':<46} {'wall s':>7} {'train s':>8} {'overhead':>9} "
           f"{'trials/min':>10} {'vs plain':>9}")
     for label, r in rows:
         overhead = 1 - r["train"] / (r["wall"] * r["workers"])
         rate = r["finished"] / r["wall"] * 60
         print(f"{label:<46} {r['wall']:>7.1f} {r['train']:>8.1f} {overhead:>8.1%} "
-              f"{rate:>10.0f} {rate / plain_rate:>8.2f}x")
+              f"{rate:>10.0f} " + (f"{rate / plain_rate:>8.2f}x" if plain_rate else f"{'-':>9}"))
 
 
 if __name__ == "__main__":

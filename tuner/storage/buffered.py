@@ -326,19 +326,65 @@ class BufferedStorage(_CachedStorage):
         self._listings.clear()
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
-        # Our own running trials are known locally; don't re-read them on every refresh.
+        """Bring the cache up to date, loading in full only the trials that need it.
+
+        ``_CachedStorage`` re-loads every trial above the last finished one it *read*, and the
+        trials this process finished are cached without a read-back, so it would load them all
+        again (with their learning curves), under the cache lock, once per refresh. Here one
+        light query lists the ids and states above that mark; only trials that are new,
+        changed, or still running in another process are loaded; our own running trials are
+        known locally and never re-read."""
         with self._lock:
             study = self._studies.get(study_id)
-            unfinished = None if study is None else study.unfinished_trial_ids
-            owned = set(self._owned)
-            if unfinished is not None:
-                study.unfinished_trial_ids = unfinished - owned
-        try:
+        if study is None:  # first read of this study: everything (nothing of it is ours yet)
             super()._read_trials_from_remote_storage(study_id)
-        finally:
-            if unfinished is not None:
-                with self._lock:
-                    study.unfinished_trial_ids |= unfinished & owned
+            return
+        with self._lock:
+            with self._owned_lock:
+                owned = set(self._owned)
+            listed = self._list_states(study_id, study.last_finished_trial_id)
+            need = {trial_id for trial_id in study.unfinished_trial_ids if trial_id not in owned}
+            for trial_id, state in listed:
+                if trial_id not in owned and not (state.is_finished() and self._cached_finished(trial_id)):
+                    need.add(trial_id)
+            loaded: dict[int, FrozenTrial] = {}
+            if need:
+                above = max(need | {trial_id for trial_id, _ in listed})
+                loaded = {t._trial_id: t for t in self._backend._get_trials(
+                    study_id, states=None, included_trial_ids=need, trial_id_greater_than=above)}
+                self._add_trials_to_cache(study_id, list(loaded.values()))
+            for trial in loaded.values():
+                if trial.state.is_finished():
+                    study.unfinished_trial_ids.discard(trial._trial_id)
+                else:
+                    study.unfinished_trial_ids.add(trial._trial_id)
+            # the mark moves up to the last trial of an unbroken run of finished ones
+            for trial_id, state in listed:
+                current = loaded[trial_id].state if trial_id in loaded else state
+                if trial_id in owned or not current.is_finished():
+                    break
+                study.last_finished_trial_id = max(study.last_finished_trial_id, trial_id)
+
+    def _list_states(self, study_id: int, above: int) -> list[tuple[int, TrialState]]:
+        """``(trial_id, state)`` of the study's trials with ids above ``above``, in id order;
+        ``KeyError`` if the study does not exist (as ``_CachedStorage`` raises)."""
+        studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+        join = studies.outerjoin(trials, sqlalchemy.and_(trials.c.study_id == studies.c.study_id,
+                                                         trials.c.trial_id > above))
+        with self._backend.engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.select(trials.c.trial_id, trials.c.state)
+                                .select_from(join).where(studies.c.study_id == study_id)
+                                .order_by(trials.c.trial_id)).all()
+        if not rows:
+            raise KeyError(f"No study with study_id {study_id} exists.")
+        return [(trial_id, state) for trial_id, state in rows if trial_id is not None]
+
+    def _cached_finished(self, trial_id: int) -> bool:
+        where = self._trial_id_to_study_id_and_number.get(trial_id)
+        if where is None:
+            return False
+        trial = self._studies[where[0]].trials.get(where[1])
+        return trial is not None and trial.state.is_finished()
 
     def refresh(self, study_id: int) -> None:
         """Make the next read of ``study_id`` go to the database."""
