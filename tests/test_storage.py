@@ -38,10 +38,6 @@ class Statements:
     def _commit(self, conn) -> None:
         self.commits += 1
 
-    def reset(self) -> None:
-        self.seen.clear()
-        self.commits = 0
-
 
 def run_trial(storage: BufferedStorage, study_id: int, lr: float, epochs: int = 3,
               state: TrialState = TrialState.COMPLETE) -> int:

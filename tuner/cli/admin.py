@@ -124,8 +124,6 @@ def wait_for_schema(url: str, wait: float, *, say: Any) -> tuple[Schema, float]:
             return inspect_schema(url), time.monotonic() - started
         except Exception as exc:  # driver, SQLAlchemy: many types
             error = storage_error(exc, url)
-            if "role" in str(exc) and "does not exist" in str(exc):
-                error.hint = f"check the user name in --storage / {ENV_VAR} (given as {mask_url(url)})"
             remaining = deadline - time.monotonic()
             if is_permanent(exc) or remaining <= 0:
                 if attempts > 1:

@@ -435,10 +435,15 @@ class Runner:
         with self._claimed_lock:
             stray = set(self.storage.owned_trial_ids()) - self._claimed
         for trial_id in stray:
-            try:
-                self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self.storage.release(trial_id)
+            self._put_back(trial_id)
+
+    def _put_back(self, trial_id: int) -> None:
+        """Our trial back in the queue (WAITING, params kept), unless another process has
+        finished it meanwhile; either way it is no longer ours."""
+        try:
+            self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.storage.release(trial_id)
 
     def _dispatch(self, timeout: float) -> None:
         conns = {w.conn: w for w in self.workers}
@@ -584,12 +589,7 @@ class Runner:
 
     def _unclaim(self, job: Job) -> None:
         """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
-        def put_back() -> None:
-            try:
-                self.storage.set_trial_state_values(job.trial_id, TrialState.WAITING)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self.storage.release(job.trial_id)
-        self.resilient.call(f"re-queue trial {job.number}", put_back)
+        self.resilient.call(f"re-queue trial {job.number}", self._put_back, job.trial_id)
         self._release_claim(job.trial_id)
         self.snap.running = max(0, self.snap.running - 1)
 
