@@ -363,8 +363,10 @@ class Runner:
                 continue
             while self._ready and (worker.current is None or (self.prefetch and worker.queued is None)):
                 job = self._ready.popleft()
-                worker.send("run", job.number, job.params, job.seed, self.sf.model.epochs,
-                            self.sf.model.dtype, self._sync_from(job))
+                if not worker.send("run", job.number, job.params, job.seed, self.sf.model.epochs,
+                                   self.sf.model.dtype, self._sync_from(job)):
+                    self._ready.appendleft(job)  # died: its replacement gets the job
+                    break
                 if worker.current is None:
                     worker.current, job.started = job, True
                 else:
@@ -452,19 +454,28 @@ class Runner:
         for item in ready:
             if item in conns:
                 worker = conns[item]
-                try:
-                    while worker.conn.poll():
-                        self._handle(worker, worker.conn.recv())
-                except (EOFError, OSError):
-                    pass  # handled as a dead worker below
+                for message in self._receive(worker):
+                    self._handle(worker, message)
         for worker in self.workers:
             if not worker.process.is_alive():
                 self._worker_died(worker)
+
+    @staticmethod
+    def _receive(worker: Worker) -> list[tuple]:
+        """Every message waiting from ``worker``; a dead worker's last ones included."""
+        messages = []
+        try:
+            while worker.conn.poll():
+                messages.append(worker.conn.recv())
+        except (EOFError, OSError):
+            pass  # it died: handled as a dead worker by _dispatch
+        return messages
 
     def _handle(self, worker: Worker, message: tuple, *, defer: bool = True) -> None:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
+            self.startup_failures = 0  # counts start-up deaths in a row only
             return
         if defer and (worker.deferred or (self._claim_pending and kind in ("done", "error"))):
             # Finish trials between claims, not during one: the sampler then always sees the

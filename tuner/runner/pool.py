@@ -55,15 +55,18 @@ class Worker:
     def jobs(self) -> list[Job]:
         return [j for j in (self.current, self.queued) if j is not None]
 
-    def send(self, *message: Any) -> None:
-        self.conn.send(message)
+    def send(self, *message: Any) -> bool:
+        """Send ``message`` to the process; ``False`` if it has died (the runner learns that
+        from its sentinel and fails or re-queues its jobs, so a send must never raise)."""
+        try:
+            self.conn.send(message)
+            return True
+        except OSError:  # BrokenPipeError, ConnectionResetError, or our end already closed
+            return False
 
     def stop(self, timeout: float = 2.0) -> None:
         if self.process.is_alive():
-            try:
-                self.conn.send(("exit",))
-            except (BrokenPipeError, OSError):
-                pass
+            self.send("exit")
             self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
