@@ -151,6 +151,36 @@ def test_dashboard_serves_optuna_dashboard_and_the_tuner_views(study_url):
         assert dash.text("/tuner/health") == "ok\n"
 
 
+def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp_path):
+    # files the server must never read for a request: a TOML file with a secret key, a non-TOML
+    # file, both outside the dashboards folders, reachable by absolute and by relative paths
+    (tmp_path / "secret.toml").write_text('secret_key = "hunter2"\n')
+    (tmp_path / "shadow").write_text("root:$6$s3cr3thash:19000:0:99999:7:::\n")
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    leaks = (b"hunter2", b"secret_key", b"s3cr3thash", b"root:", b"invalid TOML", b"unknown key",
+             b"Expected", b"does not exist")
+    with Dashboard(study_url, cwd=cwd) as dash:
+        base = f"/tuner/studies/{STUDY_NAME}"
+        for value in (str(tmp_path / "secret.toml"), str(tmp_path / "shadow"), "/etc/passwd",
+                      "../../secret.toml", "../../shadow", "..%2F..%2Fsecret.toml", "../../../../etc/passwd",
+                      "study.toml", "./study", "../study", "nosuch", "%00"):
+            for path in (f"{base}?dashboard={value}", f"{base}/report.html?dashboard={value}"):
+                status, headers, body = dash.get(path)
+                assert status == 404, (path, status, body[:500])
+                assert headers["Content-Type"].startswith("text/html")
+                assert b"Dashboard not found" in body and b"available dashboards: nightly, study" in body
+                assert "Content-Disposition" not in headers
+                for leak in leaks:
+                    assert leak not in body, (path, leak, body)
+        # the known names still work, the default and another one
+        assert 'data-panel="summary"' in dash.text(f"{base}?dashboard=study")
+        page = dash.text(f"{base}?dashboard=nightly")
+        assert 'data-panel="nightly_trend"' in page and 'data-panel="nightly_verdicts"' in page
+        status, headers, _ = dash.get(f"{base}/report.html?dashboard=nightly")
+        assert status == 200 and f"{STUDY_NAME}-nightly.html" in headers["Content-Disposition"]
+
+
 def test_requests_are_served_concurrently(study_url):
     with Dashboard(study_url, "--threads", "4") as dash:
         paths = ["/", "/api/studies", f"/tuner/studies/{STUDY_NAME}", "/tuner/api/studies"] * 4

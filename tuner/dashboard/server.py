@@ -5,7 +5,8 @@ Routes (everything else goes to optuna-dashboard, whose UI is under ``/dashboard
 * ``/`` and ``/tuner/``: the study list, with best value, trial counts by state and last
   activity per study (one set of aggregate queries, fast for any number of trials);
 * ``/tuner/studies/<name>[?dashboard=<name>]``: a study's tuner views (``dashboards/study.toml``
-  by default);
+  by default; ``dashboard`` is only ever the name of a ``*.toml`` file of the dashboards folders,
+  never a path: anything else is a 404 that lists the names);
 * ``/tuner/studies/<name>/report.html``: the same as a self-contained file (``tuner report``);
 * ``/tuner/api/studies``: the study list as JSON; ``/tuner/health``: ``ok``;
 * ``/tuner/static/plotly.min.js``: plotly.js (cached by the browser, gzip when accepted).
@@ -34,13 +35,17 @@ import sqlalchemy
 
 from tuner.dashboard.html import jsonable, list_page, plotly_js, plotly_version
 from tuner.dashboard.report import render_study_view
-from tuner.dashboard.spec import DashboardError, available_dashboards, find_dashboard, load_dashboard
+from tuner.dashboard.spec import DashboardError, available_dashboards, load_dashboard
 from tuner.errors import StudyNotFoundError, TunerError
 
 log = logging.getLogger("tuner.dashboard")
 
 StartResponse = Callable[..., Any]
 HTML = "text/html; charset=utf-8"
+
+
+class DashboardNotFoundError(DashboardError):
+    """A ``?dashboard=`` value that is not the name of a dashboard in the server's folders."""
 
 
 class TunerViews:
@@ -67,6 +72,9 @@ class TunerViews:
             status, body, ctype, headers = self._route(path, environ)
         except StudyNotFoundError as exc:
             page = _error_page("Study not found", exc.message)
+            status, body, ctype, headers = "404 Not Found", page, HTML, []
+        except DashboardNotFoundError as exc:
+            page = _error_page("Dashboard not found", exc.message, exc.hint)
             status, body, ctype, headers = "404 Not Found", page, HTML, []
         except TunerError as exc:
             page = _error_page("Cannot show this page", exc.message, exc.hint)
@@ -141,7 +149,7 @@ class TunerViews:
                    plotly: str = "/tuner/static/plotly.min.js") -> str:
         if not name:
             raise StudyNotFoundError("no study name in the address")
-        path = find_dashboard(dashboard, self.folder)
+        path = self.dashboard_file(dashboard)
         stamp = (self._fingerprint(name), path.stat().st_mtime_ns, str(path), plotly)
         key = (name, f"{dashboard}|{plotly}")
         with self._guard:
@@ -166,6 +174,18 @@ class TunerViews:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
             return view.html
+
+    def dashboard_file(self, name: str) -> Path:
+        """The file of the dashboard called ``name`` in the server's folders. The one check of
+        ``?dashboard=``: only a known name is accepted, never a path (unlike ``tuner report
+        --dashboard``, which a local user may point at any file), so a request cannot make the
+        server read, or report parse errors of, any other file."""
+        found = available_dashboards(self.folder)
+        path = found.get(name)
+        if path is None:
+            raise DashboardNotFoundError(f"no dashboard named {name!r}",
+                                         hint=f"available dashboards: {', '.join(found) or 'none'}")
+        return path
 
     def _study_id(self, name: str) -> int | str:
         try:
@@ -308,5 +328,5 @@ def run_server(server: Any) -> None:
             signal.signal(sig, handler)
 
 
-__all__ = ["DashboardError", "TunerViews", "create_server", "listen_addresses", "make_app", "run_server",
-           "url_for"]
+__all__ = ["DashboardError", "DashboardNotFoundError", "TunerViews", "create_server", "listen_addresses",
+           "make_app", "run_server", "url_for"]
