@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,6 +103,13 @@ def test_unknown_format(tmp_path):
         load_dataset(str(path))
 
 
+def test_unknown_format_wins_over_target(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a,y\n1,0\n")
+    with pytest.raises(DataError, match=r"p\.txt: unknown data format '\.txt'; supported: \.csv"):
+        load_dataset(str(path), target="y")
+
+
 def test_a_directory_is_not_a_file(tmp_path):
     (tmp_path / "dir.csv").mkdir()
     with pytest.raises(DataError, match="not a file"):
@@ -156,23 +166,49 @@ def test_nan_and_inf_feature_values(tmp_path, bad):
     df.loc[[4, 9], "f1"] = bad
     path = tmp_path / "t.parquet"
     df.to_parquet(path)
-    with pytest.raises(DataError, match=r"missing or infinite feature values in "
-                                        r"'f1' \(2 in rows 4, 9\)"):
+    with pytest.raises(DataError, match=r"t\.parquet: missing or infinite feature values in "
+                                        r"'f1' \(2 values, in data rows 5, 10\)\n"):
         load_dataset(str(path), target="label")
 
 
 def test_nan_in_csv_is_reported_as_missing(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b,label\n1,2,x\n3,,y\n5,inf,x\n7,8,y\n")
-    with pytest.raises(DataError, match=r"'b' \(2 in rows 1, 2\)"):
+    with pytest.raises(DataError, match=r"'b' \(2 values, in data rows 2, 3 "
+                                        r"\(lines 3, 4 of the file\)\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_nan_row_in_csv_names_data_row_and_file_line(tmp_path):
+    path = tmp_path / "sensors.csv"
+    rows = [f"{i},{'nan' if i == 6 else 20 + i},{i % 2}" for i in range(1, 11)]
+    path.write_text("id,temperature_c,label\n" + "\n".join(rows) + "\n")  # NaN on line 7
+    with pytest.raises(DataError, match=r"sensors\.csv: missing or infinite feature values in "
+                                        r"'temperature_c' \(1 value, in data row 6 "
+                                        r"\(line 7 of the file\)\)\n"):
+        load_dataset(str(path), target="label")
+
+
+def test_csv_file_lines_skip_blank_lines_and_follow_quoted_newlines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('\na,b,label\n1,2,"two\nlines"\n\n   \n3,,y\n4,5,x\n')
+    with pytest.raises(DataError, match=r"'b' \(1 value, in data row 2 \(line 7 of the file\)\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_many_bad_rows_are_shortened(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},,{i % 2}\n" for i in range(12)))
+    with pytest.raises(DataError, match=r"'b' \(12 values, in data rows 1, 2, 3, 4, 5, \.\.\. "
+                                        r"\(lines 2, 3, 4, 5, 6, \.\.\. of the file\)\)"):
         load_dataset(str(path), target="label")
 
 
 def test_missing_target_values(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,label\n1,x\n2,\n3,y\n")
-    with pytest.raises(DataError, match=r"target column 'label' is missing in "
-                                        r"1 row\(s\) \(rows 1\)"):
+    with pytest.raises(DataError, match=r"t\.csv: target column 'label' is missing in "
+                                        r"1 row \(data row 2 \(line 3 of the file\)\)$"):
         load_dataset(str(path), target="label")
 
 
@@ -232,7 +268,10 @@ def test_npz_missing_arrays(tmp_path):
     (np.ones((6, 2)), np.arange(5), r"X has 6 rows, y has shape \(5,\)"),
     (np.ones((6, 2)), np.ones((6, 1)), r"y must be 1-D.*shape \(6, 1\)"),
     (np.array([["a", "b"]] * 6), np.arange(6) % 2, "X must be numeric, got dtype <U1"),
-    (np.array([[1.0, np.nan]] * 6), np.arange(6) % 2, "missing or infinite feature values in 'x1'"),
+    (np.array([[1.0, np.nan]] * 6), np.arange(6) % 2,
+     r"missing or infinite feature values in 'x1' \(6 values, in row indices 0, 1, 2, 3, 4, \.\.\.\)"),
+    (np.array([[1.0, 2.0]] * 5 + [[np.inf, 2.0]]), np.arange(6) % 2,
+     r"'x0' \(1 value, in row index 5\)"),
 ])
 def test_npz_wrong_shapes_and_values(tmp_path, X, y, match):
     np.savez(tmp_path / "a.npz", X=X, y=y)
@@ -240,10 +279,61 @@ def test_npz_wrong_shapes_and_values(tmp_path, X, y, match):
         load_dataset(str(tmp_path / "a.npz"))
 
 
-def test_npz_that_is_not_an_archive(tmp_path):
-    (tmp_path / "a.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="cannot read .npz file"):
-        load_dataset(str(tmp_path / "a.npz"))
+@pytest.mark.parametrize("key", ["X", "y"])
+def test_npz_object_arrays_are_not_unpickled(tmp_path, key):
+    arrays = {"X": np.ones((50, 2)), "y": np.arange(50) % 2}
+    arrays[key] = np.array([{"a": 1}] * 50, dtype=object)
+    np.savez(tmp_path / "h.npz", **arrays)
+    with pytest.raises(DataError, match=rf"h\.npz: array '{key}' holds Python objects "
+                                        r"\(dtype object\); save numeric arrays"):
+        load_dataset(str(tmp_path / "h.npz"))
+
+
+def npy_bytes():
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((4, 2)))
+    return buffer.getvalue()
+
+
+def truncated_npz_bytes():
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.ones((4, 2)), y=np.arange(4))
+    return buffer.getvalue()[:200]
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"some text, not arrays\n", "it is not a zip file"),
+    (b"", "the file is empty"),
+    (npy_bytes(), "it holds a single array saved with numpy.save"),
+    (truncated_npz_bytes(), "a damaged or truncated zip file"),
+])
+def test_npz_that_is_not_an_archive(tmp_path, content, reason):
+    (tmp_path / "g.npz").write_bytes(content)
+    with pytest.raises(DataError, match=rf"g\.npz: not a NumPy \.npz archive \({reason}\)") as info:
+        load_dataset(str(tmp_path / "g.npz"))
+    assert "pickled" not in str(info.value) and "numpy.savez" in info.value.hint
+
+
+def test_zip_without_npz_arrays(tmp_path):
+    with zipfile.ZipFile(tmp_path / "z.npz", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(DataError, match=r"z\.npz: missing array\(s\) X, y; found: readme\.txt"):
+        load_dataset(str(tmp_path / "z.npz"))
+    with zipfile.ZipFile(tmp_path / "j.npz", "w") as archive:
+        archive.writestr("X.npy", "not an array")
+        archive.writestr("y.npy", "not an array")
+    with pytest.raises(DataError, match=r"j\.npz: 'X' in the archive is not a NumPy \.npy array"):
+        load_dataset(str(tmp_path / "j.npz"))
+
+
+def test_npz_with_a_damaged_array(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, X=np.random.default_rng(0).random((200, 3)), y=np.arange(200) % 2)
+    data = bytearray(path.read_bytes())
+    data[300] ^= 0xFF  # inside the compressed X.npy
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"c\.npz: cannot read array 'X' \(damaged archive\?\)"):
+        load_dataset(str(path))
 
 
 def test_data_errors_are_user_errors():

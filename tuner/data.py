@@ -17,17 +17,25 @@ message that says what is wrong and where.
 
 from __future__ import annotations
 
+import csv
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 from tuner.errors import DataError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
 FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
                                  ".npz": "npz"}
+
+RowNamer = Callable[[np.ndarray], str]
+"""Names 0-based row positions for a message, e.g. ``data rows 5, 10 (lines 6, 11 of the file)``."""
 
 
 @dataclass
@@ -259,15 +267,59 @@ def _encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
     return y.astype(np.intp), [str(c) for c in classes]
 
 
-def _check_finite(X: np.ndarray, names: list[str], where: str) -> None:
+def _first(values: Sequence[int] | np.ndarray) -> str:
+    """The first five numbers, then ``...``."""
+    return ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+
+
+def _word(count: int, singular: str, plural: str) -> str:
+    return singular if count == 1 else plural
+
+
+def _npz_rows(rows: np.ndarray) -> str:
+    return f"{_word(len(rows), 'row index', 'row indices')} {_first(rows)}"
+
+
+def _table_rows(path: Path, fmt: str, n_rows: int) -> RowNamer:
+    """Rows as a user finds them: 1-based data rows and, for CSV, file lines (header = line 1)."""
+    # the file is re-read only for an error message, and at most once
+    file_lines = cache(lambda: _csv_line_numbers(path, n_rows) if fmt == "csv" else None)
+
+    def name(rows: np.ndarray) -> str:
+        text = f"data {_word(len(rows), 'row', 'rows')} {_first(rows + 1)}"
+        lines = file_lines()
+        if lines is not None:
+            text += f" ({_word(len(rows), 'line', 'lines')} {_first(lines[rows])} of the file)"
+        return text
+
+    return name
+
+
+def _csv_line_numbers(path: Path, n_rows: int) -> np.ndarray | None:
+    """The file line on which each data row starts, counting rows as pandas does (blank lines
+    skipped, quoted fields may span lines); None if the file cannot be matched row for row."""
+    starts, line = [], 1
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                if len(record) > 1 or "".join(record).strip():
+                    starts.append(line)
+                line = reader.line_num + 1
+    except (OSError, UnicodeError, csv.Error):
+        return None
+    return np.array(starts[1:]) if len(starts) == n_rows + 1 else None
+
+
+def _check_finite(X: np.ndarray, names: list[str], where: str, row_names: RowNamer) -> None:
     bad = ~np.isfinite(X)
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
         details = []
         for c in cols[:5]:
             rows = np.flatnonzero(bad[:, c])
-            shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-            details.append(f"{names[c]!r} ({len(rows)} in rows {shown})")
+            count = f"{len(rows)} {_word(len(rows), 'value', 'values')}"
+            details.append(f"{names[c]!r} ({count}, in {row_names(rows)})")
         more = f" and {len(cols) - 5} more column(s)" if len(cols) > 5 else ""
         raise DataError(f"{where}: missing or infinite feature values in "
                         f"{', '.join(details)}{more}",
@@ -304,28 +356,26 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
         raise DataError(f"{path}: non-numeric feature column(s): {', '.join(examples)}",
                         hint="encode them as numbers or drop them; only the target may be text")
     labels = frame[target]
+    row_names = _table_rows(path, fmt, len(frame))
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())
-        raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} row(s) "
-                        f"(rows {', '.join(str(r) for r in rows[:5])})")
+        raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} "
+                        f"{_word(len(rows), 'row', 'rows')} ({row_names(rows)})")
     X = features.to_numpy(dtype=np.float64)
-    _check_finite(X, list(features.columns), str(path))
+    _check_finite(X, list(features.columns), str(path), row_names)
     y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}")
     return Dataset(name=path.name, X=X, y=y, class_names=class_names,
                    feature_names=list(features.columns))
 
 
 def _load_npz(path: Path) -> Dataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read .npz file: {exc}") from None
+    archive = _open_npz(path)
     with archive:
         missing = [k for k in ("X", "y") if k not in archive.files]
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found: "
                             f"{', '.join(archive.files) or 'none'} (expected X (N, D) and y (N,))")
-        X, raw_y = archive["X"], archive["y"]
+        X, raw_y = _npz_array(archive, path, "X"), _npz_array(archive, path, "y")
     if X.ndim != 2:
         raise DataError(f"{path}: X must be 2-D (examples x features), got shape {X.shape}")
     if raw_y.ndim != 1 or len(raw_y) != len(X):
@@ -335,6 +385,39 @@ def _load_npz(path: Path) -> Dataset:
         raise DataError(f"{path}: X must be numeric, got dtype {X.dtype}")
     X = X.astype(np.float64)
     names = [f"x{i}" for i in range(X.shape[1])]
-    _check_finite(X, names, str(path))
+    _check_finite(X, names, str(path), _npz_rows)
     y, class_names = _encode_labels(raw_y, f"{path}: y")
     return Dataset(name=path.name, X=X, y=y, class_names=class_names, feature_names=names)
+
+
+def _open_npz(path: Path) -> NpzFile:
+    """``np.load`` of a zip archive only: np.load would also accept a lone ``.npy`` array (and
+    report any other file as "pickled data")."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            head = f.read(6)
+        what = ("the file is empty" if not head else
+                "it holds a single array saved with numpy.save" if head == b"\x93NUMPY" else
+                "a damaged or truncated zip file" if head.startswith(b"PK") else
+                "it is not a zip file")
+        raise DataError(f"{path}: not a NumPy .npz archive ({what})",
+                        hint="save the arrays with numpy.savez(path, X=X, y=y)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # zipfile and numpy raise several types for damaged archives
+        raise DataError(f"{path}: cannot read .npz archive: {exc}") from None
+
+
+def _npz_array(archive: NpzFile, path: Path, key: str) -> np.ndarray:
+    try:
+        value = archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # never load pickles: they can run arbitrary code
+            raise DataError(f"{path}: array {key!r} holds Python objects (dtype object); "
+                            f"save numeric arrays") from None
+        raise DataError(f"{path}: cannot read array {key!r}: {exc}") from None
+    except Exception as exc:  # a damaged member: zipfile.BadZipFile, zlib.error, EOFError, ...
+        raise DataError(f"{path}: cannot read array {key!r} (damaged archive?): {exc}") from None
+    if not isinstance(value, np.ndarray):  # np.load returns raw bytes for non-.npy members
+        raise DataError(f"{path}: {key!r} in the archive is not a NumPy .npy array")
+    return value
