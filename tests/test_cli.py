@@ -267,6 +267,23 @@ def _delete_answering(answer: str, study: str, url: str) -> subprocess.Completed
                           timeout=120)
 
 
+def test_rerun_with_a_changed_file_warns_and_hints_name_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    first = run_tuner("run", write_study(tmp_path / "a.toml", name="drift", n_trials=2, epochs=1),
+                      "--storage", url, cwd=tmp_path, check=True)
+    # the follow-up commands it suggests work as printed: not ./tuner.db
+    assert f"inspect: tuner show drift --storage {url}" in " ".join(first.stdout.split())
+    assert "differs from" not in first.stderr
+    changed = write_study(tmp_path / "b.toml", name="drift", n_trials=3, epochs=2,
+                          space='optimizer = "sgd"\nlr = 0.1')
+    second = run_tuner("run", changed, "--storage", url, cwd=tmp_path, check=True)
+    stderr = " ".join(second.stderr.split())
+    assert "differs from the file study 'drift' was created with" in stderr, second.stderr
+    assert "model.epochs: 1 -> 2" in stderr
+    assert 'space.optimizer: ["sgd", "momentum", "adam"] -> "sgd"' in stderr
+    assert "--study-name NEW" in stderr
+
+
 # --- storage errors -------------------------------------------------------------------------
 
 
@@ -299,7 +316,15 @@ def test_bad_storage_urls(tmp_path):
                       "sqlite:///PATH or postgresql+psycopg://")
     assert_secret_hidden(proc)
     proc = run_tuner("ls", "--storage", "not a url")
-    assert_user_error(proc, 3, "not a database URL")
+    assert_user_error(proc, 3, "not a valid database URL")
+    # an unescaped '@' in the password: nothing of the password may show up as a host name
+    proc = run_tuner("ls", "--storage", f"postgresql+psycopg://alice:ab@{SECRET}@host.invalid:5432/db")
+    assert_user_error(proc, 3, "'@' appears more than once", "alice:***@host.invalid",
+                      "percent-encode", "%40")
+    assert_secret_hidden(proc)
+    proc = run_tuner("ls", "--storage", f"postgresql+psycopg://alice:{SECRET}@127.0.0.1:notaport/db")
+    assert_user_error(proc, 3, "not a valid database URL", "alice:***@127.0.0.1:notaport")
+    assert_secret_hidden(proc)
     proc = run_tuner("ls", "--storage", f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     assert_user_error(proc, 3, f"no database at {tmp_path / 'missing' / 'x.db'}")
 

@@ -184,6 +184,19 @@ ERROR_CASES = [
     ("missing-optimizer", edit('optimizer = ["sgd", "adam"]\n', ""), "space.optimizer",
      ["required key is missing"]),
     ("missing-dataset", edit('dataset = "digits"\n', ""), "data.dataset", ["required key is missing"]),
+    # wrong types are errors, not conversions (TOML has real types)
+    ("bool-epochs", edit("epochs = 5", "epochs = true"), "model.epochs", ["integer"]),
+    ("string-n_trials", edit("n_trials = 5", 'n_trials = "3"'), "study.n_trials", ["integer"]),
+    ("string-standardize", edit('dataset = "digits"', 'dataset = "digits"\nstandardize = "yes"'),
+     "data.standardize", ["boolean"]),
+    ("string-val_size", edit('dataset = "digits"', 'dataset = "digits"\nval_size = "0.3"'),
+     "data.val_size", ["number"]),
+    ("float-batch_size", BASE + "batch_size = 64.0\n", "space.batch_size",
+     ["is a float", "'batch_size' is an integer key (write 64)"]),
+    ("float-batch_size-bound", BASE + "batch_size = {low = 16.0, high = 256}\n",
+     "space.batch_size.low", ["is a float", "integer key"]),
+    ("unsupported-storage", edit("n_trials = 5", 'n_trials = 5\nstorage = "mysql://u:pw@h/db"'),
+     "study", ["unsupported database 'mysql'", "sqlite:///PATH or postgresql+psycopg://"]),
 ]
 
 
@@ -248,6 +261,22 @@ def test_with_overrides_revalidates(tmp_path):
     assert sf.study.name == "t"  # the original is unchanged
     with pytest.raises(ConfigError, match="study.n_trials"):
         sf.with_overrides(n_trials=0)
+
+
+def test_int_is_accepted_where_a_number_is_expected(tmp_path):
+    sf = load_study_file(write(tmp_path, edit('dataset = "digits"', 'dataset = "digits"\nval_size = 300')))
+    assert sf.data.val_size == 300.0
+
+
+def test_stored_study_file_masks_the_storage_password(tmp_path):
+    url = "postgresql+psycopg://alice:TopSecret@db.example:5432/tuner"
+    sf = load_study_file(write(tmp_path, edit("n_trials = 5", f'n_trials = 5\nstorage = "{url}"')))
+    stored = sf.to_json()
+    assert "TopSecret" not in stored and "alice:***@db.example" in stored
+    assert sf.study.storage == url  # the run itself still connects with it
+    checked = run_tuner("check", write(tmp_path, edit("n_trials = 5", f'n_trials = 5\nstorage = "{url}"'),
+                                       "c.toml"), "--json", "--no-data", check=True)
+    assert "TopSecret" not in checked.stdout and "alice:***@db.example" in checked.stdout
 
 
 def test_json_round_trip_keeps_source_and_base_dir(tmp_path):

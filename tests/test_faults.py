@@ -460,6 +460,14 @@ def test_soak_random_kills_lose_nothing(tmp_path):
         drop_pg_database(url)
 
 
+def _trial_story(t: optuna.trial.FrozenTrial) -> dict:
+    """What a failing soak needs to show about a trial to be diagnosed afterwards."""
+    return {"number": t.number, "state": t.state.name, "params": t.params,
+            "system_attrs": {k: v for k, v in t.system_attrs.items() if k != "heartbeat"},
+            "user_attrs": {k: t.user_attrs.get(k) for k in ("runner", "retry_of", "fail_reason")},
+            "start": str(t.datetime_start), "end": str(t.datetime_complete)}
+
+
 def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
           deadline_s: float = 420) -> None:
     rng = random.Random(7)
@@ -559,7 +567,9 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
     assert finished == n_trials, figures
     assert c[TrialState.RUNNING] == 0, figures
     assert not unexplained, unexplained
-    assert not unexplained_duplicates, unexplained_duplicates
+    by_number = {t.number: t for t in trials}
+    assert not unexplained_duplicates, [[_trial_story(by_number[n]) for n in group]
+                                        for group in unexplained_duplicates]
     assert not lost, lost
     assert sum(v for k, v in events.items() if k.startswith("kill")) >= 5, figures
     # nothing but our own kills ended a runner (a dropped connection must not); -15 is a

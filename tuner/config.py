@@ -30,7 +30,9 @@ SYNTHETIC_KEYS: tuple[str, ...] = ("n", "d", "classes", "difficulty")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `epochs = true`, `n_trials = "3"` or `batch = 64.0` are errors, not conversions
+    # (an int is still accepted where a float is expected)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SamplerConfig(_Section):
@@ -108,6 +110,15 @@ class StudySection(_Section):
     def direction(self) -> str:
         return METRICS[self.metric]
 
+    @model_validator(mode="after")
+    def _storage_kind(self) -> StudySection:
+        if self.storage is not None:
+            scheme = self.storage.partition("://")[0].split("+")[0].lower()
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ValueError(f"storage: unsupported database {scheme or self.storage[:20]!r}; "
+                                 "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+        return self
+
 
 class DataSection(_Section):
     """``[data]``: a built-in dataset, ``synthetic``, or a path (relative to the study file)."""
@@ -133,7 +144,8 @@ class DataSection(_Section):
         is_table = self.dataset.lower().endswith((".csv", ".parquet", ".pq"))
         if is_table and self.target is None:
             raise ValueError("target (the label column) is required for CSV and Parquet data")
-        if self.target is not None and not is_table:
+        known_other = self.is_builtin() or self.dataset.lower().endswith(".npz")
+        if self.target is not None and known_other:  # unknown formats: the data loader says so
             raise ValueError("target only applies to CSV and Parquet data")
         return self
 
@@ -145,7 +157,7 @@ class ModelSection(_Section):
     """``[model]``: ``loss``, ``reg`` and ``init_scale`` may also be searched (a list or a
     range), like any key of ``[space]``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
 
     epochs: int = Field(ge=1, le=100_000)
     dtype: Literal["float32", "float64"] = "float32"
@@ -219,9 +231,19 @@ class StudyFile(BaseModel):
         return self.study.direction
 
     def to_json(self) -> str:
-        """The study file's content, to store with the study (replay needs no file)."""
-        return json.dumps({"raw": self.raw, "source": self.source, "base_dir": self.base_dir},
+        """The study file's content, to store with the study (replay needs no file), with any
+        password in ``study.storage`` masked: whoever can read the study must not learn it."""
+        return json.dumps({"raw": self.public_raw(), "source": self.source, "base_dir": self.base_dir},
                           sort_keys=True)
+
+    def public_raw(self) -> dict[str, Any]:
+        """:attr:`raw` with the password of ``study.storage`` masked (safe to store and print)."""
+        from tuner.storage.urls import mask_url
+
+        raw = json.loads(json.dumps(self.raw))
+        if raw.get("study", {}).get("storage"):
+            raw["study"]["storage"] = mask_url(raw["study"]["storage"])
+        return raw
 
     @classmethod
     def from_json(cls, text: str) -> StudyFile:

@@ -281,6 +281,10 @@ def _scalar(spec: P.ParamSpec, value: Any, path: str, fail: Any) -> Any:
         raise fail(path, f"expected a single value ({spec.bounds_text()})")
     if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if spec.kind == "int" and isinstance(value, float):
+        raise fail(path, f"{value!r} is a float; {spec.name!r} is an integer key (write "
+                         f"{int(value)})" if value.is_integer() else
+                         f"{value!r} is not an integer; {spec.name!r} is an integer key")
     reason = spec.check(value)
     if reason:
         raise fail(path, reason)
@@ -295,6 +299,8 @@ def _range(spec: P.ParamSpec, key: str, name: str, table: dict, path: str, fail:
     for bound in ("low", "high"):
         if bound not in table:
             raise fail(f"{path}.{bound}", "required key of a range is missing")
+        if spec.kind == "int" and isinstance(table[bound], float):
+            raise fail(f"{path}.{bound}", f"{table[bound]!r} is a float; {key!r} is an integer key")
         reason = spec.check(float(table[bound]) if spec.kind == "float" and _is_num(table[bound])
                             else table[bound])
         if reason:

@@ -7,6 +7,8 @@ rebuild the data and training setup from the database alone.
 
 from __future__ import annotations
 
+import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tuner.storage import BufferedStorage
 
 ATTR_CONFIG = "tuner.config"
 ATTR_SPACE = "tuner.space"
+log = logging.getLogger(__name__)
 ATTR_METRIC = "tuner.metric"
 ATTR_VERSION = "tuner.version"
 ATTR_DATA = "tuner.data"
@@ -122,7 +125,32 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
             f"{study_file.source}: study.metric: the study {name!r} already exists with metric "
             f"{attrs[ATTR_METRIC]!r}, not {study_file.study.metric!r}",
             hint="pick another study name (--study-name) or delete the old study (tuner delete)")
+    elif attrs.get(ATTR_CONFIG):
+        changed = changed_keys(json.loads(attrs[ATTR_CONFIG])["raw"], study_file.raw)
+        if changed:
+            shown = "; ".join(changed[:6]) + (f"; {len(changed) - 6} more" if len(changed) > 6 else "")
+            log.warning("%s differs from the file study %r was created with (%s): its new trials "
+                        "join the old ones in one study (to compare them apart, run with "
+                        "--study-name NEW)", study_file.source, name, shown)
     return study
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any],
+                 sections: tuple[str, ...] = ("data", "model", "space")) -> list[str]:
+    """``key: old -> new`` for every key of ``sections`` that differs between two raw study
+    files (the keys that change what a trial trains; ``[study]`` may change between runs)."""
+    unset = object()
+
+    def show(value: Any) -> str:
+        return "(unset)" if value is unset else json.dumps(value)
+
+    def diff(a: Any, b: Any, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [line for k in sorted(a.keys() | b.keys())
+                    for line in diff(a.get(k, unset), b.get(k, unset), f"{key}.{k}")]
+        return [] if a == b else [f"{key}: {show(a)} -> {show(b)}"]
+
+    return [line for s in sections for line in diff(old.get(s, {}), new.get(s, {}), s)]
 
 
 def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, StudyFile | None]:

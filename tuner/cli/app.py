@@ -24,12 +24,26 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+_STORAGE_HELP = "Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
 StorageOpt = Annotated[str | None, typer.Option(
     "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
-    help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
-         "\\[default: the study file's study.storage, else sqlite:///tuner.db]")]
+    help=_STORAGE_HELP + "\\[default: sqlite:///tuner.db]")]
+# for commands that read a study file, whose study.storage comes before the default
+FileStorageOpt = Annotated[str | None, typer.Option(
+    "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
+    help=_STORAGE_HELP + "\\[default: the study file's study.storage, else sqlite:///tuner.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `tuner ls`).")]
+
+
+def storage_flag(url: str) -> str:
+    """`` --storage URL`` (password masked) for a follow-up command hint, or ``""`` when that
+    command would find ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db)."""
+    import shlex
+
+    from tuner.storage.urls import mask_url, resolve_url
+
+    return "" if url == resolve_url() else f" --storage {shlex.quote(mask_url(url))}"
 
 
 def print_json(data: Any) -> None:

@@ -65,7 +65,7 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def show(study: StudyArg, storage: StorageOpt = None,
-         top: Annotated[int, typer.Option(help="Rows of the top-trials table.")] = 10,
+         top: Annotated[int, typer.Option(min=1, help="Rows of the top-trials table.")] = 10,
          json_out: JsonOpt = False) -> None:
     """Best trial, top trials, best per optimizer / decay / scaling rule, importances."""
     st, sf, url = _load(study, storage)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
+from tuner.cli.app import FileStorageOpt, JsonOpt, StorageOpt, app, err, out, print_json
 from tuner.cli.run import StudyFileArg
 from tuner.cli.views import fmt
 from tuner.config import load_study_file
@@ -41,7 +41,7 @@ def nightly(study_file: StudyFileArg,
             date: Annotated[str | None, typer.Option(
                 "--date", help="The night, YYYY-MM-DD \\[default: today in the schedule's "
                                "timezone].")] = None,
-            storage: StorageOpt = None,
+            storage: FileStorageOpt = None,
             workers: Annotated[int, typer.Option(
                 "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
@@ -98,7 +98,7 @@ def nightly(study_file: StudyFileArg,
 def scheduler(paths: Annotated[list[Path], typer.Argument(
                   help="Study files and/or folders (their *.toml files with a \\[schedule] "
                        "section).", show_default=False)],
-              storage: StorageOpt = None,
+              storage: FileStorageOpt = None,
               workers: Annotated[int, typer.Option(
                   "--workers", "-w", min=1, help="Worker processes per night.")] = 1,
               cron: Annotated[str | None, typer.Option(

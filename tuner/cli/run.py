@@ -12,10 +12,11 @@ import numpy as np
 import optuna
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuner import params as P
-from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
+from tuner.cli.app import FileStorageOpt, JsonOpt, app, err, out, print_json, storage_flag
 from tuner.cli.views import fmt, study_report
 from tuner.config import StudyFile, load_study_file
 from tuner.errors import ConfigError
@@ -44,7 +45,12 @@ def check(study_file: StudyFileArg,
     data_text = _check_data(sf) if data else "not loaded (--no-data)"
     configs = sample_configurations(sf.space, samples, seed=sf.study.seed)
     if json_out:
-        print_json({"study": sf.study.model_dump(), "data": data_text,
+        from tuner.storage.urls import mask_url
+
+        study = sf.study.model_dump()
+        if study["storage"]:
+            study["storage"] = mask_url(study["storage"])
+        print_json({"study": study, "data": data_text,
                     "space": [dict(zip(("parameter", "applies", "values"), r, strict=True))
                               for r in sf.space.rows()],
                     "samples": configs})
@@ -217,7 +223,7 @@ def train(study_file: StudyFileArg,
 
 @app.command()
 def run(study_file: StudyFileArg,
-        storage: StorageOpt = None,
+        storage: FileStorageOpt = None,
         n_trials: Annotated[int | None, typer.Option(
             "--n-trials", "-n", help="Target of finished (COMPLETE + PRUNED) trials for the whole "
                                      "study, across workers, machines and restarts.")] = None,
@@ -228,7 +234,7 @@ def run(study_file: StudyFileArg,
         study_name: Annotated[str | None, typer.Option(
             help="Study name \\[default: study.name from the file].")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-        top: Annotated[int, typer.Option(help="Rows of the final top-trials table.")] = 10,
+        top: Annotated[int, typer.Option(min=1, help="Rows of the final top-trials table.")] = 10,
         json_out: JsonOpt = False) -> None:
     """Run, resume or join a study until it has --n-trials finished trials.
 
@@ -271,7 +277,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
     if result.db_retries:
         err.print(f"rode out {result.db_retries} database reconnect(s)")
     if result.reason == "fail_fast":
-        err.print("  hint: see the error with `tuner show` or fix the study file, then rerun")
+        err.print(f"  hint: see the error with `tuner show {result.study_name}{storage_flag(url)}` "
+                  "or fix the study file, then rerun", highlight=False)
         return
     if result.reason in ("SIGINT", "SIGTERM"):
         return  # exit promptly: `tuner show` has the report
@@ -281,8 +288,9 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
                          color_system=out.color_system)
         study, stored = load_study(result.study_name, open_storage(url))
         study_report(buffer, study, stored or sf, top=top)
-        buffer.print(f"[dim]storage: {describe(url)} · inspect: tuner show {result.study_name} · "
-                     f"dashboard: tuner dashboard[/]")
+        flag = escape(storage_flag(url))
+        buffer.print(f"[dim]storage: {describe(url)} · inspect: tuner show {result.study_name}{flag} · "
+                     f"dashboard: tuner dashboard{flag}[/]")
         return buffer.file.getvalue()
 
     sys.stdout.write(Resilient(url, max_outage=30).call("print the study report", render))

@@ -14,6 +14,7 @@ from tuner.errors import StorageError
 DEFAULT_URL = "sqlite:///tuner.db"
 ENV_VAR = "TUNER_STORAGE"
 SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+ESCAPE_HINT = "percent-encode @ : / in the password (@ as %40, : as %3A, / as %2F)"
 
 
 def resolve_url(cli_url: str | None = None, file_url: str | None = None) -> str:
@@ -34,11 +35,14 @@ def normalize_url(url: str) -> str:
 def parse(url: str) -> URL:
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
+    if _ambiguous(url):
+        raise StorageError(f"malformed database URL {_scrub_free_text(url)}: '@' appears more "
+                           "than once before the host", hint=ESCAPE_HINT)
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"not a database URL: {_scrub_free_text(url)!r}",
-                           hint=f"use {SUPPORTED}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StorageError(f"not a valid database URL: {_scrub_free_text(url)!r}",
+                           hint=f"use {SUPPORTED}; {ESCAPE_HINT}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(f"unsupported storage {parsed.get_backend_name()!r} in "
                            f"{mask_url(url)}", hint=f"use {SUPPORTED}")
@@ -47,17 +51,25 @@ def parse(url: str) -> URL:
 
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (safe to print and log)."""
+    if _ambiguous(url):
+        return _scrub_free_text(url)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return _scrub_free_text(url)
+
+
+def _ambiguous(url: str) -> bool:
+    """More than one ``@`` before the host: make_url would take the rest of the password for
+    the host name (an unescaped ``@`` in the password)."""
+    return url.partition("://")[2].split("/", 1)[0].count("@") > 1
 
 
 def scrub(text: str, url: str) -> str:
     """Remove ``url``'s password from ``text`` (error messages from drivers)."""
     try:
         password = make_url(url).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         password = None
     if password:
         text = text.replace(str(password), "***")
@@ -65,7 +77,8 @@ def scrub(text: str, url: str) -> str:
 
 
 def _scrub_free_text(text: str) -> str:
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    """Mask ``user:PASSWORD@`` in any URL in ``text``, up to the host's (last) ``@``."""
+    return re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", text)
 
 
 def is_sqlite(url: str) -> bool:
