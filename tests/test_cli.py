@@ -50,6 +50,15 @@ def test_help_lists_every_command_with_one_sentence():
         assert summary.count(". ") == 0, (command, summary)  # one sentence
 
 
+def test_help_imports_no_numerics_or_storage_libraries():
+    """Command modules import their heavy dependencies when a command runs, so `tuner --help`
+    starts in a fraction of a second (benchmarks/startup.py measures it)."""
+    code = ("import sys, tuner.cli; heavy = {'numpy', 'optuna', 'sqlalchemy', 'sklearn', 'pandas', "
+            "'pydantic'}; print(sorted(heavy & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_no_arguments_shows_help():
     proc = run_tuner()
     assert "Usage:" in proc.stdout + proc.stderr
@@ -164,6 +173,7 @@ def test_train_reports_divergence(tmp_path):
     (["lr=fast"], ["configuration to train: lr: 'fast' is not a number"]),
     (["optimizer=sgd", "beta2=0.99"], ["'beta2' does not apply to optimizer 'sgd'",
                                        "it applies to adam, adamw"]),
+    (["warmup_epochs=10"], ["warmup_epochs = 10 leaves no epoch after the warmup of the 1 trained"]),
 ])
 def test_train_bad_set(tmp_path, sets, fragments):
     study = write_study(tmp_path / "s.toml")

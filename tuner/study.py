@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import __version__
 from tuner.config import METRICS, StudyFile
 from tuner.data import Splits, load_splits
-from tuner.errors import ConfigError, StudyNotFoundError
+from tuner.errors import ConfigError, DataError, StudyNotFoundError
 from tuner.storage import BufferedStorage
 
 ATTR_CONFIG = "tuner.config"
@@ -79,8 +79,11 @@ def load_data(study_file: StudyFile) -> Splits:
         source.update(n=d.n, d=d.d, classes=d.classes, difficulty=d.difficulty)
     if d.target is not None:
         source["target"] = d.target
-    return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
-                       dtype=study_file.model.dtype, standardize=d.standardize, **source)
+    try:
+        return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
+                           dtype=study_file.model.dtype, standardize=d.standardize, **source)
+    except DataError as exc:  # name the study file and section, as config errors do
+        raise DataError(f"{study_file.source}: [data]: {exc.message}", hint=exc.hint) from None
 
 
 def data_summary(splits: Splits) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """The ``tuner`` command line. Every command lives in a module of this package; ``main`` turns
-user mistakes (:class:`~tuner.errors.TunerError`) into a one-line message and an exit code."""
+user mistakes (:class:`~tuner.errors.TunerError`) into a one-line message and an exit code.
+
+Command modules import only typer, rich and the standard library at the top; Optuna, NumPy,
+SQLAlchemy, pydantic and scikit-learn are imported inside the commands that use them, so help
+and light commands start fast (``benchmarks/startup.py``)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,19 @@ from tuner.cli.app import app, err
 from tuner.errors import TunerError
 
 
+@app.callback()
+def _before_any_command() -> None:
+    # Runs before every command (click also calls it before `tuner CMD --help` is shown).
+    # Command modules import Optuna, NumPy and scikit-learn only when a command runs, so
+    # help answers at once.
+    if "--help" in sys.argv[1:]:
+        return
+    import optuna
+
+    # tuner reports what matters itself (retries, failures); Optuna's own warnings repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def main() -> None:
     # Optuna 5 stores naive UTC in RDB storages and converts with the local zone: pin UTC so
     # workers, dashboards and schedulers on different hosts agree (reference notes 1.2).
@@ -30,10 +47,6 @@ def main() -> None:
     time.tzset()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
-    import optuna
-
-    # tuner reports what matters itself (retries, failures); Optuna's own warnings repeat it
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         app()
     except TunerError as exc:

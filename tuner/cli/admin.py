@@ -26,16 +26,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import optuna
-import sqlalchemy
 import typer
 
 from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
 from tuner.errors import StorageError
-from tuner.storage import SCHEMA_LOCK_KEY, describe, mask_url, open_storage, resolve_url, storage_error
-from tuner.storage.urls import ENV_VAR, parse, sqlite_path
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 EXIT_SCHEMA = 4
 MAX_BACKOFF_S = 5.0
@@ -62,6 +61,7 @@ class Schema:
 
 def alembic_versions() -> tuple[str, list[str]]:
     """This Optuna's schema head and every schema revision it knows (oldest last)."""
+    import optuna
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory(str(Path(optuna.storages._rdb.__file__).parent / "alembic"))
@@ -72,6 +72,10 @@ def alembic_versions() -> tuple[str, list[str]]:
 
 def _engine(url: str) -> sqlalchemy.engine.Engine:
     """A pool-less engine: ``tuner init`` holds at most one connection of its own at a time."""
+    import sqlalchemy
+
+    from tuner.storage.urls import parse
+
     connect_args: dict[str, Any] = {}
     if parse(url).get_backend_name() == "postgresql":
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "options": "-c timezone=UTC"}
@@ -85,6 +89,11 @@ def inspect_schema(url: str) -> Schema:
     (:data:`tuner.storage.SCHEMA_LOCK_KEY`): a concurrent ``tuner init`` or runner creates the
     tables in several transactions, and a look in between would see tables without their
     schema version and call them old."""
+    import sqlalchemy
+
+    from tuner.storage import SCHEMA_LOCK_KEY
+    from tuner.storage.urls import parse
+
     engine = _engine(url)
     try:
         with engine.connect() as conn:
@@ -105,6 +114,8 @@ def inspect_schema(url: str) -> Schema:
 
 def is_permanent(exc: BaseException) -> bool:
     """Whether waiting cannot fix ``exc`` (credentials, a missing database, no driver)."""
+    import sqlalchemy
+
     if isinstance(exc, ImportError | sqlalchemy.exc.ArgumentError | sqlalchemy.exc.NoSuchModuleError):
         return True
     text = " ".join(str(exc).split()).lower()
@@ -114,6 +125,8 @@ def is_permanent(exc: BaseException) -> bool:
 def wait_for_schema(url: str, wait: float, *, say: Any) -> tuple[Schema, float]:
     """:func:`inspect_schema`, retried with backoff for up to ``wait`` seconds while the
     database is unreachable. Returns the schema and the seconds spent waiting."""
+    from tuner.storage import describe, storage_error
+
     started = time.monotonic()
     deadline = started + wait
     delay = 0.5
@@ -137,6 +150,9 @@ def wait_for_schema(url: str, wait: float, *, say: Any) -> tuple[Schema, float]:
 
 
 def _upgrade_hint(url: str) -> str:
+    from tuner.storage import mask_url
+    from tuner.storage.urls import ENV_VAR, parse, sqlite_path
+
     if os.environ.get(ENV_VAR):
         target = f'"${ENV_VAR}"'
     else:
@@ -148,6 +164,10 @@ def _upgrade_hint(url: str) -> str:
 
 def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
     """Raise :class:`SchemaError` if the existing tables are not at this Optuna's head."""
+    import optuna
+
+    from tuner.storage import describe
+
     if not schema.optuna_tables or schema.version == head:
         return
     where = describe(url)
@@ -165,6 +185,8 @@ def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
 
 
 def count_studies(url: str) -> int:
+    import sqlalchemy
+
     engine = _engine(url)
     try:
         with engine.connect() as conn:
@@ -186,6 +208,11 @@ def init(storage: StorageOpt = None,
 
     Exit codes: 0 ready; 2 usage error; 3 invalid URL, or database unreachable (after --wait);
     4 the schema needs `optuna storage upgrade` (or is newer than this Optuna)."""
+    import optuna
+
+    from tuner.storage import describe, mask_url, open_storage, resolve_url, storage_error
+    from tuner.storage.urls import parse, sqlite_path
+
     started = time.monotonic()
     url = resolve_url(storage)
     masked = mask_url(url)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +25,9 @@ app = typer.Typer(
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    if not _console.is_terminal and "COLUMNS" not in os.environ:
+        _console.width = 200  # piped or logged: rich's 80 columns would cut values to "0.95…"
 
 _STORAGE_HELP = "Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
 StorageOpt = Annotated[str | None, typer.Option(
@@ -34,6 +39,8 @@ FileStorageOpt = Annotated[str | None, typer.Option(
     help=_STORAGE_HELP + "\\[default: the study file's study.storage, else sqlite:///tuner.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `tuner ls`).")]
+StudyFileArg = Annotated[Path, typer.Argument(help="Study file, e.g. studies/digits.toml.",
+                                              show_default=False)]
 
 
 def storage_flag(url: str) -> str:

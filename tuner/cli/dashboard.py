@@ -11,7 +11,6 @@ import typer
 
 from tuner.cli.app import StorageOpt, StudyArg, app, err, out
 from tuner.errors import TunerError
-from tuner.storage import describe, open_storage, resolve_url
 
 DashboardsOpt = Annotated[str | None, typer.Option(
     "--dashboards", envvar="TUNER_DASHBOARDS", show_envvar=True,
@@ -21,6 +20,8 @@ DashboardsOpt = Annotated[str | None, typer.Option(
 
 def _open_existing(storage: str | None):
     """Open the storage for reading: a SQLite file must exist (never create an empty one)."""
+    from tuner.storage import open_storage, resolve_url
+
     url = resolve_url(storage)
     return open_storage(url, must_exist=True), url
 
@@ -44,6 +45,7 @@ def dashboard(storage: StorageOpt = None,
     from tuner.dashboard.registry import get_panel
     from tuner.dashboard.server import create_server, listen_addresses, make_app, run_server, url_for
     from tuner.dashboard.spec import available_dashboards, load_dashboard
+    from tuner.storage import describe
 
     if list_panels:
         for name in panel_names():

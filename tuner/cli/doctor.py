@@ -7,14 +7,10 @@ from collections import defaultdict
 from typing import Annotated, Any
 
 import typer
-from optuna.trial import TrialState
 from rich.table import Table
 
 from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, out, print_json
 from tuner.errors import LockHeldError
-from tuner.storage import open_storage, resolve_url
-from tuner.storage.coordination import NamedLock, fail_stale_trials, heartbeat_ages
-from tuner.study import load_study
 
 
 def _fail_reason(attrs: dict[str, Any]) -> str:
@@ -34,6 +30,12 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
            json_out: JsonOpt = False) -> None:
     """Health of a study: stale RUNNING trials, retries and failures (exit code 1 if stale
     trials remain)."""
+    from optuna.trial import TrialState
+
+    from tuner.storage import open_storage, resolve_url
+    from tuner.storage.coordination import NamedLock, fail_stale_trials, heartbeat_ages
+    from tuner.study import load_study
+
     url = resolve_url(storage)
     store = open_storage(url, must_exist=True)
     st, sf = load_study(study, store)

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import optuna
 import typer
 from rich.table import Table
 
-from tuner import results
 from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, out, print_json
-from tuner.cli.views import fmt, study_report
-from tuner.config import StudyFile
 from tuner.errors import ConfigError, TunerError
-from tuner.model import evaluate
-from tuner.reference import logistic_regression_accuracy
-from tuner.storage import BufferedStorage, describe, open_storage, resolve_url
-from tuner.study import flat_params, load_data, load_study, metric_direction
-from tuner.train import fit
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.config import StudyFile
+    from tuner.storage import BufferedStorage
 
 
 def _open(storage: str | None) -> tuple[BufferedStorage, str]:
+    from tuner.storage import open_storage, resolve_url
+
     url = resolve_url(storage)
     return open_storage(url, must_exist=True), url
 
 
 def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:
+    from tuner.study import load_study
+
     store, url = _open(storage)
     study, sf = load_study(name, store)
     return study, sf, url
@@ -43,6 +43,10 @@ def _need_file(sf: StudyFile | None, name: str) -> StudyFile:
 @app.command("ls")
 def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     """List studies with trial counts by state, best value and last activity."""
+    from tuner import results
+    from tuner.cli.views import fmt
+    from tuner.storage import describe
+
     store, url = _open(storage)
     rows = results.list_studies(store)
     if json_out:
@@ -68,6 +72,11 @@ def show(study: StudyArg, storage: StorageOpt = None,
          top: Annotated[int, typer.Option(min=1, help="Rows of the top-trials table.")] = 10,
          json_out: JsonOpt = False) -> None:
     """Best trial, top trials, best per optimizer / decay / scaling rule, importances."""
+    from tuner import results
+    from tuner.cli.views import study_report
+    from tuner.storage import describe
+    from tuner.study import metric_direction
+
     st, sf, url = _load(study, storage)
     if json_out:
         metric, direction = metric_direction(st)
@@ -101,6 +110,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
     """Export every trial: parameters, values, states, user attributes (and curves in json)."""
     import pandas as pd
 
+    from tuner import results
+
     if format_ not in ("csv", "parquet", "json"):
         raise ConfigError(f"--format {format_!r}: use csv, parquet or json")
     st, sf, _ = _load(study, storage)
@@ -123,6 +134,11 @@ def delete(study: StudyArg, storage: StorageOpt = None,
            yes: Annotated[bool, typer.Option("--yes", "-y",
                                              help="Do not ask for confirmation.")] = False) -> None:
     """Delete a study and all its trials (asks first)."""
+    import optuna
+
+    from tuner.storage import describe
+    from tuner.study import load_study
+
     store, url = _open(storage)
     st, _ = load_study(study, store)
     n = len(st.get_trials(deepcopy=False))
@@ -141,6 +157,10 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     The trial is retrained from its stored configuration and seed; every per-epoch value
     (train loss, validation loss and accuracy, lr) must match bit for bit, and a diverged
     trial must diverge at the same update."""
+    from tuner.cli.views import fmt
+    from tuner.study import flat_params, load_data
+    from tuner.train import fit
+
     st, sf, _ = _load(study, storage)
     sf = _need_file(sf, study)
     frozen = next((t for t in st.get_trials(deepcopy=False) if t.number == trial), None)
@@ -205,6 +225,14 @@ def best(study: StudyArg, storage: StorageOpt = None,
                                                  "trial's].")] = None,
          json_out: JsonOpt = False) -> None:
     """The best configuration; with --test, its test accuracy beside LogisticRegression's."""
+    import numpy as np
+
+    from tuner.cli.views import fmt
+    from tuner.model import evaluate
+    from tuner.reference import logistic_regression_accuracy
+    from tuner.study import flat_params, load_data, metric_direction
+    from tuner.train import fit
+
     st, sf, _ = _load(study, storage)
     try:
         trial = st.best_trial

@@ -11,13 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner.cli.app import FileStorageOpt, JsonOpt, StorageOpt, app, err, out, print_json
-from tuner.cli.run import StudyFileArg
-from tuner.cli.views import fmt
-from tuner.config import load_study_file
+from tuner.cli.app import FileStorageOpt, JsonOpt, StorageOpt, StudyFileArg, app, err, out, print_json
 from tuner.errors import ConfigError, TunerError
-from tuner.nightly.nights import parse_date, schedule_of, today
-from tuner.storage import describe, open_storage, resolve_url
 
 EXIT_CODES_HELP = ("Exit codes: 0 ok or improvement; 1 the night produced no result (every "
                    "trial failed, or none completed); 2 invalid input; 3 storage unreachable; "
@@ -46,7 +41,11 @@ def nightly(study_file: StudyFileArg,
                 "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
             json_out: JsonOpt = False) -> None:
+    from tuner.cli.views import fmt
+    from tuner.config import load_study_file
+    from tuner.nightly.nights import parse_date, schedule_of, today
     from tuner.nightly.run import run_night
+    from tuner.storage import resolve_url
 
     sf = load_study_file(study_file)
     schedule = schedule_of(sf)
@@ -156,7 +155,9 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
 def history(base: Annotated[str, typer.Argument(
                 help="The sweep's base name (study.name of its study file).", show_default=False)],
             storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
+    from tuner.cli.views import fmt
     from tuner.nightly.history import night_history
+    from tuner.storage import describe, open_storage, resolve_url
 
     url = resolve_url(storage)
     records = night_history(open_storage(url, must_exist=True), base)
