@@ -223,3 +223,39 @@ def test_a_new_storage_reads_an_existing_study(storage_url: str):
     reader = open_storage(storage_url)  # nothing of the study cached yet
     assert [t._trial_id for t in reader.get_all_trials(study_id)] == done
     assert loaded_by_refresh(reader, study_id) == set()
+
+
+def test_a_retry_lost_between_fail_and_enqueue_is_queued_by_the_next_sweep(storage_url: str):
+    """Failing a trial and queuing its retry are two transactions: if the connection drops in
+    between (the soak saw it once), the next stale-trial sweep queues the retry, once."""
+    from tuner.storage.coordination import enqueue_retry, fail_trial, requeue_missing_retries
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="lost", storage=storage)
+
+    def running(lr: float) -> int:  # a running trial of another (dead) runner
+        trial_id = storage.create_new_trial(study._study_id)
+        storage.set_trial_param(trial_id, "lr", LR.to_internal_repr(lr), LR)
+        storage.flush(trial_id)
+        storage.release(trial_id)
+        return trial_id
+
+    first = running(0.01)
+    assert fail_trial(storage, first, "stale heartbeat: test", retry=True)
+    # ... and the enqueue_retry that should follow never happens
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=3600) == []  # too new
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == [0]
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == []  # once only
+    trials = storage.backend.get_all_trials(study._study_id)
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.params == trials[0].params
+    assert retry.system_attrs["retry_history"] == [0] and retry.system_attrs["failed_trial"] == 0
+    # a trial failed without wanting a retry (an exception) is left alone
+    other = running(0.02)
+    assert fail_trial(storage, other, "exception: test")
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == []
+    # a retry queued normally is not queued again
+    third = running(0.03)
+    assert fail_trial(storage, third, "stale heartbeat: test", retry=True)
+    assert enqueue_retry(study, storage.backend.get_trial(third), 2)
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == []

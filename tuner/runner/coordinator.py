@@ -591,8 +591,12 @@ class Runner:
         self._release_claim(job.trial_id)
 
     def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> None:
-        def do_fail() -> None:
-            if fail_trial(self.storage, trial_id, reason, **attrs) and retry:
+        failed = False
+
+        def do_fail() -> None:  # retried as a whole if the connection drops
+            nonlocal failed
+            failed = failed or fail_trial(self.storage, trial_id, reason, retry=retry, **attrs)
+            if failed and retry:
                 enqueue_retry(self.study, self.storage.backend.get_trial(trial_id), self.rel.max_retry)
         self.resilient.call(f"fail trial {number}", do_fail)
         self._release_claim(trial_id)

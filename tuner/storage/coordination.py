@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import socket
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tuner.errors import LockHeldError
 from tuner.storage.buffered import BufferedStorage
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
+ATTR_RETRY_WANTED = "retry_wanted"
 
 
 def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]:
@@ -83,9 +85,19 @@ def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: floa
             if all_running or age > grace_seconds]
 
 
-def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, **attrs: Any) -> bool:
+def _utcnow() -> datetime:
+    """Naive UTC, as :class:`~tuner.storage.BufferedStorage` writes ``datetime_complete``."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: bool = False,
+               **attrs: Any) -> bool:
     """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) as user attributes, in one
-    transaction. Returns ``False`` if it was no longer RUNNING (someone else finished it)."""
+    transaction. Returns ``False`` if it was no longer RUNNING (someone else finished it).
+    ``retry``: the caller queues a retry next; recorded (``retry_wanted``) with the FAIL, so
+    :func:`requeue_missing_retries` can queue it if the connection drops in between."""
+    if retry:
+        attrs[ATTR_RETRY_WANTED] = True
     if trial_id in storage.owned_trial_ids():
         for key, value in {"fail_reason": reason, **attrs}.items():
             storage.set_trial_user_attr(trial_id, key, value)
@@ -103,7 +115,7 @@ def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, **attrs: An
             backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
                                                    trial_id, key, value)
         trial.state = TrialState.FAIL
-        trial.datetime_complete = datetime.now()
+        trial.datetime_complete = _utcnow()
     return True
 
 
@@ -133,15 +145,50 @@ class RetryCallback(RetryHeartbeatStaleTrialCallback):
         enqueue_retry(study, trial, self._max_retry if self._max_retry is not None else 10**9)
 
 
+def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, max_retry: int,
+                            older_than: float) -> list[int]:
+    """Queue the retry of every trial failed with ``retry_wanted`` at least ``older_than``
+    seconds ago that has none: failing a trial and queuing its retry are two transactions, and a
+    connection dropped between them must not lose the retry. (The age keeps this sweep from
+    racing the runner that is about to queue it.) Returns the numbers re-queued."""
+    trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
+    system = models.TrialSystemAttributeModel.__table__
+    study_id = study._study_id
+    with storage.backend.engine.connect() as conn:
+        wanted = conn.execute(
+            sqlalchemy.select(trials.c.trial_id, trials.c.number, trials.c.datetime_complete)
+            .join(users, users.c.trial_id == trials.c.trial_id)
+            .where(trials.c.study_id == study_id, trials.c.state == TrialState.FAIL,
+                   users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true")).all()
+        if not wanted:
+            return []
+        histories = conn.execute(
+            sqlalchemy.select(system.c.value_json).join(trials, trials.c.trial_id == system.c.trial_id)
+            .where(trials.c.study_id == study_id, system.c.key == "retry_history")).scalars()
+        retried = {number for text in histories for number in json.loads(text)}
+    now = _utcnow()
+    queued = []
+    for trial_id, number, ended in wanted:
+        if number in retried or ended is None or (now - ended).total_seconds() < older_than:
+            continue
+        if enqueue_retry(study, storage.backend.get_trial(trial_id), max_retry):
+            queued.append(number)
+    if queued:
+        storage.refresh(study_id)
+    return queued
+
+
 def fail_stale_trials(study: optuna.Study, storage: BufferedStorage, *, grace_seconds: float,
                       max_retry: int, all_running: bool = False,
                       reason: str = "stale heartbeat: its runner stopped responding") -> list[int]:
-    """Fail stale RUNNING trials of ``study`` and queue their retries; returns their numbers."""
+    """Fail stale RUNNING trials of ``study`` and queue their retries (and any retry an earlier
+    call lost to a dropped connection); returns the numbers failed."""
+    requeue_missing_retries(study, storage, max_retry=max_retry, older_than=grace_seconds)
     failed = []
     for trial_id in stale_trial_ids(storage, study._study_id, grace_seconds, all_running=all_running):
         if trial_id in storage.owned_trial_ids():
             continue  # ours and alive: the heartbeat thread is just late
-        if fail_trial(storage, trial_id, reason):
+        if fail_trial(storage, trial_id, reason, retry=True):
             frozen = storage.backend.get_trial(trial_id)
             enqueue_retry(study, frozen, max_retry)
             failed.append(frozen.number)
