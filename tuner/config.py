@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuner.data import BUILTIN_DATASETS
+from tuner.data import BUILTIN_DATASETS, FILE_FORMATS
 from tuner.errors import ConfigError
 
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
@@ -141,11 +141,12 @@ class DataSection(_Section):
             if stray:
                 verb = "applies" if len(stray) == 1 else "apply"
                 raise ValueError(f"{', '.join(stray)} {verb} only to dataset = \"synthetic\"")
-        is_table = self.dataset.lower().endswith((".csv", ".parquet", ".pq"))
+        kind = FILE_FORMATS.get(Path(self.dataset).suffix.lower())
+        is_table = kind in ("csv", "parquet")
         if is_table and self.target is None:
             raise ValueError("target (the label column) is required for CSV and Parquet data")
-        known_other = self.is_builtin() or self.dataset.lower().endswith(".npz")
-        if self.target is not None and known_other:  # unknown formats: the data loader says so
+        # (an unknown format with a target: the data loader names the formats it reads)
+        if self.target is not None and (self.is_builtin() or kind == "npz"):
             raise ValueError("target only applies to CSV and Parquet data")
         return self
 

@@ -43,6 +43,15 @@ StudyFileArg = Annotated[Path, typer.Argument(help="Study file, e.g. studies/dig
                                               show_default=False)]
 
 
+def open_existing(storage: str | None) -> tuple[Any, str]:
+    """The storage ``--storage`` names (resolved as usual), opened for reading: a SQLite file
+    must already exist (never create an empty one). Returns it and its URL."""
+    from tuner.storage import open_storage, resolve_url
+
+    url = resolve_url(storage)
+    return open_storage(url, must_exist=True), url
+
+
 def storage_flag(url: str) -> str:
     """`` --storage URL`` (password masked) for a follow-up command hint, or ``""`` when that
     command would find ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db)."""

@@ -9,21 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli.app import StorageOpt, StudyArg, app, err, out
+from tuner.cli.app import StorageOpt, StudyArg, app, err, open_existing, out
 from tuner.errors import TunerError
 
 DashboardsOpt = Annotated[str | None, typer.Option(
     "--dashboards", envvar="TUNER_DASHBOARDS", show_envvar=True,
     help="Folder with your own dashboard files (<name>.toml); dashboards not found there come "
          "from the bundled ones.")]
-
-
-def _open_existing(storage: str | None):
-    """Open the storage for reading: a SQLite file must exist (never create an empty one)."""
-    from tuner.storage import open_storage, resolve_url
-
-    url = resolve_url(storage)
-    return open_storage(url, must_exist=True), url
 
 
 @app.command()
@@ -57,7 +49,7 @@ def dashboard(storage: StorageOpt = None,
     found = available_dashboards(dashboards)
     for name in found:  # fail now on a broken file, not at the first page view
         load_dashboard(name, dashboards)
-    store, url = _open_existing(storage)
+    store, url = open_existing(storage)
     wsgi_app = make_app(store, describe(url), dashboards)
     server = create_server(wsgi_app, host, port, threads)
     addresses = listen_addresses(server)
@@ -96,7 +88,7 @@ def report(study: StudyArg, storage: StorageOpt = None,
     from tuner.dashboard.attach import attach_views
     from tuner.dashboard.report import write_report
 
-    store, _url = _open_existing(storage)
+    store, _url = open_existing(storage)
     path = output or Path(f"{study}.html")
     if not path.parent.is_dir():
         raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")

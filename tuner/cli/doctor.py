@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, out, print_json
+from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, open_existing, out, print_json
 from tuner.errors import LockHeldError
 
 
@@ -32,12 +32,10 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     trials remain)."""
     from optuna.trial import TrialState
 
-    from tuner.storage import open_storage, resolve_url
     from tuner.storage.coordination import NamedLock, fail_stale_trials, heartbeat_ages
     from tuner.study import load_study
 
-    url = resolve_url(storage)
-    store = open_storage(url, must_exist=True)
+    store, url = open_existing(storage)
     st, sf = load_study(study, store)
     rel = sf.study.reliability if sf is not None else None
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)

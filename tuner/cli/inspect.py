@@ -9,27 +9,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, out, print_json
+from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, open_existing, out, print_json
 from tuner.errors import ConfigError, TunerError
 
 if TYPE_CHECKING:
     import optuna
 
     from tuner.config import StudyFile
-    from tuner.storage import BufferedStorage
-
-
-def _open(storage: str | None) -> tuple[BufferedStorage, str]:
-    from tuner.storage import open_storage, resolve_url
-
-    url = resolve_url(storage)
-    return open_storage(url, must_exist=True), url
 
 
 def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:
     from tuner.study import load_study
 
-    store, url = _open(storage)
+    store, url = open_existing(storage)
     study, sf = load_study(name, store)
     return study, sf, url
 
@@ -47,7 +39,7 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     from tuner.cli.views import fmt
     from tuner.storage import describe
 
-    store, url = _open(storage)
+    store, url = open_existing(storage)
     rows = results.list_studies(store)
     if json_out:
         print_json([r.as_dict() for r in rows])
@@ -139,7 +131,7 @@ def delete(study: StudyArg, storage: StorageOpt = None,
     from tuner.storage import describe
     from tuner.study import load_study
 
-    store, url = _open(storage)
+    store, url = open_existing(storage)
     st, _ = load_study(study, store)
     n = len(st.get_trials(deepcopy=False))
     if not yes and not typer.confirm(f"delete study {study!r} ({n} trials) from {describe(url)}?"):

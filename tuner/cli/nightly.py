@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner.cli.app import FileStorageOpt, JsonOpt, StorageOpt, StudyFileArg, app, err, out, print_json
+from tuner.cli.app import (
+    FileStorageOpt,
+    JsonOpt,
+    StorageOpt,
+    StudyFileArg,
+    app,
+    err,
+    open_existing,
+    out,
+    print_json,
+)
 from tuner.errors import ConfigError, TunerError
 
 EXIT_CODES_HELP = ("Exit codes: 0 ok or improvement; 1 the night produced no result (every "
@@ -157,10 +167,10 @@ def history(base: Annotated[str, typer.Argument(
             storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     from tuner.cli.views import fmt
     from tuner.nightly.history import night_history
-    from tuner.storage import describe, open_storage, resolve_url
+    from tuner.storage import describe
 
-    url = resolve_url(storage)
-    records = night_history(open_storage(url, must_exist=True), base)
+    store, url = open_existing(storage)
+    records = night_history(store, base)
     if json_out:
         print_json([r.as_dict() for r in records])
         return

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import socket
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,27 +151,22 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
     connection dropped between them must not lose the retry. (The age keeps this sweep from
     racing the runner that is about to queue it.) Returns the numbers re-queued."""
     trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-    system = models.TrialSystemAttributeModel.__table__
+    retries, retry_trials = users.alias("retries"), trials.alias("retry_trials")
     study_id = study._study_id
-    with storage.backend.engine.connect() as conn:
+    has_retry = (sqlalchemy.select(retries.c.trial_id)
+                 .join(retry_trials, retry_trials.c.trial_id == retries.c.trial_id)
+                 .where(retry_trials.c.study_id == study_id, retries.c.key == "retry_of",
+                        retries.c.value_json == sqlalchemy.cast(trials.c.number, sqlalchemy.String)))
+    with storage.backend.engine.connect() as conn:  # usually no row: one cheap query per sweep
         wanted = conn.execute(
-            sqlalchemy.select(trials.c.trial_id, trials.c.number, trials.c.datetime_complete)
+            sqlalchemy.select(trials.c.trial_id, trials.c.number)
             .join(users, users.c.trial_id == trials.c.trial_id)
             .where(trials.c.study_id == study_id, trials.c.state == TrialState.FAIL,
-                   users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true")).all()
-        if not wanted:
-            return []
-        histories = conn.execute(
-            sqlalchemy.select(system.c.value_json).join(trials, trials.c.trial_id == system.c.trial_id)
-            .where(trials.c.study_id == study_id, system.c.key == "retry_history")).scalars()
-        retried = {number for text in histories for number in json.loads(text)}
-    now = _utcnow()
-    queued = []
-    for trial_id, number, ended in wanted:
-        if number in retried or ended is None or (now - ended).total_seconds() < older_than:
-            continue
-        if enqueue_retry(study, storage.backend.get_trial(trial_id), max_retry):
-            queued.append(number)
+                   users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true",
+                   trials.c.datetime_complete <= _utcnow() - timedelta(seconds=older_than),
+                   ~has_retry.exists())).all()
+    queued = [number for trial_id, number in wanted
+              if enqueue_retry(study, storage.backend.get_trial(trial_id), max_retry)]
     if queued:
         storage.refresh(study_id)
     return queued
