@@ -339,6 +339,28 @@ def test_bad_storage_urls(tmp_path):
     assert_user_error(proc, 3, f"no database at {tmp_path / 'missing' / 'x.db'}")
 
 
+def test_a_password_in_the_url_query_is_masked_everywhere(tmp_path):
+    """libpq also takes the password as a query parameter (``?password=``, ``sslpassword=``)."""
+    from tuner.storage.urls import has_password, mask_url, scrub
+
+    url = (f"postgresql+psycopg://tuner@127.0.0.1:1/tuner?sslmode=disable&password={SECRET}"
+           f"&sslpassword={SECRET}2")
+    masked = mask_url(url)
+    assert masked.startswith("postgresql+psycopg://tuner@127.0.0.1:1/tuner?")
+    assert set(masked.split("?")[1].split("&")) == {"sslmode=disable", "password=***",
+                                                    "sslpassword=***"}
+    assert SECRET not in scrub(f"failed: {url} (dsn: password={SECRET} sslpassword='{SECRET}2')", url)
+    assert has_password(url) and not has_password("postgresql+psycopg://tuner@h/db?sslmode=require")
+    for command in (["ls"], ["show", "x"]):
+        proc = run_tuner(*command, "--storage", url)
+        assert_user_error(proc, 3, "cannot connect to PostgreSQL tuner@127.0.0.1:1/tuner",
+                          "password=***")
+        assert_secret_hidden(proc)
+    proc = run_tuner("run", _study_with_short_outage(tmp_path), "--storage", url)
+    assert_user_error(proc, 3, "PostgreSQL tuner@127.0.0.1:1/tuner")
+    assert_secret_hidden(proc)
+
+
 def test_missing_postgres_database(pg_url):
     url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     assert_user_error(run_tuner("ls", "--storage", url), 3, 'database "no_such_database_here" does '

@@ -151,12 +151,12 @@ def wait_for_schema(url: str, wait: float, *, say: Any) -> tuple[Schema, float]:
 
 def _upgrade_hint(url: str) -> str:
     from tuner.storage import mask_url
-    from tuner.storage.urls import ENV_VAR, parse, sqlite_path
+    from tuner.storage.urls import ENV_VAR, has_password, sqlite_path
 
     if os.environ.get(ENV_VAR):
         target = f'"${ENV_VAR}"'
     else:
-        target = f"'{mask_url(url)}'" + (" (with the real password)" if parse(url).password else "")
+        target = f"'{mask_url(url)}'" + (" (with the real password)" if has_password(url) else "")
     backup = "copy the file" if sqlite_path(url) is not None else "pg_dump, see docs/deploy.md"
     return (f"back the database up first ({backup}), then run `optuna storage upgrade --storage "
             f"{target}` with this Optuna version, then `tuner init` again")

@@ -49,14 +49,38 @@ def parse(url: str) -> URL:
     return parsed
 
 
+# query parameters that carry a secret: libpq takes ``password`` and ``sslpassword`` in the URL
+# query too (``?password=...``); anything named like a secret is masked as well
+SECRET_QUERY_KEYS = ("password", "sslpassword")
+_SECRET_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
+
+
+def _secret_key(key: str) -> bool:
+    return key.lower() in SECRET_QUERY_KEYS or bool(_SECRET_KEY.search(key))
+
+
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to print and log)."""
+    """``url`` with its password (in the user part or in the query, ``?password=``) replaced by
+    ``***`` (safe to print and log)."""
     if _ambiguous(url):
         return _scrub_free_text(url)
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         return _scrub_free_text(url)
+    secret = [k for k in parsed.query if _secret_key(k)]
+    if secret:
+        parsed = parsed.update_query_dict({k: "***" for k in secret})
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (user part or query): printing it needs ``***``."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return True  # cannot tell: assume so
+    return bool(parsed.password) or any(_secret_key(k) for k in parsed.query)
 
 
 def _ambiguous(url: str) -> bool:
@@ -66,19 +90,28 @@ def _ambiguous(url: str) -> bool:
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove ``url``'s password from ``text`` (error messages from drivers)."""
+    """Remove ``url``'s password (user part or query) from ``text`` (error messages from
+    drivers)."""
+    secrets: list[str] = []
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        secrets = [str(parsed.password or "")]
+        for key, value in parsed.query.items():
+            if _secret_key(key):
+                secrets += [value] if isinstance(value, str) else list(value)
     except (ArgumentError, ValueError):
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
+        pass
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return _scrub_free_text(text)
 
 
 def _scrub_free_text(text: str) -> str:
-    """Mask ``user:PASSWORD@`` in any URL in ``text``, up to the host's (last) ``@``."""
-    return re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", text)
+    """Mask ``user:PASSWORD@`` in any URL in ``text``, up to the host's (last) ``@``, and the
+    value of any ``password=`` / ``sslpassword=`` (URL query or libpq ``key=value`` string)."""
+    text = re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", text)
+    return re.sub(r"(\b[\w-]*(?:pass|secret|token)[\w-]*=)('[^']*'|[^&\s'\"]+)", r"\1***",
+                  text, flags=re.IGNORECASE)
 
 
 def is_sqlite(url: str) -> bool:
