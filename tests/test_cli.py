@@ -361,6 +361,14 @@ def test_a_password_in_the_url_query_is_masked_everywhere(tmp_path):
     assert_secret_hidden(proc)
 
 
+def test_in_memory_sqlite_is_refused_with_a_clear_message(tmp_path):
+    for args in (["ls", "--storage", "sqlite://"],
+                 ["run", write_study(tmp_path / "s.toml"), "--storage", "sqlite:///:memory:"]):
+        proc = run_tuner(*args, timeout=60)
+        assert_user_error(proc, 3, "in-memory SQLite database", "sqlite:///tuner.db")
+        assert "lost the connection" not in proc.stderr
+
+
 def test_missing_postgres_database(pg_url):
     url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     assert_user_error(run_tuner("ls", "--storage", url), 3, 'database "no_such_database_here" does '

@@ -197,6 +197,10 @@ ERROR_CASES = [
      "space.batch_size.low", ["is a float", "integer key"]),
     ("unsupported-storage", edit("n_trials = 5", 'n_trials = 5\nstorage = "mysql://u:pw@h/db"'),
      "study", ["unsupported database 'mysql'", "sqlite:///PATH or postgresql+psycopg://"]),
+    ("in-memory-storage", edit("n_trials = 5", 'n_trials = 5\nstorage = "sqlite:///:memory:"'),
+     "study", ["in-memory SQLite database", "sqlite:///tuner.db"]),
+    ("in-memory-storage-bare", edit("n_trials = 5", 'n_trials = 5\nstorage = "sqlite://"'),
+     "study", ["in-memory SQLite database"]),
 ]
 
 

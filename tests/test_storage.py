@@ -259,3 +259,52 @@ def test_a_retry_lost_between_fail_and_enqueue_is_queued_by_the_next_sweep(stora
     assert fail_trial(storage, third, "stale heartbeat: test", retry=True)
     assert enqueue_retry(study, storage.backend.get_trial(third), 2)
     assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == []
+
+
+def test_only_busy_sqlite_errors_are_worth_retrying(tmp_path):
+    """SQLite raises OperationalError for a locked database and for a missing table alike;
+    only the first is retried (a runner on ``sqlite://`` used to wait out max_db_outage, then
+    say it had lost the connection)."""
+    import sqlite3
+
+    from tuner.storage.resilience import Resilient, is_transient
+
+    path = tmp_path / "busy.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE t (x INTEGER)"))
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock
+    with pytest.raises(sqlalchemy.exc.OperationalError) as locked:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("INSERT INTO t VALUES (1)"))
+    holder.rollback()
+    holder.close()
+    assert "locked" in str(locked.value) and is_transient(locked.value)
+    with pytest.raises(sqlalchemy.exc.OperationalError) as missing:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+    assert not is_transient(missing.value)
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise missing.value
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # raised at once, not retried
+        Resilient(f"sqlite:///{path}", max_outage=30).call("read", broken)
+    assert calls == [1]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
+                                 "sqlite:///file::memory:?cache=shared"])
+def test_in_memory_sqlite_is_refused_at_once(url):
+    import time
+
+    from tuner.errors import StorageError
+
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="in-memory SQLite database"):
+        open_storage(url)
+    assert time.monotonic() - started < 5

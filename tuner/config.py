@@ -117,6 +117,20 @@ class StudySection(_Section):
             if scheme not in ("sqlite", "postgresql", "postgres"):
                 raise ValueError(f"storage: unsupported database {scheme or self.storage[:20]!r}; "
                                  "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+            if scheme == "sqlite":
+                from sqlalchemy.engine import make_url
+                from sqlalchemy.exc import ArgumentError
+
+                from tuner.storage.urls import is_in_memory
+
+                try:
+                    memory = is_in_memory(make_url(self.storage))
+                except (ArgumentError, ValueError):
+                    memory = False  # reported when the storage is opened
+                if memory:
+                    raise ValueError(f"storage: {self.storage!r} is an in-memory SQLite database; a "
+                                     "study there would be lost when the command ends: use a file, "
+                                     "e.g. sqlite:///tuner.db")
         return self
 
 

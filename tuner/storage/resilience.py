@@ -11,6 +11,7 @@ error is raised at once. Only the in-flight operation is retried; callers make i
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,14 +24,24 @@ from tuner.storage.urls import describe, scrub
 T = TypeVar("T")
 log = logging.getLogger("tuner.storage")
 
+SQLITE_BUSY_TEXT = ("database is locked", "database table is locked", "database is busy")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is a lost or busy connection rather than a bug."""
+    """Whether ``exc`` (or what it wraps) is a lost or busy connection rather than a bug.
+
+    On PostgreSQL an ``OperationalError`` is a connection problem (dropped, refused, server
+    restarting). SQLite raises ``OperationalError`` for everything from a missing table to an
+    unopenable file; only "database is locked"/"busy" is worth waiting for there."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, StorageError):
             return current.transient  # already classified (raised "from None")
+        sqlite_error = _sqlite_error(current)
+        if sqlite_error is not None:
+            return any(t in str(sqlite_error).lower() for t in SQLITE_BUSY_TEXT)
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
@@ -43,6 +54,14 @@ def is_transient(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _sqlite_error(exc: BaseException) -> sqlite3.Error | None:
+    """The ``sqlite3`` error ``exc`` is or wraps directly (SQLAlchemy keeps it as ``orig``)."""
+    if isinstance(exc, sqlite3.Error):
+        return exc
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, sqlite3.Error) else None
 
 
 class Resilient:

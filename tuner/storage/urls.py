@@ -25,8 +25,14 @@ def resolve_url(cli_url: str | None = None, file_url: str | None = None) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """Validate ``url`` and pin PostgreSQL URLs to the psycopg 3 driver."""
+    """Validate ``url`` and pin PostgreSQL URLs to the psycopg 3 driver. An in-memory SQLite
+    database is refused: it lives and dies with one connection of one process, so a study in it
+    would vanish (and the runner's own connections would not even see each other's tables)."""
     parsed = parse(url)
+    if is_in_memory(parsed):
+        raise StorageError(f"{_scrub_free_text(url)} is an in-memory SQLite database: a study there would "
+                           "be lost when the command ends",
+                           hint="use a file, e.g. sqlite:///tuner.db (the default), or PostgreSQL")
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
@@ -112,6 +118,15 @@ def _scrub_free_text(text: str) -> str:
     text = re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", text)
     return re.sub(r"(\b[\w-]*(?:pass|secret|token)[\w-]*=)('[^']*'|[^&\s'\"]+)", r"\1***",
                   text, flags=re.IGNORECASE)
+
+
+def is_in_memory(parsed: URL) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:`` or a ``file::memory:`` / ``mode=memory`` URI."""
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return (database in ("", ":memory:") or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory" or "mode=memory" in database)
 
 
 def is_sqlite(url: str) -> bool:
