@@ -308,3 +308,39 @@ def test_in_memory_sqlite_is_refused_at_once(url):
     with pytest.raises(StorageError, match="in-memory SQLite database"):
         open_storage(url)
     assert time.monotonic() - started < 5
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+from tuner.storage import open_storage
+open_storage(sys.argv[1]).backend.engine.dispose()
+print("ok")
+"""
+
+
+def test_concurrent_first_use_of_a_fresh_sqlite_file(tmp_path):
+    """Processes opening a new SQLite file at the same moment all create (or find) the tables:
+    table creation is serialized by a file lock next to the database (it raced: 'UNIQUE
+    constraint failed: alembic_version.version_num', 'table studies already exists')."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tuner_env
+
+    for attempt in range(3):  # three fresh files: the race needs the same moment
+        url = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
+        go = tmp_path / f"go{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, url, str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=tuner_env()) for _ in range(4)]
+        time.sleep(1.5)  # all of them past their imports, waiting for the go
+        go.touch()
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+        assert plain(url).get_all_studies() == []

@@ -15,7 +15,7 @@ from optuna.storages import RDBStorage
 
 from tuner.errors import StorageError
 from tuner.storage.buffered import BufferedStorage
-from tuner.storage.coordination import RetryCallback
+from tuner.storage.coordination import RetryCallback, sqlite_file_lock
 from tuner.storage.urls import (
     describe,
     mask_url,
@@ -53,10 +53,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
             raise StorageError(f"no database at {path} (from {mask_url(url)})",
                                hint="run a study first (tuner run studies/digits.toml) or pass "
                                     "--storage / TUNER_STORAGE")
-        if path is not None:
-            if not path.parent.is_dir():
-                raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
-            _enable_wal(path)
+        if path is not None and not path.parent.is_dir():
+            raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         engine_kwargs = {
@@ -73,6 +71,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
     try:
         with warnings.catch_warnings(), _schema_lock(url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if parsed.get_backend_name() == "sqlite" and sqlite_path(url) is not None:
+                _enable_wal(sqlite_path(url))
             callback = RetryCallback(max_retry=max_retry) if heartbeat_interval else None
             backend = RDBStorage(url, engine_kwargs=engine_kwargs,
                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -89,10 +89,18 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
 
 @contextlib.contextmanager
 def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
-    """Serialize table creation across processes on PostgreSQL: runners started together on a
-    fresh database would otherwise race in ``CREATE TYPE`` ("duplicate key ... pg_type")."""
-    if parse(url).get_backend_name() != "postgresql":
-        yield
+    """Serialize table creation across processes. PostgreSQL: an advisory lock (runners started
+    together on a fresh database would otherwise race in ``CREATE TYPE``, "duplicate key ...
+    pg_type"). SQLite: an ``flock`` on ``<database>.locks/schema.lock`` (they raced in
+    ``CREATE TABLE`` / the alembic stamp: "table studies already exists", "UNIQUE constraint
+    failed: alembic_version.version_num")."""
+    if parse(url).get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        if path is None:
+            yield
+            return
+        with sqlite_file_lock(path, "schema"):
+            yield
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args=engine_kwargs["connect_args"])

@@ -12,11 +12,13 @@ locks. All of it lives in the study's database, so it works across processes and
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -298,11 +300,25 @@ class BudgetLock:
 
 
 def _sqlite_lock_path(engine: sqlalchemy.engine.Engine, name: str) -> str:
-    database = engine.url.database
-    if not database or database == ":memory:":
-        base = Path(os.environ.get("TMPDIR", "/tmp")) / "tuner-memory.locks"
-    else:
-        base = Path(database).expanduser().resolve().with_name(Path(database).name + ".locks")
+    return str(sqlite_lock_file(Path(engine.url.database or ""), name))
+
+
+def sqlite_lock_file(database: Path, name: str) -> Path:
+    """``<database>.locks/<name>.lock`` (the folder is created)."""
+    database = Path(database).expanduser().resolve()
+    base = database.with_name(database.name + ".locks")
     base.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return str(base / f"{safe}.lock")
+    return base / f"{safe}.lock"
+
+
+@contextlib.contextmanager
+def sqlite_file_lock(database: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<database>.locks/<name>.lock``, waiting for it (for
+    short critical sections shared by processes: table creation, enqueueing a retry)."""
+    fd = os.open(sqlite_lock_file(database, name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
