@@ -1,9 +1,13 @@
 """``tuner scheduler`` as a real subprocess: a cron job fired a few seconds ahead, catch-up of
-the latest missed night after downtime (fake clock via the hidden ``--now``), and SIGTERM in the
-middle of a night leaving no trial RUNNING."""
+the latest missed night after downtime (fake clock via the hidden ``--now``), a fire during a
+running night deferred (not dropped) and run after it, SIGTERM in the middle of a night leaving
+no trial RUNNING, a broken file in a scheduled folder skipped and picked up once fixed, and the
+storage password never on a child's command line."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +17,9 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 from test_nightly import DAY, add_night, done, nightly, nightly_file, study_of
+from test_nightly_units import _toml
 
 from tuner.nightly.nights import ATTR_VERDICT
 
@@ -22,12 +28,45 @@ from conftest import tuner_env
 DEADLINE_S = 180.0
 
 
-def start_scheduler(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+def start_scheduler(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "scheduler.log"
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "scheduler", *args],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=tuner_env(),
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env or tuner_env(),
                             cwd=tmp_path)
     return proc, log
+
+
+def past_night(url: str, path: Path, day: date) -> None:
+    """A finished earlier night, so the sweep has run before (a first start catches nothing up)."""
+    name = add_night(url, path, day, [({"optimizer": "adam", "lr": 0.01, "batch_size": 64,
+                                        "decay": "constant"}, 0.9, 1)])
+    optuna.load_study(study_name=name, storage=url).set_user_attr(ATTR_VERDICT, {"verdict": "ok"})
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children, grandchildren, ...), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parent.items() if pp == pid]
+        found += kids
+        frontier += kids
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def stop(proc: subprocess.Popen, log: Path) -> str:
@@ -109,6 +148,7 @@ def test_scheduler_catches_up_the_latest_missed_night_once(storage_url, tmp_path
 
 def test_scheduler_sigterm_leaves_no_trial_running(storage_url, tmp_path):
     path = nightly_file(tmp_path / "s.toml", name="st", n_trials=400, epochs=80)
+    past_night(storage_url, path, DAY - timedelta(days=2))
     # the fake clock makes the night due now (catch-up), so it starts at once
     proc, log = start_scheduler(tmp_path, str(path), "--storage", storage_url, "--now",
                                 f"{DAY.isoformat()}T10:00:00+00:00")
@@ -143,3 +183,85 @@ def test_scheduler_sigterm_leaves_no_trial_running(storage_url, tmp_path):
     assert done(study) == finished + 2
     assert TrialState.RUNNING not in [t.state for t in study.trials]
     assert ATTR_VERDICT in study.user_attrs
+
+
+def test_a_fire_during_a_running_night_is_deferred_not_dropped(sqlite_url, tmp_path):
+    """The catch-up night is still running when the cron fires (every 2 s): the fire is not
+    dropped (APScheduler's max_instances would skip it) but run once the night ends, and two
+    nights of the same file never run at once."""
+    path = nightly_file(tmp_path / "d.toml", name="df", n_trials=4)
+    past_night(sqlite_url, path, DAY - timedelta(days=1))
+    proc, log = start_scheduler(tmp_path, str(path), "--storage", sqlite_url, "--cron",
+                                "*/2 * * * * *", "--now", f"{DAY.isoformat()}T10:00:00+00:00")
+    try:
+        wait_for("a deferred night to run", lambda: "running the deferred night of" in log.read_text(),
+                 proc, log)
+        deferred = re.search(r"running the deferred night of (\S+) now", log.read_text()).group(1)
+        wait_for("the deferred night to finish",
+                 lambda: has_verdict(sqlite_url, f"df-{deferred}"), proc, log)
+    finally:
+        text = stop(proc, log)
+    assert proc.returncode == 0, text
+    assert re.search(rf"df: a fire for the night of {deferred} came while the night of {DAY} is "
+                     "still running: deferred, it runs when that night ends", text), text
+    assert "maximum number of running instances" not in text  # nothing dropped by APScheduler
+    assert deferred == str(datetime.now(UTC).date()) or deferred == str(DAY)
+    assert has_verdict(sqlite_url, f"df-{DAY}") and has_verdict(sqlite_url, f"df-{deferred}")
+    # never two nights of the file at once: every start is followed by its end before the next
+    events = [("start", m.group(1)) if m.re.pattern.startswith("running") else ("end", m.group(1))
+              for line in text.splitlines()
+              for m in [re.search(r"running the night of (\S+) \(pid", line)
+                        or re.search(r"night df-(\S+) ended after", line)] if m]
+    assert [kind for kind, _ in events[:4]] == ["start", "end", "start", "end"], events
+    assert all(a[0] != b[0] for a, b in zip(events, events[1:], strict=False)), events
+    assert events[0] == ("start", str(DAY)) and events[2] == ("start", deferred)
+
+
+def test_a_broken_file_in_a_folder_does_not_stop_the_scheduler(sqlite_url, tmp_path):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    nightly_file(folder / "good.toml", name="good")
+    (folder / "broken.toml").write_text("[study\nname = ")
+    proc, log = start_scheduler(tmp_path, str(folder), "--storage", sqlite_url, "--no-catch-up",
+                                "--rescan-interval", "1")
+    try:
+        wait_for("the good file to be scheduled", lambda: "scheduled good" in log.read_text(), proc, log)
+        text = log.read_text()
+        assert f"skipping {folder / 'broken.toml'}: cannot load it ({folder / 'broken.toml'}: " \
+               "invalid TOML" in text
+        (folder / "broken.toml").write_text(_toml(name="fixed", schedule='cron = "0 4 * * *"'))
+        wait_for("the fixed file to be scheduled", lambda: "scheduled fixed" in log.read_text(), proc, log)
+    finally:
+        text = stop(proc, log)
+    assert proc.returncode == 0, text
+    assert f"{folder / 'broken.toml'} loads again" in text
+    # named explicitly, a broken file stops the scheduler at once (exit 2)
+    explicit = subprocess.run([sys.executable, "-m", "tuner", "scheduler", str(folder / "nope.toml")],
+                              capture_output=True, text=True, env=tuner_env(), timeout=60)
+    assert explicit.returncode == 2 and "study file not found" in explicit.stderr
+
+
+def test_the_storage_password_never_reaches_a_childs_command_line(pg_url, tmp_path):
+    secret = "TopS3cretPw"
+    url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+    path = nightly_file(tmp_path / "p.toml", name="pw", n_trials=3)
+    past_night(url, path, DAY - timedelta(days=1))
+    # as under compose: the URL in TUNER_STORAGE (the scheduler's own command line is clean too)
+    proc, log = start_scheduler(tmp_path, str(path), "--now", f"{DAY.isoformat()}T10:00:00+00:00",
+                                env=tuner_env(TUNER_STORAGE=url))
+    seen: dict[int, str] = {}
+    try:
+        def finished() -> bool:
+            for pid in descendants(proc.pid):
+                seen.setdefault(pid, cmdline(pid))
+            return has_verdict(url, f"pw-{DAY}")
+
+        wait_for("the night to finish", finished, proc, log)
+    finally:
+        text = stop(proc, log)
+    assert proc.returncode == 0, text
+    nights = [c for c in seen.values() if " nightly " in c]
+    assert nights and str(path) in nights[0] and "--storage" not in nights[0], seen
+    leaks = {pid: c for pid, c in seen.items() if secret in c}
+    assert not leaks, f"the password is on a command line: {leaks}"
+    assert secret not in text

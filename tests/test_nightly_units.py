@@ -22,7 +22,14 @@ from tuner.nightly.nights import (
     today,
 )
 from tuner.nightly.regression import EXIT_CODES, judge
-from tuner.nightly.scheduler import catch_up_night, collect_study_files, due_night, make_sweeps
+from tuner.nightly.scheduler import (
+    SchedulerService,
+    catch_up,
+    catch_up_night,
+    collect_study_files,
+    due_night,
+    make_sweeps,
+)
 from tuner.nightly.warmstart import map_config
 from tuner.storage import open_storage
 from tuner.study import open_study
@@ -132,6 +139,29 @@ def test_cron_weekdays_follow_crontab():
     assert fire == datetime(2026, 11, 22, 3, 30, tzinfo=UTC) and fire.strftime("%a") == "Sun"
 
 
+def test_cron_day_of_month_or_day_of_week_as_in_crontab():
+    # crontab: both restricted -> either matches (the 1st of the month *or* a Monday)
+    trigger = cron_trigger("0 2 1 * mon", "UTC")
+    fires, t = [], datetime(2026, 11, 25, tzinfo=UTC)  # a Wednesday
+    for _ in range(5):
+        t = trigger.get_next_fire_time(None, t)
+        fires.append(t.date())
+        t = t.replace(minute=1)
+    assert fires == [date(2026, 11, 30), date(2026, 12, 1), date(2026, 12, 7), date(2026, 12, 14),
+                     date(2026, 12, 21)]
+    assert last_fire_time(trigger, datetime(2026, 12, 3, tzinfo=UTC)) == datetime(2026, 12, 1, 2, tzinfo=UTC)
+    # numeric weekdays keep crontab's numbering inside the OR (1 = Monday, 0 = Sunday)
+    assert cron_trigger("0 2 15 * 0", "UTC").get_next_fire_time(
+        None, datetime(2026, 11, 25, tzinfo=UTC)).date() == date(2026, 11, 29)
+    # a field starting with * is unrestricted: then both must match, as in crontab
+    every_other = cron_trigger("0 2 */2 * mon", "UTC")
+    nxt = every_other.get_next_fire_time(None, datetime(2026, 11, 25, tzinfo=UTC))
+    assert nxt.strftime("%a") == "Mon" and nxt.day % 2 == 1
+    # the study file accepts it and its scheduler sweep fires the same way
+    sched = parse_study_dict(_raw(schedule={"cron": "0 2 1 * mon"})).schedule
+    assert sched.cron == "0 2 1 * mon"
+
+
 def test_last_fire_time_with_seconds_and_timezones():
     now = datetime(2026, 11, 25, 10, 0, 7, tzinfo=UTC)
     assert last_fire_time(cron_trigger("*/5 * * * * *", "UTC"), now) == now.replace(second=5)
@@ -146,8 +176,7 @@ def test_last_fire_time_with_seconds_and_timezones():
 def _sweep(tmp_path: Path, url: str, cron: str = "0 2 * * *", timezone: str = "UTC"):
     path = tmp_path / "c.toml"
     path.write_text(_toml(schedule=f'cron = "{cron}"\ntimezone = "{timezone}"'))
-    files, _ = collect_study_files([path])
-    return make_sweeps(files, storage=url)[0]
+    return make_sweeps(collect_study_files([path]).files, storage=url)[0]
 
 
 def _make_night(url: str, sweep, day: date, *, verdict: bool) -> None:
@@ -179,8 +208,20 @@ def test_catch_up_after_downtime_with_a_fake_clock(storage_url, tmp_path):
     assert due_night(sweep, datetime(2026, 11, 25, 2, 0, 1, tzinfo=UTC)) == date(2026, 11, 25)
 
 
+def test_no_catch_up_before_the_first_night(sqlite_url, tmp_path):
+    sweep = _sweep(tmp_path, sqlite_url)
+    # an empty storage: the sweep never ran, so nothing was missed (a first start, e.g. the first
+    # `docker compose up`, does not start a sweep at once); its first night runs at 02:00
+    day, why = catch_up(sweep, datetime(2026, 11, 25, 10, tzinfo=UTC))
+    assert day is None and "no night of c in SQLite" in why and "none was missed" in why
+    _make_night(sqlite_url, sweep, date(2026, 11, 20), verdict=True)
+    day, why = catch_up(sweep, datetime(2026, 11, 25, 10, tzinfo=UTC))
+    assert day == date(2026, 11, 25) and why == "the night of 2026-11-25 was missed (it never ran)"
+
+
 def test_catch_up_uses_the_schedule_timezone(sqlite_url, tmp_path):
     sweep = _sweep(tmp_path, sqlite_url, cron="30 0 * * *", timezone="Europe/Berlin")
+    _make_night(sqlite_url, sweep, date(2026, 11, 20), verdict=True)
     # 23:40 UTC on the 24th is 00:40 on the 25th in Berlin: the 25th's night (00:30) is due
     assert catch_up_night(sweep, datetime(2026, 11, 24, 23, 40, tzinfo=UTC)) == date(2026, 11, 25)
 
@@ -246,13 +287,49 @@ def test_schedule_section_validation(tmp_path):
 def test_collect_study_files_from_a_folder(tmp_path):
     (tmp_path / "a.toml").write_text(_toml(name="a", schedule='cron = "0 3 * * *"'))
     (tmp_path / "b.toml").write_text(_toml(name="b"))
-    files, skipped = collect_study_files([tmp_path])
-    assert [sf.study.name for _, sf in files] == ["a"] and skipped == [tmp_path / "b.toml"]
+    scan = collect_study_files([tmp_path])
+    assert [sf.study.name for _, sf in scan.files] == ["a"] and scan.unscheduled == [tmp_path / "b.toml"]
+    assert scan.broken == {}
     with pytest.raises(ConfigError, match="no \\[schedule\\] section"):
         collect_study_files([tmp_path / "b.toml"])
     (tmp_path / "c.toml").write_text(_toml(name="a", schedule='cron = "0 4 * * *"'))
     with pytest.raises(ConfigError, match="both name their study 'a'"):
         collect_study_files([tmp_path])
+
+
+def test_a_broken_folder_file_is_skipped_and_scheduled_once_fixed(sqlite_url, tmp_path):
+    (tmp_path / "a.toml").write_text(_toml(name="a", schedule='cron = "0 3 * * *"'))
+    (tmp_path / "bad.toml").write_text("[study\nname = ")
+    (tmp_path / "worse.toml").write_text(_toml(name="w", schedule='cron = "0 3 * * * * *"'))
+    scan = collect_study_files([tmp_path])
+    assert [sf.study.name for _, sf in scan.files] == ["a"]
+    assert set(scan.broken) == {tmp_path / "bad.toml", tmp_path / "worse.toml"}
+    assert "invalid TOML" in scan.broken[tmp_path / "bad.toml"]
+    assert "invalid cron expression" in scan.broken[tmp_path / "worse.toml"]
+    # named explicitly, a broken file still fails at once
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        collect_study_files([tmp_path / "bad.toml"])
+    # only broken files: not an error for folders (the service waits for them to be fixed)
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "bad.toml").write_text("[study\n")
+    assert collect_study_files([only]).files == []
+
+    # the service's rescan schedules a file once it is fixed, and logs it once while broken
+    service = SchedulerService(make_sweeps(scan.files, storage=sqlite_url), catch_up=False,
+                               folders=[tmp_path], broken=scan.broken)
+    try:
+        service.start()
+        assert service.rescan() == []
+        (tmp_path / "bad.toml").write_text(_toml(name="b", schedule='cron = "0 4 * * *"'))
+        added = service.rescan()
+        assert [s.base for s in added] == ["b"] and service.scheduler.get_job("nightly:b") is not None
+        assert service.rescan() == []  # scheduled once
+        # a new file naming a scheduled study is refused, not scheduled twice
+        (tmp_path / "copy.toml").write_text(_toml(name="b", schedule='cron = "0 5 * * *"'))
+        assert service.rescan() == [] and "copy.toml" in str(service._broken)
+    finally:
+        service.stop()
 
 
 def _raw(*, schedule: dict | None = None, space: dict | None = None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -102,8 +103,10 @@ def nightly(study_file: StudyFileArg,
 
 @app.command(help="Run every study file's nightly sweep at its \\[schedule] cron time, in its "
                   "timezone, until SIGTERM or Ctrl-C. A night missed while the scheduler was "
-                  "down is caught up once on start. Each night runs as `tuner nightly` in a "
-                  "subprocess; SIGTERM is forwarded so no trial is left RUNNING.")
+                  "down is caught up once on start; a cron fire during a running night of the "
+                  "same file runs when it ends. Each night runs as `tuner nightly` in a "
+                  "subprocess; SIGTERM is forwarded so no trial is left RUNNING. Folders are "
+                  "rescanned every minute: a broken file is skipped until it loads.")
 def scheduler(paths: Annotated[list[Path], typer.Argument(
                   help="Study files and/or folders (their *.toml files with a \\[schedule] "
                        "section).", show_default=False)],
@@ -117,7 +120,15 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
                   "--catch-up/--no-catch-up", help="Run the latest missed night on start.")] = True,
               now: Annotated[str | None, typer.Option(
                   hidden=True, help="Pretend the current time is this ISO time when deciding "
-                                    "what to catch up (tests).")] = None) -> None:
+                                    "what to catch up (tests).")] = None,
+              heartbeat: Annotated[Path | None, typer.Option(
+                  "--heartbeat", dir_okay=False,
+                  help="Touch this file every 10 s while the scheduler is healthy (for a "
+                       "container healthcheck: its age says whether the service is alive).",
+                  show_default=False)] = None,
+              rescan: Annotated[float, typer.Option(
+                  "--rescan-interval", hidden=True, min=0.5,
+                  help="Seconds between rescans of the folders (tests).")] = 60.0) -> None:
     from tuner.nightly.scheduler import (
         SchedulerService,
         collect_study_files,
@@ -127,10 +138,13 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     )
 
     configure_logging()
-    files, skipped = collect_study_files(paths)
-    for path in skipped:
+    scan = collect_study_files(paths)
+    for path in scan.unscheduled:
         log.info("skipping %s: no [schedule] section", path)
-    sweeps = make_sweeps(files, storage=storage, cron=cron)
+    for path, message in scan.broken.items():
+        log.error("skipping %s: cannot load it (%s); it is scheduled once it loads (folders are "
+                  "rescanned every %.0f s)", path, message, rescan)
+    sweeps = make_sweeps(scan.files, storage=storage, cron=cron)
     clock = None
     if now is not None:
         try:
@@ -140,7 +154,9 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
         fake = fake if fake.tzinfo else fake.replace(tzinfo=UTC)
         clock = lambda: fake  # noqa: E731
     service = SchedulerService(sweeps, workers=workers, catch_up=catch_up, clock=clock,
-                               storage_override=storage)
+                               storage_override=storage, cron=cron,
+                               folders=[p for p in paths if p.is_dir()], rescan_interval=rescan,
+                               broken=scan.broken)
     stop = threading.Event()
     received: list[str] = []
 
@@ -152,8 +168,16 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     try:
         service.start()
         log.info("scheduler running with %d sweep(s); stop with SIGTERM or Ctrl-C", len(sweeps))
+        beat = 0.0
         while not stop.wait(0.5):
-            pass
+            if heartbeat is not None and time.monotonic() - beat >= 10 and service.healthy():
+                beat = time.monotonic()
+                try:
+                    heartbeat.touch()
+                except OSError as exc:
+                    log.error("cannot touch the heartbeat file %s: %s; not trying again",
+                              heartbeat, exc.strerror or exc)
+                    heartbeat = None
     finally:
         service.stop(received[0] if received else "exiting")
         for sig, handler in previous.items():

@@ -6,6 +6,11 @@ six with ``second`` first (useful to fire a few seconds ahead in tests and demos
 numbers follow crontab (0 or 7 = Sunday, 1 = Monday), not APScheduler 3's own numbering (0 =
 Monday), which ``CronTrigger.from_crontab`` passes through unchanged (APScheduler issue 286);
 names (``mon-fri``) mean the same in both.
+
+When both day-of-month and day-of-week are restricted (neither starts with ``*``), crontab
+runs the job when *either* matches (``0 2 1 * mon``: the 1st of the month and every Monday),
+while APScheduler's ``CronTrigger`` requires both; such an expression becomes an ``OrTrigger``
+of the two, so it fires exactly when crontab would.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import re
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 FIELDS_5 = "minute hour day-of-month month day-of-week"
 
 
-def cron_trigger(expr: str, timezone: str) -> CronTrigger:
-    """A trigger for ``expr`` in ``timezone`` (an IANA name); ``ValueError`` if invalid."""
+def cron_trigger(expr: str, timezone: str) -> BaseTrigger:
+    """A trigger for ``expr`` in ``timezone`` (an IANA name) with crontab's semantics (see the
+    module docs); ``ValueError`` if invalid."""
     fields = expr.split()
     if len(fields) == 5:
         second, (minute, hour, day, month, dow) = "0", fields
@@ -28,8 +36,17 @@ def cron_trigger(expr: str, timezone: str) -> CronTrigger:
         second, minute, hour, day, month, dow = fields
     else:
         raise ValueError(f"expected 5 fields ({FIELDS_5}) or 6 (second first), got {len(fields)}")
-    return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                       day_of_week=_weekdays(dow), timezone=ZoneInfo(timezone))
+    zone = ZoneInfo(timezone)
+    weekdays = _weekdays(dow)
+
+    def trigger(day: str, day_of_week: str) -> CronTrigger:
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=day_of_week, timezone=zone)
+
+    if day.startswith("*") or dow.startswith("*"):
+        return trigger(day, weekdays)
+    # crontab: either the day of the month or the day of the week matches
+    return OrTrigger([trigger(day, "*"), trigger("*", weekdays)])
 
 
 def _weekdays(field: str) -> str:
@@ -57,7 +74,7 @@ def _weekdays(field: str) -> str:
     return ",".join(dict.fromkeys(out))
 
 
-def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
+def last_fire_time(trigger: BaseTrigger, now: datetime) -> datetime | None:
     """The latest fire time of ``trigger`` at or before ``now`` (aware), or ``None`` if there
     was none in the last five years. Looks back in doubling windows, so it costs a few dozen
     trigger evaluations for any expression."""

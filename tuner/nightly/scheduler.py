@@ -9,13 +9,26 @@ Design:
   (a crash, a memory leak or a bad study file costs one night, not the service) and picks up
   edits to the study file every night. Children get their own session, so a terminal's Ctrl-C
   or a process-group signal does not reach them twice: the service forwards **one** SIGTERM.
-- **Overlap**: one APScheduler job per study file with ``max_instances=1`` and
-  ``coalesce=True``; the catch-up run goes through the same job. Across hosts and processes the
-  night's database lock (``tuner nightly`` exits 75) prevents a second run of the same night.
+  The storage URL reaches the child in its environment (``TUNER_STORAGE``), never on its
+  command line, where ``ps`` and ``/proc/PID/cmdline`` would show the password to every user.
+- **Overlap**: one APScheduler job per study file; the catch-up run goes through the same job.
+  A fire that comes while a night of the same file is still running (a long catch-up, a night
+  that overran) is **deferred**, not dropped: it is remembered (coalesced: at most one pending
+  fire per file, the latest) and runs as soon as the current night ends, and the log says so.
+  The service never runs two nights of one file at once. (APScheduler's own ``max_instances=1``
+  would drop such a fire with a warning, so the job allows a few instances and the service
+  keeps the guard itself.) Across hosts and processes the night's database lock
+  (``tuner nightly`` exits 75) prevents a second run of the same night.
 - **Catch-up**: on start, for each file, the latest fire time at or before *now* is compared
   with the night studies that exist. If that night has no study with a verdict (never ran, or
   was interrupted), it is run once, now, for *that* date. Only the latest missed night is run,
-  never one per missed night.
+  never one per missed night. A sweep with no night at all in the storage has missed nothing:
+  its first night runs at its cron time (so a first ``docker compose up`` does not start a
+  sweep at once).
+- **Folders**: a ``*.toml`` of a folder argument that fails to load is logged and skipped, not
+  fatal (one broken file must not stop every other sweep, or a container restart loop); folders
+  are rescanned every minute, so a file that was fixed (or added) is scheduled once it loads.
+  A study file named explicitly must load, or the service does not start.
 - **Shutdown** (SIGTERM/SIGINT): no new night starts; running nights get SIGTERM (their running
   trials are failed and re-queued; ``tuner nightly`` resumes them next time); the service waits
   for them, then exits 0. Nothing is left RUNNING.
@@ -40,17 +53,20 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 
 from tuner.config import StudyFile, load_study_file
 from tuner.errors import ConfigError, LockHeldError, TunerError
 from tuner.nightly.cron import cron_trigger, last_fire_time, night_of
-from tuner.nightly.nights import find_night
+from tuner.nightly.nights import find_night, list_nights
 from tuner.storage import describe, open_storage, resolve_url
 
 log = logging.getLogger("tuner.scheduler")
 
 STOP_TIMEOUT_S = 120.0
+RESCAN_INTERVAL_S = 60.0
+#: APScheduler instances allowed per job: one runs the night, the others only record a deferral
+MAX_INSTANCES = 4
 
 
 @dataclass
@@ -59,7 +75,7 @@ class Sweep:
 
     path: Path
     sf: StudyFile
-    trigger: CronTrigger
+    trigger: BaseTrigger
     cron: str
     timezone: str
     storage_url: str
@@ -73,17 +89,34 @@ class Sweep:
         return f"nightly:{self.base}"
 
 
-def collect_study_files(paths: list[Path]) -> tuple[list[tuple[Path, StudyFile]], list[Path]]:
-    """Study files to schedule: every given file (it must have a ``[schedule]`` section) and
-    every ``*.toml`` of a given folder that has one. Returns (files, skipped folder files)."""
+@dataclass
+class Scan:
+    """What :func:`collect_study_files` found: the study files to schedule, the folder files
+    without a ``[schedule]`` section, and the folder files that failed to load (path -> error)."""
+
+    files: list[tuple[Path, StudyFile]]
+    unscheduled: list[Path]
+    broken: dict[Path, str]
+
+
+def collect_study_files(paths: list[Path]) -> Scan:
+    """Study files to schedule: every given file (it must load and have a ``[schedule]``
+    section, else :class:`ConfigError`) and every ``*.toml`` of a given folder that has one. A
+    folder file that fails to load is returned in ``broken``, not raised: one broken file must
+    not stop the other sweeps."""
     if not paths:
         raise ConfigError("give at least one study file or folder, e.g. tuner scheduler studies/")
     found: list[tuple[Path, StudyFile]] = []
     skipped: list[Path] = []
+    broken: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
             for file in sorted(path.glob("*.toml")):
-                sf = load_study_file(file)
+                try:
+                    sf = load_study_file(file)
+                except TunerError as exc:
+                    broken[file] = exc.message
+                    continue
                 (found.append((file, sf)) if sf.schedule is not None else skipped.append(file))
         else:
             sf = load_study_file(path)
@@ -91,7 +124,7 @@ def collect_study_files(paths: list[Path]) -> tuple[list[tuple[Path, StudyFile]]
                 raise ConfigError(f"{path}: no [schedule] section, so it has no cron time",
                                   hint="add [schedule] with cron = \"0 2 * * *\" (see docs/nightly.md)")
             found.append((path, sf))
-    if not found:
+    if not found and not broken:
         raise ConfigError(f"no study file with a [schedule] section in {', '.join(map(str, paths))}")
     names: dict[str, Path] = {}
     for path, sf in found:
@@ -99,7 +132,7 @@ def collect_study_files(paths: list[Path]) -> tuple[list[tuple[Path, StudyFile]]
         if other != path:
             raise ConfigError(f"{path} and {other} both name their study {sf.study.name!r}; "
                               "their nights would be the same studies")
-    return found, skipped
+    return Scan(found, skipped, broken)
 
 
 def make_sweeps(files: list[tuple[Path, StudyFile]], *, storage: str | None = None,
@@ -119,18 +152,29 @@ def make_sweeps(files: list[tuple[Path, StudyFile]], *, storage: str | None = No
     return sweeps
 
 
-def catch_up_night(sweep: Sweep, now: datetime, storage: Any = None) -> date | None:
-    """The night to run on start-up because it was missed, or ``None``: the night of the
-    latest fire time at or before ``now``, if it has no study with a verdict yet."""
+def catch_up(sweep: Sweep, now: datetime, storage: Any = None) -> tuple[date | None, str]:
+    """The night to run on start-up because it was missed (or ``None``), and why: the night of
+    the latest fire time at or before ``now``, if it has no study with a verdict yet. A sweep
+    that has no night at all in the storage has never run, so it missed nothing: its first
+    night runs at its cron time."""
     fire = last_fire_time(sweep.trigger, now)
     if fire is None:
-        return None
+        return None, "no fire time in the last five years"
     day = night_of(fire, sweep.timezone)
     storage = storage if storage is not None else open_storage(sweep.storage_url)
+    if not list_nights(storage, sweep.base):
+        return None, (f"no night of {sweep.base} in {describe(sweep.storage_url)} yet, so none was "
+                      "missed")
     night = find_night(storage, sweep.base, day)
     if night is not None and night.verdict is not None:
-        return None
-    return day
+        return None, f"the night of {day} has run"
+    why = "it was interrupted: no verdict" if night is not None else "it never ran"
+    return day, f"the night of {day} was missed ({why})"
+
+
+def catch_up_night(sweep: Sweep, now: datetime, storage: Any = None) -> date | None:
+    """The night :func:`catch_up` would run, or ``None``."""
+    return catch_up(sweep, now, storage)[0]
 
 
 def due_night(sweep: Sweep, now: datetime) -> date:
@@ -141,53 +185,122 @@ def due_night(sweep: Sweep, now: datetime) -> date:
 
 class SchedulerService:
     """Runs ``sweeps`` at their cron times until :meth:`stop`. ``clock`` is *now* for the
-    catch-up decision (tests inject a fake clock); ``python`` runs ``-m tuner nightly``."""
+    catch-up decision (tests inject a fake clock); ``python`` runs ``-m tuner nightly``;
+    ``folders`` are rescanned every ``rescan_interval`` seconds for study files that were fixed
+    or added (``broken``: the folder files that failed to load at start, already logged)."""
 
     def __init__(self, sweeps: list[Sweep], *, workers: int = 1, catch_up: bool = True,
                  clock: Callable[[], datetime] | None = None, python: str | None = None,
-                 storage_override: str | None = None) -> None:
+                 storage_override: str | None = None, cron: str | None = None,
+                 folders: list[Path] | None = None, rescan_interval: float = RESCAN_INTERVAL_S,
+                 broken: dict[Path, str] | None = None) -> None:
         self.sweeps = {s.id: s for s in sweeps}
         self.workers = workers
         self.catch_up = catch_up
         self.clock = clock or (lambda: datetime.now(UTC))
         self.python = python or sys.executable
         self.storage_override = storage_override
+        self.cron = cron
+        self.folders = list(folders or [])
+        self.rescan_interval = rescan_interval
+        self._broken: dict[Path, str] = dict(broken or {})
         self._lock = threading.Lock()
-        self._pending: dict[str, date] = {}
+        self._pending: dict[str, date] = {}  # catch-up nights, taken by the job's first run
+        self._running: dict[str, date] = {}  # sweep id -> the night running now
+        self._deferred: dict[str, date] = {}  # sweep id -> the night of a fire that came meanwhile
         self._children: dict[int, subprocess.Popen] = {}
         self._stopping = False
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
-            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+            "coalesce": True, "max_instances": MAX_INSTANCES, "misfire_grace_time": None})
         self.completed: list[dict[str, Any]] = []
 
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         for sweep in self.sweeps.values():
-            extra: dict[str, Any] = {}
-            if self.catch_up:
-                try:
-                    day = catch_up_night(sweep, self.clock())
-                except TunerError as exc:  # e.g. the database is not up yet: the cron runs retry
-                    log.error("%s: cannot check for a missed night (%s); not catching up",
-                              sweep.base, exc)
-                    day = None
-                if day is not None:
-                    self._pending[sweep.id] = day
-                    extra["next_run_time"] = datetime.now(UTC)
-                    log.info("%s: the night of %s was missed (no finished study %s-%s); "
-                             "catching it up now", sweep.base, day, sweep.base, day)
-            self.scheduler.add_job(self._job, trigger=sweep.trigger, args=(sweep.id,),
-                                   id=sweep.id, name=f"nightly {sweep.base}", **extra)
+            self._add(sweep)
+        if self.folders:
+            self.scheduler.add_job(self.rescan, trigger="interval", seconds=self.rescan_interval,
+                                   id="rescan", name="rescan study folders")
         self.scheduler.start()
-        for sweep in self.sweeps.values():
-            job = self.scheduler.get_job(sweep.id)
-            following = sweep.trigger.get_next_fire_time(None, datetime.now(UTC))
-            log.info("scheduled %s (%s): cron '%s' %s, %s; next night at %s", sweep.base, sweep.path,
-                     sweep.cron, sweep.timezone, describe(sweep.storage_url),
-                     following.isoformat() if following else "never")
-            if job is None:
-                log.warning("%s: the job was not scheduled", sweep.base)
+        if not self.sweeps:
+            log.warning("no study file can be scheduled yet; rescanning %s every %.0f s",
+                        ", ".join(map(str, self.folders)), self.rescan_interval)
+
+    def healthy(self) -> bool:
+        """The scheduler is running and its thread is alive (fires will be handled)."""
+        thread = getattr(self.scheduler, "_thread", None)
+        return bool(self.scheduler.running and (thread is None or thread.is_alive()))
+
+    def _add(self, sweep: Sweep) -> None:
+        """Schedule ``sweep`` (catching up its missed night if there is one) and log it."""
+        extra: dict[str, Any] = {}
+        if self.catch_up:
+            try:
+                day, why = catch_up(sweep, self.clock())
+            except TunerError as exc:  # e.g. the database is not up yet: the cron runs retry
+                log.error("%s: cannot check for a missed night (%s); not catching up",
+                          sweep.base, exc)
+                day, why = None, ""
+            if day is not None:
+                with self._lock:
+                    self._pending[sweep.id] = day
+                extra["next_run_time"] = datetime.now(UTC)
+                log.info("%s: %s; catching it up now", sweep.base, why)
+            elif why:
+                log.info("%s: nothing to catch up (%s)", sweep.base, why)
+        self.sweeps[sweep.id] = sweep
+        self.scheduler.add_job(self._job, trigger=sweep.trigger, args=(sweep.id,), id=sweep.id,
+                               name=f"nightly {sweep.base}", replace_existing=True, **extra)
+        following = sweep.trigger.get_next_fire_time(None, datetime.now(UTC))
+        log.info("scheduled %s (%s): cron '%s' %s, %s; next night at %s", sweep.base, sweep.path,
+                 sweep.cron, sweep.timezone, describe(sweep.storage_url),
+                 following.isoformat() if following else "never")
+
+    def rescan(self) -> list[Sweep]:
+        """Look at the folders again: schedule study files that load now and were not scheduled
+        (fixed or new), log files that broke. Returns the sweeps added."""
+        with self._lock:
+            if self._stopping:
+                return []
+        scheduled = {s.path.resolve() for s in self.sweeps.values()}
+        names = {s.base: s.path for s in self.sweeps.values()}
+        broken: dict[Path, str] = {}
+        added: list[Sweep] = []
+        for folder in self.folders:
+            for file in sorted(folder.glob("*.toml")):
+                try:
+                    sf = load_study_file(file)
+                except TunerError as exc:
+                    broken[file] = exc.message
+                    if self._broken.get(file) != exc.message:
+                        what = ("its nights will fail until it is fixed" if file.resolve() in scheduled
+                                else "skipped until it is fixed")
+                        log.error("%s: cannot load it (%s); %s", file, exc.message, what)
+                    continue
+                if file in self._broken:
+                    log.info("%s loads again", file)
+                if file.resolve() in scheduled or sf.schedule is None:
+                    continue
+                if sf.study.name in names:
+                    message = (f"{file} names its study {sf.study.name!r} like {names[sf.study.name]}, "
+                               "which is scheduled; not scheduling it")
+                    broken[file] = message
+                    if self._broken.get(file) != message:
+                        log.error("%s", message)
+                    continue
+                try:
+                    sweep = make_sweeps([(file, sf)], storage=self.storage_override, cron=self.cron)[0]
+                except TunerError as exc:
+                    broken[file] = exc.message
+                    if self._broken.get(file) != exc.message:
+                        log.error("%s: %s", file, exc.message)
+                    continue
+                self._add(sweep)
+                names[sweep.base] = file
+                added.append(sweep)
+        self._broken = broken
+        return added
 
     def stop(self, why: str = "stop requested", timeout: float = STOP_TIMEOUT_S) -> None:
         """Start nothing new, SIGTERM the running nights, wait for them (their trials are
@@ -195,9 +308,14 @@ class SchedulerService:
         with self._lock:
             self._stopping = True
             children = [p for p in self._children.values() if p.poll() is None]
+            dropped = dict(self._deferred)
+            self._deferred.clear()
         if not self.scheduler.running:
             return
         self.scheduler.pause()
+        for sweep_id, day in dropped.items():
+            log.info("%s: the deferred night of %s will not run: the scheduler is stopping",
+                     self.sweeps[sweep_id].base, day)
         if children:
             log.info("stopping (%s): forwarding SIGTERM to %d running night(s) so they re-queue "
                      "their running trials", why, len(children))
@@ -222,34 +340,64 @@ class SchedulerService:
     # --- running one night -----------------------------------------------------------------
 
     def _job(self, sweep_id: str) -> None:
+        """A fire of ``sweep_id``'s trigger (or its catch-up): run the night, unless a night of
+        the same file is running; then defer it (coalesced) to when that one ends."""
         sweep = self.sweeps[sweep_id]
         with self._lock:
             day = self._pending.pop(sweep_id, None)
-        if day is None:
-            day = due_night(sweep, datetime.now(UTC))
+            if day is None:
+                day = due_night(sweep, datetime.now(UTC))
+            running = self._running.get(sweep_id)
+            if running is not None:
+                replaced = self._deferred.get(sweep_id)
+                self._deferred[sweep_id] = day
+                again = ("" if replaced is None else "; a fire was already deferred, the two run once"
+                         if replaced == day else f"; it replaces the deferred night of {replaced} "
+                         "(at most one fire waits)")
+                log.info("%s: a fire for the night of %s came while the night of %s is still "
+                         "running: deferred, it runs when that night ends%s", sweep.base, day,
+                         running, again)
+                return
+            self._running[sweep_id] = day
         try:
-            self.run_night(sweep, day)
-        except Exception:  # never let one night take the service down
-            log.exception("%s: the night of %s failed to run", sweep.base, day)
+            while True:
+                try:
+                    self.run_night(sweep, day)
+                except Exception:  # never let one night take the service down
+                    log.exception("%s: the night of %s failed to run", sweep.base, day)
+                with self._lock:
+                    deferred = self._deferred.pop(sweep_id, None)
+                    if deferred is None or self._stopping:
+                        break
+                    self._running[sweep_id] = day = deferred
+                log.info("%s: running the deferred night of %s now", sweep.base, day)
+        finally:
+            with self._lock:
+                self._running.pop(sweep_id, None)
 
     def command(self, sweep: Sweep, day: date) -> list[str]:
-        cmd = [self.python, "-m", "tuner", "nightly", str(sweep.path), "--date", day.isoformat(),
-               "--workers", str(self.workers), "--json"]
+        """The night's command line: no storage URL (it carries the password), see :meth:`env`."""
+        return [self.python, "-m", "tuner", "nightly", str(sweep.path), "--date", day.isoformat(),
+                "--workers", str(self.workers), "--json"]
+
+    def env(self) -> dict[str, str]:
+        """The night's environment: the scheduler's, with ``--storage`` as ``TUNER_STORAGE``
+        (where only the process's user and root can read it)."""
+        env = {**os.environ, "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
         if self.storage_override:
-            cmd += ["--storage", self.storage_override]
-        return cmd
+            env["TUNER_STORAGE"] = self.storage_override
+        return env
 
     def run_night(self, sweep: Sweep, day: date) -> int | None:
         """Run ``tuner nightly`` for ``sweep`` and ``day`` in a subprocess; returns its exit
         code (``None`` if the service is stopping)."""
-        env = {**os.environ, "TZ": "UTC", "PYTHONUNBUFFERED": "1"}
         with self._lock:
             if self._stopping:
                 log.info("%s: not starting the night of %s: the scheduler is stopping", sweep.base, day)
                 return None
             started = time.monotonic()
             proc = subprocess.Popen(self.command(sweep, day), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env,
+                                    stderr=subprocess.PIPE, text=True, env=self.env(),
                                     start_new_session=True)
             self._children[proc.pid] = proc
         log.info("%s: running the night of %s (pid %d)", sweep.base, day, proc.pid)
