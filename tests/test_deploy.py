@@ -8,9 +8,11 @@
    ``dashboard`` (answers over HTTP with the study; its compose healthcheck passes) and the
    ``scheduler`` (up, runs a night, stops cleanly on SIGTERM within its stop grace period). The
    only translations are explicit, the ones Docker itself would do: the image's paths (from the
-   Dockerfile's WORKDIR and COPY lines) to the repository's, the image's ``tuner`` to this
-   interpreter's, the ``postgres`` host name to the test server, and the dashboard's published
-   port to a free one.
+   Dockerfile's WORKDIR and COPY lines) to the repository's, each container's own ``/tmp`` to a
+   folder of its own, the image's ``tuner`` to this interpreter's, the ``postgres`` host name to
+   the test server, and the dashboard's published port to a free one. The database password
+   must appear in no output and on no command line of any process of the stack (children
+   included: ``/proc/PID/cmdline`` is readable by every user).
 2. Static checks of the compose file, ``.env.example``, the Dockerfile and ``.dockerignore``.
 3. The Kubernetes manifests in ``deploy/k8s/`` parse and use the same image, commands and
    variables as the compose file.
@@ -299,7 +301,16 @@ class Stack:
     def command(self, service: str) -> list[str]:
         spec = self.compose["services"][service]
         args = [self.translate_port(service, a) for a in spec.get("command", self.layout.cmd)]
-        return local_tuner(self.layout) + [self.layout.local_path(a, self.root) for a in args]
+        return local_tuner(self.layout) + [self.translate_tmp(service, self.layout.local_path(a, self.root))
+                                           for a in args]
+
+    def translate_tmp(self, service: str, text: str) -> str:
+        """Each container has a /tmp of its own (a service's heartbeat file is its own)."""
+        if "/tmp/" not in text:
+            return text
+        own = self.root / f"tmp-{service}"
+        own.mkdir(exist_ok=True)
+        return text.replace("/tmp/", f"{own}/")
 
     def translate_port(self, service: str, arg: str) -> str:
         """A service's published container port is served on its host port here, on the host
@@ -330,7 +341,8 @@ class Stack:
             argv = ["sh", "-c", argv[0]]
         else:
             assert kind == "CMD", test
-        argv = [sys.executable if a == "python" else self.translate_port(service, a) for a in argv]
+        argv = [sys.executable if a == "python" else
+                self.translate_tmp(service, self.translate_port(service, a)) for a in argv]
         deadline = time.monotonic() + timeout
         while True:
             proc = subprocess.run(argv, env=self.env(service), capture_output=True, text=True, timeout=30)
@@ -394,6 +406,65 @@ class ConnectionPeaks:
         return self.peaks
 
 
+class CommandLines:
+    """Every command line of the processes below ``roots`` (children and grandchildren, e.g. a
+    scheduler's `tuner nightly` and its training processes), sampled from /proc while the stack
+    runs."""
+
+    def __init__(self) -> None:
+        self.roots: list[int] = []
+        self.seen: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            self.sample()
+
+    def sample(self) -> None:
+        parent: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        frontier = list(self.roots)
+        while frontier:
+            pid = frontier.pop()
+            if pid not in self.seen:
+                try:
+                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    raw = b""
+                if raw:
+                    self.seen[pid] = raw.replace(b"\0", b" ").decode(errors="replace")
+            frontier += [p for p, pp in parent.items() if pp == pid]
+
+    def stop(self) -> dict[int, str]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.seen
+
+
+def past_night(url: str, study_file: Path, days_ago: int = 2) -> str:
+    """An earlier night of the study file's sweep (as if the stack ran it, then was down), so
+    the scheduler has a night to catch up on start (a sweep that never ran has missed none)."""
+    from datetime import date, timedelta
+
+    from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, night_name
+
+    base = tomllib.loads(study_file.read_text())["study"]["name"]
+    day = date.today() - timedelta(days=days_ago)
+    name = night_name(base, day)
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study.set_user_attr(ATTR_NIGHT, {"base": base, "date": day.isoformat()})
+    study.set_user_attr(ATTR_VERDICT, {"verdict": "ok"})
+    return name
+
+
 def http_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as response:
         assert response.status == 200
@@ -437,6 +508,7 @@ def test_compose_services_run_as_declared_without_docker(pg_url: str, tmp_path: 
     stack = Stack(compose, layout, root, logs, (pg.host or "127.0.0.1", pg.port or 5432),
                   {"dashboard": {int(container_port): dashboard_port}})
     peaks = ConnectionPeaks(pg.database)
+    cmdlines = CommandLines()
     order = dependency_order(services)
     assert order.index("postgres") < order.index("init") < min(order.index(s) for s in
                                                                 ("worker", "dashboard", "scheduler"))
@@ -463,12 +535,18 @@ def test_compose_services_run_as_declared_without_docker(pg_url: str, tmp_path: 
                            == "service_completed_successfully" for s in services.values())
             if one_shot:
                 proc = stack.start(name)
+                cmdlines.roots.append(proc.popen.pid)
                 code = proc.popen.wait(timeout=120)
                 assert code == 0, f"{name} exited {code}:\n{proc.text()}"
                 completed.add(name)
                 started[name] = [proc]
                 continue
+            if name == "scheduler":  # the stack ran an earlier night, then was down
+                scheduled = [p for p in (root / "app" / spec["command"][1]).glob("*.toml")
+                             if "schedule" in tomllib.loads(p.read_text())]
+                past_night(pg_url, scheduled[0])
             started[name] = [stack.start(name, i + 1) for i in range(SCALE.get(name, 1))]
+            cmdlines.roots += [p.popen.pid for p in started[name]]
             if "healthcheck" in spec:
                 stack.healthcheck(name, timeout=90)
                 healthy.add(name)
@@ -512,15 +590,17 @@ def test_compose_services_run_as_declared_without_docker(pg_url: str, tmp_path: 
         with urllib.request.urlopen(f"{base}/", timeout=60) as response:
             assert name in response.read().decode()
 
-        # scheduler: up, catches up tonight's missed night on start (a study in the database)
+        # scheduler: up (healthy: its heartbeat), catches up tonight's missed night on start
         scheduler = started["scheduler"][0]
         deadline = time.monotonic() + 120
-        while not [s for s in trials_by_state(pg_url) if s.startswith("nightly-digits-")]:
+        while len([s for s in trials_by_state(pg_url) if s.startswith("nightly-digits-")]) < 2 or \
+                not [c for c in cmdlines.seen.values() if " nightly " in c]:
             assert scheduler.popen.poll() is None, f"scheduler exited:\n{scheduler.text()}"
             assert time.monotonic() < deadline, f"no night started:\n{scheduler.text()}"
-            time.sleep(1)
+            time.sleep(0.5)
         time.sleep(3)
         assert scheduler.popen.poll() is None, scheduler.text()
+        assert "was missed" in scheduler.text() and "catching it up now" in scheduler.text()
 
         # SIGTERM (docker stop): each service exits cleanly within its stop_grace_period
         for service in ("scheduler", "dashboard"):
@@ -537,11 +617,16 @@ def test_compose_services_run_as_declared_without_docker(pg_url: str, tmp_path: 
     finally:
         stack.stop_all()
         measured = peaks.stop()
+        seen = cmdlines.stop()
 
-    # nothing printed the password
+    # nothing printed the password, and no process of the stack had it on its command line
     for procs in started.values():
         for proc in procs:
             assert password not in proc.text(), f"{proc.service} printed the database password"
+    assert [c for c in seen.values() if " nightly " in c], "the scheduler's night was sampled"
+    assert [c for c in seen.values() if "multiprocessing" in c], "training processes were sampled"
+    leaks = {pid: c for pid, c in seen.items() if password in c}
+    assert not leaks, f"the database password is on a command line: {leaks}"
     # database connections stay within the documented budget per process (docs/deploy.md)
     for app, budget in BUDGET.items():
         replicas = SCALE.get(app.removeprefix("tuner-"), 1)
@@ -621,6 +706,12 @@ def test_compose_healthchecks_dependencies_and_restarts():
     assert duration_s(services["scheduler"]["stop_grace_period"]) > STOP_TIMEOUT_S
     for name in ("worker", "scheduler", "dashboard"):
         assert services[name]["restart"] in ("on-failure", "unless-stopped", "always"), name
+    # services whose PID 1 spawns processes run under an init that reaps them and forwards signals
+    for name in ("worker", "scheduler"):
+        assert services[name].get("init") is True, name
+    scheduler = services["scheduler"]
+    heartbeat = scheduler["command"][scheduler["command"].index("--heartbeat") + 1]
+    assert heartbeat in " ".join(scheduler["healthcheck"]["test"]), "the healthcheck reads the heartbeat"
 
 
 PASSWORDISH = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
