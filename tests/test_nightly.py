@@ -232,14 +232,18 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
 
     rule = load_study_file(path).schedule.regression
 
-    def scenario(bests: list[tuple[dict, float, int]], *, cli: bool = False) -> tuple[int, dict]:
-        """Replace the baseline nights with ``bests`` (oldest first, one night each) and
-        check tonight again: in-process, or by rerunning ``tuner nightly`` (a resume)."""
+    def scenario(bests: list[tuple], *, cli: bool = False) -> tuple[int, dict]:
+        """Replace the baseline nights with ``bests`` (oldest first, one night each: config,
+        value, seed and optionally the night's verdict) and check tonight again: in-process, or
+        by rerunning ``tuner nightly`` (a resume)."""
         for name in optuna.get_all_study_names(storage=storage_url):
             if name != "nt-2026-11-25":
                 optuna.delete_study(study_name=name, storage=storage_url)
-        for i, trial in enumerate(bests):
-            add_night(storage_url, path, DAY - timedelta(days=len(bests) - i), [trial])
+        for i, (config, value, seed, *verdict) in enumerate(bests):
+            name = add_night(storage_url, path, DAY - timedelta(days=len(bests) - i),
+                             [(config, value, seed)])
+            if verdict:  # the night's own stored verdict
+                study_of(storage_url, name).set_user_attr(ATTR_VERDICT, verdict[0])
         if cli:
             proc = nightly(path, storage_url, DAY, "--json")
             verdict = json.loads(proc.stdout)["verdict"]
@@ -264,6 +268,22 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
     assert (code, v["verdict"], v["cause"]) == (4, "regression", "data"), v
     assert v["drift"] == pytest.approx(-0.06)
     assert v["baseline"]["level"] == pytest.approx(tonight + 0.055)
+
+    # search-shortfall nights do not drag the baseline down: each enters it at what it had
+    # available (its incumbent re-trained on its data), not at its unlucky sweep's best. Here
+    # two of the three baseline nights fell short (0.45 below) while the incumbent held at
+    # tonight + 0.06; tonight the incumbent lost those 0.06. With the nights' sweep bests the
+    # median was the shortfall and tonight looked like an improvement.
+    held = {"verdict": "ok", "cause": "search", "available": tonight + 0.06, "incumbent": {
+        "night": "nt-2026-11-22", "date": "2026-11-22", "trial": 0, "value": tonight + 0.06,
+        "config": best_config, "seed": best_seed, "tonight": tonight + 0.06}}
+    code, v = scenario([(best_config, tonight + 0.06, best_seed), (bad, v_bad, 7, held),
+                        (bad, v_bad - 0.01, 8, held)])
+    assert (code, v["verdict"], v["cause"]) == (4, "regression", "data"), v
+    assert [n["value"] for n in v["baseline"]["nights"]] == pytest.approx([tonight + 0.06] * 3)
+    assert [n["best"] for n in v["baseline"]["nights"]][1:] == pytest.approx([v_bad, v_bad - 0.01])
+    assert v["baseline"]["spread"] == 0.0 and v["drift"] == pytest.approx(-0.06)
+    assert v["incumbent"]["scored_on"] == "nt-2026-11-24" and v["incumbent"]["tonight"] == tonight
 
     # an improvement found by the search: the incumbent (a poor configuration) re-scores exactly
     # as stored, and tonight's sweep beats the baseline

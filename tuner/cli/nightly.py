@@ -92,6 +92,8 @@ def nightly(study_file: StudyFileArg,
     else:
         style = {"regression": "bold red", "improvement": "bold green", "ok": "green"}.get(
             result.verdict.verdict, "yellow")
+        if result.verdict.verdict == "ok" and result.verdict.cause == "search":
+            style = "bold yellow"  # a search shortfall: exit 0, but worth a look if it recurs
         for line in result.verdict.lines():
             if line.startswith("verdict:"):
                 out.print(f"[{style}]{line}[/]", highlight=False)
@@ -207,13 +209,14 @@ def history(base: Annotated[str, typer.Argument(
                 "verdict", "incumbent drift", "complete", "pruned", "fail", "warm start"):
         table.add_column(col, justify="right" if col in ("trial", "complete", "pruned", "fail")
                          else "left")
-    styles = {"regression": "bold red", "improvement": "green", "ok": "", "no_result": "yellow"}
+    styles = {"regression": "bold red", "improvement": "green", "ok": "", "no_result": "yellow",
+              "ok (search)": "yellow"}
     for r in records:
         v = r.verdict or {}
         verdict = v.get("verdict", "-")
         if v.get("cause"):
             verdict += f" ({v['cause']})"
-        style = styles.get(v.get("verdict", ""), "")
+        style = styles.get(verdict, styles.get(v.get("verdict", ""), ""))
         warm = r.warm_start or {}
         warm_text = (f"{len(warm.get('enqueued', []))} in, {len(warm.get('skipped', []))} skipped"
                      if warm.get("source") else "-")

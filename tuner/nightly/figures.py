@@ -216,22 +216,23 @@ def verdict_markdown(ctx: Any) -> str:
              f"| tonight's best (trial #{v.get('tonight_trial')}) | {_f(v.get('tonight'))} |"]
     nights = b.get("nights") or []
     if nights:
-        lines += [f"| baseline: median of {len(nights)} nightly bests | {_f(b.get('level'))} |",
+        lines += [f"| baseline: median of {len(nights)} nights | {_f(b.get('level'))} |",
                   f"| baseline best | {_f(b.get('best'))} |",
-                  f"| spread (stdev of nightly bests) | {_f(b.get('spread'))} |",
+                  f"| spread (1.4826 × median absolute deviation) | {_f(b.get('spread'))} |",
                   f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
-                  f"{b.get('spread_factor')} × spread) | {_f(b.get('margin'))} |",
+                  f"{b.get('spread_factor')} × spread, capped) | {_f(b.get('margin'))} |",
                   f"| available tonight − baseline | {_f(v.get('delta'), signed=True)} |"]
     if inc:
         again = (_f(inc.get("tonight")) if inc.get("tonight") is not None
                  else (inc.get("error") or "–"))
-        lines += [f"| incumbent `{inc.get('night')}` #{inc.get('trial')}, stored | "
+        scored = f" on `{inc['scored_on']}`'s data" if inc.get("scored_on") else ", stored"
+        lines += [f"| incumbent `{inc.get('night')}` #{inc.get('trial')}{scored} | "
                   f"{_f(inc.get('value'))} |",
                   f"| incumbent re-trained on tonight's data | {again} |",
                   f"| incumbent drift | {_f(v.get('drift'), signed=True)} |"]
     if nights:
         lines += ["", "Baseline nights: " + ", ".join(
-            f"{n['date']} ({_f(n.get('best'))})" for n in nights)]
+            f"{n['date']} ({_f(n.get('value', n.get('best')))})" for n in nights)]
     warm = attrs.get(ATTR_WARM_START) or {}
     if warm.get("source"):
         lines += ["", f"Warm start from `{warm['source']}`: {len(warm.get('enqueued', []))} "

@@ -1,29 +1,46 @@
 """Regression detection: is tonight's best configuration still as good as the last nights'?
 
-After a night's sweep, tonight is compared with a **baseline**: the best value of each of the
-last ``regression.baseline_nights`` earlier nights that have a COMPLETE trial.
+After a night's sweep, tonight is compared with a **baseline**: the last
+``regression.baseline_nights`` earlier nights that have a COMPLETE trial.
 
-- *Level*: the median of those nightly bests (robust to one lucky or unlucky night; the max of
+- *Night value*: what each baseline night had available, i.e. its stored ``available`` (the
+  better of its sweep's best and the incumbent re-trained on its data), or its best value when
+  it has no verdict. A "search shortfall" night (its sweep fell short, its incumbent held)
+  therefore enters the baseline at the incumbent's value, not at its unlucky sweep's.
+- *Level*: the median of the night values (robust to one lucky or unlucky night; the max of
   several noisy nights would be biased upwards and flag equal nights).
-- *Margin* (noise): ``max(tolerance, spread_factor * stdev(nightly bests))``; the standard
-  deviation is used only with at least two baseline nights. Differences within the margin are
-  noise.
-- *Incumbent*: the best trial of the baseline. It is **re-trained on tonight's data** with its
-  stored configuration and seed (``tuner.train.fit``, the engine is bit-for-bit deterministic),
-  outside tonight's study. With the same data and code the re-evaluation reproduces its stored
-  value exactly, so ``drift = re-evaluated - stored`` measures what changed in the data (or
-  code) and nothing else: no seed noise, no search luck. (Enqueueing it as a trial of tonight's
-  study would give it a new seed, a slot of the budget, and a pruner that may stop it.)
+- *Spread*: ``1.4826 x`` the median absolute deviation of the night values (MAD, scaled to
+  estimate the standard deviation of normal noise; ``0`` with fewer than two nights). Unlike the
+  standard deviation, one outlying night does not inflate it: with nights 0.9638, 0.9638 and
+  0.8468 the spread is 0, where the standard deviation (0.0675) made the margin 0.135 and
+  blinded the check.
+- *Margin* (noise): ``max(tolerance, min(spread_factor x spread, cap))``, the cap being
+  ``max(tolerance, MAX_NOISE_FRACTION x |level|)`` (5 % of the level): the tolerance is the
+  floor, and however noisy the nights, the spread never widens the margin past 5 % of the level.
+  Differences within the margin are noise.
+- *Incumbent*: the configuration behind the best night value (that night's best trial, or the
+  incumbent that night re-trained, when that is where its value came from). It is **re-trained
+  on tonight's data** with its stored configuration and seed (``tuner.train.fit``, the engine is
+  bit-for-bit deterministic), outside tonight's study. With the same data and code the
+  re-evaluation reproduces its value exactly, so ``drift = re-evaluated - value`` measures what
+  changed in the data (or code) and nothing else: no seed noise, no search luck. (Enqueueing it
+  as a trial of tonight's study would give it a new seed, a slot of the budget, and a pruner
+  that may stop it.)
 - *Available tonight*: the better of tonight's best and the re-evaluated incumbent: the best
   configuration the team could ship this morning.
 
-Verdict (signs are such that positive is better, for maximized and minimized metrics alike):
+Verdict (signs are such that positive is better, for maximized and minimized metrics alike),
+checked in this order:
 
 - ``improvement`` when available - level > margin. Cause ``data`` if the incumbent itself
   improved on tonight's data by more than the tolerance (the data got easier), else ``search``.
-- ``ok`` when within the margin. Cause ``search`` ("search shortfall") when tonight's sweep fell
-  below level - margin but the incumbent still holds on tonight's data: search luck, not a
-  regression.
+- ``regression`` with cause ``data`` when the incumbent lost more than the margin on tonight's
+  data (drift < -margin), even if the level (dragged down by bad nights) is still within
+  reach: the best known configuration got measurably worse on tonight's data.
+- ``ok`` when available is within the margin of the level. Cause ``search`` ("search
+  shortfall") when tonight's sweep fell below level - margin but the incumbent still holds on
+  tonight's data: search luck, not a regression (exit 0; printed as a warning, and the night
+  enters later baselines at the incumbent's value).
 - ``regression`` when available < level - margin: tonight's sweep found nothing as good *and*
   the incumbent lost on tonight's data too. Cause ``data``, or ``unknown`` when the incumbent
   could not be re-evaluated (no stored configuration).
@@ -72,12 +89,32 @@ class Judgement:
     available: float | None
 
 
+MAD_SCALE = 1.4826  # MAD x this estimates the standard deviation of normal noise
+MAX_NOISE_FRACTION = 0.05  # the spread never widens the margin past 5 % of the level
+
+
+def robust_spread(values: list[float]) -> float:
+    """``MAD_SCALE x`` the median absolute deviation of ``values`` (0 for fewer than two)."""
+    if len(values) < 2:
+        return 0.0
+    center = statistics.median(values)
+    return MAD_SCALE * statistics.median(abs(v - center) for v in values)
+
+
+def noise_margin(level: float, spread: float, rule: RegressionRule) -> float:
+    """``max(tolerance, min(spread_factor x spread, cap))`` with ``cap = max(tolerance,
+    MAX_NOISE_FRACTION x |level|)``: the tolerance is the floor; the spread widens the margin,
+    never past the cap."""
+    cap = max(rule.tolerance, MAX_NOISE_FRACTION * abs(level))
+    return max(rule.tolerance, min(rule.spread_factor * spread, cap))
+
+
 def judge(direction: str, tonight: float | None, baseline: list[float], rule: RegressionRule, *,
           incumbent_stored: float | None = None, incumbent_tonight: float | None = None,
           incumbent_diverged: bool = False) -> Judgement:
-    """The verdict from the numbers (see the module docs). ``baseline``: the best value of
-    each baseline night; ``incumbent_*``: the baseline's best trial, as stored and as
-    re-trained on tonight's data (``None``: not re-evaluated)."""
+    """The verdict from the numbers (see the module docs). ``baseline``: the value of each
+    baseline night; ``incumbent_*``: the incumbent's value on its night's data and re-trained
+    on tonight's data (``None``: not re-evaluated)."""
     sign = 1.0 if direction == "maximize" else -1.0
     drift = None
     if incumbent_diverged and incumbent_stored is not None:
@@ -91,14 +128,16 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
     if not baseline:
         return Judgement("ok", "no_baseline", None, None, None, None, None, drift, available)
     level = statistics.median(baseline)
-    spread = statistics.stdev(baseline) if len(baseline) >= 2 else 0.0
-    margin = max(rule.tolerance, rule.spread_factor * spread)
+    spread = robust_spread(baseline)
+    margin = noise_margin(level, spread, rule)
     sweep_delta = sign * (tonight - level)
     delta = sign * (available - level)
     tol = rule.tolerance
     if delta > margin:
         cause = "data" if drift is not None and drift > tol else "search"
         verdict = "improvement"
+    elif drift is not None and drift < -margin:
+        verdict, cause = "regression", "data"
     elif delta >= -margin:
         verdict, cause = "ok", ("search" if sweep_delta < -margin else None)
     else:
@@ -149,8 +188,8 @@ class Verdict:
         if b.get("nights"):
             dates = ", ".join(n["date"] for n in b["nights"])
             out.append(f"baseline ({len(b['nights'])} night(s): {dates}): median {f(b['level'])}, "
-                       f"best {f(b['best'])}, spread {f(b['spread'])}, margin {f(b['margin'])} "
-                       f"(tolerance {f(b['tolerance'])})")
+                       f"best {f(b['best'])}, spread (scaled MAD) {f(b['spread'])}, margin "
+                       f"{f(b['margin'])} (tolerance {f(b['tolerance'])})")
         inc = self.incumbent
         if inc:
             if inc.get("tonight") is not None:
@@ -159,7 +198,8 @@ class Verdict:
                 again = "diverged"
             else:
                 again = f"not re-evaluated ({inc.get('error')})"
-            out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}) re-trained "
+            on = f" on {inc['scored_on']}'s data" if inc.get("scored_on") else ""
+            out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}{on}) re-trained "
                        f"on tonight's data: {again}")
         out.append(f"verdict: {self.verdict.upper()}"
                    + (f" ({self.cause})" if self.cause else "") + f" — {self.message}")
@@ -203,10 +243,13 @@ def _message(j: Judgement, metric: str) -> str:
         return f"{d} above the baseline (margin {m}): tonight's sweep found a better configuration"
     if j.verdict == "ok":
         if j.cause == "search":
-            return (f"search shortfall: tonight's sweep is {_signed(j.sweep_delta)} from the baseline, "
-                    f"but the incumbent still scores {_fmt(j.available)} on tonight's data "
-                    "(search luck, not a regression; consider a larger nightly budget)")
+            return (f"search shortfall: tonight's sweep is {_signed(j.sweep_delta)} from the baseline "
+                    f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
+                    "data (search luck, not a regression; if it recurs, raise the nightly budget)")
         return f"within the margin of the baseline ({d}, margin {m})"
+    if j.cause == "data" and j.delta is not None and j.delta >= -j.margin:
+        return (f"the incumbent lost {_signed(j.drift)} on tonight's data, more than the margin "
+                f"({m}): data (or code) drift, although tonight is {d} from the baseline")
     if j.cause == "data":
         return (f"{d} below the baseline (margin {m}), and the incumbent also lost "
                 f"{_signed(j.drift)} on tonight's data: data (or code) drift")
@@ -216,10 +259,15 @@ def _message(j: Judgement, metric: str) -> str:
 
 @dataclass
 class BaselineNight:
+    """One baseline night: its best trial, its value for the baseline (see the module docs) and
+    the configuration behind that value (``carrier``: night, trial, value, config, seed)."""
+
     name: str
     date: date
     best: FrozenTrial
     study_file: StudyFile | None
+    value: float
+    carrier: dict[str, Any]
 
 
 def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> list[BaselineNight]:
@@ -230,8 +278,25 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
             break
         study, sf = load_study(night.name, storage)
         best = _best(study)
-        if best is not None:
-            out.append(BaselineNight(night.name, night.date, best, sf))
+        if best is None:
+            continue
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        config = flat_params(best, sf) if (best.user_attrs.get("config") is not None
+                                           or sf is not None) else None
+        carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
+                   "value": best.value, "config": config, "seed": best.user_attrs.get("seed")}
+        value = best.value
+        inc = (night.verdict or {}).get("incumbent") or {}
+        again = inc.get("tonight")
+        if (isinstance(again, int | float) and math.isfinite(again) and sign * (again - value) > 0
+                and inc.get("config") is not None and inc.get("seed") is not None):
+            # its incumbent, re-trained on its data, did better than its sweep: that is what
+            # the night had available
+            value = float(again)
+            carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
+                       "value": value, "config": inc["config"], "seed": inc["seed"],
+                       "scored_on": night.name}
+        out.append(BaselineNight(night.name, night.date, best, sf, value, carrier))
     return out[::-1]
 
 
@@ -266,21 +331,17 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     direction, metric = sf.direction, sf.study.metric
     best = _best(study)
     nights = baseline_nights(storage, base, day, rule.baseline_nights)
-    values = [b.best.value for b in nights]
+    values = [b.value for b in nights]
     incumbent: dict[str, Any] | None = None
     inc_stored = inc_tonight = None
     inc_diverged = False
     if nights:
         sign = 1.0 if direction == "maximize" else -1.0
-        holder = max(reversed(nights), key=lambda b: sign * b.best.value)
-        trial = holder.best
-        inc_stored = trial.value
-        config = flat_params(trial, holder.study_file) if (
-            trial.user_attrs.get("config") is not None or holder.study_file is not None) else None
-        seed = trial.user_attrs.get("seed")
-        incumbent = {"night": holder.name, "date": holder.date.isoformat(), "trial": trial.number,
-                     "value": inc_stored, "config": config, "seed": seed, "tonight": None,
-                     "diverged": False, "error": None}
+        holder = max(reversed(nights), key=lambda b: sign * b.value)
+        carrier = holder.carrier
+        inc_stored = carrier["value"]
+        config, seed = carrier.get("config"), carrier.get("seed")
+        incumbent = {**carrier, "tonight": None, "diverged": False, "error": None}
         if config is None or seed is None:
             incumbent["error"] = "no stored configuration and seed"
         else:
@@ -291,7 +352,7 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
               incumbent_diverged=inc_diverged)
     baseline = {"nights": [{"night": b.name, "date": b.date.isoformat(), "best": b.best.value,
-                            "trial": b.best.number} for b in nights],
+                            "trial": b.best.number, "value": b.value} for b in nights],
                 "level": j.level, "best": (None if not values else
                                            (max if direction == "maximize" else min)(values)),
                 "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
