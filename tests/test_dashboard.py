@@ -358,8 +358,29 @@ def test_bundled_dashboards_list_the_study_and_nightly_panels():
     study = load_dashboard("study")
     assert [p.type for p in study.panels] == STUDY_PANELS
     nightly = load_dashboard("nightly")
-    assert [p.type for p in nightly.panels][:3] == ["nightly_trend", "nightly_choices", "nightly_verdicts"]
+    # a night gets the nightly views and, included from study.toml, every study view
+    assert [p.type for p in nightly.panels] == ["nightly_trend", "nightly_choices",
+                                                "nightly_verdicts", *STUDY_PANELS]
+    assert nightly.files == (str(REPO / "dashboards" / "nightly.toml"), str(REPO / "dashboards" / "study.toml"))
+    included = nightly.panels[3 + STUDY_PANELS.index("lr_schedule")]
+    assert included.where(nightly.source) == f"{REPO / 'dashboards' / 'study.toml'}: panel 3 ('lr_schedule')"
     assert bundled_dir() == REPO / "dashboards"
+
+
+def test_include_follows_the_users_folder_and_rejects_cycles(tmp_path):
+    (tmp_path / "study.toml").write_text('[[panel]]\ntype = "history"\n')
+    nightly = load_dashboard("nightly", tmp_path)  # the bundled nightly.toml, the user's study.toml
+    assert [p.type for p in nightly.panels] == ["nightly_trend", "nightly_choices", "nightly_verdicts",
+                                                "history"]
+    (tmp_path / "a.toml").write_text('include = "b"\n')
+    (tmp_path / "b.toml").write_text('include = ["a"]\n[[panel]]\ntype = "history"\n')
+    with pytest.raises(DashboardError, match="include 'a' includes itself \\(a.toml -> b.toml -> a.toml\\)"):
+        load_dashboard("a", tmp_path)
+    (tmp_path / "c.toml").write_text('include = ["nope"]\n')
+    with pytest.raises(DashboardError, match="c.toml: include 'nope': no dashboard named 'nope'"):
+        load_dashboard("c", tmp_path)
+    with pytest.raises(DashboardError, match="include must be a dashboard name"):
+        parse_dashboard({"include": [3], "panel": [{"type": "history"}]}, name="x")
 
 
 def test_unknown_panel_names_are_a_clear_error_when_rendering(real):

@@ -351,6 +351,17 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
     text = verdict_markdown(ctx)
     assert text.startswith("### Nightly verdict for `nt-2026-11-25`")
     assert "incumbent re-trained on tonight's data" in text
+    # the night's study carries the nightly views *and* the study views for optuna-dashboard
+    from optuna_dashboard import get_note
+
+    from tuner.dashboard.attach import tuner_graph_object_ids
+
+    stored = set(tuner_graph_object_ids(study))
+    assert {"tuner-nightly_trend", "tuner-nightly_choices", "tuner-learning_curves",
+            "tuner-lr_schedule", "tuner-group_best", "tuner-effective_lr", "tuner-reference_gap",
+            "tuner-importances", "tuner-history"} <= stored, stored
+    note = get_note(study)
+    assert "Nightly verdict for `nt-2026-11-25`" in note and "Best trial #" in note
     other = SimpleNamespace(study=optuna.create_study(study_name="plain"), study_file=None,
                             storage=sqlite_url, options={"base": "nt"})
     assert [t.name for t in trend_figure(other).data] == [t.name for t in trend.data]

@@ -12,6 +12,10 @@ A dashboard is a TOML file, ``<name>.toml``, in a dashboards folder::
     height = 520               # pixels on the tuner pages and in reports
     attach = true              # also store it with the study for optuna-dashboard (default)
 
+``include = ["study"]`` (top level) appends the panels of other dashboards, found by name in the
+same folders (so a user's own ``study.toml`` is what a ``nightly`` dashboard includes): the
+nightly dashboard is its trend views followed by every study view, without repeating them.
+
 Folders are searched in order: the one given with ``--dashboards`` / ``$TUNER_DASHBOARDS``,
 then the bundled defaults (``tuner/_dashboards`` in an installed wheel, ``dashboards/`` of a
 source checkout). A name can also be a path to a ``.toml`` file.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,8 @@ from tuner.errors import TunerError
 
 ENV_DASHBOARDS = "TUNER_DASHBOARDS"
 GENERIC_KEYS = ("type", "title", "width", "height", "attach")
-TOP_KEYS = ("title", "description", "panel")
+TOP_KEYS = ("title", "description", "include", "panel")
+MAX_INCLUDE_DEPTH = 8
 WIDTHS = ("full", "half")
 
 
@@ -48,9 +53,11 @@ class PanelSpec:
     width: str = "full"
     height: int | None = None
     attach: bool = True
+    origin: str | None = None  # the file of an included panel, and its number there
+    number: int | None = None
 
     def where(self, source: str) -> str:
-        return f"{source}: panel {self.index + 1} ({self.type!r})"
+        return f"{self.origin or source}: panel {self.number or self.index + 1} ({self.type!r})"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class DashboardSpec:
     panels: tuple[PanelSpec, ...]
     title: str = "{study}"
     description: str = ""
+    files: tuple[str, ...] = ()  # this file and every file it includes
 
     def title_for(self, study_name: str) -> str:
         return self.title.replace("{study}", study_name)
@@ -117,8 +125,10 @@ def available_dashboards(folder: str | Path | None = None) -> dict[str, Path]:
     return found
 
 
-def load_dashboard(name: str, folder: str | Path | None = None) -> DashboardSpec:
-    """Read and check a dashboard file (panel names are checked when it is rendered)."""
+def load_dashboard(name: str, folder: str | Path | None = None, *,
+                   _including: tuple[str, ...] = ()) -> DashboardSpec:
+    """Read and check a dashboard file and the dashboards it includes (panel names are checked
+    when it is rendered)."""
     path = find_dashboard(name, folder)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -126,28 +136,51 @@ def load_dashboard(name: str, folder: str | Path | None = None) -> DashboardSpec
         raise DashboardError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise DashboardError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_dashboard(raw, name=path.stem, source=str(path))
+    return parse_dashboard(raw, name=path.stem, source=str(path), folder=folder,
+                           _including=(*_including, str(path.resolve())))
 
 
-def parse_dashboard(raw: dict[str, Any], *, name: str, source: str = "<memory>") -> DashboardSpec:
+def parse_dashboard(raw: dict[str, Any], *, name: str, source: str = "<memory>",
+                    folder: str | Path | None = None,
+                    _including: tuple[str, ...] = ()) -> DashboardSpec:
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise DashboardError(f"{source}: unknown key(s) {', '.join(unknown)}",
-                             hint=f"a dashboard file has {', '.join(TOP_KEYS[:2])} and [[panel]] "
+                             hint="a dashboard file has title, description, include and [[panel]] "
                                   "tables")
     title = raw.get("title", "{study}")
     description = raw.get("description", "")
     for key, value in (("title", title), ("description", description)):
         if not isinstance(value, str):
             raise DashboardError(f"{source}: {key} must be a string, got {value!r}")
+    include = raw.get("include", [])
+    if isinstance(include, str):
+        include = [include]
+    if not isinstance(include, list) or not all(isinstance(x, str) and x for x in include):
+        raise DashboardError(f"{source}: include must be a dashboard name or a list of names, "
+                             f"got {include!r}", hint='e.g. include = ["study"]')
     entries = raw.get("panel", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DashboardError(f"{source}: panels are [[panel]] tables (an array of tables)")
-    if not entries:
+    if not entries and not include:
         raise DashboardError(f"{source}: no [[panel]] entries",
                              hint='add at least one, e.g. [[panel]] type = "history"')
-    return DashboardSpec(name, source, tuple(_panel(e, i, source) for i, e in enumerate(entries)),
-                         title, description)
+    panels = [_panel(e, i, source) for i, e in enumerate(entries)]
+    files = [source]
+    for other in include:
+        try:
+            target = str(find_dashboard(other, folder).resolve())
+        except DashboardError as exc:
+            raise DashboardError(f"{source}: include {other!r}: {exc.message}", hint=exc.hint) from None
+        if target in _including or len(_including) >= MAX_INCLUDE_DEPTH:
+            raise DashboardError(f"{source}: include {other!r} includes itself "
+                                 f"({' -> '.join(Path(f).name for f in (*_including, target))})")
+        sub = load_dashboard(other, folder, _including=_including)
+        files += sub.files
+        for p in sub.panels:
+            panels.append(replace(p, index=len(panels), origin=p.origin or sub.source,
+                                  number=p.number or p.index + 1))
+    return DashboardSpec(name, source, tuple(panels), title, description, tuple(files))
 
 
 def _panel(entry: dict[str, Any], index: int, source: str) -> PanelSpec:

@@ -109,8 +109,10 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
 
 
 def _attach_nightly_views(study: Any, night_sf: StudyFile) -> None:
-    """Store the night's views (trend, choices, verdict) with its study for optuna-dashboard,
-    now that the verdict exists; a view that fails to render must not fail the night."""
+    """Store the night's views with its study for optuna-dashboard, now that the verdict
+    exists: ``dashboards/nightly.toml``, i.e. the trend, choices and verdict and (included) every
+    study view (learning curves, LR schedules, reference gap, ...). A view that fails to render
+    must not fail the night."""
     import os
 
     from tuner.dashboard.attach import refresh_study_views
