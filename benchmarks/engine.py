@@ -9,8 +9,8 @@ reproduced below), one ``index_select`` gather per batch and ``loss.item()`` per
 also reads the loss every update, for the divergence guard and the epoch's train loss).
 
 Data generation and splitting are outside the timed region. Per-epoch times are the median
-over the epochs after a warm-up epoch. ``torch.set_num_threads`` is set to numpy's BLAS thread
-count (threadpoolctl), so both sides use the same number of cores.
+over the epochs after a warm-up epoch. ``torch.set_num_threads`` and tuner's kernel threads are set
+to numpy's BLAS thread count (threadpoolctl), so both sides use the same number of cores.
 
     .venv/bin/python benchmarks/engine.py            # 49000 x 3073, 1 warm-up + 5 timed epochs
     .venv/bin/python benchmarks/engine.py --quick    # 8000 x 769, a smoke run
@@ -103,31 +103,31 @@ def time_torch(torch, X: np.ndarray, y: np.ndarray, perms: list[np.ndarray], *, 
 
 def breakdown(X: np.ndarray, y: np.ndarray, perm: np.ndarray, *, batch: int,
               lr: float) -> dict[str, float]:
-    """Seconds per epoch spent in each part of one training step, timed in the loop: the
-    floor analysis behind docs/benchmarks.md (two skinny GEMMs and one gather per batch)."""
+    """Seconds per epoch spent in each part of a training step, timed in the loop: tuner's
+    fused loss/gradient kernel and its Adam step, and beside them the numpy path the kernel
+    replaced (one gather per batch, then ``tuner.model.softmax_loss``: two skinny GEMMs)."""
+    from tuner.kernels import BatchLossGrad
+    from tuner.model import softmax_loss
     from tuner.optim import make_optimizer
 
-    W = np.zeros((X.shape[1], int(y.max()) + 1), dtype=X.dtype)
+    classes = int(y.max()) + 1
+    Wt = np.zeros((classes, X.shape[1]), dtype=X.dtype)
+    loss_and_grad = BatchLossGrad("softmax", X, y, classes, batch)
     buf = np.empty((batch, X.shape[1]), dtype=X.dtype)
     opt = make_optimizer("adam")
-    parts = dict.fromkeys(("gather", "scores X@W", "softmax", "gradient X.T@dS", "adam"), 0.0)
+    parts = dict.fromkeys(("fused loss+grad", "adam", "numpy gather", "numpy loss+grad"), 0.0)
     for lo in range(0, len(perm), batch):
         idx = perm[lo:lo + batch]
         t0 = time.perf_counter()
-        Xb = np.take(X, idx, axis=0, out=buf[: len(idx)], mode="clip")
+        _, grad = loss_and_grad(Wt, idx)
         t1 = time.perf_counter()
-        scores = Xb @ W
+        opt.step(Wt, grad, lr)
         t2 = time.perf_counter()
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True) * len(idx)
-        scores[np.arange(len(idx)), y[idx]] -= 1.0 / len(idx)
+        Xb = np.take(X, idx, axis=0, out=buf[: len(idx)], mode="clip")
         t3 = time.perf_counter()
-        grad = Xb.T @ scores
+        softmax_loss(Wt.T, Xb, y[idx], 0.0)
         t4 = time.perf_counter()
-        opt.step(W, grad, lr)
-        t5 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             parts[key] += dt
     return parts
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="time tuner only")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also time the parts of a training step (gather, GEMMs, Adam)")
+                        help="also time the parts of a training step (kernel, Adam; numpy gather and GEMMs)")
     parser.add_argument("--quick", action="store_true",
                         help="small smoke run: 8000 x 768 features, 2 timed epochs, 1 repeat")
     args = parser.parse_args(argv)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()} {_cpu_name()}, {os.cpu_count()} logical CPUs, "
           f"Python {platform.python_version()}, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ""))
-    print(f"numpy BLAS threads: {blas_threads()}"
+    print(f"numpy BLAS threads: {blas_threads()}; tuner kernel threads: {_numba_threads()}"
           + (f"; torch.set_num_threads({threads})" if torch else ""))
     if torch is not None:
         torch.set_num_threads(threads)
@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         runs = [breakdown(X, y, perm, batch=args.batch_size, lr=args.lr) for perm in perms]
         parts = {key: statistics.median(run[key] for run in runs[1:]) for key in runs[0]}
+        numpy_path = parts["numpy gather"] + parts["numpy loss+grad"]
         print("step breakdown (s/epoch, median): "
               + ", ".join(f"{key} {value:.3f}" for key, value in parts.items())
-              + f"; sum {sum(parts.values()):.3f}")
+              + f"; fused / numpy loss+grad: {parts['fused loss+grad'] / numpy_path:.2f}")
     print(f"tuner  epoch: median {summary(ours):.3f} s, min {min(ours):.3f} s")
     if torch is not None:
         print(f"torch  epoch: median {summary(theirs):.3f} s, min {min(theirs):.3f} s")
@@ -218,12 +219,21 @@ def _import_torch():
 
 
 def _limit_blas(threads: int) -> None:
-    """Set numpy's BLAS to ``threads`` for the rest of the process (threadpoolctl, if present)."""
+    """Set numpy's BLAS and tuner's kernels to ``threads`` for the rest of the process."""
+    from tuner.kernels import set_threads
+
+    set_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return
     threadpool_limits(limits=threads, user_api="blas")
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def _fmt(times: list[float]) -> str:

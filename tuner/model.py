@@ -33,7 +33,7 @@ def softmax_loss(W: np.ndarray, X: np.ndarray, y: np.ndarray,
     loss = float(np.log(sums).sum() - correct.sum()) / n
     probs *= ((1.0 / n) / sums)[:, None]  # softmax / n
     probs[rows, y] -= 1.0 / n  # dL/dscores of the batch mean
-    return _add_l2(loss, X.T @ probs, W, reg)
+    return add_l2(loss, X.T @ probs, W, reg)
 
 
 def svm_loss(W: np.ndarray, X: np.ndarray, y: np.ndarray,
@@ -55,11 +55,12 @@ def svm_loss(W: np.ndarray, X: np.ndarray, y: np.ndarray,
     coef = (margins > 0).astype(W.dtype)
     coef[rows, y] = -coef.sum(axis=1)
     coef /= n
-    return _add_l2(loss, X.T @ coef, W, reg)
+    return add_l2(loss, X.T @ coef, W, reg)
 
 
-def _add_l2(loss: float, dW: np.ndarray, W: np.ndarray, reg: float) -> tuple[float, np.ndarray]:
-    """Add ``reg * sum(W**2)`` to the loss and ``2*reg*W`` to its gradient (in place)."""
+def add_l2(loss: float, dW: np.ndarray, W: np.ndarray, reg: float) -> tuple[float, np.ndarray]:
+    """Add ``reg * sum(W**2)`` to the loss and ``2*reg*W`` to its gradient (in place; any
+    layout, ``dW`` shaped like ``W``)."""
     reg = float(reg)
     if reg:
         loss += reg * float(np.vdot(W, W))

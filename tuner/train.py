@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from tuner import params as P
-from tuner.model import LOSS_FUNCTIONS, evaluate
+from tuner.kernels import BatchLossGrad
+from tuner.model import add_l2, evaluate
 from tuner.optim import Optimizer, make_optimizer
 from tuner.schedules import Schedule, make_schedule, scale_lr
 
@@ -140,15 +141,16 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     plan = make_plan(resolved, n, epochs)
     batch = min(int(resolved["batch_size"]), n)
     reg = resolved.get("reg", 0.0)
-    loss_fn = LOSS_FUNCTIONS[resolved["loss"]]
+    loss_and_grad = BatchLossGrad(resolved["loss"], X_train, y_train, n_classes, batch)
     optimizer = make_run_optimizer(resolved)
 
     init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
     init_rng, shuffle_rng = np.random.default_rng(init_seq), np.random.default_rng(shuffle_seq)
-    W = (resolved["init_scale"] * init_rng.standard_normal((d, n_classes))).astype(dt)
-    Xb_buf = np.empty((batch, d), dtype=dt)
+    W0 = resolved["init_scale"] * init_rng.standard_normal((d, n_classes))
+    # trained transposed, (C, D): the kernels' layout; the optimizers are elementwise
+    Wt = np.ascontiguousarray(W0.T, dtype=dt)
 
-    result = FitResult(W=W, history=[], params=resolved, plan=plan)
+    result = FitResult(W=Wt.T, history=[], params=resolved, plan=plan)
     started = time.perf_counter()
     t = 0
     first_loss: float | None = None
@@ -159,15 +161,12 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
             lr_t = 0.0
             for start in range(0, n, batch):
                 idx = order[start:start + batch]
-                # the one gather per batch; idx is always in range, and mode="raise" (the
-                # default) with out= would buffer the whole batch: 2x slower (docs/benchmarks.md)
-                Xb = np.take(X_train, idx, axis=0, out=Xb_buf[: len(idx)], mode="clip")
-                loss, grad = loss_fn(W, Xb, y_train[idx], reg)
+                loss, grad = add_l2(*loss_and_grad(Wt, idx), Wt, reg)
                 lr_t = plan.schedule(t)
-                optimizer.step(W, grad, lr_t)
+                optimizer.step(Wt, grad, lr_t)
                 if first_loss is None:
                     first_loss = loss
-                reason = _divergence_reason(loss, W, first_loss)
+                reason = _divergence_reason(loss, Wt, first_loss)
                 if reason is not None:
                     result.divergence = {"step": t, "epoch": epoch, "reason": reason,
                                          "loss": loss if math.isfinite(loss) else None}
@@ -182,7 +181,7 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
             metrics: dict[str, float] = {"epoch": epoch, "step": t,
                                          "train_loss": loss_sum / plan.steps_per_epoch, "lr": lr_t}
             if X_val is not None and y_val is not None and len(y_val):
-                metrics["val_loss"], metrics["val_accuracy"] = evaluate(W, X_val, y_val,
+                metrics["val_loss"], metrics["val_accuracy"] = evaluate(Wt.T, X_val, y_val,
                                                                         resolved["loss"])
             result.history.append(metrics)
             if on_epoch is not None:
@@ -192,6 +191,7 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
                 if stop:
                     result.stopped_early = epoch < epochs
                     break
+    result.W = np.ascontiguousarray(Wt.T)
     result.steps = t
     result.wall_time = time.perf_counter() - started
     return result

@@ -49,6 +49,9 @@ def worker_main(conn: Connection, blas_threads: int = 1) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(blas_threads)  # K workers share the cores instead of oversubscribing them
+    from tuner import kernels
+
+    kernels.set_threads(blas_threads)
     try:
         first = conn.recv()
     except (EOFError, ConnectionResetError):
@@ -59,6 +62,7 @@ def worker_main(conn: Connection, blas_threads: int = 1) -> None:
     arrays, blocks = data.attach()
     inbox: deque[tuple] = deque()
     try:
+        kernels.warm_up(arrays["X_train"].dtype)
         conn.send(("ready", os.getpid()))
         while True:
             message = inbox.popleft() if inbox else conn.recv()

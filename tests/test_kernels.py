@@ -1,0 +1,156 @@
+"""tuner.kernels: the fused mini-batch loss/gradient equals the reference losses of tuner.model
+on X[idx], in both dtypes and every shape corner (partial 4-row blocks, feature tiles, two
+classes, one row), is bit-identical on one thread or several, and keeps non-finite values
+non-finite for the divergence guard."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+from tuner import kernels
+from tuner.kernels import TILE, BatchLossGrad
+from tuner.model import softmax_loss, svm_loss
+from tuner.train import fit
+
+REFERENCE = {"softmax": softmax_loss, "svm": svm_loss}
+TOL = {"float64": (1e-12, 1e-13), "float32": (2e-5, 1e-5)}  # (loss rtol, grad atol / max|grad|)
+
+SHAPES = [  # (N, D, C, batch)
+    (300, 65, 10, 256),  # digits-like
+    (300, 7, 3, 37),  # batch not a multiple of 4; fewer features than a tile
+    (400, 2 * TILE + 3, 10, 101),  # several feature tiles, the last one partial
+    (50, 5, 2, 1),  # one row, two classes
+    (50, 5, 4, 6),  # fewer rows than the parts times 4
+]
+
+
+def problem(n, d, c, dtype, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.integers(0, c, n)
+    W = (scale * rng.standard_normal((d, c))).astype(dtype)
+    return X, y, W, rng
+
+
+def kernel_result(loss, X, y, W, idx, *, parallel=None):
+    f = BatchLossGrad(loss, X, y, W.shape[1], len(idx))
+    if parallel is not None:
+        f.parallel = parallel
+    value, grad = f(np.ascontiguousarray(W.T), idx)
+    return value, grad.T.copy()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_equals_the_reference_loss_on_the_gathered_batch(shape, loss, dtype):
+    n, d, c, batch = shape
+    X, y, W, rng = problem(n, d, c, dtype)
+    idx = rng.permutation(n)[:batch]
+    value, grad = kernel_result(loss, X, y, W, idx)
+    ref_value, ref_grad = REFERENCE[loss](W, X[idx], y[idx], 0.0)
+    rtol, gtol = TOL[dtype]
+    assert value == pytest.approx(ref_value, rel=rtol)
+    assert grad.dtype == np.dtype(dtype)
+    assert np.abs(grad - ref_grad).max() <= gtol * max(np.abs(ref_grad).max(), 1e-30)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_one_thread_or_several_give_identical_bits(loss):
+    X, y, W, rng = problem(600, TILE + 40, 10, "float32")
+    idx = rng.permutation(600)[:203]
+    serial = kernel_result(loss, X, y, W, idx, parallel=False)
+    parallel = kernel_result(loss, X, y, W, idx, parallel=True)
+    assert serial[0] == parallel[0]
+    np.testing.assert_array_equal(serial[1], parallel[1])
+
+
+def test_fit_is_bit_identical_whatever_the_thread_count():
+    X, y, _, _ = problem(2000, 300, 10, "float32")  # batch x D x C above PARALLEL_MIN_WORK
+    params = {"optimizer": "adam", "lr": 1e-2, "batch_size": 256, "decay": "cosine"}
+    assert 256 * 300 * 10 >= kernels.PARALLEL_MIN_WORK
+    before = numba.get_num_threads()
+    try:
+        kernels.set_threads(1)
+        one = fit(params, X, y, X[:100], y[:100], epochs=2, seed=5)
+        kernels.set_threads(2)
+        two = fit(params, X, y, X[:100], y[:100], epochs=2, seed=5)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one.W, two.W)
+    assert one.history == two.history
+
+
+def test_concurrent_callers_neither_crash_nor_disturb_each_other():
+    """numba's fallback thread pool cannot run two parallel kernels at once; a second caller
+    runs the same parts serially (same bits)."""
+    X, y, W, rng = problem(3000, 600, 10, "float32")
+    batches = [rng.permutation(3000)[:256] for _ in range(6)]
+    expected = [kernel_result("softmax", X, y, W, idx, parallel=False) for idx in batches]
+    results: dict[tuple[int, int], tuple] = {}
+
+    def work(thread):
+        for round_ in range(5):
+            for i, idx in enumerate(batches):
+                results[thread, round_ * len(batches) + i] = kernel_result("softmax", X, y, W, idx)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (_, k), (value, grad) in results.items():
+        assert value == expected[k % len(batches)][0]
+        np.testing.assert_array_equal(grad, expected[k % len(batches)][1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_huge_scores_stay_finite_like_the_reference(dtype):
+    X, y, W, rng = problem(64, 9, 5, dtype, scale=1e4)  # scores ~1e4: exp overflows unshifted
+    idx = rng.permutation(64)[:32]
+    value, grad = kernel_result("softmax", X, y, W, idx)
+    ref_value, ref_grad = softmax_loss(W, X[idx], y[idx], 0.0)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    assert value == pytest.approx(ref_value, rel=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_give_a_non_finite_loss(loss, bad):
+    """No "no-NaN / no-inf" fast-math: the divergence guard must see what happened."""
+    X, y, W, rng = problem(40, 6, 3, "float32")
+    W[2, 1] = bad
+    value, _ = kernel_result(loss, X, y, W, rng.permutation(40)[:16])
+    assert not np.isfinite(value)
+
+
+def test_hinge_counts_only_strictly_positive_margins():
+    X = np.eye(3, dtype=np.float64)
+    W = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # margins exactly 0
+    y = np.array([0, 1, 2])
+    value, grad = kernel_result("svm", X, y, W, np.arange(3))
+    assert value == 0.0
+    assert not grad.any()
+
+
+def test_inputs_are_not_modified():
+    X, y, W, rng = problem(100, 20, 4, "float32")
+    X0, y0, W0 = X.copy(), y.copy(), W.copy()
+    idx = rng.permutation(100)[:30]
+    idx0 = idx.copy()
+    kernel_result("softmax", X, y, W, idx)
+    for a, b in ((X, X0), (y, y0), (W, W0), (idx, idx0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_are_refused():
+    X = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; valid: softmax, svm"):
+        BatchLossGrad("hinge", X, np.zeros(4, dtype=int), 2, 4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        BatchLossGrad("svm", np.asfortranarray(np.zeros((4, 3))), np.zeros(4, dtype=int), 2, 4)
