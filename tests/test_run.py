@@ -144,6 +144,112 @@ def test_study_name_override_and_metric_clash(sqlite_url, tmp_path):
     assert "--study-name" in flat(proc.stderr)  # the hint
 
 
+def _open(study_file: Path, url: str, **overrides) -> optuna.Study:
+    """What `tuner run` does first, in this process: open (or refuse) the study."""
+    from tuner.config import load_study_file
+    from tuner.storage import open_storage
+    from tuner.study import open_study
+
+    return open_study(load_study_file(study_file).with_overrides(**overrides), open_storage(url))
+
+
+def test_an_existing_non_tuner_study_is_never_taken_over(sqlite_url, tmp_path):
+    """A plain Optuna study of the same name: with trials, or optimizing the other way, or with
+    several objectives, `tuner run` refuses (it used to count the foreign trials in the budget
+    and report one as the best); the read-only commands show such studies without a traceback."""
+    from tuner.errors import ConfigError
+
+    foreign = optuna.create_study(study_name="digits", storage=sqlite_url, direction="minimize")
+    foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    multi = optuna.create_study(study_name="multi", storage=sqlite_url,
+                                directions=["minimize", "maximize"])
+    multi.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("y", 0, 3)), n_trials=3)
+    optuna.create_study(study_name="wrongway", storage=sqlite_url, direction="minimize")
+    optuna.create_study(study_name="adopted", storage=sqlite_url, direction="maximize")
+    study = write_study(tmp_path / "s.toml", name="digits", n_trials=2, epochs=1)
+    proc = tuner("run", study, "--storage", sqlite_url, "-n", "12")
+    assert proc.returncode == 2, proc.stderr
+    assert "a study named 'digits' already exists in SQLite" in flat(proc.stderr)
+    assert "was not created by tuner (2 trial(s), minimize)" in flat(proc.stderr)
+    assert f"tuner run {study} --study-name NEW (or delete the old study first: tuner delete " \
+           "digits)" in flat(proc.stderr)
+    for name, fragment in (("multi", "with 2 objectives (minimize, maximize)"),
+                           ("wrongway", "is set to minimize, but study.metric = 'val_accuracy' "
+                                        "is to maximize")):
+        with pytest.raises(ConfigError, match="--study-name NEW") as refused:
+            _open(study, sqlite_url, name=name)
+        assert fragment in refused.value.message
+    assert states(sqlite_url, "digits") == {"COMPLETE": 2}  # nothing added
+    assert states(sqlite_url, "multi") == {"COMPLETE": 3}
+    # an empty study with the right direction is simply adopted
+    _open(study, sqlite_url, name="adopted")
+    assert load(sqlite_url, "adopted").user_attrs["tuner.metric"] == "val_accuracy"
+
+    listed = {r["name"]: r for r in json.loads(tuner("ls", "--storage", sqlite_url, "--json",
+                                                     check=True).stdout)}
+    assert listed["multi"]["metric"] == "2 objectives" and listed["multi"]["best_value"] is None
+    assert listed["digits"]["best_value"] == pytest.approx(foreign.best_value)
+    shown = tuner("show", "multi", "--storage", sqlite_url, check=True)
+    assert "multi-objective study (2 objectives: minimize, maximize)" in flat(shown.stdout)
+    assert "Pareto-optimal trials" in shown.stdout
+    front = json.loads(tuner("show", "multi", "--storage", sqlite_url, "--json", check=True).stdout)
+    assert front["best"] is None and front["pareto_front"]
+    shown = tuner("show", "digits", "--storage", sqlite_url, check=True)
+    assert f"best trial #{foreign.best_trial.number}" in shown.stdout
+    assert "not created by tuner" in shown.stdout
+    best = tuner("best", "multi", "--storage", sqlite_url)
+    assert best.returncode == 2 and "no single best trial" in flat(best.stderr)
+    tuner("export", "multi", "--storage", sqlite_url, "-o", tmp_path / "m.csv", check=True)
+    frame = pd.read_csv(tmp_path / "m.csv")
+    assert list(frame["value.1"]) == [t.values[1] for t in multi.trials]
+
+
+def test_an_edited_choice_list_is_refused_before_any_trial_runs(sqlite_url, tmp_path):
+    """Optuna cannot change a categorical parameter's choices within a study: every trial of
+    the rerun failed. The rerun is refused up front, naming the file and the key; a range whose
+    bounds change is fine (Optuna allows it), a range that changes its log scale is not."""
+    from tuner.errors import ConfigError
+
+    space = '''optimizer = ["sgd", "momentum", "adam"]
+lr = {low = 1e-3, high = 0.5, log = true}
+batch_size = [64, 128]
+
+[space.optimizers.adam]
+beta1 = [0.8, 0.9]'''
+    first = write_study(tmp_path / "s.toml", name="edit", n_trials=2, epochs=1, space=space)
+    tuner("run", first, "--storage", sqlite_url, "-q", check=True)
+    cut = write_study(tmp_path / "cut.toml", name="edit", n_trials=4, epochs=1,
+                      space=space.replace('["sgd", "momentum", "adam"]', '["sgd", "adam"]'))
+    proc = tuner("run", cut, "--storage", sqlite_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{cut}: space.optimizer: choices ['sgd', 'adam'] differ from the ['sgd', 'momentum', " \
+           "'adam'] the study's trials used" in flat(proc.stderr)
+    assert f"tuner run {cut} --study-name NEW" in flat(proc.stderr)
+    for old, new, key in (('["sgd", "momentum", "adam"]', '["adam", "momentum", "sgd"]',
+                           "space.optimizer"),
+                          ("[64, 128]", "[64, 128, 256]", "space.batch_size"),
+                          ("beta1 = [0.8, 0.9]", "beta1 = [0.8, 0.95]", "space.optimizers.adam.beta1"),
+                          ("beta1 = [0.8, 0.9]", "beta1 = {low = 0.8, high = 0.9}",
+                           "space.optimizers.adam.beta1"),
+                          ("log = true", "log = false", "space.lr")):
+        edited = write_study(tmp_path / "e.toml", name="edit", n_trials=4, epochs=1,
+                             space=space.replace(old, new))
+        with pytest.raises(ConfigError, match="cannot take this search space") as refused:
+            _open(edited, sqlite_url)
+        assert refused.value.message.startswith(f"{edited}: {key}:"), refused.value.message
+    assert states(sqlite_url, "edit") == {"COMPLETE": 2}  # no trial ran, none failed
+    widened = write_study(tmp_path / "w.toml", name="edit", n_trials=3, epochs=1,
+                          space=space.replace("low = 1e-3, high = 0.5", "low = 1e-4, high = 0.9"))
+    from tuner.config import load_study_file
+
+    study = _open(widened, sqlite_url)  # accepted, and Optuna takes its trials' parameters
+    for _ in range(3):
+        trial = study.ask()
+        load_study_file(widened).space.suggest(trial)
+        study.tell(trial, 0.5)
+    assert states(sqlite_url, "edit") == {"COMPLETE": 5}
+
+
 def test_timeout_stops_starting_trials(sqlite_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="short", n_trials=50, epochs=2)
     proc = tuner("run", study, "--storage", sqlite_url, "--timeout", "0.001", "--json", check=True)

@@ -16,7 +16,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import BufferedStorage
-from tuner.study import ATTR_METRIC, flat_params, resolved_params
+from tuner.study import ATTR_METRIC, flat_params, is_multi_objective, resolved_params
 
 GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -51,8 +51,10 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
     attrs = models.StudyUserAttributeModel.__table__
     with engine.connect() as conn:
         names = dict(conn.execute(sqlalchemy.select(studies.c.study_id, studies.c.study_name)).all())
-        dirs = {sid: d for sid, obj, d in conn.execute(sqlalchemy.select(
-            directions.c.study_id, directions.c.objective, directions.c.direction)).all() if obj == 0}
+        dirs: dict[int, dict[int, Any]] = {}
+        for sid, obj, d in conn.execute(sqlalchemy.select(
+                directions.c.study_id, directions.c.objective, directions.c.direction)).all():
+            dirs.setdefault(sid, {})[obj] = d
         metrics = dict(conn.execute(sqlalchemy.select(attrs.c.study_id, attrs.c.value_json)
                                     .where(attrs.c.key == ATTR_METRIC)).all())
         counts: dict[int, dict[str, int]] = {}
@@ -76,17 +78,22 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
             best[sid] = (lo, hi)
         rows = []
         for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
-            direction = dirs.get(sid)
-            direction_name = getattr(direction, "name", str(direction)).lower()
+            objectives = dirs.get(sid, {})
+            names_by_objective = [getattr(d, "name", str(d)).lower()
+                                  for _, d in sorted(objectives.items())]
+            direction_name = ",".join(names_by_objective)
             lo, hi = best.get(sid, (None, None))
             value = hi if direction_name == "maximize" else lo
+            if len(objectives) > 1:
+                value = None  # multi-objective: no single best value
             best_number = None
             if value is not None:
                 best_number = conn.execute(sqlalchemy.select(sqlalchemy.func.min(trials.c.number))
                                            .join(values, values.c.trial_id == trials.c.trial_id)
                                            .where(trials.c.study_id == sid, values.c.value == value,
                                                   trials.c.state == TrialState.COMPLETE)).scalar()
-            metric = _json(metrics.get(sid)) or "value"
+            metric = _json(metrics.get(sid)) or ("value" if len(objectives) <= 1
+                                                 else f"{len(objectives)} objectives")
             stamp = last.get(sid)
             rows.append(StudyRow(name, direction_name, metric,
                                  {s: counts.get(sid, {}).get(s, 0) for s in STATES}, value, best_number,
@@ -110,7 +117,9 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def top_trials(study: optuna.Study, k: int = 10) -> list[FrozenTrial]:
-    """The ``k`` best COMPLETE trials, best first."""
+    """The ``k`` best COMPLETE trials, best first (none for a multi-objective study)."""
+    if is_multi_objective(study):
+        return []
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     trials = [t for t in completed(study) if t.value is not None and math.isfinite(t.value)]
     return sorted(trials, key=lambda t: (-t.value if maximize else t.value, t.number))[:k]
@@ -137,7 +146,10 @@ class GroupStats:
 
 def best_by(study: optuna.Study, key: str, study_file: Any = None) -> list[GroupStats]:
     """Per value of ``key`` (e.g. ``optimizer``): count, best, median and quartiles of the
-    metric over COMPLETE trials, and how many were pruned or diverged; best group first."""
+    metric over COMPLETE trials, and how many were pruned or diverged; best group first
+    (none for a multi-objective study)."""
+    if is_multi_objective(study):
+        return []
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     groups: dict[Any, list[FrozenTrial]] = {}
     stopped: dict[Any, list[FrozenTrial]] = {}
@@ -174,7 +186,7 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def importances(study: optuna.Study) -> dict[str, float]:
     """Parameter importances (Optuna 5 default evaluator, PED-ANOVA) over the parameters all
     COMPLETE trials share; empty when there are too few trials."""
-    if len(completed(study)) < 2:
+    if len(completed(study)) < 2 or is_multi_objective(study):
         return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -189,12 +201,14 @@ def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = F
     record: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name,
-        "value": trial.value,
+        "value": trial.values[0] if trial.values and len(trial.values) == 1 else None,
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
+    if trial.values and len(trial.values) > 1:  # a multi-objective study (not made by tuner)
+        record.update({f"value.{i}": v for i, v in enumerate(trial.values)})
     record.update({f"param.{k}": v for k, v in flat_params(trial, study_file).items()
                    if not isinstance(v, list | dict)})
     for key, value in trial.user_attrs.items():

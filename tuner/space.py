@@ -55,6 +55,22 @@ class Dimension:
                                      step=int(self.step or 1))
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution | None:
+        """The Optuna distribution :meth:`suggest` uses (``None`` for a fixed key)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "fixed":
+            return None
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a value this dimension could produce."""
         if self.kind == "fixed":
@@ -119,6 +135,46 @@ class SearchSpace:
             dims.extend(group.values())
         return dims
 
+    def key_path(self, name: str, model_keys: Any = ()) -> str:
+        """Where the parameter ``name`` is set in a study file: ``space.optimizer``,
+        ``space.optimizers.adam.beta1``, ``space.decays.step.gamma`` (``model.loss`` for a
+        key in ``model_keys``, the searchable keys given in ``[model]``)."""
+        for group, section in ((self.optimizers, "optimizers"), (self.decays, "decays")):
+            for owner, dims in group.items():
+                for key, dim in dims.items():
+                    if dim.name == name:
+                        return f"space.{section}.{owner}.{key}"
+        return f"model.{name}" if name in model_keys else f"space.{name}"
+
+    def incompatible_with(self, stored: dict[str, list[optuna.distributions.BaseDistribution]]
+                          ) -> list[tuple[str, str]]:
+        """``(parameter, why)`` for each parameter of this space whose distribution Optuna would
+        refuse next to ``stored`` (the distributions a study's trials already used): a
+        categorical parameter's choices (and their order) cannot change within a study, nor can
+        a parameter's kind (choice / int / float) or its log scale. A range's bounds and step
+        may change."""
+        from optuna.distributions import CategoricalDistribution, check_distribution_compatibility
+
+        problems = []
+        for dim in self.dimensions():
+            new = dim.distribution()
+            for old in stored.get(dim.name, []) if new is not None else []:
+                try:
+                    check_distribution_compatibility(old, new)
+                except ValueError:
+                    if isinstance(old, CategoricalDistribution) and isinstance(new, CategoricalDistribution):
+                        why = (f"choices {list(new.choices)!r} differ from the {list(old.choices)!r} "
+                               "the study's trials used (Optuna cannot change a categorical "
+                               "parameter's choices, or their order, within a study)")
+                    else:
+                        why = (f"{_describe_distribution(new)} cannot replace the "
+                               f"{_describe_distribution(old)} the study's trials used (Optuna "
+                               "cannot change a parameter's kind, or a range's log scale, within "
+                               "a study; bounds and step may change)")
+                    problems.append((dim.name, why))
+                    break
+        return problems
+
     def params_from_optuna(self, optuna_params: dict[str, Any]) -> dict[str, Any]:
         """Flat training params of a trial from its Optuna params (fixed keys filled in)."""
         from optuna.trial import FixedTrial
@@ -170,6 +226,15 @@ class SearchSpace:
         for decay, group in self.decays.items():
             out += [(d.name, f"decay == {decay}", d.describe()) for d in group.values()]
         return out
+
+
+def _describe_distribution(dist: Any) -> str:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice of {list(dist.choices)!r}"
+    kind = "int" if isinstance(dist, IntDistribution) else "float"
+    return f"{'log ' if dist.log else ''}{kind} range [{dist.low:g}, {dist.high:g}]"
 
 
 def _values(dim: Dimension | None) -> tuple[Any, ...]:

@@ -114,6 +114,8 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
     existing = _study_names(storage)
     if name not in existing and not create:
         raise StudyNotFoundError(f"no study named {name!r} in this storage")
+    if name in existing:
+        check_existing_study(study_file, storage)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=make_pruner(study_file), direction=study_file.direction,
                                 load_if_exists=True)
@@ -123,11 +125,6 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
         study.set_user_attr(ATTR_SPACE, study_file.space.fingerprint())
         study.set_user_attr(ATTR_METRIC, study_file.study.metric)
         study.set_user_attr(ATTR_VERSION, __version__)
-    elif attrs[ATTR_METRIC] != study_file.study.metric:
-        raise ConfigError(
-            f"{study_file.source}: study.metric: the study {name!r} already exists with metric "
-            f"{attrs[ATTR_METRIC]!r}, not {study_file.study.metric!r}",
-            hint="pick another study name (--study-name) or delete the old study (tuner delete)")
     elif attrs.get(ATTR_CONFIG):
         changed = changed_keys(json.loads(attrs[ATTR_CONFIG])["raw"], study_file.raw)
         if changed:
@@ -136,6 +133,79 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
                         "join the old ones in one study (to compare them apart, run with "
                         "--study-name NEW)", study_file.source, name, shown)
     return study
+
+
+def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> None:
+    """Refuse to run ``study_file`` on the existing study of the same name when that would go
+    wrong: a study not created by tuner that already has trials (its trials would count toward
+    the budget and could be reported as the best), a multi-objective study, one that optimizes
+    in the other direction or another metric, or one whose trials used parameter distributions
+    Optuna would refuse next to the file's search space (e.g. a choice list that was edited:
+    every new trial would fail)."""
+    from tuner.storage import describe
+
+    name = study_file.study.name
+    metric, direction = study_file.study.metric, study_file.direction
+    where = describe(storage.backend.engine.url.render_as_string(hide_password=False))
+    study_id = storage.get_study_id_from_name(name)
+    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    attrs = storage.get_study_user_attrs(study_id)
+    source = study_file.source
+    hint = (f"run this study file under a new name: tuner run {source} --study-name NEW "
+            f"(or delete the old study first: tuner delete {name})")
+    prefix = f"{source}: study.name: a study named {name!r} already exists in {where}"
+    if len(directions) != 1:
+        raise ConfigError(f"{prefix} with {len(directions)} objectives ({', '.join(directions)}); "
+                          f"a tuner study has one ({metric}, {direction})", hint=hint)
+    if ATTR_METRIC not in attrs:
+        n = _count_trials(storage, study_id)
+        if n:
+            raise ConfigError(f"{prefix} and was not created by tuner ({n} trial(s), "
+                              f"{directions[0]}): its trials would count toward this study's budget "
+                              "and could be reported as its best", hint=hint)
+    elif attrs[ATTR_METRIC] != metric:
+        raise ConfigError(f"{source}: study.metric: the study {name!r} already exists with metric "
+                          f"{attrs[ATTR_METRIC]!r}, not {metric!r}", hint=hint)
+    if directions[0] != direction:
+        raise ConfigError(f"{prefix} and is set to {directions[0]}, but study.metric = "
+                          f"{metric!r} is to {direction}", hint=hint)
+    problems = study_file.space.incompatible_with(_stored_distributions(storage, study_id))
+    if problems:
+        model_keys = tuple(study_file.raw.get("model", {}))
+        lines = "; ".join(f"{study_file.space.key_path(param, model_keys)}: {why}"
+                          for param, why in problems)
+        raise ConfigError(f"{source}: {lines}: the study {name!r} in {where} cannot take this "
+                          "search space (its trials would all fail)",
+                          hint=f"run the edited file as a new study: tuner run {source} "
+                               f"--study-name NEW (or restore the old values)")
+
+
+def _count_trials(storage: BufferedStorage, study_id: int) -> int:
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    with storage.backend.engine.connect() as conn:
+        return int(conn.execute(sqlalchemy.select(sqlalchemy.func.count())
+                                .where(trials.c.study_id == study_id)).scalar() or 0)
+
+
+def _stored_distributions(storage: BufferedStorage, study_id: int
+                          ) -> dict[str, list[optuna.distributions.BaseDistribution]]:
+    """Every distinct distribution each parameter had in the study's trials (one query)."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
+    with storage.backend.engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.select(params.c.param_name, params.c.distribution_json)
+                            .join(trials, trials.c.trial_id == params.c.trial_id)
+                            .where(trials.c.study_id == study_id)
+                            .group_by(params.c.param_name, params.c.distribution_json)).all()
+    stored: dict[str, list[optuna.distributions.BaseDistribution]] = {}
+    for name, text in rows:
+        stored.setdefault(name, []).append(optuna.distributions.json_to_distribution(text))
+    return stored
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any],
@@ -175,7 +245,16 @@ def _study_names(storage: BufferedStorage) -> set[str]:
     return {s.study_name for s in storage.get_all_studies()}
 
 
+def is_multi_objective(study: optuna.Study) -> bool:
+    """A study with several objectives (never a tuner study; one made with Optuna directly)."""
+    return len(study.directions) > 1
+
+
 def metric_direction(study: optuna.Study) -> tuple[str, str]:
+    """``(metric, direction)``: ``("values", "minimize, maximize")`` for a multi-objective
+    study, ``("value", ...)`` for another single-objective study not made by tuner."""
+    if is_multi_objective(study):
+        return "values", ", ".join(d.name.lower() for d in study.directions)
     metric = study.user_attrs.get(ATTR_METRIC, "value")
     return metric, METRICS.get(metric, study.direction.name.lower())
 

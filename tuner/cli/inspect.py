@@ -52,7 +52,8 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
                 "last activity"):
         table.add_column(col, justify="left" if col in ("study", "metric", "last activity") else "right")
     for r in rows:
-        table.add_row(r.name, f"{r.metric} ({r.direction[:3]})", fmt(r.best_value),
+        shown = ", ".join(d[:3] for d in r.direction.split(",")) or "-"
+        table.add_row(r.name, f"{r.metric} ({shown})", fmt(r.best_value),
                       "-" if r.best_trial is None else f"#{r.best_trial}",
                       *[str(r.counts[s]) for s in results.STATES],
                       r.last_activity.strftime("%Y-%m-%d %H:%M:%S") if r.last_activity else "-")
@@ -67,13 +68,15 @@ def show(study: StudyArg, storage: StorageOpt = None,
     from tuner import results
     from tuner.cli.views import study_report
     from tuner.storage import describe
-    from tuner.study import metric_direction
+    from tuner.study import is_multi_objective, metric_direction
 
     st, sf, url = _load(study, storage)
     if json_out:
         metric, direction = metric_direction(st)
+        best = None
         try:
-            best = results.trial_record(st.best_trial, sf)
+            if not is_multi_objective(st):
+                best = results.trial_record(st.best_trial, sf)
         except ValueError:
             best = None
         counts: dict[str, int] = {}
@@ -85,6 +88,8 @@ def show(study: StudyArg, storage: StorageOpt = None,
             "by": {key: [g.as_dict() for g in results.best_by(st, key, sf)]
                    for key in results.GROUP_KEYS},
             "importances": results.importances(st),
+            **({"pareto_front": [results.trial_record(t, sf) for t in st.best_trials]}
+               if is_multi_objective(st) else {}),
         })
         return
     out.print(f"study [bold]{study}[/] in {describe(url)}")
@@ -222,10 +227,14 @@ def best(study: StudyArg, storage: StorageOpt = None,
     from tuner.cli.views import fmt
     from tuner.model import evaluate
     from tuner.reference import logistic_regression_accuracy
-    from tuner.study import flat_params, load_data, metric_direction
+    from tuner.study import flat_params, is_multi_objective, load_data, metric_direction
     from tuner.train import fit
 
     st, sf, _ = _load(study, storage)
+    if is_multi_objective(st):
+        raise TunerError(f"study {study!r} is multi-objective ({len(st.directions)} objectives; not "
+                         "created by tuner): it has no single best trial",
+                         hint=f"`tuner show {study}` lists its Pareto-optimal trials")
     try:
         trial = st.best_trial
     except ValueError:

@@ -10,7 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner import results
-from tuner.study import flat_params, metric_direction, resolved_params
+from tuner.study import (
+    ATTR_METRIC,
+    flat_params,
+    is_multi_objective,
+    metric_direction,
+    resolved_params,
+)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -77,21 +83,68 @@ def importance_table(imp: dict[str, float]) -> Table:
 
 def study_report(console: Console, study: optuna.Study, study_file: Any, *, top: int = 10,
                  groups: bool = True, show_importances: bool = True) -> None:
-    """Best trial, top-k, best per optimizer/decay/scaling rule and importances."""
+    """Best trial, top-k, best per optimizer/decay/scaling rule and importances (for a
+    multi-objective study made with Optuna directly: its Pareto front)."""
     metric, direction = metric_direction(study)
+    if is_multi_objective(study):
+        pareto_report(console, study, top=top)
+        return
     try:
         best = study.best_trial
     except ValueError:
         console.print("[yellow]no COMPLETE trial yet[/]")
         return
-    console.print(f"[bold]best trial #{best.number}[/]: {metric} = [bold green]{fmt(best.value)}[/] "
-                  f"({direction}), effective peak lr {fmt(best.user_attrs.get('peak_lr'), 4)}")
-    console.print(config_table(flat_params(best, study_file), title="best configuration"))
-    console.print(top_table(study, study_file, top))
-    if groups:
+    foreign = study_file is None and ATTR_METRIC not in study.user_attrs
+    if foreign:  # made with Optuna directly: no training configuration to break down
+        console.print(f"[yellow]not created by tuner[/]: [bold]best trial #{best.number}[/]: "
+                      f"{metric} = [bold green]{fmt(best.value)}[/] ({direction})")
+        console.print(config_table(dict(best.params), title="best parameters"))
+        console.print(plain_top_table(study, top))
+    else:
+        console.print(f"[bold]best trial #{best.number}[/]: {metric} = [bold green]{fmt(best.value)}"
+                      f"[/] ({direction}), effective peak lr {fmt(best.user_attrs.get('peak_lr'), 4)}")
+        console.print(config_table(flat_params(best, study_file), title="best configuration"))
+        console.print(top_table(study, study_file, top))
+    if groups and not foreign:
         for key in results.GROUP_KEYS:
-            console.print(group_table(study, study_file, key))
+            table = group_table(study, study_file, key)
+            if table.row_count:
+                console.print(table)
     if show_importances:
         imp = results.importances(study)
         if imp:
             console.print(importance_table(imp))
+
+
+def plain_top_table(study: optuna.Study, k: int) -> Table:
+    """Top trials of a study not made by tuner: number, value and parameters."""
+    metric, _ = metric_direction(study)
+    table = Table(title=f"top {k} trials", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("parameters")
+    for trial in results.top_trials(study, k):
+        table.add_row(str(trial.number), fmt(trial.value),
+                      ", ".join(f"{key}={fmt(v, 3)}" for key, v in trial.params.items()))
+    return table
+
+
+def pareto_report(console: Console, study: optuna.Study, *, top: int = 10) -> None:
+    """A multi-objective study (not made by tuner): its directions and Pareto-optimal trials."""
+    directions = [d.name.lower() for d in study.directions]
+    console.print(f"[yellow]multi-objective study ({len(directions)} objectives: "
+                  f"{', '.join(directions)}), not created by tuner:[/] it has no single best trial")
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    if not front:
+        console.print("[yellow]no COMPLETE trial yet[/]")
+        return
+    table = Table(title=f"Pareto-optimal trials ({len(front)}, first {min(top, len(front))})",
+                  title_justify="left")
+    table.add_column("#", justify="right")
+    for i, direction in enumerate(directions):
+        table.add_column(f"value {i} ({direction[:3]})", justify="right")
+    table.add_column("parameters")
+    for trial in front[:top]:
+        table.add_row(str(trial.number), *[fmt(v) for v in trial.values],
+                      ", ".join(f"{k}={fmt(v, 3)}" for k, v in trial.params.items()))
+    console.print(table)
