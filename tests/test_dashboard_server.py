@@ -16,14 +16,16 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from test_dashboard import STUDY_NAME, STUDY_PANELS, make_study, shared_study
+from test_nightly import DAY, add_night, nightly_file
 
-from conftest import run_tuner, tuner_env
+from conftest import drop_pg_database, run_tuner, tuner_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -118,12 +120,15 @@ def check_server(dash: Dashboard, url: str, name: str) -> None:
     assert cells[2] == f"{best.value:.4f}" and cells[3] == f"#{best.number}"
     assert cells[4:7] == [str(counts["COMPLETE"]), str(counts["PRUNED"]), str(counts["FAIL"])]
     last = max(t.datetime_complete for t in plain.trials if t.datetime_complete)
-    assert cells[9] == f"{last:%Y-%m-%d %H:%M:%S}"
-    assert f'href="/dashboard/studies/{study_id}"' in cells[10]
+    assert cells[9] == ""  # the verdict column is for nights of a nightly sweep
+    assert cells[10] == f"{last:%Y-%m-%d %H:%M:%S}"
+    assert f'href="/dashboard/studies/{study_id}"' in cells[11]
+    assert "dashboard=nightly" not in cells[11], "the nightly views are offered for nights only"
     rows = json.loads(dash.text("/tuner/api/studies"))
     item = next(r for r in rows if r["name"] == name)
     assert item["best_value"] == pytest.approx(best.value) and item["best_trial"] == best.number
     assert item["counts"]["COMPLETE"] == counts["COMPLETE"] and item["study_id"] == study_id
+    assert item["night"] is None and item["verdict"] is None and item["dashboard"] == "study"
     # the study's tuner views
     view = dash.text(f"/tuner/studies/{name}")
     for p in STUDY_PANELS:
@@ -149,6 +154,17 @@ def test_dashboard_serves_optuna_dashboard_and_the_tuner_views(study_url):
         status, _, body = dash.get("/", method="HEAD")
         assert status == 200 and body == b""
         assert dash.text("/tuner/health") == "ok\n"
+
+
+def test_health_says_when_the_database_is_gone(pg_url):
+    optuna.create_study(study_name="h", storage=pg_url)
+    with Dashboard(pg_url) as dash:
+        assert dash.get("/tuner/health")[0] == 200
+        drop_pg_database(pg_url)  # terminates the dashboard's connections too
+        status, headers, body = dash.get("/tuner/health")
+        assert status == 503, body
+        assert body.startswith(b"database unreachable: PostgreSQL ")
+        assert headers["Cache-Control"] == "no-store"
 
 
 def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp_path):
@@ -261,3 +277,64 @@ def test_ctrl_c_stops_the_server(study_url):
     finally:
         dash.stop()
     time.sleep(0.1)
+
+
+def _verdict(verdict: str, cause: str | None = None, message: str = "") -> dict[str, Any]:
+    return {"verdict": verdict, "cause": cause, "message": message, "metric": "val_accuracy",
+            "direction": "maximize", "tonight": 0.95, "tonight_trial": 0,
+            "baseline": {"nights": [], "level": 0.95, "margin": 0.01}, "incumbent": None}
+
+
+def _set_verdict(url: str, name: str, verdict: dict[str, Any]) -> None:
+    from tuner.nightly.nights import ATTR_VERDICT
+
+    optuna.load_study(study_name=name, storage=url).set_user_attr(ATTR_VERDICT, verdict)
+
+
+def test_a_nights_page_shows_its_verdict_and_follows_the_sweep(tmp_path):
+    """A night opens on the nightly dashboard (its verdict, the trend, and the study views), and
+    the cached page changes when the night's verdict, another night's verdict or the set of
+    nights changes (the cache used to count attributes, not their values)."""
+    url = f"sqlite:///{tmp_path / 'nights.db'}"
+    path = nightly_file(tmp_path / "n.toml")
+    config = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "constant"}
+    for back, value in ((2, 0.95), (1, 0.96), (0, 0.955)):
+        day = DAY - timedelta(days=back)
+        add_night(url, path, day, [(config, value, 1), ({**config, "lr": 0.1}, value - 0.02, 2)])
+        _set_verdict(url, f"nt-{day}", _verdict("ok", message=f"fine on {day}"))
+    optuna.create_study(study_name="plain", storage=url).add_trial(optuna.trial.create_trial(
+        params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=0.5))
+    name = f"nt-{DAY}"
+    with Dashboard(url) as dash:
+        listing = dash.text("/")
+        row = re.search(rf'<tr data-study="{name}">(.*?)</tr>', listing, re.S).group(1)
+        assert re.search(r'<td class="verdict"><span[^>]*title="fine on 2026-11-25">ok</span></td>', row)
+        assert f'href="/tuner/studies/{name}?dashboard=nightly"' in row
+        plain = re.search(r'<tr data-study="plain">(.*?)</tr>', listing, re.S).group(1)
+        assert "dashboard=nightly" not in plain and '<td class="verdict"></td>' in plain
+        item = next(r for r in json.loads(dash.text("/tuner/api/studies")) if r["name"] == name)
+        assert item["dashboard"] == "nightly" and item["night"]["date"] == str(DAY)
+        assert item["verdict"]["verdict"] == "ok"
+
+        page = dash.text(f"/tuner/studies/{name}")  # a night opens on the nightly views
+        for panel in ("nightly_trend", "nightly_choices", "nightly_verdicts", *STUDY_PANELS):
+            assert f'data-panel="{panel}"' in page, panel
+        assert f"Nightly verdict for <code>{name}</code>: <strong>OK</strong>" in page
+        assert "fine on 2026-11-25" in page and '"name":"regression"' not in page
+        assert "nightly views" not in dash.text("/tuner/studies/plain")
+
+        # the night's own verdict changes: the page follows at once
+        _set_verdict(url, name, _verdict("regression", "data", "the incumbent lost 0.05"))
+        page = dash.text(f"/tuner/studies/{name}")
+        assert "<strong>REGRESSION</strong> (data)" in page and "the incumbent lost 0.05" in page
+        assert "regression (data)" in dash.text("/")
+        # another night's verdict changes: the trend on this night's page shows it
+        _set_verdict(url, f"nt-{DAY - timedelta(days=1)}", _verdict("improvement", "search"))
+        assert '"name":"improvement"' in dash.text(f"/tuner/studies/{name}")
+        # a new night of the sweep appears: it is on the trend
+        later = DAY + timedelta(days=1)
+        assert str(later) not in dash.text(f"/tuner/studies/{name}")
+        add_night(url, path, later, [(config, 0.97, 3)])
+        assert str(later) in dash.text(f"/tuner/studies/{name}")
+        # unchanged: served from the cache (the same page, byte for byte)
+        assert dash.text(f"/tuner/studies/{name}") == dash.text(f"/tuner/studies/{name}")

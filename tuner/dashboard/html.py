@@ -196,19 +196,38 @@ def study_page(title: str, header: StudyHeader, panels: list[RenderedPanel], *, 
             f"{' · ' + html.escape(foot) if foot else ''}</footer></body></html>\n")
 
 
-def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards: list[str]) -> str:
-    """The study list: best value, trial counts by state and last activity per study, with
-    links to the tuner views and to optuna-dashboard."""
+VERDICT_COLORS = {"regression": "#b42318", "improvement": "#067647", "ok": "#344054",
+                  "no_result": "#b54708"}
+
+
+def verdict_text(verdict: dict[str, Any] | None) -> str:
+    """``regression (data)``, ``ok (search)``, ...; ``no verdict yet`` for a night without one."""
+    if not verdict:
+        return "no verdict yet"
+    cause = verdict.get("cause")
+    return f"{verdict.get('verdict', '?')}" + (f" ({cause})" if cause else "")
+
+
+def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards: list[str],
+              nights: dict[str, dict[str, Any] | None] | None = None) -> str:
+    """The study list: best value, trial counts by state, the verdict of each night of a
+    nightly sweep, last activity per study, with links to the tuner views and to
+    optuna-dashboard. ``nights``: study name -> its stored verdict (``None``: none yet), for
+    the night studies only; they open on the ``nightly`` dashboard, and only they offer it."""
+    nights = nights or {}
     head = ("<tr><th>study</th><th>metric</th><th class=num>best</th><th class=num>best trial</th>"
             + "".join(f"<th class=num>{s.lower()}</th>" for s in STATES)
-            + "<th>last activity</th><th>views</th></tr>")
+            + "<th>verdict</th><th>last activity</th><th>views</th></tr>")
     body = []
     for r in rows:
         name = html.escape(r.name)
         q = quote(r.name, safe="")
+        night = r.name in nights
+        offered = [d for d in dashboards if night or d != "nightly"]
+        if night and "nightly" in offered:
+            offered = ["nightly"] + [d for d in offered if d != "nightly"]
         views = " · ".join(
-            f'<a href="/tuner/studies/{q}{"" if d == "study" else "?dashboard=" + quote(d)}">'
-            f"{html.escape(d)}</a>" for d in dashboards)
+            f'<a href="/tuner/studies/{q}?dashboard={quote(d)}">{html.escape(d)}</a>' for d in offered)
         sid = ids.get(r.name)
         optuna_link = f' · <a href="/dashboard/studies/{sid}">optuna-dashboard</a>' if sid is not None else ""
         best = "-" if r.best_value is None or (isinstance(r.best_value, float) and math.isnan(r.best_value)) \
@@ -216,10 +235,17 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
         trial = "-" if r.best_trial is None else f"#{r.best_trial}"
         last = f"{r.last_activity:%Y-%m-%d %H:%M:%S}" if r.last_activity else "-"
         counts = "".join(f"<td class=num>{r.counts.get(s, 0)}</td>" for s in STATES)
+        verdict = ""
+        if night:
+            v = nights[r.name] or {}
+            color = VERDICT_COLORS.get(v.get("verdict", ""), "#667085")
+            title = html.escape(str(v.get("message", "")), quote=True)
+            verdict = (f'<span style="color:{color};font-weight:600" title="{title}">'
+                       f"{html.escape(verdict_text(nights[r.name]))}</span>")
         body.append(f'<tr data-study="{name}"><td><a href="/tuner/studies/{q}">{name}</a></td>'
                     f"<td>{html.escape(r.metric)} ({html.escape(r.direction[:3])})</td>"
                     f'<td class="num best">{best}</td><td class=num>{trial}</td>{counts}'
-                    f"<td>{last}</td><td>{views}{optuna_link}</td></tr>")
+                    f'<td class="verdict">{verdict}</td><td>{last}</td><td>{views}{optuna_link}</td></tr>')
     table = (f'<table class="list" id="studies"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
              if rows else '<p id="studies">No studies yet. Start one with <code>tuner run '
                           'studies/digits.toml</code>.</p>')

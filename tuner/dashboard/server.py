@@ -4,20 +4,28 @@ Routes (everything else goes to optuna-dashboard, whose UI is under ``/dashboard
 
 * ``/`` and ``/tuner/``: the study list, with best value, trial counts by state and last
   activity per study (one set of aggregate queries, fast for any number of trials);
-* ``/tuner/studies/<name>[?dashboard=<name>]``: a study's tuner views (``dashboards/study.toml``
-  by default; ``dashboard`` is only ever the name of a ``*.toml`` file of the dashboards folders,
-  never a path: anything else is a 404 that lists the names);
+* ``/tuner/studies/<name>[?dashboard=<name>]``: a study's tuner views (by default
+  ``dashboards/nightly.toml`` for a night of a nightly sweep, else ``dashboards/study.toml``;
+  ``dashboard`` is only ever the name of a ``*.toml`` file of the dashboards folders, never a
+  path: anything else is a 404 that lists the names);
 * ``/tuner/studies/<name>/report.html``: the same as a self-contained file (``tuner report``);
-* ``/tuner/api/studies``: the study list as JSON; ``/tuner/health``: ``ok``;
+* ``/tuner/api/studies``: the study list as JSON;
+* ``/tuner/health``: ``ok`` once ``SELECT 1`` answers (a lost database is a 503, so a container
+  healthcheck or a Kubernetes probe sees it);
 * ``/tuner/static/plotly.min.js``: plotly.js (cached by the browser, gzip when accepted).
 
-Rendered pages are cached per study until its trials change (a cheap aggregate query decides).
+Rendered pages are cached per study and dashboard until what they show changes, which a few
+cheap queries decide (:meth:`TunerViews.fingerprint`): the study's trials (count, last start and
+completion, running ones), its user attributes (their values, e.g. a night's verdict), the
+dashboard files, and for a dashboard with nightly panels the sweep's nights (which exist, their
+trials, verdicts and warm starts).
 """
 
 from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import html
 import json
 import logging
@@ -92,7 +100,7 @@ class TunerViews:
         if path in ("", "/", "/tuner", "/tuner/", "/tuner/studies", "/tuner/studies/"):
             return "200 OK", self.list_html(), HTML, [("Cache-Control", "no-store")]
         if path == "/tuner/health":
-            return "200 OK", "ok\n", "text/plain; charset=utf-8", []
+            return self.health()
         if path == "/tuner/api/studies":
             return "200 OK", json.dumps(self.list_json(), indent=1), "application/json", \
                 [("Cache-Control", "no-store")]
@@ -101,9 +109,10 @@ class TunerViews:
         if path.startswith("/tuner/studies/"):
             rest = path[len("/tuner/studies/"):]
             query = parse_qs(environ.get("QUERY_STRING", ""))
-            dashboard = (query.get("dashboard") or ["study"])[0]
+            dashboard = (query.get("dashboard") or [None])[0]
             if rest.endswith("/report.html"):
                 name = rest[: -len("/report.html")]
+                dashboard = dashboard or self.default_dashboard(name)
                 page = self.study_html(name, dashboard, plotly="inline")
                 filename = quote(f"{name}-{dashboard}.html", safe="")
                 return "200 OK", page, HTML, [
@@ -128,14 +137,53 @@ class TunerViews:
 
         return results.list_studies(self.storage)
 
+    def health(self) -> tuple[str, Any, str, list]:
+        """``ok`` if the database answers ``SELECT 1``, else 503 with the reason."""
+        backend = getattr(self.storage, "backend", None)
+        try:
+            if backend is not None:
+                with backend.engine.connect() as conn:
+                    conn.execute(sqlalchemy.text("SELECT 1"))
+        except Exception as exc:
+            root: BaseException = exc
+            while getattr(root, "orig", None) is not None or root.__cause__ is not None:
+                root = getattr(root, "orig", None) or root.__cause__  # type: ignore[assignment]
+            reason = " ".join(str(root).split())[:300] or type(root).__name__
+            log.warning("health check: %s does not answer: %s", self.storage_text, reason)
+            return ("503 Service Unavailable", f"database unreachable: {self.storage_text}: {reason}\n",
+                    "text/plain; charset=utf-8", [("Cache-Control", "no-store")])
+        return "200 OK", "ok\n", "text/plain; charset=utf-8", [("Cache-Control", "no-store")]
+
+    def nights(self) -> dict[int, dict[str, Any]]:
+        """Study id -> ``{"night": ..., "verdict": ...}`` for every night of a nightly sweep (one
+        query over the two study user attributes)."""
+        from optuna.storages._rdb import models
+
+        from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT
+
+        attrs = models.StudyUserAttributeModel.__table__
+        found: dict[int, dict[str, Any]] = {}
+        with self.storage.backend.engine.connect() as conn:
+            for sid, key, value in conn.execute(sqlalchemy.select(
+                    attrs.c.study_id, attrs.c.key, attrs.c.value_json)
+                    .where(attrs.c.key.in_([ATTR_NIGHT, ATTR_VERDICT]))).all():
+                found.setdefault(sid, {})["night" if key == ATTR_NIGHT else "verdict"] = json.loads(value)
+        return {sid: info for sid, info in found.items() if "night" in info}
+
     def list_json(self) -> list[dict[str, Any]]:
         ids = {s.study_name: s._study_id for s in self.storage.get_all_studies()}
+        nights = self.nights()
         out = []
         for row in self.list_rows():
+            sid = ids.get(row.name)
+            night = nights.get(sid) if sid is not None else None
             item = jsonable(row.as_dict())
-            item["study_id"] = ids.get(row.name)
+            item["study_id"] = sid
             item["views"] = f"/tuner/studies/{quote(row.name, safe='')}"
-            item["optuna_dashboard"] = f"/dashboard/studies/{ids.get(row.name)}"
+            item["dashboard"] = "nightly" if night is not None else "study"
+            item["optuna_dashboard"] = f"/dashboard/studies/{sid}"
+            item["night"] = None if night is None else night["night"]
+            item["verdict"] = None if night is None else jsonable(night.get("verdict"))
             out.append(item)
         return out
 
@@ -143,29 +191,57 @@ class TunerViews:
         ids = {s.study_name: s._study_id for s in self.storage.get_all_studies()}
         names = list(available_dashboards(self.folder))
         names = ["study"] + [n for n in names if n != "study"]
-        return list_page(self.list_rows(), storage=self.storage_text, ids=ids, dashboards=names)
+        by_id = self.nights()
+        nights = {name: by_id[sid].get("verdict") for name, sid in ids.items() if sid in by_id}
+        return list_page(self.list_rows(), storage=self.storage_text, ids=ids, dashboards=names,
+                         nights=nights)
 
-    def study_html(self, name: str, dashboard: str = "study", *,
+    def default_dashboard(self, name: str) -> str:
+        """``nightly`` for a night of a nightly sweep (when that dashboard exists), else ``study``."""
+        from optuna.storages._rdb import models
+
+        from tuner.nightly.nights import ATTR_NIGHT
+
+        backend = getattr(self.storage, "backend", None)
+        if backend is None:
+            return "study"
+        studies = models.StudyModel.__table__
+        attrs = models.StudyUserAttributeModel.__table__
+        with backend.engine.connect() as conn:
+            sid = conn.execute(sqlalchemy.select(studies.c.study_id)
+                               .where(studies.c.study_name == name)).scalar()
+            if sid is None:
+                raise StudyNotFoundError(f"no study named {name!r} in this storage")
+            night = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).where(
+                attrs.c.study_id == sid, attrs.c.key == ATTR_NIGHT)).scalar()
+        return "nightly" if night and "nightly" in available_dashboards(self.folder) else "study"
+
+    def study_html(self, name: str, dashboard: str | None = None, *,
                    plotly: str = "/tuner/static/plotly.min.js") -> str:
         if not name:
             raise StudyNotFoundError("no study name in the address")
+        default = self.default_dashboard(name)
+        dashboard = dashboard or default
         path = self.dashboard_file(dashboard)
-        stamp = (self._fingerprint(name), path.stat().st_mtime_ns, str(path), plotly)
+        spec = load_dashboard(str(path), self.folder)
+        files = tuple((f, Path(f).stat().st_mtime_ns) for f in spec.files)
+        fingerprint = self.fingerprint(name, spec)
+        stamp = (fingerprint, files, plotly)
         key = (name, f"{dashboard}|{plotly}")
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one render per study and dashboard at a time; the others wait for it
             cached = self._cache.get(key)
-            if cached is not None and stamp[0] is not None and cached[0] == stamp:
+            if cached is not None and fingerprint is not None and cached[0] == stamp:
                 self._cache.move_to_end(key)
                 return cached[1]
-            spec = load_dashboard(str(path))
+            night = default == "nightly"
             q = quote(name, safe="")
             nav = [("all studies", "/"), ("optuna-dashboard", f"/dashboard/studies/{self._study_id(name)}"),
-                   ("download report", f"/tuner/studies/{q}/report.html"
-                                       + ("" if dashboard == "study" else f"?dashboard={quote(dashboard)}"))]
-            nav += [(f"{d} views", f"/tuner/studies/{q}" + ("" if d == "study" else f"?dashboard={quote(d)}"))
-                    for d in available_dashboards(self.folder) if d != dashboard]
+                   ("download report", f"/tuner/studies/{q}/report.html?dashboard={quote(dashboard)}")]
+            nav += [(f"{d} views", f"/tuner/studies/{q}?dashboard={quote(d)}")
+                    for d in available_dashboards(self.folder)
+                    if d != dashboard and (night or d != "nightly")]
             view = render_study_view(self.storage, name, spec=spec, plotly=plotly, nav=nav)
             if view.errors:
                 log.warning("study %s: %d view(s) failed: %s", name, len(view.errors), view.errors)
@@ -193,15 +269,17 @@ class TunerViews:
         except KeyError:
             raise StudyNotFoundError(f"no study named {name!r} in this storage") from None
 
-    def _fingerprint(self, name: str) -> tuple | None:
-        """Changes whenever a trial of the study is added or changes state (``None``: unknown,
-        do not cache)."""
+    def fingerprint(self, name: str, spec: Any = None) -> tuple | None:
+        """What the pages of study ``name`` show, in a few cheap queries: it changes whenever a
+        trial of the study is added or changes state, a study user attribute changes value
+        (e.g. the night's verdict), and, for a dashboard ``spec`` with nightly panels, when a
+        night of the sweep appears or its trials, verdict or warm start change. ``None``:
+        unknown, do not cache."""
         from optuna.storages._rdb import models
 
         backend = getattr(self.storage, "backend", None)
         if backend is None:
             return None
-        trials = models.TrialModel.__table__
         studies = models.StudyModel.__table__
         attrs = models.StudyUserAttributeModel.__table__
         with backend.engine.connect() as conn:
@@ -209,15 +287,14 @@ class TunerViews:
                                .where(studies.c.study_name == name)).scalar()
             if sid is None:
                 raise StudyNotFoundError(f"no study named {name!r} in this storage")
-            row = conn.execute(sqlalchemy.select(
-                sqlalchemy.func.count(), sqlalchemy.func.max(trials.c.datetime_start),
-                sqlalchemy.func.max(trials.c.datetime_complete),
-                sqlalchemy.func.sum(sqlalchemy.case((trials.c.state == "RUNNING", 1), else_=0)))
-                .where(trials.c.study_id == sid)).one()
-            n_attrs = conn.execute(sqlalchemy.select(sqlalchemy.func.count())
-                                   .where(attrs.c.study_id == sid)).scalar()
-        return (sid, *tuple(str(v) for v in row), n_attrs)
-
+            own = conn.execute(sqlalchemy.select(attrs.c.key, attrs.c.value_json)
+                               .where(attrs.c.study_id == sid)).all()
+            marks = _trial_marks(conn, [sid]).get(sid)
+            sweep = None
+            bases = _sweep_bases(spec, name, dict(own)) if spec is not None else set()
+            if bases:
+                sweep = tuple(_sweep_marks(conn, base) for base in sorted(bases))
+        return (sid, marks, _digest(sorted(own)), sweep)
     def _plotly(self, environ: dict[str, Any]) -> tuple[str, Any, str, list]:
         etag = f'"plotly-{plotly_version()}"'
         headers = [("Cache-Control", "public, max-age=86400"), ("ETag", etag), ("Vary", "Accept-Encoding")]
@@ -231,6 +308,62 @@ class TunerViews:
         if "plain" not in self._js:
             self._js["plain"] = plotly_js().encode("utf-8")
         return "200 OK", self._js["plain"], "application/javascript; charset=utf-8", headers
+
+
+def _digest(rows: Any) -> str:
+    return hashlib.sha1(repr(rows).encode("utf-8")).hexdigest()
+
+
+def _trial_marks(conn: Any, study_ids: list[int]) -> dict[int, tuple]:
+    """Per study: trial count, last trial id, last start and completion, running trials."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    rows = conn.execute(sqlalchemy.select(
+        trials.c.study_id, sqlalchemy.func.count(), sqlalchemy.func.max(trials.c.trial_id),
+        sqlalchemy.func.max(trials.c.datetime_start), sqlalchemy.func.max(trials.c.datetime_complete),
+        sqlalchemy.func.sum(sqlalchemy.case((trials.c.state == "RUNNING", 1), else_=0)))
+        .where(trials.c.study_id.in_(study_ids)).group_by(trials.c.study_id)).all()
+    return {row[0]: tuple(str(v) for v in row[1:]) for row in rows}
+
+
+def _sweep_bases(spec: Any, name: str, attrs: dict[str, str]) -> set[str]:
+    """The nightly sweeps the nightly panels of ``spec`` show for study ``name`` (the same
+    rule as :func:`tuner.nightly.figures.base_name`)."""
+    from tuner.nightly.nights import ATTR_NIGHT, base_of
+
+    own = None
+    night = json.loads(attrs[ATTR_NIGHT]) if ATTR_NIGHT in attrs else None
+    if isinstance(night, dict) and night.get("base"):
+        own = str(night["base"])
+    bases = set()
+    for p in spec.panels:
+        if p.type.startswith("nightly_"):
+            base = p.options.get("base") or own or base_of(name)
+            if base:
+                bases.add(str(base))
+    return bases
+
+
+def _sweep_marks(conn: Any, base: str) -> tuple:
+    """The nights of ``base``: which exist, their trials, verdicts, warm starts and night info."""
+    from optuna.storages._rdb import models
+
+    from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, night_date
+
+    studies = models.StudyModel.__table__
+    attrs = models.StudyUserAttributeModel.__table__
+    nights = {sid: study_name for sid, study_name in conn.execute(
+        sqlalchemy.select(studies.c.study_id, studies.c.study_name)
+        .where(studies.c.study_name.startswith(f"{base}-", autoescape=True))).all()
+        if night_date(study_name, base) is not None}
+    if not nights:
+        return (base,)
+    ids = sorted(nights)
+    marks = _trial_marks(conn, ids)
+    values = conn.execute(sqlalchemy.select(attrs.c.study_id, attrs.c.key, attrs.c.value_json).where(
+        attrs.c.study_id.in_(ids), attrs.c.key.in_([ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START]))).all()
+    return (base, tuple((sid, nights[sid], marks.get(sid)) for sid in ids), _digest(sorted(values)))
 
 
 def _path(environ: dict[str, Any]) -> str:
