@@ -345,9 +345,13 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
     assert list(best.y) == [r["best_value"] for r in records]
     assert any(t.name == "baseline ± margin" for t in trend.data)
     assert any(t.name == "incumbent re-trained on the night's data" for t in trend.data)
+    # daily data on a daily axis: whole dates, one tick a night (not plotly's hourly ticks)
+    assert trend.layout.xaxis.tickformat == "%Y-%m-%d" and trend.layout.xaxis.dtick == 86_400_000
     choices = choices_figure(SimpleNamespace(study=study, study_file=None, storage=sqlite_url,
                                              options={"last": 2}))
     assert [list(t.y) for t in choices.data[:1]] == [[r["config"]["optimizer"] for r in records[-2:]]]
+    assert choices.layout.xaxis4.tickformat == "%Y-%m-%d" and choices.layout.yaxis4.type == "log"
+    assert choices.layout.yaxis4.tickvals, "the LR axis has explicit, uncrowded ticks"
     text = verdict_markdown(ctx)
     assert text.startswith("### Nightly verdict for `nt-2026-11-25`")
     assert "incumbent re-trained on tonight's data" in text

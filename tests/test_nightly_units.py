@@ -11,6 +11,7 @@ import pytest
 from tuner.config import RegressionRule, load_study_file, parse_study_dict
 from tuner.errors import ConfigError
 from tuner.nightly.cron import _weekdays, cron_trigger, last_fire_time, night_of
+from tuner.nightly.figures import date_axis, log_ticks, verdict_key
 from tuner.nightly.nights import (
     ATTR_NIGHT,
     ATTR_VERDICT,
@@ -155,6 +156,25 @@ def test_edge_cases_first_night_no_result_and_unknown_cause():
     diverged = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9,
                      incumbent_diverged=True)
     assert (diverged.verdict, diverged.cause) == ("regression", "data")
+
+
+# --- trend axes -------------------------------------------------------------------------------
+
+def test_trend_axes_show_whole_days_and_uncrowded_log_ticks():
+    week = [f"2026-11-{d}" for d in range(19, 26)]
+    axis = date_axis(week)
+    assert axis["tickformat"] == "%Y-%m-%d" and axis["dtick"] == 86_400_000 and axis["type"] == "date"
+    year = date_axis(["2026-01-01", "2026-12-31"])
+    assert year["dtick"] % 86_400_000 == 0 and 365 / (year["dtick"] / 86_400_000) <= 14
+    assert date_axis(["2026-11-25"]) == {"type": "category"}
+    # within a decade: 1, 2, 5; over several: powers of ten only, at most 7 labels
+    assert log_ticks([0.012, 0.05])["ticktext"] == ["0.01", "0.02", "0.05", "0.1"]
+    wide = log_ticks([1e-6, 0.02, 3.0])
+    assert all(t in ("1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1", "1", "10") for t in wide["ticktext"])
+    assert len(wide["tickvals"]) <= 7
+    assert log_ticks([None, float("nan")]) == {}
+    assert verdict_key({"verdict": "ok", "cause": "search"}) == "ok (search shortfall)"
+    assert verdict_key({"verdict": "regression", "cause": "data"}) == "regression"
 
 
 # --- names and dates -------------------------------------------------------------------------

@@ -30,8 +30,50 @@ VERDICT_STYLE = {
     "regression": {"color": "#d62728", "symbol": "x", "size": 14},
     "improvement": {"color": "#2ca02c", "symbol": "triangle-up", "size": 14},
     "ok": {"color": "#7f7f7f", "symbol": "circle", "size": 9},
+    "ok (search shortfall)": {"color": "#e3a008", "symbol": "circle-open", "size": 13},
     "no_result": {"color": "#ff7f0e", "symbol": "square", "size": 10},
 }
+DAY_MS = 86_400_000
+MAX_DATE_TICKS = 14
+
+
+def verdict_key(verdict: dict[str, Any] | None) -> str:
+    """The :data:`VERDICT_STYLE` entry of a stored verdict (a search shortfall is its own)."""
+    v = verdict or {}
+    if v.get("verdict") == "ok" and v.get("cause") == "search":
+        return "ok (search shortfall)"
+    return str(v.get("verdict", ""))
+
+
+def date_axis(dates: list[str]) -> dict[str, Any]:
+    """A date axis for one value per night: whole days (``%Y-%m-%d``), one tick a day, or one
+    every few days so that at most :data:`MAX_DATE_TICKS` show (plotly's own ticks for a few
+    days are hours); a single night is a category."""
+    if len(dates) <= 1:
+        return {"type": "category"}
+    from datetime import date as _date
+
+    days = (_date.fromisoformat(max(dates)) - _date.fromisoformat(min(dates))).days + 1
+    step = max(1, math.ceil(days / MAX_DATE_TICKS))
+    return {"type": "date", "tickformat": "%Y-%m-%d", "hoverformat": "%Y-%m-%d",
+            "dtick": step * DAY_MS, "tick0": min(dates)}
+
+
+def log_ticks(values: list[float | None]) -> dict[str, Any]:
+    """Tick values and labels for a log axis over ``values`` that never crowd: powers of ten,
+    with 2 and 5 between them only when the data span at most one decade (plotly's own log
+    ticks label 2..9 of every decade, which overlap in a short subplot)."""
+    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not finite:
+        return {}
+    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
+    high = max(high, low + 1)
+    mantissas = (1, 2, 5) if high - low <= 1 else (1,)
+    step = max(1, math.ceil((high - low + 1) / 6))
+    ticks = [m * 10.0 ** e for e in range(low, high + 1, step if mantissas == (1,) else 1)
+             for m in mantissas]
+    ticks = [t for t in ticks if 10.0 ** low <= t <= 10.0 ** high]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}
 
 
 def base_name(ctx: Any) -> str | None:
@@ -120,7 +162,7 @@ def trend_figure(ctx: Any) -> go.Figure:
                                  hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=xs, y=[b["level"] for _, b in band], mode="lines",
                                  line={"dash": "dash", "color": "#1f77b4"},
-                                 name="baseline (median of nightly bests)"))
+                                 name="baseline (median of the nights)"))
     fig.add_trace(go.Scatter(
         x=dates, y=[r.best_value for r in records], mode="lines+markers", name="best of the night",
         line={"color": "#1f77b4"}, marker={"size": 6},
@@ -136,7 +178,7 @@ def trend_figure(ctx: Any) -> go.Figure:
             text=[f"{i.get('night')} #{i.get('trial')} (stored {i.get('value')})" for _, i in inc],
             hovertemplate="%{x}: %{y:.4f} %{text}<extra></extra>"))
     for verdict, style in VERDICT_STYLE.items():
-        hits = [r for r in records if (r.verdict or {}).get("verdict") == verdict]
+        hits = [r for r in records if verdict_key(r.verdict) == verdict]
         if not hits:
             continue
         fig.add_trace(go.Scatter(
@@ -152,7 +194,7 @@ def trend_figure(ctx: Any) -> go.Figure:
         fig.add_vline(x=current, line={"dash": "dot", "color": "#555"})
     fig.update_layout(title=title, xaxis_title="night", yaxis_title=metric, hovermode="closest",
                       legend={"orientation": "h", "y": -0.2})
-    fig.update_xaxes(type="category" if len(dates) == 1 else "date")
+    fig.update_xaxes(**date_axis(dates))
     return fig
 
 
@@ -167,8 +209,7 @@ def choices_figure(ctx: Any) -> go.Figure:
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[label for _, label in rows] + ["learning rate (lr)"])
     dates = [r.date.isoformat() for r in records]
-    colors = [VERDICT_STYLE.get((r.verdict or {}).get("verdict", ""), {}).get("color", "#1f77b4")
-              for r in records]
+    colors = [VERDICT_STYLE.get(verdict_key(r.verdict), {}).get("color", "#1f77b4") for r in records]
     for i, (key, label) in enumerate(rows, start=1):
         values = [str(r.choice(key) if r.choice(key) is not None else "-") for r in records]
         fig.add_trace(go.Scatter(x=dates, y=values, mode="markers+lines", name=label,
@@ -181,8 +222,8 @@ def choices_figure(ctx: Any) -> go.Figure:
     fig.add_trace(go.Scatter(x=dates, y=lrs, mode="markers+lines", name="lr",
                              marker={"size": 9, "color": colors},
                              hovertemplate="%{x}: lr %{y:.3g}<extra></extra>"), row=4, col=1)
-    fig.update_yaxes(type="log", row=4, col=1)
-    fig.update_xaxes(type="category" if len(dates) == 1 else "date")
+    fig.update_yaxes(type="log", row=4, col=1, **log_ticks(lrs))
+    fig.update_xaxes(**date_axis(dates))
     fig.update_layout(title=title, showlegend=False, height=720)
     return fig
 
