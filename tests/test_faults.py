@@ -309,6 +309,33 @@ def test_workers_wait_through_a_server_restart_and_finish(tmp_path, throwaway_pg
     assert "database unavailable" in (tmp_path / "a.log").read_text()
 
 
+@pytest.mark.postgres
+def test_a_persistent_outage_ends_the_runner_after_max_db_outage(tmp_path, throwaway_pg):
+    """One outage clock for every database operation of a runner: with max_db_outage = 4 and
+    the server gone for good, the runner gives up about 4 s after the outage began (each
+    operation used to start its own window: 8 s allowed, 42 s taken), skips the writes it can
+    no longer make at shutdown, and its message says what was left unsaved (it used to log
+    "could not save finished trials" and then hint "finished trials are saved")."""
+    url, pg_ctl = throwaway_pg
+    path = study_file(tmp_path, n_trials=40, epochs=150)
+    text = path.read_text().replace("max_db_outage = 60", "max_db_outage = 4")
+    path.write_text(text)
+    log = tmp_path / "a.log"
+    runner = start_runner(path, url, log, "--workers", "2")
+    wait_for(lambda: len(owned_running(url, "faults", runner.pid)) >= 2, 60, what="two trials")
+    pg_ctl("stop", "-m", "fast")
+    stopped = time.monotonic()
+    code = finish(runner, 120, log)
+    took = time.monotonic() - stopped
+    output = log.read_text()
+    assert code == 3, output[-3000:]
+    assert "did not come back within 4 s" in output, output[-3000:]
+    assert took < 4 + 8, f"the runner took {took:.1f} s to give up:\n{output[-3000:]}"
+    assert "could not save finished trials" not in output and "finished trials are saved" not in output
+    assert "stay RUNNING in the database" in output and "--fail-stale" in output
+    assert "Traceback" not in output
+
+
 # --- 5. SQLite: the owning process is killed, the command is rerun --------------------------
 
 def test_sqlite_owner_killed_then_rerun_fails_and_retries_the_orphan(tmp_path):

@@ -49,13 +49,14 @@ from tuner.storage import describe, open_storage
 from tuner.storage.coordination import (
     BudgetLock,
     NamedLock,
+    claim_run_index,
     enqueue_retry,
     fail_stale_trials,
     fail_trial,
     state_counts,
     touch_heartbeats,
 )
-from tuner.storage.resilience import Resilient
+from tuner.storage.resilience import Resilient, first_line
 from tuner.study import ATTR_DATA, data_summary, derive_seed, load_data, open_study, trial_seed
 from tuner.train import make_plan
 
@@ -148,6 +149,7 @@ class Runner:
         self._shared: SharedSplits | None = None
         self._heartbeat: threading.Thread | None = None
         self.study: optuna.Study | None = None
+        lost: StorageError | None = None
         try:
             try:
                 self._setup()
@@ -158,14 +160,17 @@ class Runner:
                         self._update_counts()
                         self._loop()
                     self._call_hooks("on_end")
-            except StorageError:
+            except StorageError as exc:
                 if self._signal is None:
+                    lost = exc
                     raise
             if self._signal is not None:
                 self.stop_reason = self._signal
         finally:
             self._stop_event.set()
-            self._shutdown()
+            self._shutdown(database_lost=lost is not None and self.resilient.gave_up)
+            if lost is not None and self.resilient.gave_up:
+                lost.hint = self._outage_hint()
             if self._heartbeat is not None:
                 self._heartbeat.join(5.0)
             if self._shared is not None:
@@ -202,7 +207,8 @@ class Runner:
                                          sampler_seed=0)
         self.study_id = self.study._study_id
         self._recover_orphans()
-        self.study.sampler = self._seeded_sampler()
+        self.study.sampler = self.resilient.call("claim this run's index in the study",
+                                                 self._seeded_sampler)
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
         if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials:
             self.stop_reason = "done"  # nothing to do: don't load data or start workers
@@ -215,8 +221,9 @@ class Runner:
         splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
-        if ATTR_DATA not in self.study.user_attrs:
-            self.study.set_user_attr(ATTR_DATA, data_summary(splits))
+        if ATTR_DATA not in self.resilient.call("read the study", lambda: self.study.user_attrs):
+            self.resilient.call("store the data sizes", self.study.set_user_attr, ATTR_DATA,
+                                data_summary(splits))
         self._shared = SharedSplits(splits)
         del splits
         for worker in self.workers:
@@ -247,9 +254,7 @@ class Runner:
         runs and concurrent runners never repeat each other's random samples."""
         from tuner.study import ATTR_RUNS, make_sampler
 
-        with BudgetLock(self.storage, self.study_id):
-            runs = int(self.storage.get_study_user_attrs(self.study_id).get(ATTR_RUNS, 0))
-            self.study.set_user_attr(ATTR_RUNS, runs + 1)
+        runs = claim_run_index(self.storage, self.study_id, ATTR_RUNS)
         return make_sampler(self.sf, derive_seed(self.sf.study.seed, runs))
 
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -515,12 +520,14 @@ class Runner:
             worker.send("ack", job.number, job.epoch)
 
     def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
+        job.finished = True
         if job.lost:
             self._release_claim(job.trial_id)
             self._advance(worker)
             return
         trial = job.trial
-        history = outcome["history"]
+        # the curve the pruner saw: the worker may have trained on before our "stop" reached it
+        history = outcome["history"][:job.prune_at]
         attrs: dict[str, Any] = {
             "curve": {key: [h.get(key) for h in history]
                       for key in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr")},
@@ -530,15 +537,15 @@ class Runner:
         }
         divergence = outcome["divergence"]
         value: float | None = None
-        if divergence is not None:
+        if job.prune_at is not None:  # a divergence after the pruner's decision does not count
+            state, note = TrialState.PRUNED, f"pruned at epoch {job.prune_at}"
+            attrs["pruned_at_epoch"] = job.prune_at
+        elif divergence is not None:
             state = TrialState.PRUNED
             trial.report(self._worst_value(history), int(divergence["epoch"]))
             attrs.update(diverged=True, divergence_step=divergence["step"],
                          divergence_epoch=divergence["epoch"], divergence_reason=divergence["reason"])
             note = f"diverged at step {divergence['step']}: {divergence['reason']}"
-        elif job.prune_at is not None:
-            state, note = TrialState.PRUNED, f"pruned at epoch {job.prune_at}"
-            attrs["pruned_at_epoch"] = job.prune_at
         else:
             state, note = TrialState.COMPLETE, ""
             value = float(history[-1][self.metric])
@@ -559,6 +566,7 @@ class Runner:
         self.display.trial_finished(job.number, state.name, value, job.params, note)
 
     def _on_error(self, worker: Worker, job: Job, error_type: str, message: str, tb: str) -> None:
+        job.finished = True
         if job.lost:
             self._release_claim(job.trial_id)
             self._advance(worker)
@@ -651,32 +659,43 @@ class Runner:
                 getattr(hook, event)(self.study)
             except Exception as exc:  # a view that fails to render must not stop the study
                 log.warning("%s.%s failed: %s: %s", type(hook).__name__, event,
-                            type(exc).__name__, exc)
+                            type(exc).__name__, first_line(exc, self.url))
 
     # --- background: heartbeats and stale trials ------------------------------------------
 
     def _heartbeat_loop(self) -> None:
         interval = self.rel.heartbeat_interval
+        failing_since: float | None = None
+        last_logged = -1e9
         while not self._stop_event.wait(interval):
             try:
                 touch_heartbeats(self.storage, self.storage.owned_trial_ids())
                 if self.engine_kind != "sqlite":
                     fail_stale_trials(self.study, self.storage, grace_seconds=self.rel.grace,
                                       max_retry=self.rel.max_retry)
+                failing_since = None
             except Exception as exc:  # keep beating; the main loop reports persistent outages
-                log.warning("heartbeat failed (%s: %s); will retry", type(exc).__name__, exc)
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - last_logged >= 30.0:  # one line, scrubbed; not one per beat
+                    log.warning("heartbeat failed for %.0f s (%s: %s); will retry",
+                                now - failing_since, type(exc).__name__, first_line(exc, self.url))
+                    last_logged = now
 
     # --- shutdown ------------------------------------------------------------------------
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, *, database_lost: bool = False) -> None:
         """Fail (and re-queue) trials that are mid-training, put never-started ones back in the
-        queue, and stop the workers. Nothing stays RUNNING. If the database is down, give up
-        after a short wait: the trials' heartbeats stop, so any runner (or `tuner doctor`)
+        queue, and stop the workers. Nothing stays RUNNING. If the database is gone (the outage
+        outlasted ``max_db_outage``, or it goes at the first write here), nothing more is
+        written: the trials' heartbeats stop, so any runner (or `tuner doctor --fail-stale`)
         fails and re-queues them later."""
         reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
         self._shutting_down = True
         self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
         self._stop_event.set()
+        self._unsaved: list[int] = []  # trials left RUNNING in the database
+        self._unsaved_finished = 0     # ... of which training had finished (results lost)
         if self._claimer is not None:  # let a claim in progress finish, then re-queue it below
             self._claim_wanted.set()
             self._claimer.join(30.0)
@@ -685,31 +704,65 @@ class Runner:
             if isinstance(result, Job):
                 self._ready.append(result)
         self._claim_pending = False
-        try:
-            self._handle_deferred()  # trials that finished must be saved, not failed
-        except StorageError as exc:
-            log.error("could not save finished trials: %s", exc)
-        for job in self._ready:
-            try:
-                self._unclaim(job)
-            except StorageError as exc:
-                log.error("could not re-queue trial %d: %s", job.number, exc)
-        self._ready.clear()
+        lost = database_lost
+
+        def write(what: str, action: Any, job: Job) -> None:
+            nonlocal lost
+            if not lost:
+                try:
+                    action()
+                    return
+                except StorageError as exc:  # the first definitive failure: stop writing
+                    log.error("could not %s trial %d: %s", what, job.number, exc.message)
+                    lost = True
+            self._unsaved.append(job.number)
+            self._unsaved_finished += job.finished
+
         if self._signal is not None:  # exit promptly: the trials are re-queued anyway
             for worker in self.workers:
                 worker.process.kill()
+        for worker in self.workers:  # trials that finished must be saved, not failed
+            messages, worker.deferred = worker.deferred, []
+            for message in messages:
+                job = worker.current
+                finishing = message[0] in ("done", "error") and job is not None \
+                    and job.number == message[1]
+                if not lost:
+                    try:
+                        self._handle(worker, message, defer=False)
+                        continue
+                    except StorageError as exc:  # the first definitive failure: stop writing
+                        log.error("could not save trial %d: %s", message[1], exc.message)
+                        lost = True
+                if finishing:
+                    job.finished = True  # (the job stays current: counted below)
+        for job in self._ready:
+            write("re-queue", lambda j=job: self._unclaim(j), job)
+        self._ready.clear()
         for worker in self.workers:
             for job in worker.jobs():
-                try:
-                    if job.started:
-                        self._fail(job.trial_id, job.number, reason, retry=True)
-                    else:
-                        self._unclaim(job)
-                except StorageError as exc:
-                    log.error("could not record trial %d: %s", job.number, exc)
+                if job.started:
+                    write("fail", lambda j=job: self._fail(j.trial_id, j.number, reason, retry=True),
+                          job)
+                else:
+                    write("re-queue", lambda j=job: self._unclaim(j), job)
             worker.current = worker.queued = None
             worker.stop()
         self.workers = []
+
+    def _outage_hint(self) -> str:
+        """What a runner that lost its database left behind, for the final error's hint."""
+        unsaved = sorted(set(getattr(self, "_unsaved", [])))
+        if not unsaved:
+            return ("every finished trial was saved and none was left running; rerun the same "
+                    "command once the database is back")
+        finished = getattr(self, "_unsaved_finished", 0)
+        results = f" ({finished} of them had finished training; those results are lost)" \
+            if finished else ""
+        return (f"{len(unsaved)} trial(s) could not be saved and stay RUNNING in the database"
+                f"{results}: {', '.join(f'#{n}' for n in unsaved)}. Once the database is back, "
+                f"rerunning the same command (or `tuner doctor {self.sf.study.name} --fail-stale`) "
+                "fails them as stale and re-queues their parameters; trials finished earlier are saved")
 
     def _update_counts(self) -> None:
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)

@@ -24,6 +24,7 @@ class Job:
     epoch: int = 0
     prune_at: int | None = None
     lost: bool = False  # another runner failed it as stale: discard its result
+    finished: bool = False  # its worker reported the end (done/error); saving it may be pending
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property

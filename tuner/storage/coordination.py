@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 from collections import Counter
@@ -29,6 +30,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import selectinload
 
 from tuner.errors import LockHeldError
@@ -286,6 +289,18 @@ class BudgetLock:
     def __exit__(self, *exc: object) -> None:
         self._release()
 
+    @contextlib.contextmanager
+    def transaction(self, engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.Connection]:
+        """A connection to write on while the lock is held, committed at the end: on PostgreSQL
+        the locked transaction itself (its commit releases the lock), on SQLite a new one."""
+        if self._conn is None:
+            with engine.begin() as conn:
+                yield conn
+            return
+        yield self._conn
+        self._trans.commit()
+        self._trans = None
+
     def _release(self) -> None:
         if self._conn is None:
             return
@@ -297,6 +312,25 @@ class BudgetLock:
         finally:
             self._conn.close()
             self._conn = self._trans = None
+
+
+def claim_run_index(storage: BufferedStorage, study_id: int, key: str) -> int:
+    """Read and increment the study's run counter (user attribute ``key``) in one transaction,
+    under the budget lock on PostgreSQL: the index is read and written on the connection that
+    holds the lock, so a connection dropped in between can neither hand two runners the same
+    index (a lock released mid-way) nor leave a half-done increment."""
+    attrs = models.StudyUserAttributeModel.__table__
+    engine = storage.backend.engine
+    with BudgetLock(storage, study_id) as lock, lock.transaction(engine) as conn:
+        text = conn.execute(sqlalchemy.select(attrs.c.value_json).where(
+            attrs.c.study_id == study_id, attrs.c.key == key)).scalar()
+        runs = int(json.loads(text)) if text is not None else 0
+        dialect = sqlite_dialect if engine.dialect.name == "sqlite" else postgresql_dialect
+        statement = dialect.insert(attrs).values(study_id=study_id, key=key,
+                                                 value_json=json.dumps(runs + 1))
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=["study_id", "key"], set_={"value_json": statement.excluded.value_json}))
+    return runs
 
 
 def _sqlite_lock_path(engine: sqlalchemy.engine.Engine, name: str) -> str:

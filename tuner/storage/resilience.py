@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -65,7 +66,13 @@ def _sqlite_error(exc: BaseException) -> sqlite3.Error | None:
 
 
 class Resilient:
-    """Runs storage operations, retrying those that fail because the connection dropped."""
+    """Runs storage operations, retrying those that fail because the connection dropped.
+
+    One outage clock is shared by every operation (and thread) of a runner: it starts at the
+    first failure and is reset by any success, so a persistent outage ends the runner
+    ``max_outage`` seconds after it began, however many operations are waiting on it (each
+    used to start its own window: 8 s allowed, 42 s taken). After that every operation that
+    fails gives up at once; :attr:`gave_up` says it happened."""
 
     def __init__(self, url: str, *, max_outage: float = 120.0,
                  on_retry: Callable[[str, BaseException, float], None] | None = None,
@@ -75,39 +82,58 @@ class Resilient:
         self.on_retry = on_retry
         self.interrupted = interrupted or (lambda: False)
         self.retries = 0
+        self.gave_up = False
+        self._outage_since: float | None = None
+        self._clock_lock = threading.Lock()
+
+    def outage_seconds(self) -> float:
+        """How long the current outage has lasted (0 when the database answers)."""
+        with self._clock_lock:
+            since = self._outage_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        started = time.monotonic()
         delay = 0.25
         while True:
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                waited = time.monotonic() - started
+                now = time.monotonic()
+                with self._clock_lock:
+                    if self._outage_since is None:
+                        self._outage_since = now
+                    waited = now - self._outage_since
                 if self.interrupted():
                     raise StorageError(f"gave up waiting for {describe(self.url)} to {what}: "
                                        "interrupted") from None
                 if waited >= self.max_outage:
+                    self.gave_up = True
                     raise StorageError(
                         f"lost the connection to {describe(self.url)} while trying to {what}, and "
                         f"it did not come back within {self.max_outage:g} s: "
-                        f"{_first_line(exc, self.url)}",
-                        hint="finished trials are saved; rerun the same command to continue") from None
+                        f"{first_line(exc, self.url)}",
+                        hint="rerun the same command once the database is back") from None
                 self.retries += 1
                 if self.on_retry is not None:
                     self.on_retry(what, exc, delay)
                 log.warning("database unavailable while trying to %s (%s: %s); retrying in %.2g s",
-                            what, type(exc).__name__, _first_line(exc, self.url), delay)
+                            what, type(exc).__name__, first_line(exc, self.url), delay)
                 pause = min(delay, max(0.0, self.max_outage - waited))
                 deadline = time.monotonic() + pause
                 while time.monotonic() < deadline and not self.interrupted():
                     time.sleep(min(0.05, pause))
                 delay = min(delay * 2, 8.0)
+            else:
+                with self._clock_lock:
+                    self._outage_since = None
+                return result
 
 
-def _first_line(exc: BaseException, url: str) -> str:
+def first_line(exc: BaseException, url: str) -> str:
+    """The first line of the error ``exc`` wraps (no SQLAlchemy background link), without
+    ``url``'s password, at most 200 characters: for one-line log messages."""
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
