@@ -2,7 +2,8 @@
 creates the schema once (idempotent, concurrent runs agree), never touches an older schema (says
 `optuna storage upgrade` is needed, exit 4, and the real upgrade then makes it pass), waits for a
 database that comes up late, gives up after ``--wait`` on one that never does, fails at once on
-what waiting cannot fix, and never prints the password."""
+what waiting cannot fix, and never prints the password. Also: the command help texts (no line
+breaks inside a paragraph, which typer's rich output keeps as stray breaks)."""
 
 from __future__ import annotations
 
@@ -301,3 +302,25 @@ def test_init_does_not_wait_for_what_waiting_cannot_fix(pg_url: str):
         assert time.monotonic() - started < 20
         assert expected in proc.stderr and "waiting" not in proc.stderr
         assert SECRET not in text_of(proc)
+
+
+# --- help texts ------------------------------------------------------------------------------
+
+def test_help_paragraphs_have_no_stray_line_breaks():
+    """typer (rich markup) keeps a docstring's line breaks: a paragraph written over several
+    source lines shows as lines broken mid-sentence in `tuner --help` and `tuner CMD --help`."""
+    import inspect
+
+    from tuner.cli import app
+
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__
+        text = inspect.cleandoc(info.help or inspect.getdoc(info.callback) or "")
+        paragraphs = text.split("\n\n")
+        assert "\n" not in paragraphs[0], (name, paragraphs[0])  # the line in `tuner --help`
+        if info.callback.__module__ in ("tuner.cli.doctor", "tuner.cli.nightly", "tuner.cli.dashboard"):
+            assert not [p for p in paragraphs if "\n" in p], (name, paragraphs)
+    wide = run_tuner("--help", env=tuner_env(COLUMNS="200"))
+    assert wide.returncode == 0
+    doctor = next(line for line in wide.stdout.splitlines() if "│ doctor " in line)
+    assert "(exit code 1 if stale trials remain)." in doctor

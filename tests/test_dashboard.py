@@ -361,9 +361,11 @@ def test_bundled_dashboards_list_the_study_and_nightly_panels():
     # a night gets the nightly views and, included from study.toml, every study view
     assert [p.type for p in nightly.panels] == ["nightly_trend", "nightly_choices",
                                                 "nightly_verdicts", *STUDY_PANELS]
-    assert nightly.files == (str(REPO / "dashboards" / "nightly.toml"), str(REPO / "dashboards" / "study.toml"))
+    folder = REPO / "dashboards"
+    assert nightly.files == (str(folder / "nightly.toml"), str(folder / "study.toml"))
     included = nightly.panels[3 + STUDY_PANELS.index("lr_schedule")]
-    assert included.where(nightly.source) == f"{REPO / 'dashboards' / 'study.toml'}: panel 3 ('lr_schedule')"
+    where = f"{REPO / 'dashboards' / 'study.toml'}: panel 3 ('lr_schedule')"
+    assert included.where(nightly.source) == where
     assert bundled_dir() == REPO / "dashboards"
 
 

@@ -25,7 +25,7 @@ import pytest
 from test_dashboard import STUDY_NAME, STUDY_PANELS, make_study, shared_study
 from test_nightly import DAY, add_night, nightly_file
 
-from conftest import drop_pg_database, run_tuner, tuner_env
+from conftest import drop_pg_database, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,9 +33,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class Dashboard:
     """``tuner dashboard --port 0`` in the background; ``.base`` is its address."""
 
-    def __init__(self, url: str, *extra: str, cwd: Path | None = None, env: dict | None = None,
+    def __init__(self, url: str | None, *extra: str, cwd: Path | None = None, env: dict | None = None,
                  preexec: Any = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", url,
+        storage = [] if url is None else ["--storage", url]
+        self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", *storage,
                                       "--port", "0", *extra], cwd=cwd, env=env or tuner_env(),
                                      preexec_fn=preexec,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -195,6 +196,15 @@ def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp
         assert 'data-panel="nightly_trend"' in page and 'data-panel="nightly_verdicts"' in page
         status, headers, _ = dash.get(f"{base}/report.html?dashboard=nightly")
         assert status == 200 and f"{STUDY_NAME}-nightly.html" in headers["Content-Disposition"]
+
+
+def test_a_study_file_names_the_storage_to_serve(study_url, tmp_path):
+    # as tuner run and tuner nightly: the file's study.storage when neither --storage nor
+    # $TUNER_STORAGE is given
+    path = write_study(tmp_path / "s.toml", name="x", extra_study=f'storage = "{study_url}"')
+    with Dashboard(None, str(path), cwd=tmp_path) as dash:
+        assert STUDY_NAME in [r["name"] for r in json.loads(dash.text("/tuner/api/studies"))]
+    assert not (tmp_path / "tuner.db").exists()
 
 
 def test_requests_are_served_concurrently(study_url):

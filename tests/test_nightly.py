@@ -5,6 +5,7 @@ the CLI as real subprocesses. Night histories are built with ``optuna.trial.crea
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import plotly.graph_objects as go
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from tuner import params as P
 from tuner.config import load_study_file
@@ -370,3 +372,32 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
                             storage=sqlite_url, options={"base": "nt"})
     assert [t.name for t in trend_figure(other).data] == [t.name for t in trend.data]
     assert "is not a night of a nightly sweep" in verdict_markdown(other)
+
+
+# --- hints and study files carry the storage ---------------------------------------------------
+
+def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_path):
+    """`tuner nightly` on a study file whose study.storage is not the default ends with a
+    `tuner history` hint that works as printed; history, report and dashboard take the study
+    file and find the same storage; a password never appears in a hint."""
+    db = tmp_path / "elsewhere.db"
+    path = nightly_file(tmp_path / "s.toml", n_trials=2)
+    path.write_text(path.read_text().replace("[study]\n", f'[study]\nstorage = "sqlite:///{db}"\n', 1))
+    proc = run_tuner("nightly", path, "--date", DAY.isoformat(), "--quiet", cwd=tmp_path, check=True)
+    hint = next(line for line in proc.stdout.splitlines() if "history: tuner history" in line)
+    command = hint.split("history: ", 1)[1].split(" · ")[0]
+    assert command == f"tuner history nt --storage sqlite:///{db}", hint
+    followed = run_tuner(*shlex.split(command)[1:], cwd=tmp_path, check=True)
+    assert str(DAY) in followed.stdout
+    # the study file in place of the name: its study.storage is used
+    by_file = run_tuner("history", path, "--json", cwd=tmp_path, check=True)
+    assert [r["date"] for r in json.loads(by_file.stdout)] == [str(DAY)]
+    report = run_tuner("report", path, "-o", tmp_path / "night.html", cwd=tmp_path, check=True)
+    assert "wrote" in report.stdout and 'data-panel="nightly_trend"' in (tmp_path / "night.html").read_text()
+    assert not (tmp_path / "tuner.db").exists(), "nothing looked at the default storage"
+    # a password is never printed, in a hint or anywhere else
+    secret = "H1nt-S3cret"
+    url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+    proc = nightly(path, url, DAY, "--quiet", check=True)
+    assert secret not in proc.stdout + proc.stderr
+    assert "history: tuner history nt --storage" in proc.stdout

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli.app import StorageOpt, StudyArg, app, err, open_existing, out
+from tuner.cli.app import FileStorageOpt, app, err, out
 from tuner.errors import TunerError
 
 DashboardsOpt = Annotated[str | None, typer.Option(
@@ -18,8 +18,15 @@ DashboardsOpt = Annotated[str | None, typer.Option(
          "from the bundled ones.")]
 
 
-@app.command()
-def dashboard(storage: StorageOpt = None,
+@app.command(help="Serve optuna-dashboard for the storage together with the tuner views: a study "
+                  "list with best values, trial counts, last activity and the nights' verdicts, "
+                  "and per-study views of optimizers, schedules and batch-size scaling (defined "
+                  "in dashboards/*.toml).")
+def dashboard(study_file: Annotated[Path | None, typer.Argument(
+                  help="A study file: serve the storage it resolves to (--storage, else "
+                       "$TUNER_STORAGE, else its study.storage), as tuner run and tuner nightly "
+                       "do.", show_default=False, dir_okay=False)] = None,
+              storage: FileStorageOpt = None,
               host: Annotated[str, typer.Option(
                   help="Address to listen on. 127.0.0.1 is this machine only; 0.0.0.0 exposes the "
                        "dashboard (which has no login and can delete studies) to the network."
@@ -30,9 +37,7 @@ def dashboard(storage: StorageOpt = None,
               list_panels: Annotated[bool, typer.Option(
                   "--list-panels", help="List the panel types dashboard files can use, and exit.")] = False,
               ) -> None:
-    """Serve optuna-dashboard for the storage together with the tuner views: a study list with
-    best values, trial counts and last activity, and per-study views of optimizers, schedules
-    and batch-size scaling (defined in dashboards/*.toml)."""
+    from tuner.cli.nightly import open_target
     from tuner.dashboard import panel_names
     from tuner.dashboard.registry import get_panel
     from tuner.dashboard.server import create_server, listen_addresses, make_app, run_server, url_for
@@ -49,7 +54,7 @@ def dashboard(storage: StorageOpt = None,
     found = available_dashboards(dashboards)
     for name in found:  # fail now on a broken file, not at the first page view
         load_dashboard(name, dashboards)
-    store, url = open_existing(storage)
+    _name, store, url, _sf = open_target(None if study_file is None else str(study_file), storage)
     wsgi_app = make_app(store, describe(url), dashboards)
     server = create_server(wsgi_app, host, port, threads)
     addresses = listen_addresses(server)
@@ -69,8 +74,15 @@ def dashboard(storage: StorageOpt = None,
     err.print("stopped")
 
 
-@app.command()
-def report(study: StudyArg, storage: StorageOpt = None,
+@app.command(help="Write one study's views and summary as a single self-contained HTML file "
+                  "(plotly.js embedded once; opens offline, no database needed) to share with "
+                  "anyone.")
+def report(study: Annotated[str, typer.Argument(
+               help="Study name (see `tuner ls`), or a study file: its study, or for a file with "
+                    "a \\[schedule] its latest night (the storage then resolves as for tuner "
+                    "nightly: --storage, $TUNER_STORAGE, the file's study.storage).",
+               show_default=False)],
+           storage: FileStorageOpt = None,
            output: Annotated[Path | None, typer.Option(
                "--output", "-o", help="HTML file to write (default: STUDY.html in the current folder).",
                dir_okay=False)] = None,
@@ -83,12 +95,14 @@ def report(study: StudyArg, storage: StorageOpt = None,
            attach: Annotated[bool, typer.Option(
                "--attach", help="Also store the views with the study, for optuna-dashboard.")] = False,
            ) -> None:
-    """Write one study's views and summary as a single self-contained HTML file (plotly.js
-    embedded once; opens offline, no database needed) to share with anyone."""
+    from tuner.cli.nightly import open_target
     from tuner.dashboard.attach import attach_views
     from tuner.dashboard.report import write_report
 
-    store, _url = open_existing(storage)
+    name, store, url, sf = open_target(study, storage)
+    study = name or study
+    if sf is not None and sf.schedule is not None:
+        study = _latest_night(store, url, study)
     path = output or Path(f"{study}.html")
     if not path.parent.is_dir():
         raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -112,6 +126,18 @@ def report(study: StudyArg, storage: StorageOpt = None,
         err.print(f"[red]view {key} failed:[/] {error}", highlight=False)
     if view.errors:
         raise typer.Exit(1)
+
+
+def _latest_night(storage: Any, url: str, base: str) -> str:
+    """The latest night of the sweep ``base`` (a study file with a [schedule] names its sweep)."""
+    from tuner.nightly.nights import list_nights
+    from tuner.storage import describe
+
+    nights = list_nights(storage, base)
+    if not nights:
+        raise TunerError(f"no nights of {base!r} in {describe(url)} yet (night studies are named "
+                         f"{base}-YYYY-MM-DD)", hint="run one with: tuner nightly STUDY_FILE")
+    return nights[-1].name
 
 
 def _default_dashboard(storage: Any, study: str) -> str:

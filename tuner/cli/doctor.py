@@ -20,7 +20,8 @@ def _fail_reason(attrs: dict[str, Any]) -> str:
     return "unknown (failed outside tuner)"
 
 
-@app.command()
+@app.command(help="Health of a study: stale RUNNING trials, retries and failures (exit code 1 "
+                  "if stale trials remain).")
 def doctor(study: StudyArg, storage: StorageOpt = None,
            fail_stale: Annotated[bool, typer.Option(
                "--fail-stale", help="Fail stale RUNNING trials now and re-queue them.")] = False,
@@ -28,8 +29,6 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
                help="Seconds without heartbeat after which a RUNNING trial is stale "
                     "\\[default: the study file's reliability.grace_period].")] = None,
            json_out: JsonOpt = False) -> None:
-    """Health of a study: stale RUNNING trials, retries and failures (exit code 1 if stale
-    trials remain)."""
     from optuna.trial import TrialState
 
     from tuner.storage.coordination import NamedLock, fail_stale_trials, heartbeat_ages

@@ -15,13 +15,12 @@ from rich.table import Table
 from tuner.cli.app import (
     FileStorageOpt,
     JsonOpt,
-    StorageOpt,
     StudyFileArg,
     app,
     err,
-    open_existing,
     out,
     print_json,
+    storage_flag,
 )
 from tuner.errors import ConfigError, TunerError
 
@@ -29,6 +28,26 @@ EXIT_CODES_HELP = ("Exit codes: 0 ok or improvement; 1 the night produced no res
                    "trial failed, or none completed); 2 invalid input; 3 storage unreachable; "
                    "4 regression; 75 this night is already running elsewhere; 130/143 "
                    "interrupted (running trials re-queued; rerun to resume).")
+
+
+def is_study_file(target: str) -> bool:
+    """Whether a STUDY argument names a study file (``*.toml``, or an existing file) rather
+    than a study."""
+    return target.endswith(".toml") or Path(target).is_file()
+
+
+def open_target(target: str | None, storage: str | None) -> tuple[str | None, Any, str, Any]:
+    """A study name or a study file, and the storage to read it from, resolved as ``tuner
+    nightly`` and ``tuner run`` do: ``--storage``, else ``$TUNER_STORAGE``, else (for a study
+    file) its ``study.storage``, else ``./tuner.db``. Returns (name, storage opened for
+    reading, its URL, the study file or ``None``); the name is the file's ``study.name``
+    (``target=None``: only the storage)."""
+    from tuner.config import load_study_file
+    from tuner.storage import open_storage, resolve_url
+
+    sf = load_study_file(target) if target is not None and is_study_file(target) else None
+    url = resolve_url(storage, sf.study.storage if sf is not None else None)
+    return (sf.study.name if sf is not None else target), open_storage(url, must_exist=True), url, sf
 
 
 class _Terminated(Exception):
@@ -99,7 +118,11 @@ def nightly(study_file: StudyFileArg,
                 out.print(f"[{style}]{line}[/]", highlight=False)
             else:
                 out.print(line, highlight=False)
-    out.print(f"[dim]exit code {result.exit_code} · history: tuner history {result.base}[/]")
+    from rich.markup import escape
+
+    flag = escape(storage_flag(url))
+    out.print(f"[dim]exit code {result.exit_code} · history: tuner history {result.base}{flag} · "
+              f"report: tuner report {result.study}{flag}[/]", highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -189,20 +212,26 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
 @app.command(help="The nights of a nightly sweep so far: date, best value and configuration, "
                   "verdict and trial counts.")
 def history(base: Annotated[str, typer.Argument(
-                help="The sweep's base name (study.name of its study file).", show_default=False)],
-            storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
+                help="The sweep's base name (study.name of its study file), or the study file "
+                     "itself (then its study.storage counts, as for tuner nightly).",
+                show_default=False)],
+            storage: FileStorageOpt = None, json_out: JsonOpt = False) -> None:
     from tuner.cli.views import fmt
     from tuner.nightly.history import night_history
     from tuner.storage import describe
 
-    store, url = open_existing(storage)
+    target = base
+    name, store, url, _sf = open_target(target, storage)
+    base = name or target
     records = night_history(store, base)
     if json_out:
         print_json([r.as_dict() for r in records])
         return
     if not records:
+        file = target if is_study_file(target) else "STUDY_FILE"
         raise TunerError(f"no nights of {base!r} in {describe(url)} (night studies are named "
-                         f"{base}-YYYY-MM-DD)", hint="run one with: tuner nightly STUDY_FILE")
+                         f"{base}-YYYY-MM-DD)", hint=f"run one with: tuner nightly {file}"
+                                                     f"{storage_flag(url)}")
     metric = records[-1].metric
     table = Table(title=f"nights of {base} in {describe(url)}", title_justify="left")
     for col in ("date", f"best {metric}", "trial", "optimizer", "decay", "scaling", "lr",
