@@ -20,6 +20,8 @@ from tuner.nightly.nights import (
     night_date,
     night_name,
     night_study_file,
+    schedule_lines,
+    schedule_summary,
     today,
 )
 from tuner.nightly.regression import EXIT_CODES, _message, judge, noise_margin
@@ -188,6 +190,21 @@ def test_night_names_and_dates():
     sched = parse_study_dict(_raw(schedule={"timezone": "Pacific/Auckland"})).schedule
     # 2026-11-25 12:30 UTC is already the 26th in Auckland
     assert today(sched, datetime(2026, 11, 25, 12, 30, tzinfo=UTC)) == date(2026, 11, 26)
+
+
+def test_schedule_summary_for_tuner_check():
+    example = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "nightly-digits.toml")
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    info = schedule_summary(example, now)
+    assert info["n_trials"] == example.schedule.n_trials != example.study.n_trials
+    assert info["next"] == {"at": "2026-11-26T02:00:00+01:00", "local": "2026-11-26 02:00 CET",
+                            "night": "nightly-digits-2026-11-26"}
+    lines = schedule_lines(example, now)
+    assert lines[0] == ("schedule: cron '0 2 * * *' in Europe/Berlin; next night "
+                        "nightly-digits-2026-11-26 at 2026-11-26 02:00 CET")
+    assert lines[1].startswith(f"nightly budget: {example.schedule.n_trials} trials per night "
+                               f"([study] n_trials = {example.study.n_trials} applies to tuner run only)")
+    assert schedule_lines(parse_study_dict(_raw())) == []
 
 
 def test_night_study_file_budget_and_seed():

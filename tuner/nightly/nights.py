@@ -78,6 +78,49 @@ def night_study_file(sf: StudyFile, day: date) -> StudyFile:
                              seed=derive_seed(sf.study.seed, day.toordinal()))
 
 
+def schedule_summary(sf: StudyFile, now: datetime | None = None) -> dict[str, Any] | None:
+    """What ``tuner check`` shows for a study file's ``[schedule]`` (``None`` without one):
+    cron and timezone, the next fire time and the night it runs, one night's budget (which,
+    not ``[study] n_trials``, is what a night runs), timeout, warm start and regression rule."""
+    from tuner.nightly.cron import cron_trigger, night_of
+
+    if sf.schedule is None:
+        return None
+    sched = sf.schedule
+    zone = ZoneInfo(sched.timezone)
+    now = now or datetime.now(zone)
+    fire = cron_trigger(sched.cron, sched.timezone).get_next_fire_time(None, now)
+    nxt = None
+    if fire is not None:
+        day = night_of(fire, sched.timezone)
+        local = fire.astimezone(zone)
+        nxt = {"at": local.isoformat(), "local": f"{local:%Y-%m-%d %H:%M %Z}",
+               "night": night_name(sf.study.name, day)}
+    return {"cron": sched.cron, "timezone": sched.timezone, "next": nxt,
+            "n_trials": sched.n_trials or sf.study.n_trials, "study_n_trials": sf.study.n_trials,
+            "timeout": sched.timeout if sched.timeout is not None else sf.study.timeout,
+            "warm_start": sched.warm_start, "regression": sched.regression.model_dump()}
+
+
+def schedule_lines(sf: StudyFile, now: datetime | None = None) -> list[str]:
+    """:func:`schedule_summary` as lines for ``tuner check`` (empty without a ``[schedule]``)."""
+    info = schedule_summary(sf, now)
+    if info is None:
+        return []
+    nxt = info["next"]
+    when = f"next night {nxt['night']} at {nxt['local']}" if nxt else "never fires"
+    budget = f"{info['n_trials']} trials per night"
+    if info["n_trials"] != info["study_n_trials"]:
+        budget += f" ([study] n_trials = {info['study_n_trials']} applies to tuner run only)"
+    timeout = f", stops starting trials after {info['timeout']:g} s" if info["timeout"] else ""
+    rule = info["regression"]
+    return [f"schedule: cron '{info['cron']}' in {info['timezone']}; {when}",
+            f"nightly budget: {budget}{timeout}; warm start from the previous night's best "
+            f"{info['warm_start']}",
+            f"regression check: tolerance {rule['tolerance']:g}, baseline of the last "
+            f"{rule['baseline_nights']} nights, spread factor {rule['spread_factor']:g}"]
+
+
 @dataclass
 class NightRef:
     """A night study found in the storage."""
