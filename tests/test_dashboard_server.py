@@ -166,6 +166,7 @@ def test_health_says_when_the_database_is_gone(pg_url):
         assert status == 503, body
         assert body.startswith(b"database unreachable: PostgreSQL ")
         assert headers["Cache-Control"] == "no-store"
+        assert dash.get("/tuner/live")[0] == 200  # alive: a restart would not help
 
 
 def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp_path):

@@ -881,7 +881,8 @@ def test_k8s_manifests_parse_and_match_the_compose_file():
     deployment, container = containers["dashboard.yaml"]
     container_port = int(compose["services"]["dashboard"]["ports"][0].rsplit(":", 1)[1])
     assert container["ports"][0]["containerPort"] == container_port
-    assert container["readinessProbe"]["httpGet"]["path"] == "/tuner/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/tuner/health"  # SELECT 1
+    assert container["livenessProbe"]["httpGet"]["path"] == "/tuner/live"  # no restarts for a DB outage
     service = next(d for d in docs["dashboard.yaml"] if d["kind"] == "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()

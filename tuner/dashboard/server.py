@@ -11,7 +11,8 @@ Routes (everything else goes to optuna-dashboard, whose UI is under ``/dashboard
 * ``/tuner/studies/<name>/report.html``: the same as a self-contained file (``tuner report``);
 * ``/tuner/api/studies``: the study list as JSON;
 * ``/tuner/health``: ``ok`` once ``SELECT 1`` answers (a lost database is a 503, so a container
-  healthcheck or a Kubernetes probe sees it);
+  healthcheck or a Kubernetes readiness probe sees it); ``/tuner/live``: ``ok`` without touching
+  the database (a liveness probe: restarting the dashboard would not bring a database back);
 * ``/tuner/static/plotly.min.js``: plotly.js (cached by the browser, gzip when accepted).
 
 Rendered pages are cached per study and dashboard until what they show changes, which a few
@@ -101,6 +102,8 @@ class TunerViews:
             return "200 OK", self.list_html(), HTML, [("Cache-Control", "no-store")]
         if path == "/tuner/health":
             return self.health()
+        if path == "/tuner/live":  # the process answers (no database query): a liveness probe
+            return "200 OK", "ok\n", "text/plain; charset=utf-8", [("Cache-Control", "no-store")]
         if path == "/tuner/api/studies":
             return "200 OK", json.dumps(self.list_json(), indent=1), "application/json", \
                 [("Cache-Control", "no-store")]
