@@ -55,7 +55,9 @@ COPY studies/ /app/studies/
 COPY dashboards/ /app/dashboards/
 USER tuner:tuner
 # No HEALTHCHECK here: one image serves roles with different health (a worker or the init job
-# has no port). The dashboard's HTTP check (/tuner/health) is in docker-compose.yml and in
-# deploy/k8s/dashboard.yaml (readiness/liveness probes); PostgreSQL's is pg_isready.
+# has no port). docker-compose.yml has the dashboard's HTTP check (/tuner/health, which queries
+# the database) and the scheduler's (the age of its --heartbeat file); deploy/k8s/dashboard.yaml
+# probes /tuner/health (readiness) and /tuner/live (liveness); PostgreSQL's is pg_isready.
+# Reports and other files you write go to /data (writable; /app is not): mount a folder there.
 ENTRYPOINT ["tuner"]
 CMD ["--help"]
