@@ -413,6 +413,58 @@ def test_killed_worker_process_fails_and_requeues_its_trial(tmp_path):
     assert victims
 
 
+def _kill_workers(runner: subprocess.Popen, older_than: float, timeout: float) -> int:
+    """SIGKILL each of the runner's worker processes once it is ``older_than`` seconds old (as
+    the OOM killer would), until the runner exits; how many were killed."""
+    first_seen: dict[int, float] = {}
+    kills = 0
+    deadline = time.monotonic() + timeout
+    while runner.poll() is None and time.monotonic() < deadline:
+        now = time.monotonic()
+        for pid in worker_pids(runner.pid):
+            if now - first_seen.setdefault(pid, now) >= older_than:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+    return kills
+
+
+def test_trials_that_kill_their_worker_stop_the_run_by_fail_fast(tmp_path):
+    """Every trial kills its worker (OOM): worker deaths with no success count toward fail_fast
+    (they were not counted, and the run re-queued and re-ran them forever)."""
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    path = study_file(tmp_path, n_trials=20, epochs=3000)  # trials of many seconds
+    path.write_text(path.read_text().replace("max_retry = 3", "max_retry = 3\nfail_fast = 3"))
+    runner = start_runner(path, url, tmp_path / "a.log")
+    kills = _kill_workers(runner, older_than=2.5, timeout=90)
+    code = finish(runner, 30, tmp_path / "a.log")
+    output = (tmp_path / "a.log").read_text()
+    assert code == 1, output[-3000:]
+    assert "stopped early: every trial killed its worker process (worker process died (signal " \
+           "SIGKILL)" in " ".join(output.split())
+    assert "Traceback" not in output
+    assert 3 <= kills <= 5
+    c = counts(read_trials(url, "faults"))
+    assert c[TrialState.RUNNING] == 0 and c[TrialState.FAIL] >= 3
+
+
+def test_workers_that_die_at_start_up_end_the_run_with_a_clear_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    path = study_file(tmp_path, n_trials=4)
+    runner = start_runner(path, url, tmp_path / "a.log")
+    _kill_workers(runner, older_than=0.0, timeout=90)
+    code = finish(runner, 30, tmp_path / "a.log")
+    output = (tmp_path / "a.log").read_text()
+    assert code == 1, output[-3000:]
+    assert "error: worker processes keep dying at start-up (3 in a row, the last by signal SIGKILL)" \
+        in " ".join(output.split()), output[-3000:]
+    assert "Traceback" not in output
+    assert counts(read_trials(url, "faults"))[TrialState.RUNNING] == 0
+
+
 @pytest.mark.postgres
 def test_workers_killed_at_any_moment_never_end_the_runner(tmp_path, pg_url):
     """Kills land between a worker's message and the runner's reply, mid-claim and mid-send:

@@ -288,6 +288,9 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
         "timeout": "timeout reached; run the same command to continue",
         "fail_fast": f"stopped early: every trial failed with an error ({result.fail_fast_error})",
     }
+    if result.reason == "fail_fast" and str(result.fail_fast_error).startswith("worker process died"):
+        messages["fail_fast"] = (f"stopped early: every trial killed its worker process "
+                                 f"({result.fail_fast_error}; out of memory? see `dmesg`)")
     reason = messages.get(result.reason, f"interrupted by {result.reason}: running trials were "
                                          "marked FAIL and re-queued; run the same command to continue")
     style = "red" if result.exit_code not in (0,) else "green"

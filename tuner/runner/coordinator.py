@@ -41,7 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyFile
-from tuner.errors import StorageError
+from tuner.errors import StorageError, TunerError
 from tuner.runner.pool import Job, Worker
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
@@ -78,6 +78,12 @@ class RunHook(Protocol):
     def periodic(self, study: optuna.Study) -> None: ...
 
     def on_end(self, study: optuna.Study) -> None: ...
+
+
+class WorkerStartError(TunerError):
+    """Worker processes die before they can train (a broken install, no memory)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -634,6 +640,9 @@ class Runner:
         if worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
+            # A trial that kills its worker (the OOM killer, a crash in native code) counts
+            # toward fail-fast like an exception: if every configuration does, stop.
+            self.fail_fast_errors[f"worker process died ({why})"] += 1
             self.display.trial_finished(job.number, "FAIL", None, job.params,
                                         f"worker died ({why}); re-queued")
         if worker.queued is not None:
@@ -645,7 +654,11 @@ class Runner:
         if not worker.ready:
             self.startup_failures += 1
             if self.startup_failures >= 3:
-                raise RuntimeError(f"worker processes exit at start-up ({why}); see the error above")
+                raise WorkerStartError(
+                    f"worker processes keep dying at start-up ({self.startup_failures} in a row, the "
+                    f"last by {why}) before training anything; see their error above, if any",
+                    hint="check free memory (each worker maps the data and its own copy of the "
+                         "model) and that `python -m tuner train STUDY_FILE` works here")
         if self._signal is None:
             replacement = Worker(self._ctx, worker.index, self.blas_threads)
             replacement.send("data", self._shared.handle)
