@@ -250,6 +250,30 @@ beta1 = [0.8, 0.9]'''
     assert states(sqlite_url, "edit") == {"COMPLETE": 5}
 
 
+def test_delete_refuses_a_running_study_and_force_stops_its_runner_cleanly(storage_url, tmp_path):
+    """`tuner delete` of a study that is running is refused (SQLite: the runner's lock;
+    PostgreSQL: RUNNING trials with live heartbeats); with --force the runner stops with "was
+    deleted" instead of a KeyError traceback and leaked shared memory."""
+    study = write_study(tmp_path / "s.toml", name="busy", n_trials=30, epochs=30, space=SLOW_SPACE,
+                        extra_study=NO_PRUNER)
+    runner = popen_tuner("run", study, "--storage", storage_url, "--workers", "2", "-q", cwd=tmp_path)
+    try:
+        wait_for_running(storage_url, "busy", runner)
+        refused = tuner("delete", "busy", "--storage", storage_url, "--yes")
+        assert refused.returncode == 75, refused.stderr
+        assert "study 'busy' is running" in flat(refused.stderr) and "--force" in refused.stderr
+        assert "busy" in {s.study_name for s in optuna.get_all_study_summaries(storage_url)}
+        forced = tuner("delete", "busy", "--storage", storage_url, "--yes", "--force", check=True)
+        assert "deleted study 'busy'" in forced.stderr
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 1, err
+    assert "study 'busy' was deleted while this run was using it" in flat(err)
+    assert "Traceback" not in err and "leaked" not in err, err
+
+
 def test_timeout_stops_starting_trials(sqlite_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="short", n_trials=50, epochs=2)
     proc = tuner("run", study, "--storage", sqlite_url, "--timeout", "0.001", "--json", check=True)

@@ -129,20 +129,47 @@ def export(study: StudyArg, storage: StorageOpt = None,
 @app.command()
 def delete(study: StudyArg, storage: StorageOpt = None,
            yes: Annotated[bool, typer.Option("--yes", "-y",
-                                             help="Do not ask for confirmation.")] = False) -> None:
-    """Delete a study and all its trials (asks first)."""
+                                             help="Do not ask for confirmation.")] = False,
+           force: Annotated[bool, typer.Option(
+               "--force", help="Delete even while a runner is running the study (it stops with "
+                               "'study was deleted').")] = False) -> None:
+    """Delete a study and all its trials (asks first; refuses while the study is running)."""
+    import contextlib
+
     import optuna
 
+    from tuner.errors import LockHeldError
     from tuner.storage import describe
+    from tuner.storage.coordination import NamedLock, heartbeat_ages
     from tuner.study import load_study
 
     store, url = open_existing(storage)
-    st, _ = load_study(study, store)
-    n = len(st.get_trials(deepcopy=False))
-    if not yes and not typer.confirm(f"delete study {study!r} ({n} trials) from {describe(url)}?"):
-        err.print("nothing deleted")
-        raise typer.Exit(1)
-    optuna.delete_study(study_name=study, storage=store)
+    st, sf = load_study(study, store)
+    grace = sf.study.reliability.grace if sf is not None else 60.0
+    with contextlib.ExitStack() as stack:
+        running = []
+        if store.backend.engine.dialect.name == "sqlite":
+            # one runner owns a SQLite study, holding this lock; holding it ourselves also keeps
+            # a runner from starting while we delete
+            try:
+                stack.enter_context(NamedLock(store, f"run-{study}", what=f"study {study!r}"))
+            except LockHeldError as exc:
+                running.append(exc.message.replace(f"study {study!r} is already running in another "
+                                                   "process ", "a runner holds its lock "))
+        live = [age for age in heartbeat_ages(store, st._study_id).values() if age <= grace]
+        if live:
+            running.append(f"{len(live)} RUNNING trial(s) with a heartbeat in the last {grace:g} s")
+        if running and not force:
+            raise LockHeldError(f"study {study!r} is running ({'; '.join(running)}): deleting it "
+                                "now would stop its runner(s) mid-trial",
+                                hint="stop the run first (Ctrl-C or SIGTERM), or add --force")
+        n = len(st.get_trials(deepcopy=False))
+        warning = " It is RUNNING now." if running else ""
+        if not yes and not typer.confirm(f"delete study {study!r} ({n} trials) from "
+                                         f"{describe(url)}?{warning}"):
+            err.print("nothing deleted")
+            raise typer.Exit(1)
+        optuna.delete_study(study_name=study, storage=store)
     err.print(f"deleted study {study!r} ({n} trials)")
 
 

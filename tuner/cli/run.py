@@ -288,6 +288,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
         "timeout": "timeout reached; run the same command to continue",
         "fail_fast": f"stopped early: every trial failed with an error ({result.fail_fast_error})",
     }
+    messages["deleted"] = (f"study {result.study_name!r} was deleted while this run was using it "
+                           "(tuner delete --force): stopped, nothing more was saved")
     if result.reason == "fail_fast" and str(result.fail_fast_error).startswith("worker process died"):
         messages["fail_fast"] = (f"stopped early: every trial killed its worker process "
                                  f"({result.fail_fast_error}; out of memory? see `dmesg`)")
@@ -301,8 +303,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
         err.print(f"  hint: see the error with `tuner show {result.study_name}{storage_flag(url)}` "
                   "or fix the study file, then rerun", highlight=False)
         return
-    if result.reason in ("SIGINT", "SIGTERM"):
-        return  # exit promptly: `tuner show` has the report
+    if result.reason in ("SIGINT", "SIGTERM", "deleted"):
+        return  # exit promptly: `tuner show` has the report (if the study still exists)
 
     def render() -> str:  # rendered whole, so a dropped connection mid-way prints nothing twice
         buffer = Console(file=io.StringIO(), width=out.width, force_terminal=out.is_terminal,

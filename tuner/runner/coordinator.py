@@ -38,6 +38,8 @@ from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 import optuna
+import sqlalchemy
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyFile
@@ -66,7 +68,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 FLUSH_EVERY_S = 5.0
 EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
-              "fail_fast": 1}
+              "fail_fast": 1, "deleted": 1}
 
 
 class RunHook(Protocol):
@@ -156,6 +158,7 @@ class Runner:
         self._heartbeat: threading.Thread | None = None
         self.study: optuna.Study | None = None
         lost: StorageError | None = None
+        deleted = False
         try:
             try:
                 self._setup()
@@ -170,11 +173,19 @@ class Runner:
                 if self._signal is None:
                     lost = exc
                     raise
+            except Exception:
+                # `tuner delete --force` while we run: the study's rows vanish under us
+                # (KeyError: 'Record does not exist.', trials "no longer RUNNING")
+                if not self._study_deleted():
+                    raise
+                deleted = True
             if self._signal is not None:
                 self.stop_reason = self._signal
+            elif deleted:
+                self.stop_reason = "deleted"
         finally:
             self._stop_event.set()
-            self._shutdown(database_lost=lost is not None and self.resilient.gave_up)
+            self._shutdown(skip_writes=deleted or (lost is not None and self.resilient.gave_up))
             if lost is not None and self.resilient.gave_up:
                 lost.hint = self._outage_hint()
             if self._heartbeat is not None:
@@ -188,7 +199,7 @@ class Runner:
             self._restore_signal_handlers(previous)
         counts: Counter = Counter()
         best = None
-        if self.study is not None:
+        if self.study is not None and not deleted:
             counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
             best = self._best()
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
@@ -697,12 +708,12 @@ class Runner:
 
     # --- shutdown ------------------------------------------------------------------------
 
-    def _shutdown(self, *, database_lost: bool = False) -> None:
+    def _shutdown(self, *, skip_writes: bool = False) -> None:
         """Fail (and re-queue) trials that are mid-training, put never-started ones back in the
         queue, and stop the workers. Nothing stays RUNNING. If the database is gone (the outage
         outlasted ``max_db_outage``, or it goes at the first write here), nothing more is
         written: the trials' heartbeats stop, so any runner (or `tuner doctor --fail-stale`)
-        fails and re-queues them later."""
+        fails and re-queues them later. ``skip_writes`` also when the study was deleted."""
         reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
         self._shutting_down = True
         self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
@@ -717,7 +728,7 @@ class Runner:
             if isinstance(result, Job):
                 self._ready.append(result)
         self._claim_pending = False
-        lost = database_lost
+        lost = skip_writes
 
         def write(what: str, action: Any, job: Job) -> None:
             nonlocal lost
@@ -762,6 +773,19 @@ class Runner:
             worker.current = worker.queued = None
             worker.stop()
         self.workers = []
+
+    def _study_deleted(self) -> bool:
+        """Whether our study is gone from the database (deleted while we ran it)."""
+        if self.study is None:
+            return False
+        studies = models.StudyModel.__table__
+        try:
+            with self.storage.backend.engine.connect() as conn:
+                name = conn.execute(sqlalchemy.select(studies.c.study_name)
+                                    .where(studies.c.study_id == self.study_id)).scalar()
+        except Exception:  # cannot tell: not deleted as far as we know
+            return False
+        return name != self.sf.study.name
 
     def _outage_hint(self) -> str:
         """What a runner that lost its database left behind, for the final error's hint."""
