@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 
 from tuner.data import (
     BUILTIN_DATASETS,
+    SPLIT_ARRAYS,
     Dataset,
     load_dataset,
     load_splits,
@@ -424,6 +428,58 @@ def test_builtin_datasets_load(name, shape, classes):
     sp = load_splits(name, val_size=0.2, test_size=0.2)
     assert len(sp.y_train) + len(sp.y_val) + len(sp.y_test) == shape[0]
     assert set(sp.y_val) == set(range(classes))
+
+
+# --- the cache of prepared built-in splits -----------------------------------------------------
+
+def assert_same_splits(a, b):
+    for key in SPLIT_ARRAYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        assert getattr(a, key).dtype == getattr(b, key).dtype, key
+    assert (a.name, a.class_names, a.feature_names) == (b.name, b.class_names, b.feature_names)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cached_builtin_splits_equal_fresh_ones(tmp_path, monkeypatch, dtype):
+    monkeypatch.setenv("TUNER_CACHE_DIR", "")
+    fresh = load_splits("wine", seed=3, dtype=dtype, val_size=0.25)
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    first = load_splits("wine", seed=3, dtype=dtype, val_size=0.25)  # computed and written
+    assert len(list((tmp_path / "splits").glob("wine-*.npz"))) == 1
+    again = load_splits("wine", seed=3, dtype=dtype, val_size=0.25)  # read back
+    assert_same_splits(first, fresh)
+    assert_same_splits(again, fresh)
+    other = load_splits("wine", seed=4, dtype=dtype, val_size=0.25)  # another key, another file
+    assert len(list((tmp_path / "splits").glob("wine-*.npz"))) == 2
+    assert not np.array_equal(other.y_train, fresh.y_train)
+
+
+def test_a_cached_split_loads_without_importing_scikit_learn(tmp_path):
+    code = ("import sys; from tuner.data import load_splits; s = load_splits('digits'); "
+            "print(len(s.y_train), 'sklearn' in sys.modules)")
+    env = {**os.environ, "TUNER_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs == [["1079", "True"], ["1079", "False"]]
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    good = load_splits("iris")
+    (path,) = (tmp_path / "splits").glob("iris-*.npz")
+    path.write_bytes(path.read_bytes()[:500])
+    assert_same_splits(load_splits("iris"), good)
+    assert_same_splits(load_splits("iris"), good)  # and the rebuilt file is whole again
+
+
+def test_no_cache_when_disabled_or_not_writable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_CACHE_DIR", "")
+    load_splits("iris")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(blocked))
+    assert len(load_splits("iris").y_train) == 90
+    assert blocked.read_text() == "not a folder"
 
 
 def test_synthetic_is_seeded():

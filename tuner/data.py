@@ -13,11 +13,20 @@ Sources (``name`` in :func:`load_dataset`):
 Labels of any type are mapped to ``0..C-1`` in sorted order; :attr:`Splits.class_names` keeps
 the originals. Every problem with the data raises :class:`~tuner.errors.DataError` with a
 message that says what is wrong and where.
+
+The prepared splits of the bundled sets are cached (a few hundred kB each, in
+``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``, else ``~/.cache/tuner``; an empty
+``TUNER_CACHE_DIR`` turns it off): loading them again skips importing scikit-learn, which is most
+of a short command's start-up. The key holds every argument and scikit-learn's version.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,10 +217,77 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
 
 def load_splits(name: str, *, val_size: float = 0.2, test_size: float = 0.2, seed: int = 0,
                 dtype: str = "float32", standardize: bool = True, **source: Any) -> Splits:
-    """:func:`load_dataset` then :func:`split_dataset`; ``source`` goes to ``load_dataset``."""
+    """:func:`load_dataset` then :func:`split_dataset`; ``source`` goes to ``load_dataset``.
+    A bundled set's splits come from the cache when they are there (see the module docs)."""
+    cached = None
+    if name in BUILTIN_DATASETS:
+        cached = _cache_file(name, val_size=val_size, test_size=test_size, seed=seed,
+                             dtype=np.dtype(dtype).name, standardize=standardize)
+        splits = _read_splits(cached) if cached is not None else None
+        if splits is not None:
+            return splits
     ds = load_dataset(name, seed=seed, **source)
-    return split_dataset(ds, val_size=val_size, test_size=test_size, seed=seed, dtype=dtype,
-                         standardize=standardize)
+    splits = split_dataset(ds, val_size=val_size, test_size=test_size, seed=seed, dtype=dtype,
+                           standardize=standardize)
+    if cached is not None:
+        _write_splits(cached, splits)
+    return splits
+
+
+SPLIT_ARRAYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "mean", "std")
+_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path | None:
+    """Folder of tuner's caches, or ``None`` when ``TUNER_CACHE_DIR`` is set but empty."""
+    explicit = os.environ.get("TUNER_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit).expanduser() if explicit else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tuner"
+
+
+def _cache_file(name: str, **args: Any) -> Path | None:
+    folder = cache_dir()
+    if folder is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        return None
+    key = json.dumps({"name": name, **args, "scikit-learn": sklearn_version,
+                      "format": _CACHE_FORMAT}, sort_keys=True)
+    return folder / "splits" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def _read_splits(path: Path) -> Splits | None:
+    """The splits stored at ``path``; ``None`` if missing or unreadable (then rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in SPLIT_ARRAYS}
+            meta = json.loads(str(archive["meta"]))
+        return Splits(name=meta["name"], class_names=meta["class_names"],
+                      feature_names=meta["feature_names"], **arrays)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _write_splits(path: Path, splits: Splits) -> None:
+    """Store ``splits`` at ``path`` atomically; a cache that cannot be written is skipped."""
+    meta = json.dumps({"name": splits.name, "class_names": splits.class_names,
+                       "feature_names": splits.feature_names})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+            np.savez(fh, meta=np.array(meta), **{key: getattr(splits, key) for key in SPLIT_ARRAYS})
+        os.replace(fh.name, path)
+    except OSError:
+        try:
+            os.unlink(fh.name)
+        except (OSError, UnboundLocalError):
+            pass
 
 
 def strip_bias(X: np.ndarray) -> np.ndarray:
