@@ -49,6 +49,13 @@ RUN groupadd --system --gid 10001 tuner \
     && mkdir -p /data \
     && chown tuner:tuner /data
 COPY --from=builder /opt/venv /opt/venv
+# The training kernels (numba) are compiled here once, into a cache the tuner user can extend:
+# a container whose CPU matches the build machine's starts training at once, any other compiles
+# them on its first trial (about 10 s) and keeps them for the container's life.
+ENV NUMBA_CACHE_DIR=/var/cache/tuner/numba
+RUN mkdir -p "$NUMBA_CACHE_DIR" \
+    && python -c "from tuner.kernels import warm_up; warm_up('float32'); warm_up('float64')" \
+    && chown -R tuner:tuner /var/cache/tuner
 WORKDIR /app
 # read-only for the tuner user (owned by root); edit them in the repo or mount your own
 COPY studies/ /app/studies/

@@ -117,7 +117,7 @@ def _hinge_row(s, yi, inv_n):
 @njit(fastmath=_FASTMATH, cache=True)
 def _part(X, idx, y, Wt, lo, hi, inv_n, kind, S, G):
     """Loss sum of the rows ``idx[lo:hi]``; their gradient (scaled by ``inv_n``) into ``G``."""
-    G[:, :] = 0.0
+    G.fill(0.0)
     D = Wt.shape[1]
     last = hi - 1
     loss = 0.0
@@ -127,12 +127,12 @@ def _part(X, idx, y, Wt, lo, hi, inv_n, kind, S, G):
         x1 = X[idx[min(r + 1, last)]]
         x2 = X[idx[min(r + 2, last)]]
         x3 = X[idx[min(r + 3, last)]]
-        S[:, :] = 0.0
+        S.fill(0.0)
         for j0 in range(0, D, TILE):
             _block_scores(x0, x1, x2, x3, Wt, S, j0, min(D, j0 + TILE))
         for k in range(4):
             if r + k > last:
-                S[k, :] = 0.0
+                S[k].fill(0.0)
             elif kind == 0:
                 loss += _softmax_row(S[k], y[idx[r + k]], inv_n)
             else:
@@ -145,13 +145,16 @@ def _part(X, idx, y, Wt, lo, hi, inv_n, kind, S, G):
 @njit(cache=True)
 def _reduce(losses, G, out, n):
     """``out = G[0] + G[1] + ...`` and the mean loss, always in part order."""
-    out[:, :] = G[0]
-    for p in range(1, G.shape[0]):
-        out += G[p]
-    total = 0.0
+    for c in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            total = G[0, c, j]
+            for p in range(1, G.shape[0]):
+                total += G[p, c, j]
+            out[c, j] = total
+    loss = 0.0
     for p in range(losses.shape[0]):
-        total += losses[p]
-    return total / n
+        loss += losses[p]
+    return loss / n
 
 
 def _bounds(n: int) -> np.ndarray:
