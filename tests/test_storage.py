@@ -344,3 +344,163 @@ def test_concurrent_first_use_of_a_fresh_sqlite_file(tmp_path):
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
         assert plain(url).get_all_studies() == []
+
+
+# --- windows of a dropped connection, reproduced deterministically -----------------------------
+#
+# A write whose commit reached the database but whose answer was lost (the connection dropped
+# in between) is retried by the runner. To reproduce that window without timing luck, a test
+# makes the write for real and then gives the storage back its state from before the call, as
+# the failed call leaves it (the trial still owned, its data still pending).
+
+
+def unheard(storage: BufferedStorage, trial_id: int, write) -> None:
+    """Run ``write`` (it commits), then put ``storage`` back as if the answer had been lost."""
+    import copy
+
+    before = copy.deepcopy(storage._owned[trial_id])
+    write()
+    storage._owned[trial_id] = before
+
+
+def owned_trial(storage: BufferedStorage, study: optuna.Study, lr: float) -> int:
+    trial_id = storage.create_new_trial(study._study_id)
+    storage.set_trial_param(trial_id, "lr", LR.to_internal_repr(lr), LR)
+    storage.flush(trial_id)
+    return trial_id
+
+
+def test_a_put_back_retried_after_a_lost_answer_never_takes_another_runners_claim(storage_url):
+    """Runner A puts its trial back in the queue; the commit lands but A hears an error; runner
+    B claims the trial; A retries the put-back. It used to succeed (the trial was only checked
+    to be RUNNING), putting B's running trial back in the queue: a third runner then ran it
+    again beside B, and it was not counted while queued, so the budget could overshoot."""
+    a, b = open_storage(storage_url), open_storage(storage_url)
+    study_a = optuna.create_study(study_name="s", storage=a)
+    study_b = optuna.load_study(study_name="s", storage=b)
+    trial_id = owned_trial(a, study_a, 0.1)
+    unheard(a, trial_id, lambda: a.set_trial_state_values(trial_id, TrialState.WAITING))
+    taken = study_b.ask()  # B claims it
+    assert taken._trial_id == trial_id and taken.params == {"lr": pytest.approx(0.1)}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        a.set_trial_state_values(trial_id, TrialState.WAITING)  # A's retry
+    assert plain(storage_url).get_trial(trial_id).state == TrialState.RUNNING  # still B's
+    # and when nobody took it, A's retry finds its own write and succeeds
+    again = owned_trial(a, study_a, 0.2)
+    unheard(a, again, lambda: a.set_trial_state_values(again, TrialState.WAITING))
+    assert a.set_trial_state_values(again, TrialState.WAITING)
+    assert plain(storage_url).get_trial(again).state == TrialState.WAITING
+    assert again not in a.owned_trial_ids()
+    # B finishes its trial normally
+    b.set_trial_intermediate_value(trial_id, 1, 0.5)
+    assert b.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+
+
+def test_a_fail_retried_after_a_lost_answer_still_queues_the_retry(storage_url):
+    """The FAIL committed but the runner heard an error: its retry of fail-and-requeue used to
+    find the trial finished, give up, and leave the retry to a sweep a grace period later."""
+    from tuner.storage.coordination import enqueue_retry, fail_trial
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = owned_trial(storage, study, 0.1)
+    unheard(storage, trial_id, lambda: fail_trial(storage, trial_id, "worker process died (test)",
+                                                  retry=True, max_retry=2))
+    assert fail_trial(storage, trial_id, "worker process died (test)", retry=True, max_retry=2)
+    assert enqueue_retry(study, storage.backend.get_trial(trial_id), 2)
+    trials = plain(storage_url).get_all_trials(study._study_id)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].system_attrs["failed_trial"] == 0
+    # another process failing our trial as stale is not mistaken for our own write
+    other = owned_trial(storage, study, 0.2)
+    assert plain(storage_url).set_trial_state_values(other, TrialState.FAIL)
+    assert not fail_trial(storage, other, "worker process died (test)", retry=True, max_retry=2)
+
+
+def test_a_retry_is_queued_once_however_often_it_is_asked_for(storage_url):
+    """Two runners' sweeps, a runner's own enqueue and a sweep, or an enqueue retried after its
+    commit was not heard of: one retry, never two (they ran the same configuration twice)."""
+    from tuner.storage.coordination import enqueue_retry, fail_trial, requeue_missing_retries
+
+    storage, other = open_storage(storage_url), open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = owned_trial(storage, study, 0.1)
+    storage.release(trial_id)  # its runner died
+    assert fail_trial(storage, trial_id, "stale heartbeat: test", retry=True, max_retry=2)
+    failed = storage.backend.get_trial(trial_id)
+    assert enqueue_retry(study, failed, 2)
+    assert enqueue_retry(study, failed, 2)  # the same call again: nothing more
+    other_study = optuna.load_study(study_name="s", storage=other)
+    assert enqueue_retry(other_study, other.backend.get_trial(trial_id), 2)
+    assert requeue_missing_retries(other_study, other, max_retry=2, older_than=0) == []
+    assert [t.state for t in plain(storage_url).get_all_trials(study._study_id)] == \
+           [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_trial_put_back_long_ago_is_not_stale_once_claimed_again(storage_url):
+    """A trial put back in the queue keeps its heartbeat row. Claimed again, it looked stale
+    (the old heartbeat) until its first flush, and another runner's sweep in that window
+    failed it, and the claiming runner then crashed saving its parameters."""
+    from tuner.storage.coordination import fail_stale_trials
+
+    a, b, c = (open_storage(storage_url) for _ in range(3))
+    study_a = optuna.create_study(study_name="s", storage=a)
+    trial_id = owned_trial(a, study_a, 0.1)
+    assert a.set_trial_state_values(trial_id, TrialState.WAITING)
+    with a.backend.engine.begin() as conn:  # put back an hour ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - "
+                                     "INTERVAL '1 hour'" if "postgresql" in storage_url else
+                                     "UPDATE trial_heartbeats SET heartbeat = "
+                                     "datetime(heartbeat, '-1 hour')"))
+    claimed = optuna.load_study(study_name="s", storage=b).ask()
+    assert claimed._trial_id == trial_id
+    sweeper = optuna.load_study(study_name="s", storage=c)
+    assert fail_stale_trials(sweeper, c, grace_seconds=60, max_retry=2) == []
+    b.flush(trial_id)
+    assert plain(storage_url).get_trial(trial_id).state == TrialState.RUNNING
+
+
+def test_the_retry_limit_is_enforced_and_explained_and_interruptions_do_not_use_it(storage_url):
+    """max_retry = 2: a configuration that failed three times (stale heartbeat, dead worker)
+    is not queued again, and the last FAIL says so (``no_retry``); a sweep does not queue it
+    either. Ctrl-C / SIGTERM interruptions do not use the budget."""
+    from tuner.storage.coordination import (
+        enqueue_retry,
+        fail_stale_trials,
+        fail_trial,
+        requeue_missing_retries,
+    )
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+
+    def fail_next(reason: str) -> optuna.trial.FrozenTrial:
+        """Claim the next queued trial (or a new one), then fail it with ``reason``."""
+        trial = study.ask()
+        if "lr" not in trial.params:
+            trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        storage.flush(trial._trial_id)
+        fail_trial(storage, trial._trial_id, reason, retry=True, max_retry=2)
+        failed = storage.backend.get_trial(trial._trial_id)
+        enqueue_retry(study, failed, 2)
+        return failed
+
+    chain = [fail_next("interrupted by SIGTERM") for _ in range(3)]  # not counted
+    chain += [fail_next(r) for r in ("stale heartbeat: test", "worker process died (test)")]
+    assert all(t.user_attrs.get("retry_wanted") for t in chain)
+    last = fail_next("stale heartbeat: test")  # the third counted failure
+    assert "no_retry" not in chain[-1].user_attrs
+    assert last.user_attrs["no_retry"] == ("retry limit reached: its configuration failed 3 "
+                                           "times (max_retry = 2, interruptions not counted)")
+    assert "retry_wanted" not in last.user_attrs
+    assert requeue_missing_retries(study, storage, max_retry=2, older_than=0) == []
+    trials = plain(storage_url).get_all_trials(study._study_id)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 6  # nothing queued after the last
+    assert len({t.params["lr"] for t in trials}) == 1
+    assert trials[-1].system_attrs["retry_history"] == [0, 1, 2, 3, 4]
+    # a trial that failed before its parameters were saved: nothing to retry, and it says so
+    bare = storage.create_new_trial(study._study_id)
+    storage.release(bare)  # its runner died mid-claim
+    failed = fail_stale_trials(study, storage, grace_seconds=0, max_retry=2, all_running=True)
+    assert [(f.number, f.no_retry) for f in failed] == [
+        (6, "no parameters to retry: it failed before its configuration was saved")]

@@ -40,23 +40,25 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)
     max_retry = rel.max_retry if rel is not None else 2
 
-    fixed: list[int] = []
+    # With SQLite, one runner owns a study and holds its lock: if the lock is free, nobody
+    # runs it, and every RUNNING trial is an orphan (whatever its heartbeat's age).
+    no_runner = False
+    if store.backend.engine.dialect.name == "sqlite":
+        try:
+            with NamedLock(store, f"run-{study}", what=f"study {study!r}"):
+                no_runner = True
+        except LockHeldError:
+            no_runner = False
+    fixed: list[Any] = []
     if fail_stale:
-        all_running = False
-        if store.backend.engine.dialect.name == "sqlite":
-            # With SQLite, one runner owns a study; if its lock is free, nobody runs it.
-            try:
-                with NamedLock(store, f"run-{study}", what=f"study {study!r}"):
-                    all_running = True
-            except LockHeldError:
-                all_running = False
         fixed = fail_stale_trials(st, store, grace_seconds=grace_s, max_retry=max_retry,
-                                  all_running=all_running,
+                                  all_running=no_runner,
                                   reason="stale heartbeat: failed by tuner doctor")
     trials = st.get_trials(deepcopy=False)
     by_id = {t._trial_id: t for t in trials}
     ages = heartbeat_ages(store, st._study_id)
-    running = [(by_id[tid].number, age, age > grace_s) for tid, age in ages.items() if tid in by_id]
+    running = [(by_id[tid].number, age, no_runner or age > grace_s)
+               for tid, age in ages.items() if tid in by_id]
     stale = [r for r in running if r[2]]
 
     chains: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -65,14 +67,21 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
         if history:
             chains[history[0]].append((t.number, t.state.name))
     failures: dict[str, list[int]] = defaultdict(list)
+    not_retried: dict[int, str] = {}
     for t in trials:
         if t.state == TrialState.FAIL:
             failures[_fail_reason(t.user_attrs)].append(t.number)
+            if t.user_attrs.get("no_retry"):
+                not_retried[t.number] = str(t.user_attrs["no_retry"])
 
     report = {
         "study": study, "grace_seconds": grace_s,
+        "runner_alive": None if store.backend.engine.dialect.name != "sqlite" else not no_runner,
         "running": [{"trial": n, "heartbeat_age_s": round(a, 1), "stale": s} for n, a, s in running],
-        "failed_now": fixed,
+        "failed_now": [f.number for f in fixed],
+        "requeued_now": [f.number for f in fixed if f.no_retry is None],
+        "not_requeued_now": {str(f.number): f.no_retry for f in fixed if f.no_retry is not None},
+        "not_retried": {str(n): why for n, why in sorted(not_retried.items())},
         "retries": {str(root): [{"trial": n, "state": s} for n, s in chain]
                     for root, chain in sorted(chains.items())},
         "failures": {reason: numbers for reason, numbers in failures.items()},
@@ -85,18 +94,27 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
 
 
 def _print(report: dict[str, Any], stale: list) -> None:
+    orphans = report["runner_alive"] is False
+    why = "no runner holds the study's lock" if orphans else \
+        f"no heartbeat for > {report['grace_seconds']:g} s"
     out.print(f"study [bold]{report['study']}[/]: {len(report['running'])} running, "
-              f"{len(stale)} stale (no heartbeat for > {report['grace_seconds']:g} s)")
+              f"{len(stale)} stale ({why})")
     if report["failed_now"]:
-        out.print(f"[yellow]failed and re-queued {len(report['failed_now'])} stale trial(s):[/] "
-                  + ", ".join(f"#{n}" for n in report["failed_now"]))
+        parts = []
+        if report["requeued_now"]:
+            parts.append(", ".join(f"#{n}" for n in report["requeued_now"]) + " re-queued")
+        parts += [f"#{n} not re-queued ({reason})" for n, reason in report["not_requeued_now"].items()]
+        out.print(f"[yellow]failed {len(report['failed_now'])} stale trial(s):[/] " + "; ".join(parts),
+                  highlight=False)
     if report["running"]:
         table = Table(title="RUNNING trials", title_justify="left")
         for col in ("trial", "last heartbeat", "status"):
             table.add_column(col)
         for row in report["running"]:
-            table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago",
-                          "[red]stale[/]" if row["stale"] else "[green]alive[/]")
+            status = "[green]alive[/]"
+            if row["stale"]:
+                status = "[red]orphaned (no runner)[/]" if orphans else "[red]stale[/]"
+            table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", status)
         out.print(table)
     if report["retries"]:
         table = Table(title="retries (original trial -> retries)", title_justify="left")
@@ -104,6 +122,13 @@ def _print(report: dict[str, Any], stale: list) -> None:
         table.add_column("retries")
         for root, chain in report["retries"].items():
             table.add_row(f"#{root}", ", ".join(f"#{c['trial']} {c['state']}" for c in chain))
+        out.print(table)
+    if report["not_retried"]:
+        table = Table(title="failed trials that were not re-queued", title_justify="left")
+        table.add_column("trial")
+        table.add_column("why")
+        for number, reason in report["not_retried"].items():
+            table.add_row(f"#{number}", reason)
         out.print(table)
     if report["failures"]:
         table = Table(title="failed trials by reason", title_justify="left")

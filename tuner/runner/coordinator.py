@@ -50,6 +50,7 @@ from tuner.runner.shared import SharedSplits
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import (
     BudgetLock,
+    Failed,
     NamedLock,
     claim_run_index,
     enqueue_retry,
@@ -256,14 +257,14 @@ class Runner:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
         only runner lock, so every RUNNING trial is an orphan; with PostgreSQL only those whose
         heartbeat is older than the grace period."""
-        numbers = self.resilient.call(
+        failed = self.resilient.call(
             "recover stale trials", fail_stale_trials, self.study, self.storage,
             grace_seconds=self.rel.grace, max_retry=self.rel.max_retry,
             all_running=self.engine_kind == "sqlite",
             reason="orphaned: the runner that owned it stopped without finishing it")
-        if numbers:
-            self.display.message(f"recovered {len(numbers)} trial(s) left RUNNING by a stopped "
-                                 f"runner: {', '.join(f'#{n}' for n in numbers)} (failed and re-queued)")
+        if failed:
+            self.display.message(f"recovered {len(failed)} trial(s) left RUNNING by a stopped "
+                                 f"runner (failed): {describe_failed(failed)}")
 
     def _seeded_sampler(self) -> optuna.samplers.BaseSampler:
         """Seed the sampler from the study seed and this run's index in the study (claimed
@@ -425,6 +426,17 @@ class Runner:
 
     def _claim(self) -> Job | None:
         """Claim the next trial if the study's budget allows one (exact across runners)."""
+        for _ in range(5):
+            try:
+                return self._claim_once()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # the trial was failed as stale (we were cut off longer than the grace period)
+                # or claimed by another runner before we saved its parameters: not ours
+                # any more; claim another one
+                self._put_back_stray_claims()
+        return None
+
+    def _claim_once(self) -> Job | None:
         self._put_back_stray_claims()
         with BudgetLock(self.storage, self.study_id):
             counts = state_counts(self.storage, self.study_id)
@@ -620,7 +632,8 @@ class Runner:
 
         def do_fail() -> None:  # retried as a whole if the connection drops
             nonlocal failed
-            failed = failed or fail_trial(self.storage, trial_id, reason, retry=retry, **attrs)
+            failed = failed or fail_trial(self.storage, trial_id, reason, retry=retry,
+                                          max_retry=self.rel.max_retry, **attrs)
             if failed and retry:
                 enqueue_retry(self.study, self.storage.backend.get_trial(trial_id), self.rel.max_retry)
         self.resilient.call(f"fail trial {number}", do_fail)
@@ -816,6 +829,15 @@ class Runner:
             return self.resilient.call("read the best trial", lambda: self.study.best_trial)
         except ValueError:
             return None
+
+
+def describe_failed(failed: list[Failed]) -> str:
+    """``#3, #5 re-queued; #7 not re-queued (retry limit reached: ...)``: exactly what a
+    stale-trial sweep did."""
+    queued = [f"#{f.number}" for f in failed if f.no_retry is None]
+    parts = [f"{', '.join(queued)} re-queued"] if queued else []
+    parts += [f"#{f.number} not re-queued ({f.no_retry})" for f in failed if f.no_retry is not None]
+    return "; ".join(parts)
 
 
 def _resolved(params: dict[str, Any]) -> dict[str, Any]:

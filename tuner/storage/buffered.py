@@ -21,6 +21,7 @@ import copy
 import json
 import threading
 import time
+import uuid
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,11 +51,17 @@ class _Pending:
                     or self.heartbeat)
 
 
+CLAIM_KEY = "tuner.claim"
+
+
 @dataclass
 class _Owned:
     frozen: FrozenTrial
     pending: _Pending = field(default_factory=_Pending)
     last_flush: float = field(default_factory=time.monotonic)
+    # this process's claim on the trial, stored with it (system attribute ``tuner.claim``):
+    # every write checks that no other process has claimed the trial since
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class BufferedStorage(_CachedStorage):
@@ -104,10 +111,33 @@ class BufferedStorage(_CachedStorage):
         with self._owned_lock:
             return list(self._owned)
 
-    def _adopt(self, trial_id: int) -> None:
+    def _pop(self, trial_id: int) -> bool:
+        """Claim a WAITING trial: RUNNING, a fresh start time, our claim token and a first
+        heartbeat, in one transaction (``False`` if another process claimed it first). The
+        heartbeat matters: a trial put back in the queue keeps its old heartbeat row, and until
+        the first flush another runner would see that as a stale heartbeat and fail it."""
+        trials = models.TrialModel.__table__
+        token = uuid.uuid4().hex
+        with self._backend.engine.begin() as conn:
+            claimed = conn.execute(trials.update().where(
+                trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING).values(
+                state=TrialState.RUNNING, datetime_start=_utcnow())).rowcount == 1
+            if not claimed:
+                state = _state(conn.execute(sqlalchemy.select(trials.c.state).where(
+                    trials.c.trial_id == trial_id)).scalar())
+                if state is None:
+                    raise KeyError(models.NOT_FOUND_MSG)
+                if state.is_finished():
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"trial {trial_id} is already finished")
+                return False
+            _upsert(conn, models.TrialSystemAttributeModel, ("trial_id", "key"), [
+                {"trial_id": trial_id, "key": CLAIM_KEY, "value_json": json.dumps(token)}])
+            _beat(conn, trial_id)
         frozen = self._backend.get_trial(trial_id)
         with self._owned_lock:
-            self._owned[trial_id] = _Owned(frozen=frozen)
+            self._owned[trial_id] = _Owned(frozen=frozen, token=token)
+        return True
 
     def release(self, trial_id: int) -> None:
         """Forget a trial without writing (after another process finished it)."""
@@ -120,8 +150,10 @@ class BufferedStorage(_CachedStorage):
             with self._lock:
                 number = self._trial_id_to_study_id_and_number[trial_id][1]
                 frozen = copy.deepcopy(self._studies[study_id].trials[number])
+            owned = _Owned(frozen=frozen)
+            frozen.system_attrs[CLAIM_KEY] = owned.token
             with self._owned_lock:
-                self._owned[trial_id] = _Owned(frozen=frozen)
+                self._owned[trial_id] = owned
         return trial_id
 
     # --- buffered writes -----------------------------------------------------------------
@@ -168,10 +200,7 @@ class BufferedStorage(_CachedStorage):
                                values: Sequence[float] | None = None) -> bool:
         owned = self._owned.get(trial_id)
         if state == TrialState.RUNNING:  # popping a WAITING trial: it becomes ours
-            claimed = super().set_trial_state_values(trial_id, state, values)
-            if claimed:
-                self._adopt(trial_id)
-            return claimed
+            return self._pop(trial_id)
         if owned is None:
             return super().set_trial_state_values(trial_id, state, values)
         self._write(trial_id, owned, state=state, values=values)
@@ -216,13 +245,39 @@ class BufferedStorage(_CachedStorage):
     def _write(self, trial_id: int, owned: _Owned, *, state: TrialState | None = None,
                values: Sequence[float] | None = None) -> None:
         """Write ``owned``'s pending data (and ``state``/``values``) in one transaction of a few
-        multi-row upserts. Idempotent: a retry after an ambiguous commit writes the same rows."""
+        multi-row upserts, if the trial is still RUNNING and still ours: another process may
+        have failed it as stale, or claimed it after we put it back in the queue
+        (``UpdateFinishedTrialError`` then, and nothing is written). Idempotent: a retry after
+        an ambiguous commit finds its own earlier write (the state and our claim token) and
+        succeeds without writing again."""
         with self._owned_lock:
             pending = owned.pending
             owned.pending = _Pending(heartbeat=False)
         study_id = self._trial_id_to_study_id_and_number[trial_id][0]
+        trials = models.TrialModel.__table__
+        claims = models.TrialSystemAttributeModel.__table__
+        mine = json.dumps(owned.token)
         try:
             with self._backend.engine.begin() as conn:
+                # First a write that locks the row (and takes SQLite's write lock at once):
+                # still RUNNING, and nobody else's claim on it.
+                foreign = sqlalchemy.exists().where(
+                    claims.c.trial_id == trial_id, claims.c.key == CLAIM_KEY,
+                    claims.c.value_json != mine)
+                guard = conn.execute(trials.update().where(
+                    trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING, ~foreign)
+                    .values(state=trials.c.state))
+                # the claim records the state we end it in: a retry knows its own write
+                final = owned.token if state is None else f"{owned.token}:{state.name}"
+                if guard.rowcount != 1:
+                    if state is not None and _written_before(conn, trial_id, json.dumps(final)):
+                        pending = _Pending(heartbeat=False)  # our earlier attempt committed
+                        raise _AlreadyWritten
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"trial {owned.frozen.number} is no longer RUNNING in the database, or "
+                        "another process has claimed it")
+                pending.system_attrs[CLAIM_KEY] = final
+                owned.frozen.system_attrs[CLAIM_KEY] = final
                 self._check_distributions(conn, study_id, pending)
                 _upsert(conn, models.TrialParamModel, ("trial_id", "param_name"), [
                     {"trial_id": trial_id, "param_name": name, "param_value": value,
@@ -248,18 +303,13 @@ class BufferedStorage(_CachedStorage):
                         rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
                                      "value_type": kind})
                     _upsert(conn, models.TrialValueModel, ("trial_id", "objective"), rows)
-                trials = models.TrialModel.__table__
-                update = {"state": state} if state is not None else {}
-                if state is not None and state.is_finished():
-                    update["datetime_complete"] = datetime.now(UTC).replace(tzinfo=None)
-                # the trial must still be RUNNING: another process may have failed it as stale
-                result = conn.execute(trials.update().where(
-                    trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-                    .values(**update) if update else sqlalchemy.select(trials.c.trial_id).where(
-                    trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING))
-                if (result.rowcount if update else len(result.all())) != 1:
-                    raise optuna.exceptions.UpdateFinishedTrialError(
-                        f"trial {owned.frozen.number} is no longer RUNNING in the database")
+                if state is not None:  # (the row is locked by the guard above)
+                    update: dict[str, Any] = {"state": state}
+                    if state.is_finished():
+                        update["datetime_complete"] = _utcnow()
+                    conn.execute(trials.update().where(trials.c.trial_id == trial_id).values(**update))
+        except _AlreadyWritten:
+            pass
         except BaseException:
             with self._owned_lock:  # keep the data for the next attempt
                 owned.pending = _merge(pending, owned.pending)
@@ -389,6 +439,30 @@ class BufferedStorage(_CachedStorage):
     def refresh(self, study_id: int) -> None:
         """Make the next read of ``study_id`` go to the database."""
         self._last_refresh.pop(study_id, None)
+
+
+class _AlreadyWritten(Exception):
+    """A retried write found that its earlier attempt had committed (ends the transaction)."""
+
+
+def _utcnow() -> datetime:
+    """Naive UTC, as Optuna 5 stores trial timestamps."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _state(value: Any) -> TrialState | None:
+    if value is None or isinstance(value, TrialState):
+        return value
+    return TrialState[value]
+
+
+def _written_before(conn: sqlalchemy.Connection, trial_id: int, final_json: str) -> bool:
+    """Whether the trial's claim is already ``final`` (our token and the state we were about
+    to write): our own write, whose commit we did not hear about because the connection
+    dropped. (Another process that failed the trial as stale leaves our plain token.)"""
+    claims = models.TrialSystemAttributeModel.__table__
+    return conn.execute(sqlalchemy.select(claims.c.value_json).where(
+        claims.c.trial_id == trial_id, claims.c.key == CLAIM_KEY)).scalar() == final_json
 
 
 def _upsert(conn: sqlalchemy.Connection, model: type, keys: tuple[str, ...],

@@ -20,6 +20,7 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ from tuner.storage.buffered import BufferedStorage
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
 ATTR_RETRY_WANTED = "retry_wanted"
+ATTR_NO_RETRY = "no_retry"
+# system attribute of a retry: failures of its configuration that used the retry budget
+ATTR_FAILURES = "tuner.failures"
 
 
 def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]:
@@ -94,14 +98,47 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def retry_decision(trial: FrozenTrial, max_retry: int) -> str | None:
+    """Why ``trial`` (failed by an infrastructure fault) gets no retry, or ``None`` if it does.
+
+    The retry budget counts the failures of a configuration's chain that were not
+    interruptions: a trial failed by Ctrl-C / SIGTERM (``interrupted by ...``) is re-queued
+    without using it, so a configuration interrupted three times is not dropped, while a stale
+    heartbeat, an orphaned trial or a dead worker each use one of ``max_retry`` retries."""
+    if not trial.params:
+        return "no parameters to retry: it failed before its configuration was saved"
+    used = _failures_counted(trial)
+    if used > max_retry:
+        return (f"retry limit reached: its configuration failed {used} times "
+                f"(max_retry = {max_retry}, interruptions not counted)")
+    return None
+
+
+def _failures_counted(trial: FrozenTrial) -> int:
+    """Budget-using failures of ``trial``'s chain, ``trial``'s own included."""
+    before = trial.system_attrs.get(ATTR_FAILURES)
+    if before is None:  # a retry queued by an older tuner (or Optuna): every failure counted
+        before = len(trial.system_attrs.get("retry_history", []))
+    interrupted = str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted by")
+    return int(before) + (0 if interrupted else 1)
+
+
 def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: bool = False,
-               **attrs: Any) -> bool:
+               max_retry: int | None = None, **attrs: Any) -> bool:
     """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) as user attributes, in one
     transaction. Returns ``False`` if it was no longer RUNNING (someone else finished it).
-    ``retry``: the caller queues a retry next; recorded (``retry_wanted``) with the FAIL, so
-    :func:`requeue_missing_retries` can queue it if the connection drops in between."""
+    ``retry``: the caller queues a retry next. Whether it will (``retry_wanted``) or why not
+    (``no_retry``: no parameters, or the retry limit) is recorded with the FAIL, so
+    :func:`requeue_missing_retries` can queue it if the connection drops in between, and
+    `tuner doctor` can say why a configuration was dropped."""
     if retry:
-        attrs[ATTR_RETRY_WANTED] = True
+        trial = storage.get_trial(trial_id)
+        trial.user_attrs["fail_reason"] = reason
+        why_not = retry_decision(trial, max_retry if max_retry is not None else 10**9)
+        if why_not is None:
+            attrs[ATTR_RETRY_WANTED] = True
+        else:
+            attrs[ATTR_NO_RETRY] = why_not
     if trial_id in storage.owned_trial_ids():
         for key, value in {"fail_reason": reason, **attrs}.items():
             storage.set_trial_user_attr(trial_id, key, value)
@@ -112,33 +149,55 @@ def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: b
             return False
     backend = storage.backend
     with _create_scoped_session(backend.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        if trial.state != TrialState.RUNNING:
+        trial_row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial_row.state != TrialState.RUNNING:
             return False
         for key, value in {"fail_reason": reason, **attrs}.items():
             backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
                                                    trial_id, key, value)
-        trial.state = TrialState.FAIL
-        trial.datetime_complete = _utcnow()
+        trial_row.state = TrialState.FAIL
+        trial_row.datetime_complete = _utcnow()
     return True
 
 
 def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> bool:
-    """Queue a WAITING copy of ``failed``'s parameters, unless it already has ``max_retry``
-    retries or has no parameters. Uses Optuna's ``failed_trial`` / ``retry_history`` system
-    attributes, so ``RetryHeartbeatStaleTrialCallback.retry_history`` works on our trials."""
-    if not failed.params:
+    """Queue a WAITING copy of ``failed``'s parameters, unless it has none or its chain has
+    used up ``max_retry`` (see :func:`retry_decision`). Uses Optuna's ``failed_trial`` /
+    ``retry_history`` system attributes, so ``RetryHeartbeatStaleTrialCallback.retry_history``
+    works on our trials. Idempotent across processes: under the study's budget lock it first
+    looks for a trial with ``retry_of`` = ``failed.number`` (a retry queued by another runner's
+    sweep, or by our own earlier attempt whose commit we did not hear about) and queues
+    nothing if there is one. Returns whether ``failed`` has a retry."""
+    if retry_decision(failed, max_retry) is not None:
         return False
     system_attrs = {k: v for k, v in failed.system_attrs.items() if k in RETRY_KEYS}
     history = [*system_attrs.get("retry_history", []), failed.number]
-    if len(history) > max_retry:
-        return False
     system_attrs.update(failed_trial=history[0], retry_history=history)
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        system_attrs=system_attrs, user_attrs={"retry_of": failed.number},
-    ))
+    system_attrs[ATTR_FAILURES] = _failures_counted(failed)
+    storage = study._storage
+    with BudgetLock(storage, study._study_id):
+        if _retry_of(storage, study._study_id, failed.number) is not None:
+            return True
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+            system_attrs=system_attrs, user_attrs={"retry_of": failed.number},
+        ))
     return True
+
+
+def _retry_of(storage: Any, study_id: int, number: int) -> int | None:
+    """The number of a trial of the study whose ``retry_of`` is ``number``, if any."""
+    trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
+    with _engine(storage).connect() as conn:
+        return conn.execute(sqlalchemy.select(trials.c.number)
+                            .join(users, users.c.trial_id == trials.c.trial_id)
+                            .where(trials.c.study_id == study_id, users.c.key == "retry_of",
+                                   users.c.value_json == json.dumps(number)).limit(1)).scalar()
+
+
+def _engine(storage: Any) -> sqlalchemy.engine.Engine:
+    """The engine of a :class:`BufferedStorage` or of a plain ``RDBStorage``."""
+    return getattr(storage, "backend", storage).engine
 
 
 class RetryCallback(RetryHeartbeatStaleTrialCallback):
@@ -154,7 +213,8 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
     """Queue the retry of every trial failed with ``retry_wanted`` at least ``older_than``
     seconds ago that has none: failing a trial and queuing its retry are two transactions, and a
     connection dropped between them must not lose the retry. (The age keeps this sweep from
-    racing the runner that is about to queue it.) Returns the numbers re-queued."""
+    doing the work of the runner that is about to queue it; :func:`enqueue_retry` is idempotent,
+    so a race queues one retry all the same.) Returns the numbers re-queued."""
     trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
     retries, retry_trials = users.alias("retries"), trials.alias("retry_trials")
     study_id = study._study_id
@@ -177,20 +237,30 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
     return queued
 
 
+@dataclass
+class Failed:
+    """A trial a stale-trial sweep failed: its number, and why it was not re-queued (``None``:
+    it was)."""
+
+    number: int
+    no_retry: str | None = None
+
+
 def fail_stale_trials(study: optuna.Study, storage: BufferedStorage, *, grace_seconds: float,
                       max_retry: int, all_running: bool = False,
-                      reason: str = "stale heartbeat: its runner stopped responding") -> list[int]:
+                      reason: str = "stale heartbeat: its runner stopped responding") -> list[Failed]:
     """Fail stale RUNNING trials of ``study`` and queue their retries (and any retry an earlier
-    call lost to a dropped connection); returns the numbers failed."""
+    call lost to a dropped connection); returns the trials failed."""
     requeue_missing_retries(study, storage, max_retry=max_retry, older_than=grace_seconds)
     failed = []
     for trial_id in stale_trial_ids(storage, study._study_id, grace_seconds, all_running=all_running):
         if trial_id in storage.owned_trial_ids():
             continue  # ours and alive: the heartbeat thread is just late
-        if fail_trial(storage, trial_id, reason, retry=True):
+        if fail_trial(storage, trial_id, reason, retry=True, max_retry=max_retry):
             frozen = storage.backend.get_trial(trial_id)
-            enqueue_retry(study, frozen, max_retry)
-            failed.append(frozen.number)
+            queued = enqueue_retry(study, frozen, max_retry)
+            failed.append(Failed(frozen.number, None if queued else
+                                 frozen.user_attrs.get(ATTR_NO_RETRY, "not re-queued")))
     if failed:
         storage.refresh(study._study_id)
     return failed
@@ -264,17 +334,27 @@ class BudgetLock:
     transaction-level advisory lock (``pg_advisory_xact_lock``), held for the few milliseconds of
     a claim and released by the transaction's end, however the claim ends (even if the
     connection drops). A wait longer than ``lock_timeout`` is an error the caller retries, never
-    a hang. SQLite studies have a single runner, so there it is a no-op."""
+    a hang. SQLite: an ``flock`` next to the database (a study has one runner, but `tuner
+    doctor` may queue retries beside it). Also serializes queuing retries
+    (:func:`enqueue_retry`)."""
 
     LOCK_TIMEOUT = "60s"
 
-    def __init__(self, storage: BufferedStorage, study_id: int) -> None:
-        self.engine = storage.backend.engine
+    def __init__(self, storage: Any, study_id: int) -> None:
+        self.engine = _engine(storage)
+        self.study_id = study_id
         self.key = _lock_key(f"tuner:budget:{study_id}")
         self._conn: Any = None
         self._trans: Any = None
+        self._file: Any = None
 
     def __enter__(self) -> BudgetLock:
+        if self.engine.dialect.name == "sqlite":
+            if self.engine.url.database not in (None, "", ":memory:"):
+                self._file = sqlite_file_lock(Path(self.engine.url.database),
+                                              f"budget-{self.study_id}")
+                self._file.__enter__()
+            return self
         if self.engine.dialect.name == "postgresql":
             self._conn = self.engine.connect()
             try:
@@ -302,6 +382,9 @@ class BudgetLock:
         self._trans = None
 
     def _release(self) -> None:
+        if self._file is not None:
+            self._file.__exit__(None, None, None)
+            self._file = None
         if self._conn is None:
             return
         try:
