@@ -116,19 +116,24 @@ def breakdown(X: np.ndarray, y: np.ndarray, perm: np.ndarray, *, batch: int,
     buf = np.empty((batch, X.shape[1]), dtype=X.dtype)
     opt = make_optimizer("adam")
     parts = dict.fromkeys(("fused loss+grad", "adam", "numpy gather", "numpy loss+grad"), 0.0)
+    # one pass each, not interleaved: numba's and OpenBLAS's idle threads spin for a while after
+    # their parallel regions and would slow each other down
     for lo in range(0, len(perm), batch):
         idx = perm[lo:lo + batch]
         t0 = time.perf_counter()
         _, grad = loss_and_grad(Wt, idx)
         t1 = time.perf_counter()
         opt.step(Wt, grad, lr)
-        t2 = time.perf_counter()
+        parts["fused loss+grad"] += t1 - t0
+        parts["adam"] += time.perf_counter() - t1
+    for lo in range(0, len(perm), batch):
+        idx = perm[lo:lo + batch]
+        t0 = time.perf_counter()
         Xb = np.take(X, idx, axis=0, out=buf[: len(idx)], mode="clip")
-        t3 = time.perf_counter()
+        t1 = time.perf_counter()
         softmax_loss(Wt.T, Xb, y[idx], 0.0)
-        t4 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            parts[key] += dt
+        parts["numpy gather"] += t1 - t0
+        parts["numpy loss+grad"] += time.perf_counter() - t1
     return parts
 
 

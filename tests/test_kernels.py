@@ -13,7 +13,7 @@ import pytest
 
 from tuner import kernels
 from tuner.kernels import TILE, BatchLossGrad
-from tuner.model import softmax_loss, svm_loss
+from tuner.model import evaluate, softmax_loss, svm_loss
 from tuner.train import fit
 
 REFERENCE = {"softmax": softmax_loss, "svm": svm_loss}
@@ -146,6 +146,23 @@ def test_inputs_are_not_modified():
     kernel_result("softmax", X, y, W, idx)
     for a, b in ((X, X0), (y, y0), (W, W0), (idx, idx0)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("n, d", [(7, 5), (359, 65), (1000, TILE + 77)])
+def test_evaluate_equals_the_reference(n, d, loss, dtype):
+    X, y, W, _ = problem(n, d, 10, dtype, scale=0.3)
+    value, accuracy = kernels.evaluate(np.ascontiguousarray(W.T), X, y, loss)
+    ref_value, ref_accuracy = evaluate(W, X, y, loss)
+    assert value == pytest.approx(ref_value, rel=TOL[dtype][0])
+    assert accuracy == ref_accuracy
+
+
+def test_evaluate_breaks_ties_like_argmax():
+    X = np.ones((3, 2))
+    Wt = np.zeros((4, 2))  # every class scores 0: argmax picks class 0
+    assert kernels.evaluate(Wt, X, np.array([0, 1, 0]), "softmax")[1] == pytest.approx(2 / 3)
 
 
 def test_bad_arguments_are_refused():

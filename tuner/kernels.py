@@ -182,6 +182,53 @@ def _loss_grad_parallel(X, idx, y, Wt, bounds, kind, S, G, out):
     return _reduce(losses, G, out, n)
 
 
+@njit(fastmath=_FASTMATH, cache=True)
+def _eval_part(X, y, Wt, lo, hi, kind, S):
+    """Data loss sum and number of correct argmax predictions over the rows ``lo:hi``."""
+    D = Wt.shape[1]
+    last = hi - 1
+    loss = 0.0
+    correct = 0
+    for r in range(lo, hi, 4):
+        x0, x1, x2, x3 = X[r], X[min(r + 1, last)], X[min(r + 2, last)], X[min(r + 3, last)]
+        S.fill(0.0)
+        for j0 in range(0, D, TILE):
+            _block_scores(x0, x1, x2, x3, Wt, S, j0, min(D, j0 + TILE))
+        for k in range(min(4, hi - r)):
+            s, yi = S[k], y[r + k]
+            best = 0  # the first maximum, as np.argmax
+            for c in range(1, s.shape[0]):
+                if s[c] > s[best]:
+                    best = c
+            if best == yi:
+                correct += 1
+            loss += _softmax_row(s, yi, 1.0) if kind == 0 else _hinge_row(s, yi, 1.0)
+    return loss, correct
+
+
+@njit(cache=True)
+def _evaluate_serial(X, y, Wt, bounds, kind, S):
+    loss, correct = 0.0, 0
+    for p in range(PARTS):
+        part_loss, part_correct = _eval_part(X, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
+        loss += part_loss
+        correct += part_correct
+    return loss, correct
+
+
+@njit(cache=True, parallel=True)
+def _evaluate_parallel(X, y, Wt, bounds, kind, S):
+    losses = np.zeros(PARTS)
+    corrects = np.zeros(PARTS, dtype=np.int64)
+    for p in prange(PARTS):
+        losses[p], corrects[p] = _eval_part(X, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
+    loss, correct = 0.0, 0
+    for p in range(PARTS):
+        loss += losses[p]
+        correct += corrects[p]
+    return loss, correct
+
+
 # numba's fallback thread pool ("workqueue") aborts the process if two Python threads launch
 # parallel kernels at once; a caller that finds the pool busy runs the same parts serially.
 _POOL = threading.Lock()
@@ -204,7 +251,7 @@ class BatchLossGrad:
         if not X.flags.c_contiguous:
             raise ValueError("X must be C-contiguous")
         self.kind = LOSS_KINDS[loss]
-        self.X, self.y = X, np.ascontiguousarray(y, dtype=np.intp)
+        self.X, self.y = X, _labels(y)
         d = X.shape[1]
         self.S = np.zeros((PARTS, 4, n_classes), dtype=X.dtype)
         self.G = np.zeros((PARTS, n_classes, d), dtype=X.dtype)
@@ -217,15 +264,39 @@ class BatchLossGrad:
         bounds = self._bounds.get(n)
         if bounds is None:
             bounds = self._bounds[n] = _bounds(n)
-        args = (self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad)
-        if self.parallel and numba.get_num_threads() > 1 and _POOL.acquire(blocking=False):
-            try:
-                loss = _loss_grad_parallel(*args)
-            finally:
-                _POOL.release()
-        else:
-            loss = _loss_grad_serial(*args)
+        loss = _run(_loss_grad_parallel if self.parallel else None, _loss_grad_serial,
+                    self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad)
         return float(loss), self.grad
+
+
+def evaluate(Wt: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[float, float]:
+    """Mean data loss (no regularizer) and accuracy of transposed weights ``Wt`` ``(C, D)`` on
+    ``(X, y)``: :func:`tuner.model.evaluate` without BLAS, whose idle threads would spin
+    against the training kernels' threads after every epoch (docs/benchmarks.md)."""
+    n, d = X.shape
+    if n == 0:
+        return float("nan"), float("nan")
+    c = Wt.shape[0]
+    S = np.zeros((PARTS, 4, c), dtype=X.dtype)
+    parallel = _evaluate_parallel if n * d * c >= PARALLEL_MIN_WORK else None
+    total, correct = _run(parallel, _evaluate_serial, np.ascontiguousarray(X), _labels(y), Wt,
+                          _bounds(n), LOSS_KINDS[loss], S)
+    return float(total) / n, int(correct) / n
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(y, dtype=np.intp)
+
+
+def _run(parallel, serial, *args):
+    """``parallel(*args)`` when it is worth it and the thread pool is free, else ``serial``:
+    both give the same bits."""
+    if parallel is not None and numba.get_num_threads() > 1 and _POOL.acquire(blocking=False):
+        try:
+            return parallel(*args)
+        finally:
+            _POOL.release()
+    return serial(*args)
 
 
 def set_threads(n: int) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from tuner import kernels
 from tuner import params as P
-from tuner.kernels import BatchLossGrad
-from tuner.model import add_l2, evaluate
+from tuner.model import add_l2
 from tuner.optim import Optimizer, make_optimizer
 from tuner.schedules import Schedule, make_schedule, scale_lr
 
@@ -141,7 +141,7 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     plan = make_plan(resolved, n, epochs)
     batch = min(int(resolved["batch_size"]), n)
     reg = resolved.get("reg", 0.0)
-    loss_and_grad = BatchLossGrad(resolved["loss"], X_train, y_train, n_classes, batch)
+    loss_and_grad = kernels.BatchLossGrad(resolved["loss"], X_train, y_train, n_classes, batch)
     optimizer = make_run_optimizer(resolved)
 
     init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
@@ -181,8 +181,8 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
             metrics: dict[str, float] = {"epoch": epoch, "step": t,
                                          "train_loss": loss_sum / plan.steps_per_epoch, "lr": lr_t}
             if X_val is not None and y_val is not None and len(y_val):
-                metrics["val_loss"], metrics["val_accuracy"] = evaluate(Wt.T, X_val, y_val,
-                                                                        resolved["loss"])
+                metrics["val_loss"], metrics["val_accuracy"] = kernels.evaluate(
+                    Wt, X_val, y_val, resolved["loss"])
             result.history.append(metrics)
             if on_epoch is not None:
                 before = time.perf_counter()
