@@ -209,6 +209,54 @@ def test_soak_duplicate_check_ignores_trials_killed_before_their_parameters(tmp_
     assert unexplained_duplicate_groups([t for t in linked if t.number != 2]) == []
 
 
+@pytest.mark.postgres
+def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_url):
+    """The budget lock is an advisory lock on one connection: when that connection is cut in
+    the middle of a claim, the server releases the lock and another runner can count the
+    study's trials before the claim's trial exists: both claimed the last slot (a soak ended
+    with 241 of 240 trials). Deterministic form: runner A's lock connection is terminated just
+    as A starts creating its trial, and runner B claims meanwhile; A must give its trial back."""
+    from tuner.config import load_study_file
+    from tuner.errors import StorageError
+    from tuner.runner.coordinator import Runner
+    from tuner.storage import open_storage
+    from tuner.study import open_study
+
+    sf = load_study_file(study_file(tmp_path, n_trials=1))
+
+    def runner() -> Runner:  # a runner up to its first claim (no workers needed for that)
+        r = Runner(sf, storage_url=pg_url, quiet=True)
+        r.storage = open_storage(pg_url)
+        r.study = open_study(sf, r.storage)
+        r.study_id, r.n_train = r.study._study_id, 3000
+        return r
+
+    a, b = runner(), runner()
+    claimed_by_b = []
+
+    def during_as_claim(conn, cursor, statement, parameters, context, executemany) -> None:
+        # the moment A's ask() starts creating its trial (it locks the study row first)
+        text = " ".join(statement.split()).upper()
+        if text.startswith("SELECT STUDIES.") and text.endswith("FOR UPDATE") and not claimed_by_b:
+            admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:  # cut the connection that holds A's budget lock
+                assert c.execute(sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted")).scalar() == 1
+            admin.dispose()
+            claimed_by_b.append(b._claim_once())
+
+    sqlalchemy.event.listen(a.storage.backend.engine, "before_cursor_execute", during_as_claim)
+    with pytest.raises(StorageError, match="budget lock") as raised:
+        a._claim_once()
+    assert raised.value.transient  # the runner claims again
+    assert claimed_by_b and claimed_by_b[0] is not None
+    c = counts(read_trials(pg_url, "faults"))
+    assert c[TrialState.RUNNING] == 1 and c[TrialState.WAITING] == 1  # B's, and A's given back
+    sqlalchemy.event.remove(a.storage.backend.engine, "before_cursor_execute", during_as_claim)
+    assert a._claim_once() is None  # claiming again: the one slot is B's
+
+
 # --- 1. SIGKILL a runner mid-trial -------------------------------------------------------
 
 @pytest.mark.postgres
@@ -652,7 +700,8 @@ def _trial_story(t: optuna.trial.FrozenTrial) -> dict:
     """What a failing soak needs to show about a trial to be diagnosed afterwards."""
     return {"number": t.number, "state": t.state.name, "params": t.params,
             "system_attrs": {k: v for k, v in t.system_attrs.items() if k != "heartbeat"},
-            "user_attrs": {k: t.user_attrs.get(k) for k in ("runner", "retry_of", "fail_reason")},
+            "user_attrs": {k: t.user_attrs.get(k) for k in ("runner", "retry_of", "fail_reason",
+                                                            "no_retry", "retry_wanted")},
             "start": str(t.datetime_start), "end": str(t.datetime_complete)}
 
 
@@ -729,9 +778,10 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
         last = max(chain, key=lambda t: t.number)
         if str(last.user_attrs.get("fail_reason", "")).startswith("exception"):
             continue  # the attempt that ran raised: exceptions are not retried, by design
-        # a trial that failed before its parameters were sampled has nothing to retry; the
-        # budget simply claims a new trial in its place
-        if any(t.params for t in chain) and len(chain) <= 3:  # max_retry=3
+        # a trial that failed before its parameters were sampled has nothing to retry (the
+        # budget simply claims a new trial in its place), and a configuration that used up
+        # max_retry is dropped: both are recorded on the FAIL (no_retry)
+        if any(t.params for t in chain) and not last.user_attrs.get("no_retry"):
             lost.append([(t.number, t.state.name, t.user_attrs.get("fail_reason"), bool(t.params),
                           t.system_attrs.get("retry_history")) for t in chain])
     figures = {
@@ -742,12 +792,18 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
         "retried_trials": sum(1 for t in trials if t.system_attrs.get("retry_history")),
         "trials_lost": len(lost), "lost": lost, "unexplained_failures": len(unexplained),
         "unexplained_duplicates": len(unexplained_duplicates),
+        # a configuration finishes once: two finished trials in one retry chain are a trial
+        # that was run again although it had finished (and the budget overshoots)
+        "finished_twice": [[_trial_story(t) for t in chain] for chain in chains.values()
+                           if sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                                  for t in chain) > 1],
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "reliability-soak.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
+    assert not figures["finished_twice"], figures["finished_twice"]
     assert finished == n_trials, figures
     assert c[TrialState.RUNNING] == 0, figures
     assert not unexplained, unexplained

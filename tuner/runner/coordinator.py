@@ -438,12 +438,19 @@ class Runner:
 
     def _claim_once(self) -> Job | None:
         self._put_back_stray_claims()
-        with BudgetLock(self.storage, self.study_id):
+        with BudgetLock(self.storage, self.study_id) as lock:
             counts = state_counts(self.storage, self.study_id)
             taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
             if taken >= self.sf.study.n_trials:
                 return None
             trial = self.study.ask()
+            if not lock.still_held():
+                # The lock's connection was cut: the server released the lock, and another
+                # runner may have counted without our trial (the soak overshot by one). Give
+                # the trial back and claim again under a lock that holds.
+                self._put_back(trial._trial_id)
+                raise StorageError("the budget lock's connection dropped during a claim",
+                                   transient=True)
         try:
             params = self.sf.space.suggest(trial)
             plan = make_plan(_resolved(params), self.n_train, self.sf.model.epochs)

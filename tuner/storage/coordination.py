@@ -164,10 +164,11 @@ def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> b
     """Queue a WAITING copy of ``failed``'s parameters, unless it has none or its chain has
     used up ``max_retry`` (see :func:`retry_decision`). Uses Optuna's ``failed_trial`` /
     ``retry_history`` system attributes, so ``RetryHeartbeatStaleTrialCallback.retry_history``
-    works on our trials. Idempotent across processes: under the study's budget lock it first
-    looks for a trial with ``retry_of`` = ``failed.number`` (a retry queued by another runner's
-    sweep, or by our own earlier attempt whose commit we did not hear about) and queues
-    nothing if there is one. Returns whether ``failed`` has a retry."""
+    works on our trials. Idempotent across processes: under the study's budget lock, in the
+    lock's own transaction, it looks for a trial with ``retry_of`` = ``failed.number`` (queued by
+    another runner's sweep, or by our own earlier attempt whose commit we did not hear about)
+    and inserts the retry only if there is none; a connection dropped in between aborts both.
+    Returns whether ``failed`` has a retry."""
     if retry_decision(failed, max_retry) is not None:
         return False
     system_attrs = {k: v for k, v in failed.system_attrs.items() if k in RETRY_KEYS}
@@ -175,24 +176,54 @@ def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> b
     system_attrs.update(failed_trial=history[0], retry_history=history)
     system_attrs[ATTR_FAILURES] = _failures_counted(failed)
     storage = study._storage
-    with BudgetLock(storage, study._study_id):
-        if _retry_of(storage, study._study_id, failed.number) is not None:
-            return True
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-            system_attrs=system_attrs, user_attrs={"retry_of": failed.number},
-        ))
+    study_id = study._study_id
+    with BudgetLock(storage, study_id) as lock, lock.transaction(_engine(storage)) as conn:
+        studies = models.StudyModel.__table__
+        # a write first: locks the study row (as Optuna's trial creation does) and, on SQLite,
+        # takes the write lock at once
+        conn.execute(studies.update().where(studies.c.study_id == study_id)
+                     .values(study_name=studies.c.study_name))
+        if _retry_of(conn, study_id, failed.number) is None:
+            _insert_waiting_trial(conn, study_id, failed, system_attrs,
+                                  {"retry_of": failed.number})
+    if isinstance(storage, BufferedStorage):
+        storage.refresh(study_id)
     return True
 
 
-def _retry_of(storage: Any, study_id: int, number: int) -> int | None:
+def _retry_of(conn: sqlalchemy.Connection, study_id: int, number: int) -> int | None:
     """The number of a trial of the study whose ``retry_of`` is ``number``, if any."""
     trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-    with _engine(storage).connect() as conn:
-        return conn.execute(sqlalchemy.select(trials.c.number)
-                            .join(users, users.c.trial_id == trials.c.trial_id)
-                            .where(trials.c.study_id == study_id, users.c.key == "retry_of",
-                                   users.c.value_json == json.dumps(number)).limit(1)).scalar()
+    return conn.execute(sqlalchemy.select(trials.c.number)
+                        .join(users, users.c.trial_id == trials.c.trial_id)
+                        .where(trials.c.study_id == study_id, users.c.key == "retry_of",
+                               users.c.value_json == json.dumps(number)).limit(1)).scalar()
+
+
+def _insert_waiting_trial(conn: sqlalchemy.Connection, study_id: int, source: FrozenTrial,
+                          system_attrs: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+    """A WAITING trial with ``source``'s parameters, numbered as Optuna numbers trials (the
+    count of the study's trials before it; the study row is locked by the caller)."""
+    trials = models.TrialModel.__table__
+    trial_id = conn.execute(trials.insert().values(
+        study_id=study_id, number=None, state=TrialState.WAITING)
+        .returning(trials.c.trial_id)).scalar_one()
+    earlier = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(
+        trials.c.study_id == study_id, trials.c.trial_id < trial_id).scalar_subquery()
+    conn.execute(trials.update().where(trials.c.trial_id == trial_id).values(number=earlier))
+    params = [{"trial_id": trial_id, "param_name": name,
+               "param_value": source.distributions[name].to_internal_repr(value),
+               "distribution_json": optuna.distributions.distribution_to_json(
+                   source.distributions[name])}
+              for name, value in source.params.items()]
+    if params:
+        conn.execute(models.TrialParamModel.__table__.insert(), params)
+    for model, attrs in ((models.TrialSystemAttributeModel, system_attrs),
+                         (models.TrialUserAttributeModel, user_attrs)):
+        if attrs:
+            conn.execute(model.__table__.insert(), [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in attrs.items()])
 
 
 def _engine(storage: Any) -> sqlalchemy.engine.Engine:
@@ -368,6 +399,18 @@ class BudgetLock:
 
     def __exit__(self, *exc: object) -> None:
         self._release()
+
+    def still_held(self) -> bool:
+        """Whether the lock is certainly still ours. On PostgreSQL it lives on one connection:
+        if that connection was cut (``pg_terminate_backend``, a failover), the server released
+        the lock and another runner may have counted the study's trials meanwhile."""
+        if self._conn is None:
+            return True  # SQLite: an flock of this process
+        try:
+            self._conn.execute(sqlalchemy.select(1))
+            return True
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
 
     @contextlib.contextmanager
     def transaction(self, engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.Connection]:
