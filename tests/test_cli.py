@@ -369,6 +369,46 @@ def test_in_memory_sqlite_is_refused_with_a_clear_message(tmp_path):
         assert "lost the connection" not in proc.stderr
 
 
+def test_follow_up_hints_never_print_a_masked_password():
+    """A hint with `--storage 'postgresql+psycopg://u:***@...'` cannot be pasted: a URL with a
+    password is referred to as "$TUNER_STORAGE", with a note on how to set it."""
+    from tuner.cli.app import storage_flag, storage_note
+
+    url = f"postgresql+psycopg://tuner:{SECRET}@db.example.com:5432/tuner"
+    assert storage_flag(url) == ' --storage "$TUNER_STORAGE"'
+    assert "export TUNER_STORAGE=" in storage_note(url) and SECRET not in storage_note(url)
+    query = "postgresql+psycopg://tuner@db.example.com/tuner?password=x"
+    assert storage_flag(query) == ' --storage "$TUNER_STORAGE"'
+    plain = "postgresql+psycopg://tuner@db.example.com:5432/tuner"
+    assert storage_flag(plain) == f" --storage {plain}" and storage_note(plain) == ""
+
+
+def test_run_options_are_validated_like_the_study_file(tmp_path):
+    study = write_study(tmp_path / "s.toml")
+    for args, fragment in ((["--timeout", "-5"], "--timeout -5.0: must be greater than 0"),
+                           (["--n-trials", "0"], "--n-trials 0: must be greater than or equal to 1"),
+                           (["--study-name", "a b"], "--study-name a b: must start with a letter")):
+        proc = run_tuner("run", study, "--storage", f"sqlite:///{tmp_path / 'x.db'}", *args)
+        assert_user_error(proc, 2, fragment)
+    assert not (tmp_path / "x.db").exists()
+    shown = " ".join(run_tuner("run", "--help").stdout.split())
+    assert "[default: the study file's study.n_trials]" in shown
+    assert "[default: the study file's study.timeout, else none]" in shown
+
+
+def test_check_warns_about_a_batch_larger_than_the_training_set(tmp_path):
+    study = write_study(tmp_path / "s.toml", space='optimizer = "sgd"\nlr = 0.1\n'
+                                                  'batch_size = [64, 2048]\nbatch_scaling = "linear"')
+    proc = run_tuner("check", study, "--samples", "1", check=True)
+    text = " ".join(proc.stderr.split())
+    assert f"warning: {study}: space.batch_size: 2048 is larger than the training set (1079 " \
+           "examples)" in text and "peak lr is still scaled" in text
+    data = json.loads(run_tuner("check", study, "--samples", "1", "--json", check=True).stdout)
+    assert len(data["warnings"]) == 1
+    fine = run_tuner("check", write_study(tmp_path / "f.toml"), "--samples", "1", check=True)
+    assert "warning" not in fine.stderr
+
+
 def test_missing_postgres_database(pg_url):
     url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     assert_user_error(run_tuner("ls", "--storage", url), 3, 'database "no_such_database_here" does '

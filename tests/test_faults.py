@@ -427,6 +427,11 @@ def test_a_persistent_outage_ends_the_runner_after_max_db_outage(tmp_path, throw
     assert "could not save finished trials" not in output and "finished trials are saved" not in output
     assert "stay RUNNING in the database" in output and "--fail-stale" in output
     assert "Traceback" not in output
+    lines = output.splitlines()
+    beats = [i for i, line in enumerate(lines) if "heartbeat failed" in line]
+    assert beats, output[-3000:]  # one line each, scrubbed, no SQLAlchemy background link
+    assert all("sqlalche.me" not in lines[i] and not lines[i + 1][:1].isspace()
+               and not lines[i + 1].startswith("(Background") for i in beats), output[-3000:]
 
 
 # --- 5. SQLite: the owning process is killed, the command is rerun --------------------------

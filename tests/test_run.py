@@ -403,6 +403,56 @@ def test_ctrl_c_fails_and_requeues_the_running_trial_and_rerun_completes(storage
     assert retry.user_attrs["seed"] == interrupted.user_attrs["seed"]  # trains exactly like it
 
 
+def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, tmp_path):
+    """The first progress line of a resumed run shows the study's real count (it said 0/N
+    before the counts were read); an interrupt before anything finished prints "(0/N done)"
+    (not "(0/N done: )"); a second Ctrl-C skips the clean-up but still ends with a message
+    that says which trials stay RUNNING (it printed nothing)."""
+    quick = write_study(tmp_path / "q.toml", name="msgs", n_trials=2, epochs=1, space=SLOW_SPACE)
+    tuner("run", quick, "--storage", sqlite_url, "-q", check=True)
+    study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=30,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = popen_tuner("run", study, "--storage", sqlite_url, "--workers", "2")
+    wait_for_running(sqlite_url, "msgs", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "study 'msgs' on SQLite" in err and ": 2/6 trials done, 2 worker(s)" in flat(err)
+    assert "interrupted by SIGINT: running trials were marked FAIL and re-queued" in flat(err)
+    assert "(2/6 done: 2 complete" in flat(err)
+
+    big = write_study(tmp_path / "b.toml", name="big", n_trials=6, epochs=1,
+                      data='dataset = "synthetic"\nn = 400000\nd = 200')  # seconds to generate
+    proc = popen_tuner("run", big, "--storage", sqlite_url)
+    deadline = time.monotonic() + 60
+    while "big" not in {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # while its data is generated: nothing claimed yet
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "(0/6 done)" in flat(err) and "done: )" not in err, err
+
+    fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=6, epochs=30,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+
+    proc = popen_tuner("run", fresh, "--storage", sqlite_url, "--workers", "2")
+    wait_for_running(sqlite_url, "fresh", proc)
+    time.sleep(1.0)  # the retries and the next trials are claimed and in training
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "leaked" not in err, err
+    text = flat(err)
+    assert "interrupted by SIGINT twice: clean-up skipped" in text, err
+    assert "stay RUNNING until the next `tuner run`" in text or "nothing was left running" in text
+    rerun = tuner("run", fresh, "--storage", sqlite_url, "--timeout", "0.001", "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert states(sqlite_url, "fresh")["RUNNING"] == 0  # recovered as orphans
+
+
 # --- pruning and divergence -----------------------------------------------------------------
 
 # SGD/momentum with lr 500 diverges on the first update; lr 0.05 trains fine. The random sampler
@@ -474,6 +524,34 @@ def test_a_space_where_everything_diverges(sqlite_url, tmp_path):
     shown = json.loads(tuner("show", "boom", "--storage", sqlite_url, "--json", check=True).stdout)
     assert shown["best"] is None and shown["counts"] == {"PRUNED": 3}
     assert shown["by"]["optimizer"][0]["diverged"] == 3
+
+
+def test_a_diverged_trial_never_looks_better_than_a_finished_one_on_val_loss(sqlite_url, tmp_path):
+    """With metric val_loss a diverged trial reported 100x its own worst loss: a trial that blew
+    up at a small loss beat finished trials whose losses were large (for the pruner, and for
+    TPE among pruned trials). It now reports 10x the worst loss any non-diverged trial reported
+    (at least 100x its own), and other diverged trials do not compound it."""
+    from tuner.config import load_study_file
+    from tuner.runner.coordinator import Runner
+    from tuner.storage import open_storage
+    from tuner.study import open_study
+
+    sf = load_study_file(write_study(tmp_path / "s.toml", name="loss", extra_study='metric = "val_loss"'))
+    runner = Runner(sf, storage_url=sqlite_url, quiet=True)
+    runner.study = open_study(sf, open_storage(sqlite_url))
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)}
+    for value, curve in ((500.0, {1: 800.0, 2: 500.0}), (40.0, {1: 60.0, 2: 40.0})):
+        runner.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=value, params={"lr": 0.01}, distributions=dist,
+            intermediate_values=curve))
+    worst = runner._worst_value([{"val_loss": 2.0}])  # blew up early, at a small loss
+    assert worst == 8000.0  # 10x the worst loss any finished trial reported
+    assert worst > max(v for t in runner.study.trials for v in t.intermediate_values.values())
+    runner.study.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={"lr": 0.5}, distributions=dist,
+        intermediate_values={1: worst}, user_attrs={"diverged": True}))
+    assert runner._worst_value([{"val_loss": 2.0}]) == 8000.0  # not 10x the last divergence
+    assert runner._worst_value([{"val_loss": 1e5}]) == 1e7  # its own worst, 100x, if larger
 
 
 def test_pruning_never_happens_inside_a_trials_warmup(mixed):
@@ -611,6 +689,23 @@ def test_export_default_file_name_and_bad_format(mixed, tmp_path):
     for fmt in ("csv", "json"):
         proc = tuner("export", "mixed", "--storage", url, "-f", fmt, "-o", tmp_path / "no" / f"x.{fmt}")
         assert proc.returncode == 2 and f"cannot write {tmp_path / 'no' / f'x.{fmt}'}" in flat(proc.stderr)
+
+
+def test_export_format_follows_the_output_suffix_and_dash_is_stdout(mixed, tmp_path):
+    """`-o out.parquet` without --format wrote CSV text into the .parquet file."""
+    url, _ = mixed
+    tuner("export", "mixed", "--storage", url, "-o", tmp_path / "out.parquet", check=True)
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 16
+    tuner("export", "mixed", "--storage", url, "-o", tmp_path / "out.json", check=True)
+    assert len(json.loads((tmp_path / "out.json").read_text())["trials"]) == 16
+    clash = tuner("export", "mixed", "--storage", url, "-f", "csv", "-o", tmp_path / "x.json")
+    assert clash.returncode == 2 and "--format csv but --output" in flat(clash.stderr)
+    assert not (tmp_path / "x.json").exists()
+    piped = tuner("export", "mixed", "--storage", url, "-o", "-", check=True)
+    assert piped.stdout.splitlines()[0].startswith("number,state,value")
+    assert len(piped.stdout.splitlines()) == 17 and "wrote 16 trials to stdout" in piped.stderr
+    piped = tuner("export", "mixed", "--storage", url, "-o", "-", "-f", "json", check=True)
+    assert len(json.loads(piped.stdout)["trials"]) == 16
 
 
 def test_best_with_test_reports_test_accuracy_and_the_reference(mixed):

@@ -86,6 +86,26 @@ def load_data(study_file: StudyFile) -> Splits:
         raise DataError(f"{study_file.source}: [data]: {exc.message}", hint=exc.hint) from None
 
 
+def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
+    """Warnings about a valid study file whose search space probably does not do what was
+    meant on a training set of ``n_train`` examples (``tuner check``, start of ``tuner run``):
+    a batch size larger than the training set trains with one full batch per epoch, while the
+    batch-size scaling rule still scales the peak lr by the nominal batch size."""
+    dim = study_file.space.general.get("batch_size")
+    if dim is None:
+        return []
+    sizes = ([dim.value] if dim.kind == "fixed" else list(dim.choices) if dim.kind == "choice"
+             else [dim.low, dim.high])
+    too_big = sorted({int(b) for b in sizes if int(b) > n_train})
+    if not too_big:
+        return []
+    what = "up to " + str(int(dim.high)) if dim.kind == "range" else ", ".join(map(str, too_big))
+    return [f"{study_file.source}: space.batch_size: {what} is larger than the training set "
+            f"({n_train} examples): such a trial makes one full-batch update per epoch, while its "
+            f"peak lr is still scaled (batch_scaling) by the nominal batch size; keep batch_size "
+            f"<= {n_train}"]
+
+
 def data_summary(splits: Splits) -> dict[str, Any]:
     """Sizes of the study's split (stored as ``tuner.data``; views need ``n_train`` to rebuild
     each trial's learning-rate schedule without loading the data)."""

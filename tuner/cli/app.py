@@ -53,13 +53,36 @@ def open_existing(storage: str | None) -> tuple[Any, str]:
 
 
 def storage_flag(url: str) -> str:
-    """`` --storage URL`` (password masked) for a follow-up command hint, or ``""`` when that
-    command would find ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db)."""
+    """`` --storage URL`` for a follow-up command hint, or ``""`` when that command would find
+    ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db). A URL with a password is never
+    printed, and a masked one (``:***@``) could not be pasted: the hint then reads
+    ``--storage "$TUNER_STORAGE"`` (see :func:`storage_note`)."""
     import shlex
 
-    from tuner.storage.urls import mask_url, resolve_url
+    from tuner.storage.urls import ENV_VAR, has_password, resolve_url
 
-    return "" if url == resolve_url() else f" --storage {shlex.quote(mask_url(url))}"
+    if url == resolve_url():
+        return ""
+    if has_password(url):
+        return f' --storage "${ENV_VAR}"'
+    return f" --storage {shlex.quote(url)}"
+
+
+def storage_note(url: str) -> str:
+    """What a hint with :func:`storage_flag` needs said once: how to set ``$TUNER_STORAGE``
+    when the URL has a password (``""`` otherwise)."""
+    from tuner.storage.urls import ENV_VAR, has_password, resolve_url
+
+    if url == resolve_url() or not has_password(url):
+        return ""
+    return f"(first `export {ENV_VAR}='<the storage URL, with its password>'`)"
+
+
+def warn(text: str) -> None:
+    """A warning on stderr, one line however long (it names files and keys)."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

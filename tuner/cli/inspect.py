@@ -96,31 +96,57 @@ def show(study: StudyArg, storage: StorageOpt = None,
     study_report(out, st, sf, top=top)
 
 
+EXPORT_FORMATS = ("csv", "parquet", "json")
+
+
 @app.command()
 def export(study: StudyArg, storage: StorageOpt = None,
-           format_: Annotated[str, typer.Option("--format", "-f",
-                                                help="csv, parquet or json (json includes "
-                                                     "learning curves).")] = "csv",
-           output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                       help="File to write \\[default: "
-                                                            "STUDY.FORMAT].")] = None) -> None:
+           format_: Annotated[str | None, typer.Option(
+               "--format", "-f", help="csv, parquet or json (json includes learning curves) "
+                                      "\\[default: from the --output suffix, else csv].",
+               show_default=False)] = None,
+           output: Annotated[str | None, typer.Option(
+               "--output", "-o", help="File to write, or - for stdout \\[default: STUDY.FORMAT].",
+               show_default=False)] = None) -> None:
     """Export every trial: parameters, values, states, user attributes (and curves in json)."""
+    import io
+    import sys
+
     import pandas as pd
 
     from tuner import results
 
-    if format_ not in ("csv", "parquet", "json"):
+    if format_ is not None and format_ not in EXPORT_FORMATS:
         raise ConfigError(f"--format {format_!r}: use csv, parquet or json")
+    suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
+    inferred = suffix if suffix in EXPORT_FORMATS else None
+    if format_ is not None and inferred is not None and format_ != inferred:
+        raise ConfigError(f"--format {format_} but --output {output} ends in .{suffix}: "
+                          "drop one of them or make them agree")
+    fmt = format_ or inferred or "csv"
+    if output == "-" and fmt == "parquet" and sys.stdout.isatty():
+        raise ConfigError("parquet is binary: not written to a terminal; redirect stdout "
+                          "(tuner export STUDY -f parquet -o - > FILE) or give a file name")
     st, sf, _ = _load(study, storage)
-    records = [results.trial_record(t, sf, curves=format_ == "json")
+    records = [results.trial_record(t, sf, curves=fmt == "json")
                for t in st.get_trials(deepcopy=False)]
-    path = output or Path(f"{study}.{format_}")
+    if fmt == "json":
+        data: bytes = json.dumps({"study": study, "trials": records}, indent=1,
+                                 default=str).encode()
+    elif fmt == "csv":
+        data = pd.DataFrame.from_records(records).to_csv(index=False).encode()
+    else:
+        buffer = io.BytesIO()
+        pd.DataFrame.from_records(records).to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        err.print(f"wrote {len(records)} trials to stdout ({fmt})")
+        return
+    path = Path(output) if output is not None else Path(f"{study}.{fmt}")
     try:
-        if format_ == "json":
-            path.write_text(json.dumps({"study": study, "trials": records}, indent=1, default=str))
-        else:
-            frame = pd.DataFrame.from_records(records)
-            frame.to_csv(path, index=False) if format_ == "csv" else frame.to_parquet(path, index=False)
+        path.write_bytes(data)
     except OSError as exc:
         raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
     err.print(f"wrote {len(records)} trials to {path}")

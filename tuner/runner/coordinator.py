@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
@@ -60,7 +60,15 @@ from tuner.storage.coordination import (
     touch_heartbeats,
 )
 from tuner.storage.resilience import Resilient, first_line
-from tuner.study import ATTR_DATA, data_summary, derive_seed, load_data, open_study, trial_seed
+from tuner.study import (
+    ATTR_DATA,
+    data_summary,
+    derive_seed,
+    load_data,
+    open_study,
+    space_warnings,
+    trial_seed,
+)
 from tuner.train import make_plan
 
 log = logging.getLogger("tuner.runner")
@@ -98,6 +106,8 @@ class RunResult:
     best: FrozenTrial | None
     db_retries: int = 0
     fail_fast_error: str | None = None
+    unsaved: list[int] = field(default_factory=list)  # left RUNNING (clean-up skipped or failed)
+    hurried: bool = False  # a second signal skipped the clean-up
 
     @property
     def exit_code(self) -> int:
@@ -125,7 +135,8 @@ class Runner:
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
             max_outage=self.rel.max_db_outage if max_outage is None else max_outage,
-            interrupted=lambda: self._signal is not None and not self._shutting_down)
+            interrupted=lambda: self._signal is not None and (not self._shutting_down
+                                                              or self._hurry))
         self.snap = Snapshot(study=study_file.study.name, storage=describe(storage_url),
                              metric=self.metric, n_trials=study_file.study.n_trials, workers=workers)
         self.display = Display(self.snap, console=console, quiet=quiet, live=live)
@@ -133,6 +144,9 @@ class Runner:
         self.fail_fast_errors: Counter[str] = Counter()
         self.successes_this_run = 0
         self._signal: str | None = None
+        self._hurry = False  # a second signal: skip the clean-up's database writes
+        self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
+        self._unsaved_finished = 0     # ... of which training had finished (results lost)
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.startup_failures = 0
@@ -166,8 +180,8 @@ class Runner:
                 if self._signal is None and self.stop_reason is None:
                     self.started = time.monotonic()
                     self._call_hooks("on_start")
+                    self._update_counts()  # before the display's first line ("12/50 done")
                     with self.display:
-                        self._update_counts()
                         self._loop()
                     self._call_hooks("on_end")
             except StorageError as exc:
@@ -201,11 +215,16 @@ class Runner:
         counts: Counter = Counter()
         best = None
         if self.study is not None and not deleted:
-            counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
-            best = self._best()
+            try:
+                counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
+                best = self._best()
+            except StorageError:
+                if not self._hurry:
+                    raise
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
-                         counts, best, self.resilient.retries, error)
+                         counts, best, self.resilient.retries, error,
+                         unsaved=sorted(set(self._unsaved)), hurried=self._hurry)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -239,6 +258,8 @@ class Runner:
         splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
+        for text in space_warnings(self.sf, self.n_train):
+            log.warning("%s", text)
         if ATTR_DATA not in self.resilient.call("read the study", lambda: self.study.user_attrs):
             self.resilient.call("store the data sizes", self.study.set_user_attr, ATTR_DATA,
                                 data_summary(splits))
@@ -290,7 +311,13 @@ class Runner:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         if self._signal is not None:
-            raise KeyboardInterrupt  # second signal: stop waiting for the cleanup
+            if self._hurry:
+                raise KeyboardInterrupt  # a third: stop at once, whatever is in progress
+            # a second: stop waiting for the database; the clean-up writes nothing more (the
+            # trials left RUNNING are recovered as stale later) and the run ends with a message
+            self._hurry = True
+            self.snap.note = f"{name} again: skipping the clean-up"
+            return
         self._signal = name
         self.snap.note = f"{name} received: failing and re-queueing running trials, then exiting"
 
@@ -334,6 +361,8 @@ class Runner:
                 last_hook = now
             self.snap.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
                                self.sf.model.epochs) for w in self.workers if w.current is not None]
+            self.snap.training = len(self.snap.jobs)
+            self.snap.queued_here = sum(w.queued is not None for w in self.workers) + len(self._ready)
             self.display.refresh()
 
     def _stop_lost(self, trial_ids: list[int]) -> None:
@@ -578,7 +607,8 @@ class Runner:
             attrs["pruned_at_epoch"] = job.prune_at
         elif divergence is not None:
             state = TrialState.PRUNED
-            trial.report(self._worst_value(history), int(divergence["epoch"]))
+            worst = self.resilient.call("read the study's worst loss", self._worst_value, history)
+            trial.report(worst, int(divergence["epoch"]))
             attrs.update(diverged=True, divergence_step=divergence["step"],
                          divergence_epoch=divergence["epoch"], divergence_reason=divergence["reason"])
             note = f"diverged at step {divergence['step']}: {divergence['reason']}"
@@ -658,11 +688,24 @@ class Runner:
             self._claimed.discard(trial_id)
 
     def _worst_value(self, history: list[dict[str, float]]) -> float:
-        """A finite value worse than any real one, for diverged trials (never NaN/inf: spec 5)."""
+        """The value a diverged trial reports: finite (never NaN/inf: spec 5) and worse than
+        every value any finished trial of the study has reported. Accuracy: 0. Loss: 10x the
+        worst loss reported by a trial that did not diverge (finals and every epoch), and at
+        least 100x this trial's own worst loss (100x its own worst alone could beat a finished
+        trial whose losses are large). Other diverged trials' values are left out of the
+        study-wide worst, or each divergence would multiply the next one's by 10."""
         if self.sf.direction == "maximize":
             return 0.0
-        seen = [h[self.metric] for h in history if math.isfinite(h.get(self.metric, math.nan))]
-        return 100.0 * max(seen + [math.log(10.0)])
+        own = [h[self.metric] for h in history if math.isfinite(h.get(self.metric, math.nan))]
+        study_worst = 0.0
+        for trial in self.study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if trial.user_attrs.get("diverged"):
+                continue
+            for value in (*trial.intermediate_values.values(), *(trial.values or ())):
+                if math.isfinite(value):
+                    study_worst = max(study_worst, value)
+        return max(100.0 * max(own + [math.log(10.0)]), 10.0 * study_worst)
 
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
@@ -738,11 +781,11 @@ class Runner:
         self._shutting_down = True
         self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
         self._stop_event.set()
-        self._unsaved: list[int] = []  # trials left RUNNING in the database
-        self._unsaved_finished = 0     # ... of which training had finished (results lost)
         if self._claimer is not None:  # let a claim in progress finish, then re-queue it below
             self._claim_wanted.set()
-            self._claimer.join(30.0)
+            deadline = time.monotonic() + 30.0
+            while self._claimer.is_alive() and time.monotonic() < deadline and not self._hurry:
+                self._claimer.join(0.1)
         while not self._claim_results.empty():
             result = self._claim_results.get_nowait()
             if isinstance(result, Job):
@@ -752,6 +795,7 @@ class Runner:
 
         def write(what: str, action: Any, job: Job) -> None:
             nonlocal lost
+            lost = lost or self._hurry
             if not lost:
                 try:
                     action()
@@ -771,6 +815,7 @@ class Runner:
                 job = worker.current
                 finishing = message[0] in ("done", "error") and job is not None \
                     and job.number == message[1]
+                lost = lost or self._hurry
                 if not lost:
                     try:
                         self._handle(worker, message, defer=False)

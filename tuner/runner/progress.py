@@ -25,8 +25,10 @@ class Snapshot:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
-    running: int = 0
+    running: int = 0  # RUNNING in the study (every runner's, claimed or training)
     waiting: int = 0
+    training: int = 0  # this runner's trials in training
+    queued_here: int = 0  # this runner's claimed trials waiting for a worker
     best_value: float | None = None
     best_number: int | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +118,7 @@ class Display:
             Text(f"complete {s.complete}", style="green"),
             Text(f"pruned {s.pruned}", style="yellow"),
             Text(f"failed {s.failed}", style="red" if s.failed else "dim"),
-            Text(f"running {s.running}"),
+            Text(_running_text(s)),
             Text(f"elapsed {_fmt_seconds(elapsed)}  ETA {_fmt_seconds(s.eta_seconds())}"),
         )
         best = Text("best: -") if s.best_value is None else Text(
@@ -134,6 +136,13 @@ class Display:
             parts.append(Text(s.note, style="dim"))
         return Panel(Group(*parts), title=f"tuner run: {s.study}", subtitle=s.storage,
                      border_style="blue")
+
+
+def _running_text(s: Snapshot) -> str:
+    """``training 2 · next 2`` (this runner), ``· 3 in other runners`` if any."""
+    text = f"training {s.training}" + (f" · next {s.queued_here}" if s.queued_here else "")
+    elsewhere = s.running - s.training - s.queued_here
+    return text + (f" · {elsewhere} in other runners" if elsewhere > 0 else "")
 
 
 def _short(value: Any) -> str:
