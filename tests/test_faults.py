@@ -795,6 +795,10 @@ def _soak(tmp_path: Path, url: str, n_trials: int = 240, max_kills: int = 24,
         "fail_reasons": dict(Counter(str(t.user_attrs.get("fail_reason", "")).split(":")[0]
                                      for t in trials if t.state == TrialState.FAIL)),
         "retried_trials": sum(1 for t in trials if t.system_attrs.get("retry_history")),
+        "failed_without_parameters": sum(1 for t in trials
+                                         if t.state == TrialState.FAIL and not t.params),
+        "not_retried": dict(Counter(str(t.user_attrs["no_retry"]).split(":")[0]
+                                    for t in trials if t.user_attrs.get("no_retry"))),
         "trials_lost": len(lost), "lost": lost, "unexplained_failures": len(unexplained),
         "unexplained_duplicates": len(unexplained_duplicates),
         # a configuration finishes once: two finished trials in one retry chain are a trial

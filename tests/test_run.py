@@ -453,6 +453,20 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     assert states(sqlite_url, "fresh")["RUNNING"] == 0  # recovered as orphans
 
 
+def test_the_live_panel_tells_training_from_claimed_and_other_runners_trials():
+    """"running 5" with 2 workers counted claimed-but-not-started trials (and other runners')."""
+    from rich.console import Console
+
+    from tuner.runner.progress import Display, Snapshot
+
+    snap = Snapshot(study="s", storage="SQLite x", metric="val_accuracy", n_trials=10, workers=2,
+                    running=5, training=2, queued_here=2)
+    console = Console(record=True, width=200)
+    console.print(Display(snap, console=console, live=False)._render())
+    text = console.export_text()
+    assert "training 2 · next 2 · 1 in other runners" in text and "running 5" not in text
+
+
 # --- pruning and divergence -----------------------------------------------------------------
 
 # SGD/momentum with lr 500 diverges on the first update; lr 0.05 trains fine. The random sampler
