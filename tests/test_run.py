@@ -92,7 +92,9 @@ def wait_for_running(url: str, name: str, proc: subprocess.Popen, timeout: float
         engine.dispose()
 
 
-# A trial that takes a noticeable time (batch size 1 on digits: ~0.05 s per epoch).
+# A trial that takes a noticeable time (batch size 1 on digits: ~0.03 s per epoch); LONG_EPOCHS
+# of it keep a trial in training for many seconds, for tests that act on a running study.
+LONG_EPOCHS = 600
 SLOW_SPACE = '''optimizer = ["sgd", "adam"]
 lr = {low = 1e-3, high = 1e-2, log = true}
 batch_size = 1'''
@@ -254,8 +256,8 @@ def test_delete_refuses_a_running_study_and_force_stops_its_runner_cleanly(stora
     """`tuner delete` of a study that is running is refused (SQLite: the runner's lock;
     PostgreSQL: RUNNING trials with live heartbeats); with --force the runner stops with "was
     deleted" instead of a KeyError traceback and leaked shared memory."""
-    study = write_study(tmp_path / "s.toml", name="busy", n_trials=30, epochs=30, space=SLOW_SPACE,
-                        extra_study=NO_PRUNER)
+    study = write_study(tmp_path / "s.toml", name="busy", n_trials=30, epochs=LONG_EPOCHS,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
     runner = popen_tuner("run", study, "--storage", storage_url, "--workers", "2", "-q", cwd=tmp_path)
     try:
         wait_for_running(storage_url, "busy", runner)
@@ -350,7 +352,7 @@ def test_sqlite_with_four_workers(sqlite_url, tmp_path):
 
 @pytest.mark.slow
 def test_a_second_runner_on_a_running_sqlite_study_is_refused(sqlite_url, tmp_path):
-    study = write_study(tmp_path / "s.toml", name="solo", n_trials=3, epochs=40,
+    study = write_study(tmp_path / "s.toml", name="solo", n_trials=3, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
     first = popen_tuner("run", study, "--storage", sqlite_url)
     try:
@@ -410,7 +412,7 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     that says which trials stay RUNNING (it printed nothing)."""
     quick = write_study(tmp_path / "q.toml", name="msgs", n_trials=2, epochs=1, space=SLOW_SPACE)
     tuner("run", quick, "--storage", sqlite_url, "-q", check=True)
-    study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=30,
+    study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
     proc = popen_tuner("run", study, "--storage", sqlite_url, "--workers", "2")
     wait_for_running(sqlite_url, "msgs", proc)
@@ -433,7 +435,7 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     assert proc.returncode == 130, err
     assert "(0/6 done)" in flat(err) and "done: )" not in err, err
 
-    fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=6, epochs=30,
+    fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=6, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
 
     proc = popen_tuner("run", fresh, "--storage", sqlite_url, "--workers", "2")
