@@ -165,6 +165,31 @@ def test_evaluate_breaks_ties_like_argmax():
     assert kernels.evaluate(Wt, X, np.array([0, 1, 0]), "softmax")[1] == pytest.approx(2 / 3)
 
 
+def run_choice(choice, timings, calls):
+    picks = []
+    for _ in range(calls):
+        mode = choice.pick()
+        picks.append(mode)
+        choice.record(mode, 5.0 if choice.seen[mode] == 0 else timings[mode])  # 1st: compiling
+    return picks
+
+
+def test_threads_are_used_while_they_beat_one_thread():
+    choice = kernels._ThreadChoice()
+    keep = choice.KEEP
+    picks = run_choice(choice, {True: 0.010, False: 0.020}, 1000)  # threads twice as fast
+    assert picks[:2 * keep + 2] == [True] * (keep + 1) + [False] * (keep + 1)  # 1st not counted
+    assert choice._median(True) == 0.010
+    probes = picks[2 * keep + 2:].count(False)  # one thread only to check, ever more rarely
+    assert 1 <= probes <= 4
+    later = run_choice(choice, {True: 0.050, False: 0.020}, 3000)  # the other core got busy
+    switched = later.index(False)
+    assert switched <= choice.MAX_PROBE
+    assert later[switched + 10:].count(True) <= 6  # threads only as ever rarer probes
+    again = run_choice(choice, {True: 0.010, False: 0.020}, choice.MAX_PROBE + 100)  # idle again
+    assert again[-50:] == [True] * 50
+
+
 def test_bad_arguments_are_refused():
     X = np.zeros((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="unknown loss 'hinge'; valid: softmax, svm"):

@@ -4,14 +4,15 @@
 :mod:`tuner.model` computes (the batch-mean loss and its gradient), without copying the batch
 ``X[idx]`` out of the training set and with both passes over the batch fused:
 
-    for each block of 4 rows x_r = X[idx[r]] of the batch:
+    for each block of 8 rows x_r = X[idx[r]] of the batch:
         s_r  = Wt @ x_r                      # scores, one pass over the block's features
         L_r, d_r = row loss and dL_r/ds_r     # softmax: p - onehot; hinge: margin indicators
         G   += sum_r (d_r / B) outer x_r      # gradient, a second pass while the block is in cache
 
 The features are walked in tiles of :data:`TILE` so a block's rows stay in the L1 cache across
-the ``C`` classes. That is what makes training memory-bound instead of gather-bound:
-``docs/benchmarks.md`` has the figures (numpy's gather + two skinny GEMMs cost 3x more).
+the ``C`` classes, and each weight read serves the block's 8 rows. No batch is copied and each
+training row is read from memory once per epoch: ``docs/benchmarks.md`` has the figures.
+:func:`evaluate` computes the validation loss and accuracy the same way.
 
 Conventions. Weights are stored **transposed**, ``Wt`` of shape ``(C, D)`` (``Wt = W.T``),
 so that every inner loop runs over contiguous features; the gradient comes back in the same
@@ -26,12 +27,14 @@ the divergence guard (spec section 5).
 from __future__ import annotations
 
 import threading
+import time
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-TILE = 512  # features per cache tile: 4 rows x 512 float32 = 8 KiB, a fraction of L1
+BLOCK = 8  # rows per block: each weight loaded from cache serves 8 rows
+TILE = 512  # features per cache tile: 8 rows x 512 float32 = 16 KiB, half an L1 cache
 PARTS = 4  # fixed row partition of a batch; results never depend on the thread count
 PARALLEL_MIN_WORK = 1 << 19  # batch x features x classes below which threads cost more than they give
 LOSS_KINDS = {"softmax": 0, "svm": 1}
@@ -39,34 +42,61 @@ LOSS_KINDS = {"softmax": 0, "svm": 1}
 _FASTMATH = {"reassoc", "contract"}
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _block_scores(x0, x1, x2, x3, Wt, S, j0, j1):
-    """``S[k, c] += Wt[c, j0:j1] . x_k[j0:j1]`` for the block's four rows."""
-    y0, y1, y2, y3 = x0[j0:j1], x1[j0:j1], x2[j0:j1], x3[j0:j1]
-    for c in range(Wt.shape[0]):
-        w = Wt[c, j0:j1]
-        a0 = a1 = a2 = a3 = np.float32(0.0)  # widens to float64 with float64 data
-        for j in range(w.shape[0]):
-            wj = w[j]
-            a0 += y0[j] * wj
-            a1 += y1[j] * wj
-            a2 += y2[j] * wj
-            a3 += y3[j] * wj
-        S[0, c] += a0
-        S[1, c] += a1
-        S[2, c] += a2
-        S[3, c] += a3
+@njit(cache=True, inline="always")
+def _block_index(idx, r, hi):
+    """Row numbers ``idx[r:r+8]`` of a block; past ``hi`` the last one repeats (its
+    coefficient is then zero)."""
+    last = hi - 1
+    return (idx[r], idx[min(r + 1, last)], idx[min(r + 2, last)], idx[min(r + 3, last)],
+            idx[min(r + 4, last)], idx[min(r + 5, last)], idx[min(r + 6, last)],
+            idx[min(r + 7, last)])
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _block_grad(x0, x1, x2, x3, S, G, j0, j1):
-    """``G[c, j0:j1] += sum_k S[k, c] * x_k[j0:j1]`` for the block's four rows."""
-    y0, y1, y2, y3 = x0[j0:j1], x1[j0:j1], x2[j0:j1], x3[j0:j1]
-    for c in range(G.shape[0]):
-        d0, d1, d2, d3 = S[0, c], S[1, c], S[2, c], S[3, c]
-        g = G[c, j0:j1]
-        for j in range(g.shape[0]):
-            g[j] += d0 * y0[j] + d1 * y1[j] + d2 * y2[j] + d3 * y3[j]
+def _block_scores(r0, r1, r2, r3, r4, r5, r6, r7, Wt, S):
+    """``S[k, c] = Wt[c] . r_k`` for the block's eight rows, tile by tile."""
+    S.fill(0.0)
+    for j0 in range(0, Wt.shape[1], TILE):
+        j1 = min(Wt.shape[1], j0 + TILE)
+        x0, x1, x2, x3 = r0[j0:j1], r1[j0:j1], r2[j0:j1], r3[j0:j1]
+        x4, x5, x6, x7 = r4[j0:j1], r5[j0:j1], r6[j0:j1], r7[j0:j1]
+        for c in range(Wt.shape[0]):
+            w = Wt[c, j0:j1]
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)  # float64 with float64 data
+            for j in range(w.shape[0]):
+                wj = w[j]
+                a0 += x0[j] * wj
+                a1 += x1[j] * wj
+                a2 += x2[j] * wj
+                a3 += x3[j] * wj
+                a4 += x4[j] * wj
+                a5 += x5[j] * wj
+                a6 += x6[j] * wj
+                a7 += x7[j] * wj
+            S[0, c] += a0
+            S[1, c] += a1
+            S[2, c] += a2
+            S[3, c] += a3
+            S[4, c] += a4
+            S[5, c] += a5
+            S[6, c] += a6
+            S[7, c] += a7
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _block_grad(r0, r1, r2, r3, r4, r5, r6, r7, S, G):
+    """``G[c] += sum_k S[k, c] * r_k`` for the block's eight rows, tile by tile."""
+    for j0 in range(0, G.shape[1], TILE):
+        j1 = min(G.shape[1], j0 + TILE)
+        x0, x1, x2, x3 = r0[j0:j1], r1[j0:j1], r2[j0:j1], r3[j0:j1]
+        x4, x5, x6, x7 = r4[j0:j1], r5[j0:j1], r6[j0:j1], r7[j0:j1]
+        for c in range(G.shape[0]):
+            d0, d1, d2, d3 = S[0, c], S[1, c], S[2, c], S[3, c]
+            d4, d5, d6, d7 = S[4, c], S[5, c], S[6, c], S[7, c]
+            g = G[c, j0:j1]
+            for j in range(g.shape[0]):
+                g[j] += ((d0 * x0[j] + d1 * x1[j] + d2 * x2[j] + d3 * x3[j])
+                         + (d4 * x4[j] + d5 * x5[j] + d6 * x6[j] + d7 * x7[j]))
 
 
 @njit(cache=True, inline="always")
@@ -118,27 +148,19 @@ def _hinge_row(s, yi, inv_n):
 def _part(X, idx, y, Wt, lo, hi, inv_n, kind, S, G):
     """Loss sum of the rows ``idx[lo:hi]``; their gradient (scaled by ``inv_n``) into ``G``."""
     G.fill(0.0)
-    D = Wt.shape[1]
-    last = hi - 1
     loss = 0.0
-    for r in range(lo, hi, 4):
-        # a block past the part's end repeats its last row, with a zero coefficient
-        x0 = X[idx[r]]
-        x1 = X[idx[min(r + 1, last)]]
-        x2 = X[idx[min(r + 2, last)]]
-        x3 = X[idx[min(r + 3, last)]]
-        S.fill(0.0)
-        for j0 in range(0, D, TILE):
-            _block_scores(x0, x1, x2, x3, Wt, S, j0, min(D, j0 + TILE))
-        for k in range(4):
-            if r + k > last:
+    for r in range(lo, hi, BLOCK):
+        i0, i1, i2, i3, i4, i5, i6, i7 = _block_index(idx, r, hi)
+        r0, r1, r2, r3, r4, r5, r6, r7 = X[i0], X[i1], X[i2], X[i3], X[i4], X[i5], X[i6], X[i7]
+        _block_scores(r0, r1, r2, r3, r4, r5, r6, r7, Wt, S)
+        for k in range(BLOCK):
+            if r + k >= hi:
                 S[k].fill(0.0)
             elif kind == 0:
                 loss += _softmax_row(S[k], y[idx[r + k]], inv_n)
             else:
                 loss += _hinge_row(S[k], y[idx[r + k]], inv_n)
-        for j0 in range(0, D, TILE):
-            _block_grad(x0, x1, x2, x3, S, G, j0, min(D, j0 + TILE))
+        _block_grad(r0, r1, r2, r3, r4, r5, r6, r7, S, G)
     return loss
 
 
@@ -158,9 +180,9 @@ def _reduce(losses, G, out, n):
 
 
 def _bounds(n: int) -> np.ndarray:
-    """Row ranges of the :data:`PARTS` parts of an ``n``-row batch, in whole 4-row blocks."""
+    """Row ranges of the :data:`PARTS` parts of an ``n``-row batch, in whole blocks."""
     per = -(-n // PARTS)
-    per += -per % 4
+    per += -per % BLOCK
     return np.minimum(np.arange(PARTS + 1) * per, n)
 
 
@@ -183,19 +205,16 @@ def _loss_grad_parallel(X, idx, y, Wt, bounds, kind, S, G, out):
 
 
 @njit(fastmath=_FASTMATH, cache=True)
-def _eval_part(X, y, Wt, lo, hi, kind, S):
-    """Data loss sum and number of correct argmax predictions over the rows ``lo:hi``."""
-    D = Wt.shape[1]
-    last = hi - 1
+def _eval_part(X, idx, y, Wt, lo, hi, kind, S):
+    """Data loss sum and number of correct argmax predictions over the rows ``idx[lo:hi]``."""
     loss = 0.0
     correct = 0
-    for r in range(lo, hi, 4):
-        x0, x1, x2, x3 = X[r], X[min(r + 1, last)], X[min(r + 2, last)], X[min(r + 3, last)]
-        S.fill(0.0)
-        for j0 in range(0, D, TILE):
-            _block_scores(x0, x1, x2, x3, Wt, S, j0, min(D, j0 + TILE))
-        for k in range(min(4, hi - r)):
-            s, yi = S[k], y[r + k]
+    for r in range(lo, hi, BLOCK):
+        i0, i1, i2, i3, i4, i5, i6, i7 = _block_index(idx, r, hi)
+        r0, r1, r2, r3, r4, r5, r6, r7 = X[i0], X[i1], X[i2], X[i3], X[i4], X[i5], X[i6], X[i7]
+        _block_scores(r0, r1, r2, r3, r4, r5, r6, r7, Wt, S)
+        for k in range(min(BLOCK, hi - r)):
+            s, yi = S[k], y[idx[r + k]]
             best = 0  # the first maximum, as np.argmax
             for c in range(1, s.shape[0]):
                 if s[c] > s[best]:
@@ -207,21 +226,21 @@ def _eval_part(X, y, Wt, lo, hi, kind, S):
 
 
 @njit(cache=True)
-def _evaluate_serial(X, y, Wt, bounds, kind, S):
+def _evaluate_serial(X, idx, y, Wt, bounds, kind, S):
     loss, correct = 0.0, 0
     for p in range(PARTS):
-        part_loss, part_correct = _eval_part(X, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
+        part_loss, part_correct = _eval_part(X, idx, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
         loss += part_loss
         correct += part_correct
     return loss, correct
 
 
 @njit(cache=True, parallel=True)
-def _evaluate_parallel(X, y, Wt, bounds, kind, S):
+def _evaluate_parallel(X, idx, y, Wt, bounds, kind, S):
     losses = np.zeros(PARTS)
     corrects = np.zeros(PARTS, dtype=np.int64)
     for p in prange(PARTS):
-        losses[p], corrects[p] = _eval_part(X, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
+        losses[p], corrects[p] = _eval_part(X, idx, y, Wt, bounds[p], bounds[p + 1], kind, S[p])
     loss, correct = 0.0, 0
     for p in range(PARTS):
         loss += losses[p]
@@ -253,10 +272,12 @@ class BatchLossGrad:
         self.kind = LOSS_KINDS[loss]
         self.X, self.y = X, _labels(y)
         d = X.shape[1]
-        self.S = np.zeros((PARTS, 4, n_classes), dtype=X.dtype)
+        self.S = np.zeros((PARTS, BLOCK, n_classes), dtype=X.dtype)
         self.G = np.zeros((PARTS, n_classes, d), dtype=X.dtype)
         self.grad = np.zeros((n_classes, d), dtype=X.dtype)
-        self.parallel = max_batch * d * n_classes >= PARALLEL_MIN_WORK
+        self.max_batch = max_batch
+        self.parallel = max_batch * d * n_classes >= PARALLEL_MIN_WORK  # may use threads
+        self.threads = _ThreadChoice()
         self._bounds: dict[int, np.ndarray] = {}
 
     def __call__(self, Wt: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
@@ -264,9 +285,78 @@ class BatchLossGrad:
         bounds = self._bounds.get(n)
         if bounds is None:
             bounds = self._bounds[n] = _bounds(n)
-        loss = _run(_loss_grad_parallel if self.parallel else None, _loss_grad_serial,
-                    self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad)
+        args = (self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad)
+        if not (self.parallel and numba.get_num_threads() > 1):
+            return float(_loss_grad_serial(*args)), self.grad
+        threaded = self.threads.pick() and _POOL.acquire(blocking=False)
+        started = time.perf_counter()
+        try:
+            loss = _loss_grad_parallel(*args) if threaded else _loss_grad_serial(*args)
+        finally:
+            if threaded:
+                _POOL.release()
+        if n == self.max_batch:
+            self.threads.record(threaded, time.perf_counter() - started)
         return float(loss), self.grad
+
+
+class _ThreadChoice:
+    """Whether the next call runs on threads: while that beats one thread.
+
+    Both give the same bits, so the choice can follow the machine. On an idle machine threads
+    halve a CIFAR-shaped step; with a busy process on the other core, a part waits for its
+    preempted sibling and a step can take 20x as long as on one thread (docs/benchmarks.md).
+    Each mode's time is the median of its last :attr:`KEEP` timed calls (the first call of a
+    mode, which may compile, does not count). The slower mode is timed again after
+    :attr:`PROBE` calls, then after twice as many each time it loses again (up to
+    :attr:`MAX_PROBE`), so probing a loaded machine costs little; a probe that wins switches
+    at once.
+    """
+
+    KEEP = 3
+    PROBE = 64
+    MAX_PROBE = 1024
+
+    def __init__(self) -> None:
+        self.samples: dict[bool, list[float]] = {True: [], False: []}
+        self.seen = {True: 0, False: 0}
+        self.calls = 0
+        self.interval = self.PROBE
+        self.next_probe = 0
+        self.probing: bool | None = None
+
+    def pick(self) -> bool:
+        self.calls += 1
+        for mode in (True, False):
+            if self.seen[mode] <= self.KEEP:
+                return mode
+        faster = self.faster()
+        if self.calls >= self.next_probe:
+            self.probing = not faster
+            return not faster
+        return faster
+
+    def record(self, threaded: bool, seconds: float) -> None:
+        self.seen[threaded] += 1
+        if self.seen[threaded] == 1:
+            return
+        if self.probing == threaded:
+            if seconds < self._median(not threaded):  # the machine changed: switch at once
+                self.samples[threaded], self.interval = [seconds], self.PROBE
+            else:
+                self.samples[threaded].append(seconds)
+                self.interval = min(2 * self.interval, self.MAX_PROBE)
+            self.next_probe, self.probing = self.calls + self.interval, None
+        else:
+            self.samples[threaded].append(seconds)
+        del self.samples[threaded][:-self.KEEP]
+
+    def faster(self) -> bool:
+        """Whether threads are faster, by the medians of the recent calls."""
+        return self._median(True) <= self._median(False)
+
+    def _median(self, mode: bool) -> float:
+        return sorted(self.samples[mode])[len(self.samples[mode]) // 2]
 
 
 def evaluate(Wt: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[float, float]:
@@ -277,10 +367,10 @@ def evaluate(Wt: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[f
     if n == 0:
         return float("nan"), float("nan")
     c = Wt.shape[0]
-    S = np.zeros((PARTS, 4, c), dtype=X.dtype)
+    S = np.zeros((PARTS, BLOCK, c), dtype=X.dtype)
     parallel = _evaluate_parallel if n * d * c >= PARALLEL_MIN_WORK else None
-    total, correct = _run(parallel, _evaluate_serial, np.ascontiguousarray(X), _labels(y), Wt,
-                          _bounds(n), LOSS_KINDS[loss], S)
+    total, correct = _run(parallel, _evaluate_serial, np.ascontiguousarray(X), np.arange(n),
+                          _labels(y), Wt, _bounds(n), LOSS_KINDS[loss], S)
     return float(total) / n, int(correct) / n
 
 
@@ -307,8 +397,10 @@ def set_threads(n: int) -> None:
 def warm_up(dtype: str | np.dtype = "float32") -> None:
     """Compile (or load from numba's cache) the kernels for ``dtype`` now, not in the first
     trial: a worker calls it at start-up, so a trial's wall time is training only."""
-    X = np.zeros((8, 4), dtype=dtype)
-    f = BatchLossGrad("softmax", X, np.zeros(8, dtype=np.intp), 2, 8)
-    for parallel in (False, True) if numba.get_num_threads() > 1 else (False,):
-        f.parallel = parallel
-        f(np.zeros((2, 4), dtype=dtype), np.arange(8))
+    X, y = np.zeros((8, 4), dtype=dtype), np.zeros(8, dtype=np.intp)
+    args = (X, np.arange(8), y, np.zeros((2, 4), dtype=dtype), _bounds(8), 0,
+            np.zeros((PARTS, BLOCK, 2), dtype=dtype), np.zeros((PARTS, 2, 4), dtype=dtype),
+            np.zeros((2, 4), dtype=dtype))
+    _loss_grad_serial(*args)
+    if numba.get_num_threads() > 1:
+        _loss_grad_parallel(*args)
