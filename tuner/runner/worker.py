@@ -6,8 +6,10 @@ seed, epochs, dtype, sync_from)``, ``("ack", job_id, epoch)``, ``("stop", job_id
 ``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epoch", job_id, metrics)`` after every
 epoch, then ``("done", job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
 The worker does not wait for the runner's answer to an epoch report, except that from epoch
-``sync_from`` on (where the pruner may act; ``None``: never) it stays at most one epoch ahead of
-the acknowledged epochs, so a pruned trial trains at most one epoch past its pruning point.
+``sync_from`` on (where the pruner may act; ``None``: never) it stays at most one epoch or
+``LAG_SECONDS`` of training, whichever is more, ahead of the acknowledged epochs: a pruned trial
+trains at most that much past its pruning point, and a trial of small epochs (digits: well under
+a millisecond each) never waits for a round trip per epoch.
 Workers ignore SIGINT (the runner decides when they stop) and die with the runner (Linux
 ``PR_SET_PDEATHSIG``), so a killed runner leaves no orphan training behind.
 
@@ -22,6 +24,7 @@ import os
 import random
 import signal
 import sys
+import time
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection
@@ -29,6 +32,8 @@ from typing import Any
 
 from tuner.runner.shared import SharedData
 from tuner.train import FitResult, fit
+
+LAG_SECONDS = 0.05
 
 
 def outcome(result: FitResult) -> dict[str, Any]:
@@ -110,13 +115,17 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
         inbox.append(message)  # the next job, or "exit"
         return message[0] == "exit"
 
+    started = time.perf_counter()
+
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
         conn.send(("epoch", job_id, metrics))
         stop = False
         while conn.poll():
             stop = handle(conn.recv()) or stop
-        # Where the pruner may act, run at most one epoch ahead of its decisions.
-        while not stop and sync_from is not None and epoch >= sync_from and acked < epoch - 1:
+        # Where the pruner may act, run ahead of its decisions by at most one epoch or
+        # LAG_SECONDS of training, whichever is more.
+        lag = max(1, int(LAG_SECONDS * epoch / max(time.perf_counter() - started, 1e-9)))
+        while not stop and sync_from is not None and epoch >= sync_from and acked < epoch - lag:
             stop = handle(conn.recv())
         return stop
 
