@@ -158,6 +158,8 @@ class Runner:
         self._claim_wanted = threading.Event()
         self._claim_results: queue.Queue[Job | None | BaseException] = queue.Queue()
         self._claim_pending = False
+        self._finished_since_claim = False
+        self.spare = 1 if prefetch else 0  # claimed trials beyond the workers' empty slots
         self._budget_full_at = -1e9
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
         self._claimer: threading.Thread | None = None
@@ -392,7 +394,13 @@ class Runner:
 
     def _assign_jobs(self) -> None:
         """Hand claimed trials to workers that need one (running, then next), and ask the
-        claimer thread for another claim while any worker slot is empty."""
+        claimer thread for another claim while fewer trials are claimed than the workers' empty
+        slots plus one spare (it hides a slow claim behind a short trial).
+
+        At most one trial finishes between two claim decisions, and none during a claim: each
+        claim's sampler then sees a history that depends only on the order in which trials
+        finished, so a single-runner, single-worker study samples the same configurations
+        every time, however fast or slow its trials and claims are."""
         while True:
             try:
                 result = self._claim_results.get_nowait()
@@ -407,8 +415,22 @@ class Runner:
                 self._ready.append(result)
         while self._wake_r.poll():
             self._wake_r.recv_bytes()
-        if not self._claim_pending:
-            self._handle_deferred()
+        while True:
+            if not self._claim_pending:
+                self._handle_deferred()
+            wanted = self._hand_out()
+            if any(w.ready for w in self.workers):  # not before: RUNNING means about to train
+                wanted += self.spare
+            if (wanted > len(self._ready) and not self._claim_pending
+                    and self._may_claim() and time.monotonic() - self._budget_full_at >= 0.5):
+                self._claim_pending = True
+                self._claim_wanted.set()
+            self._finished_since_claim = False
+            if self._claim_pending or not any(w.deferred for w in self.workers):
+                return
+
+    def _hand_out(self) -> int:
+        """Send ready jobs to workers with an empty slot; the number of slots left empty."""
         wanted = 0
         for worker in self.workers:
             if not worker.ready:
@@ -425,15 +447,19 @@ class Runner:
                     worker.queued = job
                 self.snap.running += 1
             wanted += (worker.current is None) + (self.prefetch and worker.queued is None)
-        if (wanted > len(self._ready) and not self._claim_pending and self._may_claim()
-                and time.monotonic() - self._budget_full_at >= 0.5):
-            self._claim_pending = True
-            self._claim_wanted.set()
+        return wanted
 
-    def _handle_deferred(self, workers: list[Worker] | None = None) -> None:
+    def _handle_deferred(self, workers: list[Worker] | None = None, *,
+                         everything: bool = False) -> None:
+        """Handle held-back messages in order, up to the next finished trial if one already
+        finished since the last claim decision (unless ``everything``)."""
         for worker in self.workers if workers is None else workers:
-            messages, worker.deferred = worker.deferred, []
-            for message in messages:
+            while worker.deferred:
+                message = worker.deferred[0]
+                if (not everything and message[0] in ("done", "error")
+                        and self._finished_since_claim):
+                    return
+                worker.deferred.pop(0)
                 self._handle(worker, message, defer=False)
 
     def _claimer_loop(self) -> None:
@@ -547,20 +573,21 @@ class Runner:
             worker.ready = True
             self.startup_failures = 0  # counts start-up deaths in a row only
             return
-        if defer and (worker.deferred or (self._claim_pending and kind in ("done", "error"))):
-            # Finish trials between claims, not during one: the sampler then always sees the
-            # same history, so a single-runner study samples the same configurations every time.
-            worker.deferred.append(message)
+        if defer and (worker.deferred or (kind in ("done", "error") and (
+                self._claim_pending or self._finished_since_claim))):
+            worker.deferred.append(message)  # see _assign_jobs: one finish per claim decision
             return
         job = worker.current
         if job is None or job.number != message[1]:
             return
-        if kind == "epoch":
-            self._on_epoch(worker, job, message[2])
+        if kind == "epochs":
+            self._on_epochs(worker, job, message[2])
         elif kind == "done":
             self._on_done(worker, job, message[2])
+            self._finished_since_claim = True
         elif kind == "error":
             self._on_error(worker, job, *message[2:])
+            self._finished_since_claim = True
 
     def _sync_from(self, job: Job) -> int | None:
         """First epoch at which the pruner may stop ``job`` (``None``: never): the end of its
@@ -570,18 +597,21 @@ class Runner:
         spe = job.plan.steps_per_epoch
         return max(1, -(-job.plan.warmup_steps // spe))
 
-    def _on_epoch(self, worker: Worker, job: Job, metrics: dict[str, float]) -> None:
-        job.epoch = int(metrics["epoch"])
-        job.history.append(metrics)
-        if job.prune_at is not None or job.lost:
-            return
-        job.trial.report(float(metrics[self.metric]), job.epoch)
-        if (self.sf.study.pruner.type != "none" and job.plan.warmup_epochs_done(job.epoch)
-                and job.epoch < self.sf.model.epochs and self.resilient.call(
-                    f"decide whether to prune trial {job.number}", job.trial.should_prune)):
-            job.prune_at = job.epoch  # (never inside the trial's own warmup)
-            worker.send("stop", job.number)
-        else:
+    def _on_epochs(self, worker: Worker, job: Job, reports: list[dict[str, float]]) -> None:
+        """Report each epoch to Optuna and ask the pruner, in order; answer the batch once:
+        ``stop`` if the pruner stopped the trial at one of them, else ``ack`` of the last."""
+        for metrics in reports:
+            job.epoch = int(metrics["epoch"])
+            job.history.append(metrics)
+            if job.prune_at is not None or job.lost:
+                continue
+            job.trial.report(float(metrics[self.metric]), job.epoch)
+            if (self.sf.study.pruner.type != "none" and job.plan.warmup_epochs_done(job.epoch)
+                    and job.epoch < self.sf.model.epochs and self.resilient.call(
+                        f"decide whether to prune trial {job.number}", job.trial.should_prune)):
+                job.prune_at = job.epoch  # (never inside the trial's own warmup)
+                worker.send("stop", job.number)
+        if job.prune_at is None and not job.lost:
             worker.send("ack", job.number, job.epoch)
 
     def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
@@ -710,7 +740,7 @@ class Runner:
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
         why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        self._handle_deferred([worker])  # what it finished before dying is kept
+        self._handle_deferred([worker], everything=True)  # what it finished before dying is kept
         if worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)

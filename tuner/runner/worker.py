@@ -3,8 +3,10 @@
 Protocol (tuples over a ``multiprocessing`` pipe). Runner -> worker: first ``("data",
 SharedData)``, then ``("run", job_id, params,
 seed, epochs, dtype, sync_from)``, ``("ack", job_id, epoch)``, ``("stop", job_id)``,
-``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epoch", job_id, metrics)`` after every
-epoch, then ``("done", job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
+``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epochs", job_id, [metrics, ...])``
+with the epochs finished since the last such message (at most ``SEND_EVERY`` seconds apart:
+one message per millisecond-short epoch would cost more than the epoch), then ``("done",
+job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
 The worker does not wait for the runner's answer to an epoch report, except that from epoch
 ``sync_from`` on (where the pruner may act; ``None``: never) it stays at most one epoch or
 ``LAG_SECONDS`` of training, whichever is more, ahead of the acknowledged epochs: a pruned trial
@@ -34,6 +36,7 @@ from tuner.runner.shared import SharedData
 from tuner.train import FitResult, fit
 
 LAG_SECONDS = 0.05
+SEND_EVERY = 0.01
 
 
 def outcome(result: FitResult) -> dict[str, Any]:
@@ -115,17 +118,29 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
         inbox.append(message)  # the next job, or "exit"
         return message[0] == "exit"
 
-    started = time.perf_counter()
+    started = sent_at = time.perf_counter()
+    unsent: list[dict[str, float]] = []
+
+    def send_epochs() -> None:
+        nonlocal sent_at
+        if unsent:
+            conn.send(("epochs", job_id, unsent[:]))
+            unsent.clear()
+        sent_at = time.perf_counter()
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-        conn.send(("epoch", job_id, metrics))
+        unsent.append(metrics)
+        now = time.perf_counter()
+        # Where the pruner may act, run ahead of its decisions by at most one epoch or
+        # LAG_SECONDS of training, whichever is more.
+        lag = max(1, int(LAG_SECONDS * epoch / max(now - started, 1e-9)))
+        pruner_acts = sync_from is not None and epoch >= sync_from
+        if now - sent_at >= SEND_EVERY or (pruner_acts and acked < epoch - lag):
+            send_epochs()
         stop = False
         while conn.poll():
             stop = handle(conn.recv()) or stop
-        # Where the pruner may act, run ahead of its decisions by at most one epoch or
-        # LAG_SECONDS of training, whichever is more.
-        lag = max(1, int(LAG_SECONDS * epoch / max(time.perf_counter() - started, 1e-9)))
-        while not stop and sync_from is not None and epoch >= sync_from and acked < epoch - lag:
+        while not stop and pruner_acts and acked < epoch - lag:
             stop = handle(conn.recv())
         return stop
 
@@ -133,9 +148,11 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
         _maybe_inject_fault(seed)
         result = fit(params, arrays["X_train"], arrays["y_train"], arrays["X_val"], arrays["y_val"],
                      epochs=epochs, seed=seed, dtype=dtype, on_epoch=on_epoch)
+        send_epochs()  # the runner reports every epoch before the trial's end
     except (BrokenPipeError, ConnectionResetError, EOFError):
         raise  # the runner is gone: nobody to report to
     except Exception as exc:  # a bug or a bad value: the runner fails this trial and goes on
+        send_epochs()
         conn.send(("error", job_id, type(exc).__name__, str(exc), traceback.format_exc()[-4000:]))
         return
     conn.send(("done", job_id, outcome(result)))
