@@ -185,7 +185,7 @@ def test_warm_start_enqueues_yesterdays_valid_top_k_first(storage_url, tmp_path)
     # (the made-up values of yesterday are above what 3 epochs reach: any verdict will do here)
     assert proc.returncode in (0, 4), proc.stderr
     assert "warm start from nt-2026-11-24: 2 of its top 4 configuration(s) enqueued, 2 skipped" in proc.stdout
-    assert "skipped #1 (0.96): optimizer='momentum' is outside one of 'sgd', 'adam'" in proc.stdout
+    assert "skipped #1 (0.96): optimizer='momentum' is not one of 'sgd', 'adam'" in proc.stdout
     assert "skipped #2 (0.95): lr=0.3 is outside log float [0.001, 0.2]" in proc.stdout
 
     study = study_of(storage_url, "nt-2026-11-25")
@@ -196,7 +196,7 @@ def test_warm_start_enqueues_yesterdays_valid_top_k_first(storage_url, tmp_path)
     stored = study.user_attrs[ATTR_WARM_START]
     assert stored["source"] == "nt-2026-11-24" and [e["trial"] for e in stored["enqueued"]] == [0, 4]
     assert {s["trial"]: s["reasons"] for s in stored["skipped"]} == {
-        1: ["optimizer='momentum' is outside one of 'sgd', 'adam'"],
+        1: ["optimizer='momentum' is not one of 'sgd', 'adam'"],
         2: ["lr=0.3 is outside log float [0.001, 0.2]"]}
     assert done(study) == 4
 

@@ -335,7 +335,7 @@ def test_map_config_valid_and_invalid_points():
     params, reasons = map_config(space, good)
     assert reasons == [] and params == good
     params, reasons = map_config(space, {**good, "optimizer": "momentum"})
-    assert reasons == ["optimizer='momentum' is outside one of 'sgd', 'adam'"]
+    assert reasons == ["optimizer='momentum' is not one of 'sgd', 'adam'"]
     _, reasons = map_config(space, {**good, "lr": 0.9})
     assert reasons == ["lr=0.9 is outside log float [0.001, 0.5]"]
 

@@ -181,7 +181,7 @@ def test_optuna_params_round_trip(samples, full):
     ({"optimizer": "adam", "lr": 0.01},  # a parameter this configuration needs is missing
      "batch_size is missing (this configuration needs it: int [16, 256] step 16)"),
     ({"optimizer": "sgd", "lr": 10.0}, "lr=10.0 is outside log float [0.0001, 1]"),
-    ({"optimizer": "lion"}, "optimizer='lion' is outside one of 'sgd'"),
+    ({"optimizer": "lion"}, "optimizer='lion' is not one of 'sgd'"),
     ({"learning_rate": 0.1}, "learning_rate is not a parameter of this search space"),
     ({"base_batch_size": 128}, "base_batch_size is fixed to 128 here"),
     ({"batch_size": 17}, "batch_size=17 is outside int [16, 256] step 16"),

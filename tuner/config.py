@@ -184,9 +184,11 @@ class ModelSection(_Section):
 class RegressionRule(_Section):
     """``[schedule.regression]``: when tonight's best counts as a regression. ``tolerance`` is
     in metric units (accuracy points as a fraction, or loss); differences within it are noise.
-    The baseline is the best value of each of the last ``baseline_nights`` nights; the margin
-    of noise is ``max(tolerance, spread_factor * standard deviation of those values)``
-    (``spread_factor = 0``: the tolerance alone). See ``docs/nightly.md``."""
+    The baseline is the value of each of the last ``baseline_nights`` nights (the better of its
+    sweep's best and its re-trained incumbent); the margin of noise is ``max(tolerance,
+    min(spread_factor * spread, 5 % of the baseline level))`` where the spread is 1.4826 x the
+    median absolute deviation of those values (``spread_factor = 0``: the tolerance alone). See
+    ``docs/nightly.md`` and :mod:`tuner.nightly.regression`."""
 
     tolerance: float = Field(0.005, ge=0)
     baseline_nights: int = Field(3, ge=1)

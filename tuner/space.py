@@ -195,7 +195,8 @@ class SearchSpace:
             elif dim.kind == "fixed":
                 reasons.append(f"{name} is fixed to {dim.value!r} here")
             elif not dim.contains(value):
-                reasons.append(f"{name}={value!r} is outside {dim.describe()}")
+                where = "not" if dim.kind in ("fixed", "choice") else "outside"
+                reasons.append(f"{name}={value!r} is {where} {dim.describe()}")
         if reasons:
             return reasons
         trial = FixedTrial(optuna_params)

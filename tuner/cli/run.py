@@ -48,6 +48,8 @@ def check(study_file: StudyFileArg,
     data_text, n_train = _check_data(sf) if data else ("not loaded (--no-data)", None)
     warnings = _check_warnings(sf, n_train)
     configs = sample_configurations(sf.space, samples, seed=sf.study.seed)
+    from tuner.nightly.nights import schedule_lines, schedule_summary
+
     if json_out:
         from tuner.storage.urls import mask_url
 
@@ -57,12 +59,14 @@ def check(study_file: StudyFileArg,
         print_json({"study": study, "data": data_text,
                     "space": [dict(zip(("parameter", "applies", "values"), r, strict=True))
                               for r in sf.space.rows()],
-                    "samples": configs, "warnings": warnings})
+                    "samples": configs, "warnings": warnings, "schedule": schedule_summary(sf)})
         return
     s = sf.study
     out.print(f"[green]✓[/] {study_file} is valid")
     out.print(f"study [bold]{s.name}[/]: {s.metric} ({s.direction}), {s.n_trials} trials, sampler "
               f"{s.sampler.type}, pruner {s.pruner.type}, {sf.model.epochs} epochs, {sf.model.dtype}")
+    for line in schedule_lines(sf):
+        out.print(line, highlight=False)
     out.print(f"data: {data_text}")
     table = Table(title="search space", title_justify="left")
     for col in ("parameter", "applies when", "values"):
