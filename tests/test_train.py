@@ -132,6 +132,15 @@ def test_batch_scaling_and_warmup_plan():
     assert not plan.warmup_epochs_done(1) and plan.warmup_epochs_done(2)
 
 
+def test_a_batch_larger_than_the_training_set_is_scaled_as_the_batch_used():
+    params = {"lr": 0.1, "batch_size": 1024, "base_batch_size": 256, "batch_scaling": "linear",
+              "warmup_epochs": 0.0, "warmup_start_factor": 0.0, "decay": "constant"}
+    plan = make_plan(params, n_train=512, epochs=3)
+    assert plan.steps_per_epoch == 1 and plan.total_steps == 3
+    assert plan.peak_lr == pytest.approx(0.2)  # 512 examples per update, not 1024
+    assert plan.peak_lr == make_plan({**params, "batch_size": 512}, n_train=512, epochs=3).peak_lr
+
+
 # --- divergence guard ----------------------------------------------------------------------------
 
 def test_spec_case_float64_explodes_without_ever_becoming_nan(digits):

@@ -89,8 +89,8 @@ def load_data(study_file: StudyFile) -> Splits:
 def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
     """Warnings about a valid study file whose search space probably does not do what was
     meant on a training set of ``n_train`` examples (``tuner check``, start of ``tuner run``):
-    a batch size larger than the training set trains with one full batch per epoch, while the
-    batch-size scaling rule still scales the peak lr by the nominal batch size."""
+    a batch size larger than the training set trains with one full batch per epoch (and its
+    peak lr is scaled for that batch), the same configuration as ``batch_size = n_train``."""
     dim = study_file.space.general.get("batch_size")
     if dim is None:
         return []
@@ -101,9 +101,9 @@ def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
         return []
     what = "up to " + str(int(dim.high)) if dim.kind == "range" else ", ".join(map(str, too_big))
     return [f"{study_file.source}: space.batch_size: {what} is larger than the training set "
-            f"({n_train} examples): such a trial makes one full-batch update per epoch, while its "
-            f"peak lr is still scaled (batch_scaling) by the nominal batch size; keep batch_size "
-            f"<= {n_train}"]
+            f"({n_train} examples): such a trial makes one full-batch update per epoch, the same "
+            f"as batch_size = {n_train} (its peak lr is scaled for the batch used), so the sampler "
+            f"spends trials on duplicates; keep batch_size <= {n_train}"]
 
 
 def data_summary(splits: Splits) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 One epoch visits every training example once, in a fresh seeded permutation, in
 ``steps_per_epoch = ceil(N / batch_size)`` updates (the last batch may be partial). The budget is
 in epochs, so ``T = epochs * steps_per_epoch`` shrinks as the batch grows (spec section 3). The
-peak lr is ``scale_lr(lr, batch_size, base_batch_size, batch_scaling)`` and the lr of update
-``t`` is ``make_schedule(...)(t)``.
+peak lr is ``scale_lr(lr, B, base_batch_size, batch_scaling)`` with ``B = min(batch_size, N)``,
+the batch actually used, and the lr of update ``t`` is ``make_schedule(...)(t)``.
 
 Reported per epoch (1-based): ``train_loss`` (mean over the epoch's batches of the mini-batch
 objective, regularizer included), ``val_loss`` (data loss only), ``val_accuracy``, ``lr`` (the
@@ -87,7 +87,7 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
     spe = math.ceil(n_train / batch)
     total = epochs * spe
     warmup = min(total, round(params["warmup_epochs"] * spe))
-    peak = scale_lr(params["lr"], int(params["batch_size"]),
+    peak = scale_lr(params["lr"], batch,  # the batch used: at most the whole training set
                     base_batch_size=int(params["base_batch_size"]), rule=params["batch_scaling"])
     decay = params["decay"]
     decay_params: dict[str, Any] = {}
