@@ -233,6 +233,11 @@ class Runner:
     def _setup(self) -> None:
         """Storage, runner lock (SQLite), study, orphan recovery, data in shared memory,
         worker processes and the heartbeat thread. Stops early if a signal arrives."""
+        # workers start first (a fresh interpreter each, a second of imports) while the storage
+        # opens and the data loads; a run with nothing to do stops them unused
+        self._ctx = mp.get_context("spawn")
+        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        self.workers = [Worker(self._ctx, i, self.blas_threads) for i in range(self.n_workers)]
         self.storage = self.resilient.call("open the storage", open_storage, self.url,
                                            heartbeat_interval=self.rel.heartbeat_interval,
                                            grace_period=self.rel.grace,
@@ -250,13 +255,9 @@ class Runner:
                                                  self._seeded_sampler)
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
         if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials:
-            self.stop_reason = "done"  # nothing to do: don't load data or start workers
+            self.stop_reason = "done"  # nothing to do: don't load the data
         if self._signal is not None or self.stop_reason is not None:
             return
-        # workers start (a fresh interpreter each) while the data loads
-        self._ctx = mp.get_context("spawn")
-        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
-        self.workers = [Worker(self._ctx, i, self.blas_threads) for i in range(self.n_workers)]
         splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")

@@ -3,6 +3,9 @@ trials ("jobs") it holds."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +49,8 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, args=(child, blas_threads),
                                    daemon=True, name=f"tuner-worker-{index}")
-        self.process.start()
+        with _main_module_hidden():
+            self.process.start()
         child.close()
         self.current: Job | None = None
         self.queued: Job | None = None
@@ -66,10 +70,26 @@ class Worker:
             return False
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self.process.is_alive():
+        if self.process.is_alive() and self.ready:
             self.send("exit")
             self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(1.0)
         self.conn.close()
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start processes without the parent's ``__main__``: a spawned child otherwise imports
+    it again (the ``tuner`` script with the whole CLI, or a user's script: 0.3-1 s per worker)
+    although a worker needs only :func:`worker_main`'s module."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
