@@ -66,7 +66,7 @@ def check(study_file: StudyFileArg,
     out.print(f"study [bold]{s.name}[/]: {s.metric} ({s.direction}), {s.n_trials} trials, sampler "
               f"{s.sampler.type}, pruner {s.pruner.type}, {sf.model.epochs} epochs, {sf.model.dtype}")
     for line in schedule_lines(sf):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False)
     out.print(f"data: {data_text}")
     table = Table(title="search space", title_justify="left")
     for col in ("parameter", "applies when", "values"):
