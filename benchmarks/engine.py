@@ -101,11 +101,13 @@ def time_torch(torch, X: np.ndarray, y: np.ndarray, perms: list[np.ndarray], *, 
     return times, mean_loss
 
 
-def breakdown(X: np.ndarray, y: np.ndarray, perm: np.ndarray, *, batch: int,
-              lr: float) -> dict[str, float]:
-    """Seconds per epoch spent in each part of a training step, timed in the loop: tuner's
-    fused loss/gradient kernel and its Adam step, and beside them the numpy path the kernel
-    replaced (one gather per batch, then ``tuner.model.softmax_loss``: two skinny GEMMs)."""
+def breakdown(X: np.ndarray, y: np.ndarray, perms: list[np.ndarray], *, batch: int,
+              lr: float) -> dict[str, list[float]]:
+    """Seconds per epoch spent in each part of a training step, timed in the loop, one list
+    entry per epoch: the numpy path the kernel replaced (one gather per batch, then
+    ``tuner.model.softmax_loss``, i.e. two skinny GEMMs), then tuner's fused loss/gradient
+    kernel and its Adam step. Each in its own pass over the epochs: numba's and OpenBLAS's
+    idle threads spin for a while after their parallel regions and would slow each other."""
     from tuner.kernels import BatchLossGrad
     from tuner.model import softmax_loss
     from tuner.optim import make_optimizer
@@ -115,25 +117,32 @@ def breakdown(X: np.ndarray, y: np.ndarray, perm: np.ndarray, *, batch: int,
     loss_and_grad = BatchLossGrad("softmax", X, y, classes, batch)
     buf = np.empty((batch, X.shape[1]), dtype=X.dtype)
     opt = make_optimizer("adam")
-    parts = dict.fromkeys(("fused loss+grad", "adam", "numpy gather", "numpy loss+grad"), 0.0)
-    # one pass each, not interleaved: numba's and OpenBLAS's idle threads spin for a while after
-    # their parallel regions and would slow each other down
-    for lo in range(0, len(perm), batch):
-        idx = perm[lo:lo + batch]
-        t0 = time.perf_counter()
-        _, grad = loss_and_grad(Wt, idx)
-        t1 = time.perf_counter()
-        opt.step(Wt, grad, lr)
-        parts["fused loss+grad"] += t1 - t0
-        parts["adam"] += time.perf_counter() - t1
-    for lo in range(0, len(perm), batch):
-        idx = perm[lo:lo + batch]
-        t0 = time.perf_counter()
-        Xb = np.take(X, idx, axis=0, out=buf[: len(idx)], mode="clip")
-        t1 = time.perf_counter()
-        softmax_loss(Wt.T, Xb, y[idx], 0.0)
-        parts["numpy gather"] += t1 - t0
-        parts["numpy loss+grad"] += time.perf_counter() - t1
+    parts: dict[str, list[float]] = {key: [] for key in ("fused loss+grad", "adam", "numpy gather",
+                                                          "numpy loss+grad")}
+    for perm in perms:
+        gather = loss = 0.0
+        for lo in range(0, len(perm), batch):
+            idx = perm[lo:lo + batch]
+            t0 = time.perf_counter()
+            Xb = np.take(X, idx, axis=0, out=buf[: len(idx)], mode="clip")
+            t1 = time.perf_counter()
+            softmax_loss(Wt.T, Xb, y[idx], 0.0)
+            gather += t1 - t0
+            loss += time.perf_counter() - t1
+        parts["numpy gather"].append(gather)
+        parts["numpy loss+grad"].append(loss)
+    for perm in perms:
+        kernel = step = 0.0
+        for lo in range(0, len(perm), batch):
+            idx = perm[lo:lo + batch]
+            t0 = time.perf_counter()
+            _, grad = loss_and_grad(Wt, idx)
+            t1 = time.perf_counter()
+            opt.step(Wt, grad, lr)
+            kernel += t1 - t0
+            step += time.perf_counter() - t1
+        parts["fused loss+grad"].append(kernel)
+        parts["adam"].append(step)
     return parts
 
 
@@ -199,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             theirs += times[1:]
     if args.breakdown:
-        runs = [breakdown(X, y, perm, batch=args.batch_size, lr=args.lr) for perm in perms]
-        parts = {key: statistics.median(run[key] for run in runs[1:]) for key in runs[0]}
+        runs = breakdown(X, y, perms, batch=args.batch_size, lr=args.lr)
+        parts = {key: statistics.median(times[1:]) for key, times in runs.items()}
         numpy_path = parts["numpy gather"] + parts["numpy loss+grad"]
         print("step breakdown (s/epoch, median): "
               + ", ".join(f"{key} {value:.3f}" for key, value in parts.items())
