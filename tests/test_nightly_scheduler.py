@@ -147,19 +147,29 @@ def test_scheduler_catches_up_the_latest_missed_night_once(storage_url, tmp_path
 
 
 def test_scheduler_sigterm_leaves_no_trial_running(storage_url, tmp_path):
-    path = nightly_file(tmp_path / "s.toml", name="st", n_trials=400, epochs=80)
+    # unpruned trials of a second or more: the SIGTERM lands while one is training, not in the
+    # instant between two trials (a claimed, unstarted trial is re-queued without a FAIL)
+    path = nightly_file(tmp_path / "s.toml", name="st", n_trials=400, epochs=1000)
+    path.write_text(path.read_text().replace("seed = 0", 'seed = 0\npruner = {type = "none"}'))
     past_night(storage_url, path, DAY - timedelta(days=2))
     # the fake clock makes the night due now (catch-up), so it starts at once
     proc, log = start_scheduler(tmp_path, str(path), "--storage", storage_url, "--now",
                                 f"{DAY.isoformat()}T10:00:00+00:00")
     name = f"st-{DAY}"
 
+    seen: dict[int, float] = {}
+
     def running() -> bool:
+        """A trial RUNNING for half a second: it is training (a claim is started at once)."""
         try:
             study = study_of(storage_url, name)
         except Exception:
             return False
-        return any(t.state == TrialState.RUNNING for t in study.trials) and done(study) >= 1
+        now = time.monotonic()
+        for t in study.trials:
+            if t.state == TrialState.RUNNING and now - seen.setdefault(t.number, now) >= 0.5:
+                return True
+        return False
 
     try:
         wait_for("a RUNNING trial", running, proc, log)
