@@ -95,6 +95,7 @@ def wait_for_running(url: str, name: str, proc: subprocess.Popen, timeout: float
 # A trial that takes a noticeable time (batch size 1 on digits: ~0.03 s per epoch); LONG_EPOCHS
 # of it keep a trial in training for many seconds, for tests that act on a running study.
 LONG_EPOCHS = 600
+TIMED_EPOCHS = 400  # a trial of SLOW_SPACE: 5-10 s
 SLOW_SPACE = '''optimizer = ["sgd", "adam"]
 lr = {low = 1e-3, high = 1e-2, log = true}
 batch_size = 1'''
@@ -285,6 +286,34 @@ def test_timeout_stops_starting_trials(sqlite_url, tmp_path):
     assert states(sqlite_url, "short")["RUNNING"] == 0
 
 
+def test_timeout_starts_no_claimed_trial_and_puts_it_back(sqlite_url, tmp_path):
+    """At the timeout the trial in training finishes; those already claimed (the worker's next
+    one, sent ahead, and the spare) are not trained but go back to the queue for the next run."""
+    study = write_study(tmp_path / "s.toml", name="tmo", n_trials=5, epochs=TIMED_EPOCHS,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = tuner("run", study, "--storage", sqlite_url, "--timeout", "3", "--json", check=True)
+    assert json.loads(proc.stdout)["stopped"] == "timeout"
+    trials = load(sqlite_url, "tmo").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.WAITING] * 2, trials
+    assert all(t.intermediate_values == {} and t.params for t in trials[1:])  # untrained, kept
+
+
+def test_sampling_does_not_depend_on_how_fast_claims_and_trials_are(tmp_path):
+    """TPE models the study from its second trial on (n_startup_trials = 1). Whether the first
+    trial had finished when the third was sampled used to depend on timing: a slow database
+    (claims slower than a trial) and a fast one sampled different configurations from the
+    same seed. Finished trials now wait until the start-up claims are made."""
+    study = write_study(tmp_path / "s.toml", name="rep", n_trials=8, epochs=20,
+                        extra_study=NO_PRUNER + '\n\n[study.sampler]\ntype = "tpe"\nn_startup_trials = 1')
+    runs = []
+    for delay in ("0", "0.5"):  # 0.5 s: far longer than a trial of 20 digits epochs
+        url = f"sqlite:///{tmp_path / f'delay-{delay}.db'}"
+        tuner("run", study, "--storage", url, "-q", check=True,
+              env=tuner_env(TUNER_INJECT_CLAIM_DELAY=delay))
+        runs.append([t.params for t in load(url, "rep").trials])
+    assert runs[0] == runs[1]
+
+
 # --- several runners and workers -----------------------------------------------------------
 
 
@@ -462,7 +491,7 @@ def test_the_live_panel_tells_training_from_claimed_and_other_runners_trials():
     from tuner.runner.progress import Display, Snapshot
 
     snap = Snapshot(study="s", storage="SQLite x", metric="val_accuracy", n_trials=10, workers=2,
-                    running=5, training=2, queued_here=2)
+                    elsewhere=1, training=2, queued_here=2)
     console = Console(record=True, width=200)
     console.print(Display(snap, console=console, live=False)._render())
     text = console.export_text()
@@ -586,6 +615,9 @@ def test_pruning_never_happens_inside_a_trials_warmup(mixed):
         assert len(curve["epoch"]) == epoch
         assert curve["epoch"][:epoch] == list(range(1, epoch + 1))
         assert curve["val_accuracy"][:epoch] == [t.intermediate_values[e] for e in range(1, epoch + 1)]
+        # the work counters stand for that curve too, not for epochs trained past the decision
+        assert t.user_attrs["steps_done"] == epoch * t.user_attrs["steps_per_epoch"] == curve["step"][-1]
+        assert t.user_attrs["samples_processed"] == epoch * 1079  # digits train split
 
 
 @pytest.mark.parametrize("pruner", [

@@ -18,7 +18,11 @@ Failures: an exception in training fails the trial (error recorded) and the stud
 worker that dies fails its trial and re-queues it; SIGINT/SIGTERM fail the running trials, re-
 queue them and put never-started ones back in the queue; a heartbeat thread keeps this runner's
 trials alive and fails other runners' stale ones. Database outages are ridden out
-(:mod:`tuner.storage.resilience`).
+(:mod:`tuner.storage.resilience`). At the timeout the trials in training finish and those
+claimed but not started go back to the queue.
+
+Timing injection for tests: ``TUNER_INJECT_CLAIM_DELAY=S`` makes every claim take ``S`` seconds
+longer (a slow database), to prove sampling does not depend on how fast claims are.
 """
 
 from __future__ import annotations
@@ -159,6 +163,9 @@ class Runner:
         self._claim_results: queue.Queue[Job | None | BaseException] = queue.Queue()
         self._claim_pending = False
         self._finished_since_claim = False
+        self._last_claim_empty = False  # the budget (or a failed suggestion) gave no trial
+        self._study_worst = 0.0  # the worst loss finished, non-diverged trials reported ...
+        self._worst_seen: set[int] = set()  # ... of the trials with these ids
         self.spare = 1 if prefetch else 0  # claimed trials beyond the workers' empty slots
         self._budget_full_at = -1e9
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
@@ -410,19 +417,22 @@ class Runner:
             self._claim_pending = False
             if isinstance(result, BaseException):
                 raise result
+            self._last_claim_empty = result is None
             if result is None:
                 self._budget_full_at = time.monotonic()
             else:
                 self._ready.append(result)
         while self._wake_r.poll():
             self._wake_r.recv_bytes()
+        if self.stop_reason is None:
+            self._may_claim()  # sets the stop reason once the timeout passes
+        if self.stop_reason is not None:
+            self._cancel_unstarted()
         while True:
             if not self._claim_pending:
                 self._handle_deferred()
-            wanted = self._hand_out()
-            if any(w.ready for w in self.workers):  # not before: RUNNING means about to train
-                wanted += self.spare
-            if (wanted > len(self._ready) and not self._claim_pending
+            self._hand_out()
+            if (self._wanted() > len(self._ready) and not self._claim_pending
                     and self._may_claim() and time.monotonic() - self._budget_full_at >= 0.5):
                 self._claim_pending = True
                 self._claim_wanted.set()
@@ -430,9 +440,35 @@ class Runner:
             if self._claim_pending or not any(w.deferred for w in self.workers):
                 return
 
-    def _hand_out(self) -> int:
-        """Send ready jobs to workers with an empty slot; the number of slots left empty."""
-        wanted = 0
+    def _cancel_unstarted(self) -> None:
+        """The run is ending (timeout, fail-fast): claimed trials that have not started go back
+        to the queue instead of being trained; a worker's next one is cancelled."""
+        while self._ready:
+            self._unclaim(self._ready.popleft())
+        for worker in self.workers:
+            job = worker.queued
+            if job is not None and not job.cancelled:
+                job.cancelled = True
+                worker.send("stop", job.number)
+
+    def _wanted(self) -> int:
+        """How many claimed trials the workers' empty slots (running, next) and the spare call
+        for; the spare only once a worker is ready (RUNNING should mean about to train)."""
+        ready = [w for w in self.workers if w.ready]
+        empty = sum((w.current is None) + (self.prefetch and w.queued is None) for w in ready)
+        return empty + (self.spare if ready else 0)
+
+    def _filling(self) -> bool:
+        """Whether claims are still filling the pipeline (start-up, a replaced worker): a
+        finished trial then waits until it is full, so which claims saw it does not depend on
+        how fast the first trials and claims were."""
+        return (self.stop_reason is None and self._signal is None and not self._last_claim_empty
+                and self._wanted() > len(self._ready))
+
+    def _hand_out(self) -> None:
+        """Send ready jobs to workers with an empty slot (none once the run is ending)."""
+        if self.stop_reason is not None:
+            return
         for worker in self.workers:
             if not worker.ready:
                 continue
@@ -446,9 +482,6 @@ class Runner:
                     worker.current, job.started = job, True
                 else:
                     worker.queued = job
-                self.snap.running += 1
-            wanted += (worker.current is None) + (self.prefetch and worker.queued is None)
-        return wanted
 
     def _handle_deferred(self, workers: list[Worker] | None = None, *,
                          everything: bool = False) -> None:
@@ -458,7 +491,7 @@ class Runner:
             while worker.deferred:
                 message = worker.deferred[0]
                 if (not everything and message[0] in ("done", "error")
-                        and self._finished_since_claim):
+                        and (self._finished_since_claim or self._filling())):
                     return
                 worker.deferred.pop(0)
                 self._handle(worker, message, defer=False)
@@ -493,6 +526,9 @@ class Runner:
         return None
 
     def _claim_once(self) -> Job | None:
+        delay = float(os.environ.get("TUNER_INJECT_CLAIM_DELAY") or 0.0)
+        if delay > 0:
+            time.sleep(delay)
         self._put_back_stray_claims()
         with BudgetLock(self.storage, self.study_id) as lock:
             counts = state_counts(self.storage, self.study_id)
@@ -575,11 +611,16 @@ class Runner:
             self.startup_failures = 0  # counts start-up deaths in a row only
             return
         if defer and (worker.deferred or (kind in ("done", "error") and (
-                self._claim_pending or self._finished_since_claim))):
+                self._claim_pending or self._finished_since_claim or self._filling()))):
             worker.deferred.append(message)  # see _assign_jobs: one finish per claim decision
             return
         job = worker.current
         if job is None or job.number != message[1]:
+            return
+        if job.cancelled:  # skipped, or stopped at once if it had started before the stop
+            if kind in ("skipped", "done", "error"):
+                self._unclaim(job)
+                self._advance(worker)
             return
         if kind == "epochs":
             self._on_epochs(worker, job, message[2])
@@ -592,7 +633,8 @@ class Runner:
 
     def _sync_from(self, job: Job) -> int | None:
         """First epoch at which the pruner may stop ``job`` (``None``: never): the end of its
-        warmup. From there its worker waits for our decisions (at most one epoch of lag)."""
+        warmup. From there its worker runs ahead of our decisions by at most one epoch or
+        :data:`~tuner.runner.worker.LAG_SECONDS` of training, whichever is more."""
         if self.sf.study.pruner.type == "none":
             return None
         spe = job.plan.steps_per_epoch
@@ -624,12 +666,15 @@ class Runner:
         trial = job.trial
         # the curve the pruner saw: the worker may have trained on before our "stop" reached it
         history = outcome["history"][:job.prune_at]
+        steps, samples = outcome["steps"], outcome["samples_seen"]
+        if job.prune_at is not None:  # the work the trial's result stands for, not the overrun
+            steps, samples = int(history[-1]["step"]), job.prune_at * self.n_train
         attrs: dict[str, Any] = {
             "curve": {key: [h.get(key) for h in history]
                       for key in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr")},
             "wall_time": outcome["wall_time"],
-            "samples_processed": outcome["samples_seen"],
-            "steps_done": outcome["steps"],
+            "samples_processed": samples,
+            "steps_done": steps,
         }
         divergence = outcome["divergence"]
         value: float | None = None
@@ -676,9 +721,8 @@ class Runner:
 
     def _advance(self, worker: Worker) -> None:
         worker.current, worker.queued = worker.queued, None
-        if worker.current is not None:
+        if worker.current is not None and not worker.current.cancelled:
             worker.current.started = True
-        self.snap.running = max(0, self.snap.running - 1)
 
     def _finish(self, job: Job, state: TrialState, value: float | None) -> None:
         def tell() -> None:
@@ -712,7 +756,6 @@ class Runner:
         """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
         self.resilient.call(f"re-queue trial {job.number}", self._put_back, job.trial_id)
         self._release_claim(job.trial_id)
-        self.snap.running = max(0, self.snap.running - 1)
 
     def _release_claim(self, trial_id: int) -> None:
         with self._claimed_lock:
@@ -728,21 +771,25 @@ class Runner:
         if self.sf.direction == "maximize":
             return 0.0
         own = [h[self.metric] for h in history if math.isfinite(h.get(self.metric, math.nan))]
-        study_worst = 0.0
         for trial in self.study.get_trials(deepcopy=False,
                                            states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if trial._trial_id in self._worst_seen:  # a finished trial's values never change
+                continue
+            self._worst_seen.add(trial._trial_id)
             if trial.user_attrs.get("diverged"):
                 continue
             for value in (*trial.intermediate_values.values(), *(trial.values or ())):
                 if math.isfinite(value):
-                    study_worst = max(study_worst, value)
-        return max(100.0 * max(own + [math.log(10.0)]), 10.0 * study_worst)
+                    self._study_worst = max(self._study_worst, value)
+        return max(100.0 * max(own + [math.log(10.0)]), 10.0 * self._study_worst)
 
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
         why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self._handle_deferred([worker], everything=True)  # what it finished before dying is kept
-        if worker.current is not None:
+        if worker.current is not None and worker.current.cancelled:
+            self._unclaim(worker.current)
+        elif worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
             # A trial that kills its worker (the OOM killer, a crash in native code) counts
@@ -752,7 +799,6 @@ class Runner:
                                         f"worker died ({why}); re-queued")
         if worker.queued is not None:
             self._unclaim(worker.queued)
-        self.snap.running = max(0, self.snap.running - len(worker.jobs()))
         worker.current = worker.queued = None
         worker.conn.close()
         index = self.workers.index(worker)
@@ -901,8 +947,10 @@ class Runner:
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
         s = self.snap
         s.complete, s.pruned = counts[TrialState.COMPLETE], counts[TrialState.PRUNED]
-        s.failed, s.running = counts[TrialState.FAIL], counts[TrialState.RUNNING]
-        s.waiting = counts[TrialState.WAITING]
+        with self._claimed_lock:
+            ours = len(self._claimed)
+        s.failed, s.waiting = counts[TrialState.FAIL], counts[TrialState.WAITING]
+        s.elsewhere = max(0, counts[TrialState.RUNNING] - ours)
         best = self._best()
         if best is not None:
             s.best_value, s.best_number, s.best_params = best.value, best.number, dict(best.params)

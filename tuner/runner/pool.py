@@ -28,6 +28,7 @@ class Job:
     prune_at: int | None = None
     lost: bool = False  # another runner failed it as stale: discard its result
     finished: bool = False  # its worker reported the end (done/error); saving it may be pending
+    cancelled: bool = False  # not to be run after all (timeout, fail-fast): back to the queue
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property

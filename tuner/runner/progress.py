@@ -25,7 +25,7 @@ class Snapshot:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
-    running: int = 0  # RUNNING in the study (every runner's, claimed or training)
+    elsewhere: int = 0  # RUNNING in the study but claimed by other runners
     waiting: int = 0
     training: int = 0  # this runner's trials in training
     queued_here: int = 0  # this runner's claimed trials waiting for a worker
@@ -141,8 +141,7 @@ class Display:
 def _running_text(s: Snapshot) -> str:
     """``training 2 · next 2`` (this runner), ``· 3 in other runners`` if any."""
     text = f"training {s.training}" + (f" · next {s.queued_here}" if s.queued_here else "")
-    elsewhere = s.running - s.training - s.queued_here
-    return text + (f" · {elsewhere} in other runners" if elsewhere > 0 else "")
+    return text + (f" · {s.elsewhere} in other runners" if s.elsewhere > 0 else "")
 
 
 def _short(value: Any) -> str:

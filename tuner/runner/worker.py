@@ -6,7 +6,9 @@ seed, epochs, dtype, sync_from)``, ``("ack", job_id, epoch)``, ``("stop", job_id
 ``("exit",)``. Worker -> runner: ``("ready", pid)``, ``("epochs", job_id, [metrics, ...])``
 with the epochs finished since the last such message (at most ``SEND_EVERY`` seconds apart:
 one message per millisecond-short epoch would cost more than the epoch), then ``("done",
-job_id, outcome)`` or ``("error", job_id, type, message, traceback)``.
+job_id, outcome)`` or ``("error", job_id, type, message, traceback)``. A ``stop`` for a job
+that has not started yet (the runner's next one, which it no longer wants run: its timeout
+passed) cancels it: it is answered with ``("skipped", job_id)`` instead of being trained.
 The worker does not wait for the runner's answer to an epoch report, except that from epoch
 ``sync_from`` on (where the pruner may act; ``None``: never) it stays at most one epoch or
 ``LAG_SECONDS`` of training, whichever is more, ahead of the acknowledged epochs: a pruned trial
@@ -69,6 +71,7 @@ def worker_main(conn: Connection, blas_threads: int = 1) -> None:
     data: SharedData = first[1]
     arrays, blocks = data.attach()
     inbox: deque[tuple] = deque()
+    cancelled: set[int] = set()  # jobs stopped before they started
     try:
         kernels.warm_up(arrays["X_train"].dtype)
         conn.send(("ready", os.getpid()))
@@ -76,7 +79,12 @@ def worker_main(conn: Connection, blas_threads: int = 1) -> None:
             message = inbox.popleft() if inbox else conn.recv()
             if message[0] == "exit":
                 break
-            if message[0] == "run":
+            if message[0] == "stop":
+                cancelled.add(message[1])
+            elif message[0] == "run" and (message[1] in cancelled or ("stop", message[1]) in inbox):
+                cancelled.discard(message[1])
+                conn.send(("skipped", message[1]))
+            elif message[0] == "run":
                 _run(conn, inbox, arrays, *message[1:])
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the runner is gone
@@ -115,15 +123,16 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
 
     def handle(message: tuple) -> bool:
         nonlocal acked
-        if message[0] in ("ack", "stop"):
-            if message[1] == job_id:
-                acked = max(acked, message[2]) if message[0] == "ack" else acked
-                return message[0] == "stop"
-            return False
-        inbox.append(message)  # the next job, or "exit"
+        if message[0] in ("ack", "stop") and message[1] == job_id:
+            acked = max(acked, message[2]) if message[0] == "ack" else acked
+            return message[0] == "stop"
+        if message[0] == "ack":
+            return False  # a late answer about an earlier job
+        inbox.append(message)  # the next job, a stop for it, or "exit"
         return message[0] == "exit"
 
     started = sent_at = time.perf_counter()
+    waited = 0.0  # blocked on the runner's decisions: not training time
     unsent: list[dict[str, float]] = []
 
     def send_epochs() -> None:
@@ -134,19 +143,23 @@ def _run(conn: Connection, inbox: deque, arrays: dict, job_id: int, params: dict
         sent_at = time.perf_counter()
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        nonlocal waited
         unsent.append(metrics)
         now = time.perf_counter()
         # Where the pruner may act, run ahead of its decisions by at most one epoch or
         # LAG_SECONDS of training, whichever is more.
-        lag = max(1, int(LAG_SECONDS * epoch / max(now - started, 1e-9)))
+        lag = max(1, int(LAG_SECONDS * epoch / max(now - started - waited, 1e-9)))
         pruner_acts = sync_from is not None and epoch >= sync_from
         if now - sent_at >= SEND_EVERY or (pruner_acts and acked < epoch - lag):
             send_epochs()
         stop = False
         while conn.poll():
             stop = handle(conn.recv()) or stop
-        while not stop and pruner_acts and acked < epoch - lag:
-            stop = handle(conn.recv())
+        if not stop and pruner_acts and acked < epoch - lag:
+            blocked = time.perf_counter()
+            while not stop and acked < epoch - lag:
+                stop = handle(conn.recv())
+            waited += time.perf_counter() - blocked
         return stop
 
     try:
