@@ -17,7 +17,8 @@ message that says what is wrong and where.
 The prepared splits of the bundled sets are cached (a few hundred kB each, in
 ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``, else ``~/.cache/tuner``; an empty
 ``TUNER_CACHE_DIR`` turns it off): loading them again skips importing scikit-learn, which is most
-of a short command's start-up. The key holds every argument and scikit-learn's version.
+of a short command's start-up. The key holds every argument and the versions of scikit-learn
+and tuner.
 """
 
 from __future__ import annotations
@@ -257,8 +258,11 @@ def _cache_file(name: str, **args: Any) -> Path | None:
         sklearn_version = version("scikit-learn")
     except PackageNotFoundError:
         return None
+    from tuner import __version__
+
+    # tuner's version too: a release may prepare the splits differently
     key = json.dumps({"name": name, **args, "scikit-learn": sklearn_version,
-                      "format": _CACHE_FORMAT}, sort_keys=True)
+                      "tuner": __version__, "format": _CACHE_FORMAT}, sort_keys=True)
     return folder / "splits" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
