@@ -483,6 +483,23 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     assert rerun.returncode == 0, rerun.stderr
     assert states(sqlite_url, "fresh")["RUNNING"] == 0  # recovered as orphans
 
+    # twice during a (slowed) claim: the claim is abandoned, and the message says it may leave
+    # a trial RUNNING too
+    slow = write_study(tmp_path / "c.toml", name="claims", n_trials=6, epochs=LONG_EPOCHS,
+                       space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(slow), "--storage", sqlite_url],
+                            env=tuner_env(TUNER_INJECT_CLAIM_DELAY="3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_running(sqlite_url, "claims", proc)  # the first claim; the next one is under way
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "(and maybe the trial of a claim that was in progress) stay RUNNING" in flat(err), err
+    rerun = tuner("run", slow, "--storage", sqlite_url, "--timeout", "0.001", "-q")
+    assert states(sqlite_url, "claims")["RUNNING"] == 0, rerun.stderr
+
 
 def test_the_live_panel_tells_training_from_claimed_and_other_runners_trials():
     """"running 5" with 2 workers counted claimed-but-not-started trials (and other runners')."""

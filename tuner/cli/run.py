@@ -344,8 +344,12 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
                                  f"({result.fail_fast_error}; out of memory? see `dmesg`)")
     reason = messages.get(result.reason, f"interrupted by {result.reason}: running trials were "
                                          "marked FAIL and re-queued; run the same command to continue")
-    if result.reason in ("SIGINT", "SIGTERM") and (result.hurried or result.unsaved):
+    if result.reason in ("SIGINT", "SIGTERM") and (result.hurried or result.unsaved
+                                                    or result.claim_abandoned):
         left = ", ".join(f"#{n}" for n in result.unsaved)
+        if result.claim_abandoned:  # it may not have created its trial yet
+            left = (f"{left} (and maybe the trial of a claim that was in progress)" if left
+                    else "the trial of a claim that was in progress, if it was created,")
         reason = (f"interrupted by {result.reason}" + (" twice: clean-up skipped" if result.hurried
                                                       else "") +
                   (f"; {left} stay RUNNING until the next `tuner run` (or `tuner doctor "

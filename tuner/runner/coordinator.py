@@ -112,6 +112,7 @@ class RunResult:
     fail_fast_error: str | None = None
     unsaved: list[int] = field(default_factory=list)  # left RUNNING (clean-up skipped or failed)
     hurried: bool = False  # a second signal skipped the clean-up
+    claim_abandoned: bool = False  # a claim in progress was left: its trial may stay RUNNING
 
     @property
     def exit_code(self) -> int:
@@ -151,6 +152,7 @@ class Runner:
         self._hurry = False  # a second signal: skip the clean-up's database writes
         self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
         self._unsaved_finished = 0     # ... of which training had finished (results lost)
+        self._claim_abandoned = False
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.startup_failures = 0
@@ -233,7 +235,8 @@ class Runner:
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
                          counts, best, self.resilient.retries, error,
-                         unsaved=sorted(set(self._unsaved)), hurried=self._hurry)
+                         unsaved=sorted(set(self._unsaved)), hurried=self._hurry,
+                         claim_abandoned=self._claim_abandoned)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -867,6 +870,11 @@ class Runner:
             result = self._claim_results.get_nowait()
             if isinstance(result, Job):
                 self._ready.append(result)
+            self._claim_pending = False
+        # a claim still in progress (hurried, or a database that hangs) may leave its trial
+        # RUNNING; stale-trial recovery fails and re-queues it like the unsaved ones
+        self._claim_abandoned = self._claim_pending and self._claimer is not None \
+            and self._claimer.is_alive()
         self._claim_pending = False
         lost = skip_writes
 
