@@ -169,6 +169,39 @@ def test_health_says_when_the_database_is_gone(pg_url):
         assert dash.get("/tuner/live")[0] == 200  # alive: a restart would not help
 
 
+def test_health_and_error_pages_show_one_line_of_an_error_and_no_credentials():
+    """A driver error can span lines (SQL, parameters, connection details) and name the
+    database with its password: the health check and the internal-error page show only its
+    first line, with every credential masked, to anyone who can reach the server."""
+    from types import SimpleNamespace
+
+    import sqlalchemy
+
+    from tuner.dashboard.server import TunerViews
+
+    secret = "s3cr3t-pw"
+    url = f"postgresql+psycopg://tuner:{secret}@db.internal:5432/studies"
+    error = sqlalchemy.exc.OperationalError("SELECT 1", {}, RuntimeError(
+        f'connection to "{url}" failed: FATAL: too many clients\n'
+        f"DETAIL: dsn password={secret} host=db.internal\nHINT: raise max_connections"))
+
+    def fail(*_args: Any) -> None:
+        raise error
+
+    engine = SimpleNamespace(url=sqlalchemy.engine.make_url(url), connect=fail)
+    storage = SimpleNamespace(backend=SimpleNamespace(engine=engine), get_all_studies=fail)
+    views = TunerViews(storage, url)  # even a URL given as the text shown is masked
+    status, body, _, _ = views.health()
+    assert status.startswith("503") and body.count("\n") == 1, body
+    assert secret not in body and "DETAIL" not in body and "too many clients" in body
+    assert "tuner:***@db.internal" in body
+    seen: dict[str, Any] = {}
+    page = b"".join(views({"PATH_INFO": "/tuner/api/studies", "REQUEST_METHOD": "GET"},
+                          lambda status, headers: seen.update(status=status))).decode()
+    assert seen["status"].startswith("500") and "too many clients" in page
+    assert secret.encode() not in page.encode() and "DETAIL" not in page and "HINT" not in page
+
+
 def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp_path):
     # files the server must never read for a request: a TOML file with a secret key, a non-TOML
     # file, both outside the dashboards folders, reachable by absolute and by relative paths

@@ -46,6 +46,8 @@ from tuner.dashboard.html import jsonable, list_page, plotly_js, plotly_version
 from tuner.dashboard.report import render_study_view
 from tuner.dashboard.spec import DashboardError, available_dashboards, load_dashboard
 from tuner.errors import StudyNotFoundError, TunerError
+from tuner.storage.resilience import first_line
+from tuner.storage.urls import mask_url
 
 log = logging.getLogger("tuner.dashboard")
 
@@ -63,7 +65,8 @@ class TunerViews:
     def __init__(self, storage: Any, storage_text: str, folder: str | Path | None = None,
                  cache_size: int = 32) -> None:
         self.storage = storage
-        self.storage_text = storage_text
+        # shown on every page and by the health check: never a password, even if given a URL
+        self.storage_text = mask_url(storage_text) if "://" in storage_text else storage_text
         self.folder = folder
         self._cache: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
         self._cache_size = cache_size
@@ -91,7 +94,8 @@ class TunerViews:
         except Exception as exc:  # a bug: log it, answer with a page rather than a dropped connection
             log.error("GET %s failed:\n%s", path, traceback.format_exc())
             status, body, ctype, headers = ("500 Internal Server Error",
-                                            _error_page("Internal error", f"{type(exc).__name__}: {exc}",
+                                            _error_page("Internal error",
+                                                        f"{type(exc).__name__}: {self._scrubbed(exc)}",
                                                         "see the server's log"), HTML, [])
         return self._send(start_response, status, body, ctype, method, headers)
 
@@ -148,14 +152,20 @@ class TunerViews:
                 with backend.engine.connect() as conn:
                     conn.execute(sqlalchemy.text("SELECT 1"))
         except Exception as exc:
-            root: BaseException = exc
-            while getattr(root, "orig", None) is not None or root.__cause__ is not None:
-                root = getattr(root, "orig", None) or root.__cause__  # type: ignore[assignment]
-            reason = " ".join(str(root).split())[:300] or type(root).__name__
+            reason = self._scrubbed(exc)
             log.warning("health check: %s does not answer: %s", self.storage_text, reason)
             return ("503 Service Unavailable", f"database unreachable: {self.storage_text}: {reason}\n",
                     "text/plain; charset=utf-8", [("Cache-Control", "no-store")])
         return "200 OK", "ok\n", "text/plain; charset=utf-8", [("Cache-Control", "no-store")]
+
+    def _scrubbed(self, exc: BaseException) -> str:
+        """What may be shown of ``exc`` to anyone who can reach the server: the first line of
+        the error it wraps, with the storage's password (and any other credentials) masked.
+        Driver errors can span lines (SQL, parameters, connection details)."""
+        backend = getattr(self.storage, "backend", None)
+        engine = getattr(backend, "engine", None)
+        url = engine.url.render_as_string(hide_password=False) if engine is not None else ""
+        return first_line(exc, url) or type(exc).__name__
 
     def nights(self) -> dict[int, dict[str, Any]]:
         """Study id -> ``{"night": ..., "verdict": ...}`` for every night of a nightly sweep (one

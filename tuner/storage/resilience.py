@@ -132,10 +132,16 @@ class Resilient:
 
 
 def first_line(exc: BaseException, url: str) -> str:
-    """The first line of the error ``exc`` wraps (no SQLAlchemy background link), without
-    ``url``'s password, at most 200 characters: for one-line log messages."""
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
+    """The first line of the error ``exc`` wraps (the driver's, through SQLAlchemy's ``orig``
+    and ``raise ... from``; no SQLAlchemy background link), without ``url``'s password or any
+    other ``user:password@`` / ``password=``, at most 200 characters: for one-line log messages
+    and anything shown to a user."""
+    root, seen = exc, {id(exc)}
+    while True:
+        inner = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            break
+        root = inner
+        seen.add(id(root))
     lines = str(root).strip().splitlines()
     return scrub(lines[0] if lines else type(root).__name__, url)[:200]
