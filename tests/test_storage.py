@@ -417,6 +417,45 @@ def test_a_fail_retried_after_a_lost_answer_still_queues_the_retry(storage_url):
     assert not fail_trial(storage, other, "worker process died (test)", retry=True, max_retry=2)
 
 
+def test_failing_a_trial_decides_its_retry_without_touching_the_cached_trial(storage_url):
+    """``fail_trial`` used to write the new ``fail_reason`` into the trial ``get_trial``
+    returned to decide its retry, and for a trial the cache holds as finished (another runner
+    finished it after a sweep listed it as stale) that is the cache's own object: the cache then
+    showed a COMPLETE trial with a FAIL reason the database never had. Whether the failure is
+    an interruption (no retry budget used) is an explicit flag, recorded with the FAIL, so
+    queuing the retry decides the same."""
+    from tuner.storage.coordination import ATTR_INTERRUPTED, enqueue_retry, fail_trial
+
+    storage, other = open_storage(storage_url), open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    other_study = optuna.load_study(study_name="s", storage=other)
+    done = owned_trial(other, other_study, 0.3)
+    assert other.set_trial_state_values(done, TrialState.COMPLETE, [0.5])
+    storage.refresh(study._study_id)
+    cached = storage.get_all_trials(study._study_id, deepcopy=False)[0]
+    assert storage.get_trial(done) is cached  # the cache's own object
+    before = dict(cached.user_attrs)
+    assert not fail_trial(storage, done, "stale heartbeat: test", retry=True, max_retry=2)
+    assert cached.user_attrs == before and cached.state == TrialState.COMPLETE
+    assert storage.get_trial(done).user_attrs == before
+
+    trial_id = owned_trial(storage, study, 0.1)
+    storage.release(trial_id)  # its runner died
+    # max_retry = 0: only an interruption is re-queued; the reason does not say so, the flag does
+    assert fail_trial(storage, trial_id, "runner stopped", retry=True, max_retry=0, interrupted=True)
+    failed = storage.backend.get_trial(trial_id)
+    assert failed.user_attrs[ATTR_INTERRUPTED] is True and failed.user_attrs["retry_wanted"]
+    assert enqueue_retry(study, failed, 0)
+    # not an interruption, although the reason reads like one: counted, so not re-queued
+    retry = study.ask()
+    assert retry.params == {"lr": 0.1}
+    assert fail_trial(storage, retry._trial_id, "interrupted by a test", retry=True, max_retry=0,
+                      interrupted=False)
+    failed = storage.backend.get_trial(retry._trial_id)
+    assert failed.user_attrs[ATTR_INTERRUPTED] is False and "retry limit" in failed.user_attrs["no_retry"]
+    assert not enqueue_retry(study, failed, 0)
+
+
 def test_a_retry_is_queued_once_however_often_it_is_asked_for(storage_url):
     """Two runners' sweeps, a runner's own enqueue and a sweep, or an enqueue retried after its
     commit was not heard of: one retry, never two (they ran the same configuration twice)."""

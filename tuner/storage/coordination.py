@@ -43,6 +43,9 @@ ATTR_RETRY_WANTED = "retry_wanted"
 ATTR_NO_RETRY = "no_retry"
 # system attribute of a retry: failures of its configuration that used the retry budget
 ATTR_FAILURES = "tuner.failures"
+# user attribute of a FAIL by Ctrl-C / SIGTERM (uses no retry budget)
+ATTR_INTERRUPTED = "interrupted"
+INTERRUPTED_PREFIX = "interrupted by"
 
 
 def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]:
@@ -98,43 +101,63 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def retry_decision(trial: FrozenTrial, max_retry: int) -> str | None:
+def retry_decision(trial: FrozenTrial, max_retry: int, *,
+                   interrupted: bool | None = None) -> str | None:
     """Why ``trial`` (failed by an infrastructure fault) gets no retry, or ``None`` if it does.
 
     The retry budget counts the failures of a configuration's chain that were not
     interruptions: a trial failed by Ctrl-C / SIGTERM (``interrupted by ...``) is re-queued
     without using it, so a configuration interrupted three times is not dropped, while a stale
-    heartbeat, an orphaned trial or a dead worker each use one of ``max_retry`` retries."""
+    heartbeat, an orphaned trial or a dead worker each use one of ``max_retry`` retries.
+    ``interrupted``: whether ``trial``'s own failure is an interruption, for a trial that is
+    being failed (``None``: as its stored FAIL says)."""
     if not trial.params:
         return "no parameters to retry: it failed before its configuration was saved"
-    used = _failures_counted(trial)
+    used = _failures_counted(trial, interrupted)
     if used > max_retry:
         return (f"retry limit reached: its configuration failed {used} times "
                 f"(max_retry = {max_retry}, interruptions not counted)")
     return None
 
 
-def _failures_counted(trial: FrozenTrial) -> int:
-    """Budget-using failures of ``trial``'s chain, ``trial``'s own included."""
+def is_interruption(reason: str) -> bool:
+    """Whether a ``fail_reason`` is a Ctrl-C / SIGTERM interruption (``interrupted by ...``)."""
+    return reason.startswith(INTERRUPTED_PREFIX)
+
+
+def _failures_counted(trial: FrozenTrial, interrupted: bool | None = None) -> int:
+    """Budget-using failures of ``trial``'s chain, ``trial``'s own included. ``interrupted``:
+    whether ``trial``'s own failure was an interruption; ``None``: as its FAIL recorded it
+    (:data:`ATTR_INTERRUPTED`, or for trials failed by an older tuner its ``fail_reason``)."""
     before = trial.system_attrs.get(ATTR_FAILURES)
     if before is None:  # a retry queued by an older tuner (or Optuna): every failure counted
         before = len(trial.system_attrs.get("retry_history", []))
-    interrupted = str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted by")
+    if interrupted is None:
+        interrupted = bool(trial.user_attrs.get(
+            ATTR_INTERRUPTED, is_interruption(str(trial.user_attrs.get("fail_reason", "")))))
     return int(before) + (0 if interrupted else 1)
 
 
 def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: bool = False,
-               max_retry: int | None = None, **attrs: Any) -> bool:
+               max_retry: int | None = None, interrupted: bool | None = None,
+               **attrs: Any) -> bool:
     """Mark a RUNNING trial FAIL with ``fail_reason`` (and ``attrs``) as user attributes, in one
     transaction. Returns ``False`` if it was no longer RUNNING (someone else finished it).
     ``retry``: the caller queues a retry next. Whether it will (``retry_wanted``) or why not
     (``no_retry``: no parameters, or the retry limit) is recorded with the FAIL, so
     :func:`requeue_missing_retries` can queue it if the connection drops in between, and
-    `tuner doctor` can say why a configuration was dropped."""
+    `tuner doctor` can say why a configuration was dropped. ``interrupted``: the failure is a
+    Ctrl-C / SIGTERM interruption, which uses no retry budget (recorded as
+    :data:`ATTR_INTERRUPTED`); ``None``: when ``reason`` says ``interrupted by ...``."""
+    if interrupted is None:
+        interrupted = is_interruption(reason)
+    if interrupted or is_interruption(reason):  # (so that the stored FAIL says what was decided)
+        attrs[ATTR_INTERRUPTED] = interrupted
     if retry:
-        trial = storage.get_trial(trial_id)
-        trial.user_attrs["fail_reason"] = reason
-        why_not = retry_decision(trial, max_retry if max_retry is not None else 10**9)
+        # (a cached trial may be the cache's own object: read it, never write to it)
+        why_not = retry_decision(storage.get_trial(trial_id),
+                                 max_retry if max_retry is not None else 10**9,
+                                 interrupted=interrupted)
         if why_not is None:
             attrs[ATTR_RETRY_WANTED] = True
         else:
