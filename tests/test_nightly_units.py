@@ -160,6 +160,54 @@ def test_edge_cases_first_night_no_result_and_unknown_cause():
     assert (diverged.verdict, diverged.cause) == ("regression", "data")
 
 
+def test_an_incumbent_that_diverges_on_tonights_data_is_said_to_have_diverged(monkeypatch):
+    """Re-trained on tonight's data, the incumbent diverged (or its metric is not finite): the
+    verdict says so in words, never 'lost -inf' or a nan."""
+    from types import SimpleNamespace
+
+    from tuner.nightly import regression
+    from tuner.nightly.figures import verdict_markdown
+    from tuner.nightly.regression import Verdict
+
+    for incumbent in ({"incumbent_diverged": True}, {"incumbent_tonight": float("nan")},
+                      {"incumbent_tonight": float("-inf")}):
+        j = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9, **incumbent)
+        assert (j.verdict, j.cause) == ("regression", "data") and j.incumbent_diverged, incumbent
+        message = _message(j, "val_accuracy")
+        assert message.startswith("the incumbent diverged when re-trained on tonight's data")
+        assert "below the baseline" in message and "inf" not in message and "nan" not in message
+    within = judge("maximize", 0.9, [0.9, 0.9], RULE, incumbent_stored=0.9, incumbent_diverged=True)
+    assert (within.verdict, within.cause) == ("regression", "data")
+    assert "although tonight is +0.0000 from the baseline" in _message(within, "val_accuracy")
+    better = judge("maximize", 0.99, [0.9, 0.9], RULE, incumbent_stored=0.9, incumbent_diverged=True)
+    assert better.verdict == "improvement" and "the incumbent diverged" in _message(better, "x")
+
+    inc = {"night": "d-2026-11-24", "trial": 3, "value": 0.9, "tonight": None, "diverged": True,
+           "error": "diverged: loss became non-finite at update 12"}
+    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j, "val_accuracy"),
+                      metric="val_accuracy", direction="maximize", tonight=0.5, tonight_trial=1,
+                      baseline={}, incumbent=inc, delta=j.delta, drift=j.drift,
+                      available=j.available, computed_at="2026-11-25T03:00:00+00:00")
+    lines = "\n".join(verdict.lines())
+    assert "re-trained on tonight's data: diverged: loss became non-finite at update 12" in lines
+    assert "inf" not in lines.replace("non-finite", "")
+    assert verdict.as_dict()["drift"] is None
+    study = SimpleNamespace(study_name="d-2026-11-25", user_attrs={
+        ATTR_VERDICT: verdict.as_dict(), ATTR_NIGHT: {"base": "d", "date": "2026-11-25"}})
+    md = verdict_markdown(SimpleNamespace(study=study, options={}))
+    assert "| incumbent drift | none: it diverged |" in md
+    assert "| incumbent re-trained on tonight's data | diverged: loss became non-finite" in md
+
+    # a metric that is not finite although training did not flag a divergence is one too
+    result = SimpleNamespace(diverged=False, history=[{"val_loss": float("inf")}])
+    monkeypatch.setattr(regression, "fit", lambda *a, **k: result)
+    sf = SimpleNamespace(model=SimpleNamespace(epochs=1, dtype="float64"),
+                         study=SimpleNamespace(metric="val_loss"))
+    splits = SimpleNamespace(X_train=None, y_train=None, X_val=None, y_val=None)
+    assert regression.reevaluate({}, 0, sf, splits) == (
+        None, True, "diverged: its final val_loss is inf")
+
+
 # --- trend axes -------------------------------------------------------------------------------
 
 def test_trend_axes_show_whole_days_and_uncrowded_log_ticks():

@@ -255,7 +255,8 @@ def history(base: Annotated[str, typer.Argument(
                       str(r.choice("batch_scaling") or "-"),
                       fmt(r.choice("lr"), 3) if r.choice("lr") is not None else "-",
                       f"[{style}]{verdict}[/]" if style else verdict,
-                      fmt(v.get("drift")) if v.get("drift") is not None else "-",
+                      ("diverged" if (v.get("incumbent") or {}).get("diverged")
+                       else fmt(v.get("drift")) if v.get("drift") is not None else "-"),
                       str(r.counts.get("COMPLETE", 0)), str(r.counts.get("PRUNED", 0)),
                       str(r.counts.get("FAIL", 0)), warm_text)
     out.print(table)

@@ -270,7 +270,9 @@ def verdict_markdown(ctx: Any) -> str:
         lines += [f"| incumbent `{inc.get('night')}` #{inc.get('trial')}{scored} | "
                   f"{_f(inc.get('value'))} |",
                   f"| incumbent re-trained on tonight's data | {again} |",
-                  f"| incumbent drift | {_f(v.get('drift'), signed=True)} |"]
+                  "| incumbent drift | "
+                  + ("none: it diverged" if inc.get("diverged") else _f(v.get("drift"), signed=True))
+                  + " |"]
     if nights:
         lines += ["", "Baseline nights: " + ", ".join(
             f"{n['date']} ({_f(n.get('value', n.get('best')))})" for n in nights)]

@@ -28,6 +28,9 @@ After a night's sweep, tonight is compared with a **baseline**: the last
   that may stop it.)
 - *Available tonight*: the better of tonight's best and the re-evaluated incumbent: the best
   configuration the team could ship this morning.
+- An incumbent that *diverges* on tonight's data (or whose metric is not finite) has no value:
+  its drift is ``-inf`` (a data regression, unless tonight is an improvement) and the message
+  says that it diverged, never a number.
 
 Verdict (signs are such that positive is better, for maximized and minimized metrics alike),
 checked in this order:
@@ -87,6 +90,7 @@ class Judgement:
     sweep_delta: float | None  # tonight's sweep best - level, positive = better
     drift: float | None  # incumbent re-evaluated - incumbent stored, positive = better
     available: float | None
+    incumbent_diverged: bool = False  # re-trained on tonight's data, it diverged: no value
 
 
 MAD_SCALE = 1.4826  # MAD x this estimates the standard deviation of normal noise
@@ -114,8 +118,11 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
           incumbent_diverged: bool = False) -> Judgement:
     """The verdict from the numbers (see the module docs). ``baseline``: the value of each
     baseline night; ``incumbent_*``: the incumbent's value on its night's data and re-trained
-    on tonight's data (``None``: not re-evaluated)."""
+    on tonight's data (``None``: not re-evaluated). A non-finite re-evaluation is a divergence:
+    the incumbent is as bad as it gets on tonight's data (drift ``-inf``), not a number."""
     sign = 1.0 if direction == "maximize" else -1.0
+    if incumbent_tonight is not None and not math.isfinite(incumbent_tonight):
+        incumbent_tonight, incumbent_diverged = None, True
     drift = None
     if incumbent_diverged and incumbent_stored is not None:
         drift = -math.inf
@@ -123,10 +130,12 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
         drift = sign * (incumbent_tonight - incumbent_stored)
     candidates = [v for v in (tonight, incumbent_tonight) if v is not None and math.isfinite(v)]
     available = (max if sign > 0 else min)(candidates) if candidates else None
+    diverged = incumbent_diverged and incumbent_stored is not None
     if tonight is None:
-        return Judgement("no_result", None, None, None, None, None, None, drift, available)
+        return Judgement("no_result", None, None, None, None, None, None, drift, available, diverged)
     if not baseline:
-        return Judgement("ok", "no_baseline", None, None, None, None, None, drift, available)
+        return Judgement("ok", "no_baseline", None, None, None, None, None, drift, available,
+                         diverged)
     level = statistics.median(baseline)
     spread = robust_spread(baseline)
     margin = noise_margin(level, spread, rule)
@@ -143,7 +152,8 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
     else:
         verdict = "regression"
         cause = "data" if drift is not None and drift < -tol else "unknown"
-    return Judgement(verdict, cause, level, spread, margin, delta, sweep_delta, drift, available)
+    return Judgement(verdict, cause, level, spread, margin, delta, sweep_delta, drift, available,
+                     diverged)
 
 
 @dataclass
@@ -195,7 +205,7 @@ class Verdict:
             if inc.get("tonight") is not None:
                 again = f"{f(inc['tonight'])} (drift {_signed(self.drift)})"
             elif inc.get("diverged"):
-                again = "diverged"
+                again = inc.get("error") or "diverged"
             else:
                 again = f"not re-evaluated ({inc.get('error')})"
             on = f" on {inc['scored_on']}'s data" if inc.get("scored_on") else ""
@@ -230,6 +240,9 @@ def _finite(data: Any) -> Any:
     return data
 
 
+DIVERGED = "the incumbent diverged when re-trained on tonight's data"
+
+
 def _message(j: Judgement, metric: str) -> str:
     if j.verdict == "no_result":
         return "tonight has no COMPLETE trial: nothing to compare"
@@ -240,13 +253,19 @@ def _message(j: Judgement, metric: str) -> str:
         if j.cause == "data":
             return (f"{d} above the baseline (margin {m}); the incumbent itself improved by "
                     f"{_signed(j.drift)} on tonight's data: the data got easier")
-        return f"{d} above the baseline (margin {m}): tonight's sweep found a better configuration"
+        return (f"{d} above the baseline (margin {m}): tonight's sweep found a better configuration"
+                + (f"; {DIVERGED}" if j.incumbent_diverged else ""))
     if j.verdict == "ok":
         if j.cause == "search":
             return (f"search shortfall: tonight's sweep is {_signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
                     "data (search luck, not a regression; if it recurs, raise the nightly budget)")
         return f"within the margin of the baseline ({d}, margin {m})"
+    if j.cause == "data" and j.incumbent_diverged:
+        return (f"{DIVERGED}, so it has no value to compare: data (or code) drift"
+                + (f", although tonight is {d} from the baseline (margin {m})"
+                   if j.delta is not None and j.delta >= -j.margin
+                   else f"; tonight is {d} below the baseline (margin {m})"))
     if j.cause == "data" and j.delta is not None and j.delta >= -j.margin:
         return (f"the incumbent lost {_signed(j.drift)} on tonight's data, more than the margin "
                 f"({m}): data (or code) drift, although tonight is {d} from the baseline")
@@ -320,7 +339,10 @@ def reevaluate(config: dict[str, Any], seed: int, sf: StudyFile,
         return None, False, f"cannot train it tonight: {exc}"
     if result.diverged:
         return None, True, f"diverged: {result.divergence['reason']}"
-    return float(result.history[-1][sf.study.metric]), False, None
+    value = float(result.history[-1][sf.study.metric])
+    if not math.isfinite(value):
+        return None, True, f"diverged: its final {sf.study.metric} is {value}"
+    return value, False, None
 
 
 def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *, base: str,
