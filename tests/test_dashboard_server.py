@@ -370,7 +370,7 @@ def test_a_nights_page_shows_its_verdict_and_follows_the_sweep(tmp_path):
         # the night's own verdict changes: the page follows at once
         _set_verdict(url, name, _verdict("regression", "data", "the incumbent lost 0.05"))
         page = dash.text(f"/tuner/studies/{name}")
-        assert "<strong>REGRESSION</strong> (data)" in page and "the incumbent lost 0.05" in page
+        assert "<strong>REGRESSION (data)</strong>" in page and "the incumbent lost 0.05" in page
         assert "regression (data)" in dash.text("/")
         # another night's verdict changes: the trend on this night's page shows it
         _set_verdict(url, f"nt-{DAY - timedelta(days=1)}", _verdict("improvement", "search"))

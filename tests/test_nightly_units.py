@@ -23,6 +23,7 @@ from tuner.nightly.nights import (
     schedule_lines,
     schedule_summary,
     today,
+    verdict_label,
 )
 from tuner.nightly.regression import EXIT_CODES, _message, judge, noise_margin
 from tuner.nightly.scheduler import (
@@ -225,6 +226,24 @@ def test_trend_axes_show_whole_days_and_uncrowded_log_ticks():
     assert log_ticks([None, float("nan")]) == {}
     assert verdict_key({"verdict": "ok", "cause": "search"}) == "ok (search shortfall)"
     assert verdict_key({"verdict": "regression", "cause": "data"}) == "regression"
+
+
+def test_one_verdict_label_for_every_place_that_shows_a_verdict():
+    """The study list, `tuner history`, the printed verdict, the scheduler's log and the report
+    all name a verdict with :func:`verdict_label`."""
+    from tuner.nightly.regression import Verdict
+    from tuner.nightly.scheduler import describe_night
+
+    assert verdict_label({"verdict": "ok", "cause": "search"}) == "ok (search)"
+    assert verdict_label({"verdict": "regression", "cause": "data"}, upper=True) == "REGRESSION (data)"
+    assert verdict_label({"verdict": "improvement", "cause": None}) == "improvement"
+    assert verdict_label(None) == "no verdict yet" and verdict_label({}, missing="-") == "-"
+    v = Verdict(verdict="ok", cause="search", message="search shortfall: ...", metric="m",
+                direction="maximize", tonight=0.9, tonight_trial=1, baseline={}, incumbent=None,
+                delta=0.0, drift=None, available=0.9, computed_at="2026-11-25T03:00:00+00:00")
+    assert v.lines()[-1] == "verdict: OK (search) — search shortfall: ..."
+    line = describe_night("d", date(2026, 11, 25), 0, 1.0, {"verdict": v.as_dict(), "counts": {}})
+    assert line.endswith("verdict OK (search): search shortfall: ...")
 
 
 # --- names and dates -------------------------------------------------------------------------

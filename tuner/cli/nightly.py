@@ -218,6 +218,7 @@ def history(base: Annotated[str, typer.Argument(
             storage: FileStorageOpt = None, json_out: JsonOpt = False) -> None:
     from tuner.cli.views import fmt
     from tuner.nightly.history import night_history
+    from tuner.nightly.nights import verdict_label
     from tuner.storage import describe
 
     target = base
@@ -242,9 +243,7 @@ def history(base: Annotated[str, typer.Argument(
               "ok (search)": "yellow"}
     for r in records:
         v = r.verdict or {}
-        verdict = v.get("verdict", "-")
-        if v.get("cause"):
-            verdict += f" ({v['cause']})"
+        verdict = verdict_label(v, missing="-")
         style = styles.get(verdict, styles.get(v.get("verdict", ""), ""))
         warm = r.warm_start or {}
         warm_text = (f"{len(warm.get('enqueued', []))} in, {len(warm.get('skipped', []))} skipped"

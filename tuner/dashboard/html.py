@@ -21,6 +21,7 @@ import numpy as np
 from tuner.dashboard.context import PanelContext
 from tuner.dashboard.panels import fmt, generated_at
 from tuner.dashboard.render import RenderedPanel
+from tuner.nightly.nights import verdict_label
 
 DEFAULT_HEIGHT = {"full": 480, "half": 440}
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -200,14 +201,6 @@ VERDICT_COLORS = {"regression": "#b42318", "improvement": "#067647", "ok": "#344
                   "no_result": "#b54708"}
 
 
-def verdict_text(verdict: dict[str, Any] | None) -> str:
-    """``regression (data)``, ``ok (search)``, ...; ``no verdict yet`` for a night without one."""
-    if not verdict:
-        return "no verdict yet"
-    cause = verdict.get("cause")
-    return f"{verdict.get('verdict', '?')}" + (f" ({cause})" if cause else "")
-
-
 def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards: list[str],
               nights: dict[str, dict[str, Any] | None] | None = None) -> str:
     """The study list: best value, trial counts by state, the verdict of each night of a
@@ -241,7 +234,7 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
             color = VERDICT_COLORS.get(v.get("verdict", ""), "#667085")
             title = html.escape(str(v.get("message", "")), quote=True)
             verdict = (f'<span style="color:{color};font-weight:600" title="{title}">'
-                       f"{html.escape(verdict_text(nights[r.name]))}</span>")
+                       f"{html.escape(verdict_label(nights[r.name]))}</span>")
         body.append(f'<tr data-study="{name}"><td><a href="/tuner/studies/{q}">{name}</a></td>'
                     f"<td>{html.escape(r.metric)} ({html.escape(r.direction[:3])})</td>"
                     f'<td class="num best">{best}</td><td class=num>{trial}</td>{counts}'

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tuner.nightly.history import NightRecord, night_history
-from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, base_of
+from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, base_of, verdict_label
 from tuner.storage import BufferedStorage
 
 VERDICT_STYLE = {
@@ -250,8 +250,7 @@ def verdict_markdown(ctx: Any) -> str:
         return (f"_No verdict for `{study.study_name}` yet: the night is running or was "
                 "interrupted (rerun `tuner nightly` to resume it)._")
     v, b, inc = verdict, verdict.get("baseline") or {}, verdict.get("incumbent") or {}
-    cause = f" ({v['cause']})" if v.get("cause") else ""
-    lines = [f"### Nightly verdict for `{study.study_name}`: **{v['verdict'].upper()}**{cause}",
+    lines = [f"### Nightly verdict for `{study.study_name}`: **{verdict_label(v, upper=True)}**",
              "", str(v.get("message", "")), "",
              f"| {v.get('metric', 'value')} | value |", "|---|---|",
              f"| tonight's best (trial #{v.get('tonight_trial')}) | {_f(v.get('tonight'))} |"]

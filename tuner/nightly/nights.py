@@ -10,6 +10,7 @@ regression check, written at the end of every complete run of the night).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -25,6 +26,19 @@ ATTR_WARM_START = "tuner.nightly.warm_start"
 ATTR_VERDICT = "tuner.nightly.verdict"
 
 _DATE = r"(\d{4}-\d{2}-\d{2})"
+
+
+def verdict_label(verdict: Mapping[str, Any] | None, *, upper: bool = False,
+                  missing: str = "no verdict yet") -> str:
+    """A night's verdict in a few words, everywhere it is shown: ``regression (data)``,
+    ``ok (search)`` (a search shortfall), ``improvement``; ``REGRESSION (data)`` with ``upper``;
+    ``missing`` for a night without one. ``verdict``: a stored verdict (the study user attribute
+    :data:`ATTR_VERDICT`) or anything with its ``verdict`` and ``cause`` keys."""
+    if not verdict:
+        return missing
+    name = str(verdict.get("verdict") or "?")
+    cause = verdict.get("cause")
+    return (name.upper() if upper else name) + (f" ({cause})" if cause else "")
 
 
 def schedule_of(sf: StudyFile) -> ScheduleSection:

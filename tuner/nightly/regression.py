@@ -65,7 +65,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import RegressionRule, StudyFile
 from tuner.data import Splits
-from tuner.nightly.nights import ATTR_VERDICT, list_nights
+from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
 from tuner.storage import BufferedStorage
 from tuner.study import flat_params, load_data, load_study
 from tuner.train import fit
@@ -211,8 +211,7 @@ class Verdict:
             on = f" on {inc['scored_on']}'s data" if inc.get("scored_on") else ""
             out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}{on}) re-trained "
                        f"on tonight's data: {again}")
-        out.append(f"verdict: {self.verdict.upper()}"
-                   + (f" ({self.cause})" if self.cause else "") + f" — {self.message}")
+        out.append(f"verdict: {verdict_label(vars(self), upper=True)} — {self.message}")
         return out
 
 

@@ -58,7 +58,7 @@ from apscheduler.triggers.base import BaseTrigger
 from tuner.config import StudyFile, load_study_file
 from tuner.errors import ConfigError, LockHeldError, TunerError
 from tuner.nightly.cron import cron_trigger, last_fire_time, night_of
-from tuner.nightly.nights import find_night, list_nights
+from tuner.nightly.nights import find_night, list_nights, verdict_label
 from tuner.storage import describe, open_storage, resolve_url
 
 log = logging.getLogger("tuner.scheduler")
@@ -450,8 +450,7 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
                      f"{len(warm.get('skipped', []))} skipped")
     verdict = summary.get("verdict")
     if verdict:
-        cause = f" ({verdict['cause']})" if verdict.get("cause") else ""
-        parts.append(f"verdict {verdict['verdict'].upper()}{cause}: {verdict.get('message')}")
+        parts.append(f"verdict {verdict_label(verdict, upper=True)}: {verdict.get('message')}")
     return "; ".join(parts)
 
 
