@@ -5,6 +5,8 @@ process failed is not overwritten. Also pins the Optuna internals it relies on."
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 import sqlalchemy
@@ -543,3 +545,22 @@ def test_the_retry_limit_is_enforced_and_explained_and_interruptions_do_not_use_
     failed = fail_stale_trials(study, storage, grace_seconds=0, max_retry=2, all_running=True)
     assert [(f.number, f.no_retry) for f in failed] == [
         (6, "no parameters to retry: it failed before its configuration was saved")]
+
+
+def test_the_runner_lock_says_who_holds_it(storage_url):
+    """One helper names the lock a runner holds on its study (``tuner run``, ``tuner doctor``
+    and ``tuner delete`` take the same one), and a refused lock says who holds it."""
+    from tuner.errors import LockHeldError
+    from tuner.storage.coordination import runner_lock
+
+    first, second = open_storage(storage_url), open_storage(storage_url)
+    with runner_lock(first, "s"):
+        refused = runner_lock(second, "s")
+        with pytest.raises(LockHeldError, match="study 's' is already running in another process"):
+            refused.acquire()
+        expected = "advisory lock" if "postgresql" in storage_url else f"pid {os.getpid()} on "
+        assert expected in refused.holder
+        with runner_lock(second, "other"):  # one lock per study
+            pass
+    with runner_lock(second, "s"):  # released
+        pass

@@ -31,7 +31,7 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
            json_out: JsonOpt = False) -> None:
     from optuna.trial import TrialState
 
-    from tuner.storage.coordination import NamedLock, fail_stale_trials, heartbeat_ages
+    from tuner.storage.coordination import fail_stale_trials, heartbeat_ages, runner_lock
     from tuner.study import load_study
 
     store, url = open_existing(storage)
@@ -45,7 +45,7 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     no_runner = False
     if store.backend.engine.dialect.name == "sqlite":
         try:
-            with NamedLock(store, f"run-{study}", what=f"study {study!r}"):
+            with runner_lock(store, study):
                 no_runner = True
         except LockHeldError:
             no_runner = False

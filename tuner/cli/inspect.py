@@ -166,7 +166,7 @@ def delete(study: StudyArg, storage: StorageOpt = None,
 
     from tuner.errors import LockHeldError
     from tuner.storage import describe
-    from tuner.storage.coordination import NamedLock, heartbeat_ages
+    from tuner.storage.coordination import heartbeat_ages, runner_lock
     from tuner.study import load_study
 
     store, url = open_existing(storage)
@@ -177,11 +177,11 @@ def delete(study: StudyArg, storage: StorageOpt = None,
         if store.backend.engine.dialect.name == "sqlite":
             # one runner owns a SQLite study, holding this lock; holding it ourselves also keeps
             # a runner from starting while we delete
+            lock = runner_lock(store, study)
             try:
-                stack.enter_context(NamedLock(store, f"run-{study}", what=f"study {study!r}"))
-            except LockHeldError as exc:
-                running.append(exc.message.replace(f"study {study!r} is already running in another "
-                                                   "process ", "a runner holds its lock "))
+                stack.enter_context(lock)
+            except LockHeldError:
+                running.append(f"a runner holds its lock ({lock.holder})")
         live = [age for age in heartbeat_ages(store, st._study_id).values() if age <= grace]
         if live:
             running.append(f"{len(live)} RUNNING trial(s) with a heartbeat in the last {grace:g} s")

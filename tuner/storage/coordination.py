@@ -331,6 +331,7 @@ class NamedLock:
 
     def __init__(self, storage: BufferedStorage, name: str, *, what: str) -> None:
         self.storage, self.name, self.what = storage, name, what
+        self.holder: str | None = None  # who holds it, after a failed :meth:`acquire`
         self._conn: Any = None
         self._fd: int | None = None
 
@@ -343,8 +344,9 @@ class NamedLock:
             conn.commit()
             if not got:
                 conn.close()
+                self.holder = "PostgreSQL advisory lock held"
                 raise LockHeldError(f"{self.what} is already running in another process "
-                                    "(PostgreSQL advisory lock held)")
+                                    f"({self.holder})")
             self._conn = conn
             return self
         path = _sqlite_lock_path(engine, self.name)
@@ -352,9 +354,10 @@ class NamedLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = Path(path).read_text(errors="replace").strip() or "unknown"
+            self.holder = Path(path).read_text(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LockHeldError(f"{self.what} is already running in another process ({holder})") from None
+            raise LockHeldError(f"{self.what} is already running in another process "
+                                f"({self.holder})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
@@ -381,6 +384,13 @@ class NamedLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def runner_lock(storage: BufferedStorage, study_name: str, *, what: str | None = None) -> NamedLock:
+    """The lock a runner holds on a SQLite study while it runs it (a SQLite study has exactly
+    one runner): `tuner run` takes it, `tuner doctor` tries it (free: every RUNNING trial is an
+    orphan), `tuner delete` holds it (no runner starts meanwhile)."""
+    return NamedLock(storage, f"run-{study_name}", what=what or f"study {study_name!r}")
 
 
 class BudgetLock:
