@@ -564,3 +564,25 @@ def test_the_runner_lock_says_who_holds_it(storage_url):
             pass
     with runner_lock(second, "s"):  # released
         pass
+
+
+def test_a_retry_is_queued_through_optunas_own_cache_of_the_storage_too(storage_url):
+    """``RetryCallback`` runs with whatever storage the study has, also Optuna's own cache over
+    tuner's ``RDBStorage`` (``optuna.storages.fail_stale_trials`` in another tool): the budget
+    lock found no engine on it. One ``rdb_backend`` finds the database behind any wrapper."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from tuner.storage import rdb_backend
+    from tuner.storage.coordination import enqueue_retry
+
+    storage = open_storage(storage_url)
+    cached = _CachedStorage(storage.backend)
+    assert rdb_backend(cached) is rdb_backend(storage) is storage.backend
+    assert rdb_backend(optuna.storages.InMemoryStorage()) is None
+    study = optuna.create_study(study_name="s", storage=cached)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    study.tell(trial, state=TrialState.FAIL)
+    assert enqueue_retry(study, cached.get_trial(trial._trial_id), 2)
+    assert [t.state for t in plain(storage_url).get_all_trials(study._study_id)] == \
+           [TrialState.FAIL, TrialState.WAITING]

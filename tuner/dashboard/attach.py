@@ -27,6 +27,7 @@ import sqlalchemy
 
 from tuner.dashboard.render import RenderedPanel, render_dashboard
 from tuner.dashboard.spec import load_dashboard
+from tuner.storage import rdb_backend
 
 log = logging.getLogger("tuner.dashboard")
 
@@ -79,18 +80,11 @@ def compact_figure_json(fig: Any) -> str:
     return json.dumps(spec, separators=(",", ":"))
 
 
-def _rdb_backend(storage: Any) -> Any:
-    from optuna.storages import RDBStorage
-
-    backend = getattr(storage, "backend", None) or getattr(storage, "_backend", None) or storage
-    return backend if isinstance(backend, RDBStorage) else None
-
-
 def replace_tuner_graph_objects(study: optuna.Study, attrs: dict[str, str]) -> None:
     """Replace every ``tuner-*`` graph object of ``study`` by ``attrs`` (system attribute key
     -> chunk), atomically on RDB storages."""
     storage, study_id = study._storage, study._study_id
-    backend = _rdb_backend(storage)
+    backend = rdb_backend(storage)
     if backend is None:  # e.g. in-memory storage: public API, stale chunks blanked
         old = [k for k in storage.get_study_system_attrs(study_id) if k.startswith(TUNER_PLOT_PREFIX)]
         for key, value in attrs.items():

@@ -23,6 +23,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.storage import rdb_backend
+
 
 @dataclass
 class _StudyCache:
@@ -33,14 +35,6 @@ class _StudyCache:
 
 _CACHES: dict[tuple[str, int], _StudyCache] = {}
 _GUARD = threading.Lock()
-
-
-def rdb_backend(storage: Any) -> RDBStorage | None:
-    """The ``RDBStorage`` behind ``storage`` (ours wraps it), or ``None``."""
-    for candidate in (storage, getattr(storage, "backend", None), getattr(storage, "_backend", None)):
-        if isinstance(candidate, RDBStorage):
-            return candidate
-    return None
 
 
 def read_trials(storage: Any, study_id: int) -> list[FrozenTrial] | None:

@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 
 from tuner.nightly.history import NightRecord, night_history
 from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, base_of, verdict_label
-from tuner.storage import BufferedStorage
+from tuner.storage import BufferedStorage, rdb_backend
 
 VERDICT_STYLE = {
     "regression": {"color": "#d62728", "symbol": "x", "size": 14},
@@ -92,8 +92,6 @@ def base_name(ctx: Any) -> str | None:
 
 
 def _storage(ctx: Any) -> BufferedStorage:
-    from optuna.storages import RDBStorage
-
     from tuner.storage import open_storage
 
     candidate = getattr(ctx, "storage", None)
@@ -103,13 +101,10 @@ def _storage(ctx: Any) -> BufferedStorage:
         candidate = ctx.study._storage
     if isinstance(candidate, BufferedStorage):
         return candidate
-    for attr in ("backend", "_backend"):
-        inner = getattr(candidate, attr, None)
-        if isinstance(inner, RDBStorage):
-            return BufferedStorage(inner)
-    if isinstance(candidate, RDBStorage):
-        return BufferedStorage(candidate)
-    raise ValueError("nightly views need a database storage (SQLite or PostgreSQL)")
+    backend = rdb_backend(candidate)
+    if backend is None:
+        raise ValueError("nightly views need a database storage (SQLite or PostgreSQL)")
+    return BufferedStorage(backend)
 
 
 def _records(ctx: Any) -> tuple[str | None, list[NightRecord]]:

@@ -14,7 +14,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from tuner.errors import StorageError
-from tuner.storage.buffered import BufferedStorage
+from tuner.storage.buffered import BufferedStorage, rdb_backend
 from tuner.storage.coordination import RetryCallback, sqlite_file_lock
 from tuner.storage.urls import (
     describe,
@@ -26,7 +26,7 @@ from tuner.storage.urls import (
     sqlite_path,
 )
 
-__all__ = ["open_storage", "resolve_url", "mask_url", "describe", "BufferedStorage"]
+__all__ = ["open_storage", "resolve_url", "mask_url", "describe", "BufferedStorage", "rdb_backend"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SCHEMA_LOCK_KEY = 0x7475_6E65_7273_6368  # "tunersch": one advisory lock for table creation

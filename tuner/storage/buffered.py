@@ -441,6 +441,16 @@ class BufferedStorage(_CachedStorage):
         self._last_refresh.pop(study_id, None)
 
 
+def rdb_backend(storage: Any) -> RDBStorage | None:
+    """The ``RDBStorage`` behind ``storage``: itself, or the one a :class:`BufferedStorage`
+    (``backend``) or Optuna's ``_CachedStorage`` (``_backend``) wraps; ``None`` for any other
+    storage (in-memory, journal)."""
+    for candidate in (storage, getattr(storage, "backend", None), getattr(storage, "_backend", None)):
+        if isinstance(candidate, RDBStorage):
+            return candidate
+    return None
+
+
 class _AlreadyWritten(Exception):
     """A retried write found that its earlier attempt had committed (ends the transaction)."""
 

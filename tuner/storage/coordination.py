@@ -36,7 +36,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import selectinload
 
 from tuner.errors import LockHeldError
-from tuner.storage.buffered import BufferedStorage
+from tuner.storage.buffered import BufferedStorage, rdb_backend
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
 ATTR_RETRY_WANTED = "retry_wanted"
@@ -250,8 +250,12 @@ def _insert_waiting_trial(conn: sqlalchemy.Connection, study_id: int, source: Fr
 
 
 def _engine(storage: Any) -> sqlalchemy.engine.Engine:
-    """The engine of a :class:`BufferedStorage` or of a plain ``RDBStorage``."""
-    return getattr(storage, "backend", storage).engine
+    """The engine of a :class:`BufferedStorage`, of a plain ``RDBStorage`` or of Optuna's
+    cache over one."""
+    backend = rdb_backend(storage)
+    if backend is None:
+        raise TypeError(f"tuner needs a database storage (SQLite or PostgreSQL), not {storage!r}")
+    return backend.engine
 
 
 class RetryCallback(RetryHeartbeatStaleTrialCallback):
