@@ -181,20 +181,23 @@ class BufferedStorage(_CachedStorage):
             owned.frozen.intermediate_values[step] = intermediate_value
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        owned = self._owned.get(trial_id)
-        if owned is None:
-            return super().set_trial_user_attr(trial_id, key, value)
-        with self._owned_lock:
-            owned.pending.user_attrs[key] = value
-            owned.frozen.user_attrs[key] = value
+        if not self._buffer_attr(trial_id, "user_attrs", key, value):
+            super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._buffer_attr(trial_id, "system_attrs", key, value):
+            super().set_trial_system_attr(trial_id, key, value)
+
+    def _buffer_attr(self, trial_id: int, kind: str, key: str, value: Any) -> bool:
+        """Buffer attribute ``key`` (``kind``: ``user_attrs`` or ``system_attrs``) of a trial
+        this process runs; ``False`` when it is not ours (the caller writes it through)."""
         owned = self._owned.get(trial_id)
         if owned is None:
-            return super().set_trial_system_attr(trial_id, key, value)
+            return False
         with self._owned_lock:
-            owned.pending.system_attrs[key] = value
-            owned.frozen.system_attrs[key] = value
+            getattr(owned.pending, kind)[key] = value
+            getattr(owned.frozen, kind)[key] = value
+        return True
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:

@@ -21,7 +21,7 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import selectinload
 
 from tuner.errors import LockHeldError
-from tuner.storage.buffered import BufferedStorage, rdb_backend
+from tuner.storage.buffered import BufferedStorage, _state, _utcnow, rdb_backend
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
 ATTR_RETRY_WANTED = "retry_wanted"
@@ -57,7 +57,7 @@ def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]
         rows = conn.execute(query).all()
     counts: Counter[TrialState] = Counter()
     for state, count in rows:
-        counts[state if isinstance(state, TrialState) else TrialState[state]] += count
+        counts[_state(state)] += count
     return counts
 
 
@@ -94,11 +94,6 @@ def stale_trial_ids(storage: BufferedStorage, study_id: int, grace_seconds: floa
     period; every RUNNING trial when ``all_running`` (their owner is known to be gone)."""
     return [trial_id for trial_id, age in heartbeat_ages(storage, study_id).items()
             if all_running or age > grace_seconds]
-
-
-def _utcnow() -> datetime:
-    """Naive UTC, as :class:`~tuner.storage.BufferedStorage` writes ``datetime_complete``."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def retry_decision(trial: FrozenTrial, max_retry: int, *,
