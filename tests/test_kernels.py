@@ -1,11 +1,16 @@
 """tuner.kernels: the fused mini-batch loss/gradient equals the reference losses of tuner.model
 on X[idx], in both dtypes and every shape corner (partial 4-row blocks, feature tiles, two
 classes, one row), is bit-identical on one thread or several, and keeps non-finite values
-non-finite for the divergence guard."""
+non-finite for the divergence guard; warm_up compiles every signature a worker's run uses."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -39,7 +44,7 @@ def problem(n, d, c, dtype, seed=0, scale=1.0):
 def kernel_result(loss, X, y, W, idx, *, parallel=None):
     f = BatchLossGrad(loss, X, y, W.shape[1], len(idx))
     if parallel is not None:
-        f.parallel = parallel
+        f.threads.parallel = parallel
     value, grad = f(np.ascontiguousarray(W.T), idx)
     return value, grad.T.copy()
 
@@ -159,6 +164,33 @@ def test_evaluate_equals_the_reference(n, d, loss, dtype):
     assert accuracy == ref_accuracy
 
 
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_evaluation_on_one_thread_or_several_gives_identical_bits(loss):
+    X, y, W, _ = problem(900, TILE + 40, 10, "float32", scale=0.1)  # above PARALLEL_MIN_WORK
+    Wt = np.ascontiguousarray(W.T)
+    results = []
+    for parallel in (False, True):
+        evaluator = kernels.Evaluator(X, y, loss, 10)
+        evaluator.threads.parallel = parallel
+        results.append([evaluator(Wt) for _ in range(6)])  # threads first, then one thread
+    assert results[0] == results[1] == [kernels.evaluate(Wt, X, y, loss)] * 6
+
+
+def test_an_evaluator_is_reused_across_epochs_and_checks_the_weights():
+    X, y, W, rng = problem(200, 30, 5, "float64", scale=0.3)
+    evaluator = kernels.Evaluator(X, y, "softmax", 5)
+    for _ in range(3):
+        Wt = np.ascontiguousarray(W.T)
+        assert evaluator(Wt) == kernels.evaluate(Wt, X, y, "softmax")
+        W = W + 0.1 * rng.standard_normal(W.shape)
+    with pytest.raises(ValueError, match=r"weights of shape \(4, 30\), expected \(5, 30\)"):
+        evaluator(np.zeros((4, 30)))
+    with pytest.raises(ValueError, match="weights of shape"):
+        BatchLossGrad("svm", X, y, 5, 8)(np.zeros((5, 29)), np.arange(8))
+    empty = kernels.Evaluator(X[:0], y[:0], "svm", 5)(np.zeros((5, 30)))
+    assert all(v != v for v in empty)  # NaN
+
+
 def test_evaluate_breaks_ties_like_argmax():
     X = np.ones((3, 2))
     Wt = np.zeros((4, 2))  # every class scores 0: argmax picks class 0
@@ -188,6 +220,85 @@ def test_threads_are_used_while_they_beat_one_thread():
     assert later[switched + 10:].count(True) <= 6  # threads only as ever rarer probes
     again = run_choice(choice, {True: 0.010, False: 0.020}, choice.MAX_PROBE + 100)  # idle again
     assert again[-50:] == [True] * 50
+
+
+def test_run_times_only_what_it_is_told_and_never_threads_small_work():
+    calls = []
+    kernel = kernels._Kernel(lambda a: calls.append(("serial", a)) or a,
+                             lambda a: calls.append(("parallel", a)) or a)
+    small = kernels._ThreadChoice(parallel=False)
+    assert small.run(kernel, 1) == 1 and small.calls == 0 and calls == [("serial", 1)]
+    choice = kernels._ThreadChoice()
+    assert choice.run(kernel, 2, timed=False) == 2
+    assert choice.calls == 1 and choice.seen == {True: 0, False: 0}  # picked, not timed
+    choice.run(kernel, 3)
+    assert sum(choice.seen.values()) == 1
+    if numba.get_num_threads() > 1:
+        assert calls[1:] == [("parallel", 2), ("parallel", 3)]  # threads are tried first
+
+
+WARM_UP_THEN_RUN = """
+import json, sys
+import numpy as np
+from numba.core.registry import CPUDispatcher
+from tuner import kernels
+from tuner.data import make_synthetic, split_dataset
+from tuner.runner.shared import SharedSplits
+from tuner.train import fit
+
+def signatures():
+    return {name: sorted(map(str, d.signatures)) for name, d in vars(kernels).items()
+            if isinstance(d, CPUDispatcher)}
+
+threads = int(sys.argv[1])
+kernels.set_threads(threads)  # as a worker does, before warm_up
+for dtype in ("float32", "float64"):
+    kernels.warm_up(dtype)
+warm = signatures()
+params = {"optimizer": "adam", "lr": 1e-2, "batch_size": 256}
+for dtype in ("float32", "float64"):
+    # big enough for threads in training and evaluation (PARALLEL_MIN_WORK), and small
+    for n, d in ((1500, 300), (300, 20)):
+        splits = split_dataset(make_synthetic(n=n, d=d, classes=10, seed=1), val_size=0.4,
+                               test_size=0.1, dtype=dtype)
+        shared = SharedSplits(splits)
+        arrays, blocks = shared.handle.attach()  # read-only views, as in a worker
+        assert not arrays["X_train"].flags.writeable
+        for loss in ("softmax", "svm"):
+            fit(dict(params, loss=loss), arrays["X_train"], arrays["y_train"], arrays["X_val"],
+                arrays["y_val"], epochs=3, dtype=dtype)
+            fit(dict(params, loss=loss), splits.X_train, splits.y_train, splits.X_val,
+                splits.y_val, epochs=3, dtype=dtype)  # writable
+            W = np.ascontiguousarray(np.ones((10, splits.X_val.shape[1]), dtype=dtype))
+            kernels.evaluate(W, arrays["X_val"], arrays["y_val"], loss)
+        for block in blocks:
+            block.close()
+        shared.close()
+json.dump({"warm": warm, "after": signatures()}, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_warm_up_compiles_every_signature_a_worker_run_uses(threads):
+    """A worker trains on read-only views of shared memory (numba compiles read-only arrays
+    apart from writable ones) and evaluates the validation split: after warm_up of both
+    dtypes, neither that nor a run on writable arrays compiles anything. A fresh interpreter,
+    so no earlier test has compiled them already (numba's disk cache still counts: loading a
+    signature from it adds it too)."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("one core: no threads")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(WARM_UP_THEN_RUN), str(threads)],
+                         capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    result = json.loads(out.stdout)
+    warm, after = result["warm"], result["after"]
+    assert {name: sigs for name, sigs in after.items() if sigs != warm[name]} == {}
+    used = ["_loss_grad_serial", "_evaluate_serial"]
+    if threads > 1:
+        used += ["_loss_grad_parallel", "_evaluate_parallel"]
+    for name in used:  # one signature per dtype, X read-only whatever the caller's flags
+        assert [sig[:36] for sig in warm[name]] == ["(Array(float32, 2, 'C', True, aligne",
+                                                    "(Array(float64, 2, 'C', True, aligne"]
 
 
 def test_bad_arguments_are_refused():

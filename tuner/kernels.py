@@ -12,7 +12,9 @@
 The features are walked in tiles of :data:`TILE` so a block's rows stay in the L1 cache across
 the ``C`` classes, and each weight read serves the block's 8 rows. No batch is copied and each
 training row is read from memory once per epoch: ``docs/benchmarks.md`` has the figures.
-:func:`evaluate` computes the validation loss and accuracy the same way.
+:class:`Evaluator` computes the validation loss and accuracy the same way, with buffers built
+once per split. Both choose threads or one thread per call through ``_ThreadChoice.run``, and
+:func:`warm_up` compiles every signature they use (data writable or read-only).
 
 Conventions. Weights are stored **transposed**, ``Wt`` of shape ``(C, D)`` (``Wt = W.T``),
 so that every inner loop runs over contiguous features; the gradient comes back in the same
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -248,6 +252,16 @@ def _evaluate_parallel(X, idx, y, Wt, bounds, kind, S):
     return loss, correct
 
 
+class _Kernel(NamedTuple):
+    """The two variants of a kernel: same arguments, same bits."""
+
+    serial: Callable[..., Any]
+    parallel: Callable[..., Any]
+
+
+_LOSS_GRAD = _Kernel(_loss_grad_serial, _loss_grad_parallel)
+_EVALUATE = _Kernel(_evaluate_serial, _evaluate_parallel)
+
 # numba's fallback thread pool ("workqueue") aborts the process if two Python threads launch
 # parallel kernels at once; a caller that finds the pool busy runs the same parts serially.
 _POOL = threading.Lock()
@@ -256,52 +270,84 @@ _POOL = threading.Lock()
 class BatchLossGrad:
     """Mean loss and gradient of mini-batches ``X[idx]`` of one training set.
 
-    ``X`` is ``(N, D)`` C-contiguous (float32 or float64, bias column included), ``y`` holds
-    labels ``0..C-1``. Calling it with transposed weights ``Wt`` ``(C, D)`` of ``X``'s dtype
-    and row indices ``idx`` returns ``(loss, grad)``: the data loss as a Python float and its
-    gradient ``(C, D)`` in a buffer that is reused by the next call. No regularizer: the caller
-    adds it (:func:`tuner.model.add_l2`).
+    ``X`` is ``(N, D)`` C-contiguous (float32 or float64, bias column included; writable or
+    read-only), ``y`` holds labels ``0..C-1``. Calling it with transposed weights ``Wt``
+    ``(C, D)`` of ``X``'s dtype and row indices ``idx`` (a contiguous int64 array, e.g. a slice
+    of a permutation) returns ``(loss, grad)``: the data loss as a Python float and its gradient
+    ``(C, D)`` in a buffer that is reused by the next call. No regularizer: the caller adds it
+    (:func:`tuner.model.add_l2`).
     """
 
     def __init__(self, loss: str, X: np.ndarray, y: np.ndarray, n_classes: int,
                  max_batch: int) -> None:
-        if loss not in LOSS_KINDS:
-            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_KINDS)}")
+        self.kind = _loss_kind(loss)
         if not X.flags.c_contiguous:
             raise ValueError("X must be C-contiguous")
-        self.kind = LOSS_KINDS[loss]
-        self.X, self.y = X, _labels(y)
+        self.X, self.y = _readonly(X), _labels(y)
         d = X.shape[1]
         self.S = np.zeros((PARTS, BLOCK, n_classes), dtype=X.dtype)
         self.G = np.zeros((PARTS, n_classes, d), dtype=X.dtype)
         self.grad = np.zeros((n_classes, d), dtype=X.dtype)
         self.max_batch = max_batch
-        self.parallel = max_batch * d * n_classes >= PARALLEL_MIN_WORK  # may use threads
-        self.threads = _ThreadChoice()
+        self.threads = _ThreadChoice(parallel=max_batch * d * n_classes >= PARALLEL_MIN_WORK)
         self._bounds: dict[int, np.ndarray] = {}
 
     def __call__(self, Wt: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
+        # full batches only are timed: a short last batch would look fast
+        loss = self.threads.run(_LOSS_GRAD, *self._args(Wt, idx), timed=len(idx) == self.max_batch)
+        return float(loss), self.grad
+
+    def _args(self, Wt: np.ndarray, idx: np.ndarray) -> tuple:
+        _check_weights(Wt, self.grad)
         n = len(idx)
         bounds = self._bounds.get(n)
         if bounds is None:
             bounds = self._bounds[n] = _bounds(n)
-        args = (self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad)
-        if not (self.parallel and numba.get_num_threads() > 1):
-            return float(_loss_grad_serial(*args)), self.grad
-        threaded = self.threads.pick() and _POOL.acquire(blocking=False)
-        started = time.perf_counter()
-        try:
-            loss = _loss_grad_parallel(*args) if threaded else _loss_grad_serial(*args)
-        finally:
-            if threaded:
-                _POOL.release()
-        if n == self.max_batch:
-            self.threads.record(threaded, time.perf_counter() - started)
-        return float(loss), self.grad
+        return self.X, idx, self.y, Wt, bounds, self.kind, self.S, self.G, self.grad
+
+
+class Evaluator:
+    """Mean data loss (no regularizer) and accuracy on one fixed split ``(X, y)``:
+    :func:`tuner.model.evaluate` without BLAS, whose idle threads would spin against the
+    training kernels' threads after every epoch (docs/benchmarks.md).
+
+    Built once per split (:func:`tuner.train.fit` builds one for the validation set), it keeps
+    the split's labels, row order, part bounds and score buffers, and its own choice of threads,
+    across calls. ``X`` as for :class:`BatchLossGrad` (it may be a read-only view, as in a
+    worker); calling it with transposed weights ``Wt`` ``(n_classes, D)`` of ``X``'s dtype
+    returns ``(loss, accuracy)``, both NaN on an empty split.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, loss: str, n_classes: int) -> None:
+        self.kind = _loss_kind(loss)
+        self.X, self.y = _readonly(np.ascontiguousarray(X)), _labels(y)
+        n, d = self.X.shape
+        self.n = n
+        self.idx = np.arange(n)
+        self.bounds = _bounds(n)
+        self.S = np.zeros((PARTS, BLOCK, n_classes), dtype=self.X.dtype)
+        self.shape = (n_classes, d)
+        self.threads = _ThreadChoice(parallel=n * d * n_classes >= PARALLEL_MIN_WORK)
+
+    def __call__(self, Wt: np.ndarray) -> tuple[float, float]:
+        if self.n == 0:
+            return float("nan"), float("nan")
+        total, correct = self.threads.run(_EVALUATE, *self._args(Wt))
+        return float(total) / self.n, int(correct) / self.n
+
+    def _args(self, Wt: np.ndarray) -> tuple:
+        _check_weights(Wt, self)
+        return self.X, self.idx, self.y, Wt, self.bounds, self.kind, self.S
+
+
+def evaluate(Wt: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[float, float]:
+    """Mean data loss (no regularizer) and accuracy of transposed weights ``Wt`` ``(C, D)`` on
+    ``(X, y)``, once: an :class:`Evaluator` for one call (build one to evaluate repeatedly)."""
+    return Evaluator(X, y, loss, Wt.shape[0])(Wt)
 
 
 class _ThreadChoice:
-    """Whether the next call runs on threads: while that beats one thread.
+    """Whether a kernel runs on threads: while that beats one thread (:meth:`run`).
 
     Both give the same bits, so the choice can follow the machine. On an idle machine threads
     halve a CIFAR-shaped step; with a busy process on the other core, a part waits for its
@@ -310,20 +356,38 @@ class _ThreadChoice:
     mode, which may compile, does not count). The slower mode is timed again after
     :attr:`PROBE` calls, then after twice as many each time it loses again (up to
     :attr:`MAX_PROBE`), so probing a loaded machine costs little; a probe that wins switches
-    at once.
+    at once. ``parallel=False``: the work is too small for threads ever to pay.
     """
 
     KEEP = 3
     PROBE = 64
     MAX_PROBE = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, parallel: bool = True) -> None:
+        self.parallel = parallel
         self.samples: dict[bool, list[float]] = {True: [], False: []}
         self.seen = {True: 0, False: 0}
         self.calls = 0
         self.interval = self.PROBE
         self.next_probe = 0
         self.probing: bool | None = None
+
+    def run(self, kernel: _Kernel, *args: Any, timed: bool = True) -> Any:
+        """``kernel.parallel(*args)`` when threads are the choice and numba's pool is free,
+        else ``kernel.serial(*args)``; ``timed``: the call's time counts for the choice (calls
+        of the usual size only)."""
+        if not (self.parallel and numba.get_num_threads() > 1):
+            return kernel.serial(*args)
+        threaded = self.pick() and _POOL.acquire(blocking=False)
+        started = time.perf_counter()
+        try:
+            result = kernel.parallel(*args) if threaded else kernel.serial(*args)
+        finally:
+            if threaded:
+                _POOL.release()
+        if timed:
+            self.record(threaded, time.perf_counter() - started)
+        return result
 
     def pick(self) -> bool:
         self.calls += 1
@@ -359,34 +423,31 @@ class _ThreadChoice:
         return sorted(self.samples[mode])[len(self.samples[mode]) // 2]
 
 
-def evaluate(Wt: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[float, float]:
-    """Mean data loss (no regularizer) and accuracy of transposed weights ``Wt`` ``(C, D)`` on
-    ``(X, y)``: :func:`tuner.model.evaluate` without BLAS, whose idle threads would spin
-    against the training kernels' threads after every epoch (docs/benchmarks.md)."""
-    n, d = X.shape
-    if n == 0:
-        return float("nan"), float("nan")
-    c = Wt.shape[0]
-    S = np.zeros((PARTS, BLOCK, c), dtype=X.dtype)
-    parallel = _evaluate_parallel if n * d * c >= PARALLEL_MIN_WORK else None
-    total, correct = _run(parallel, _evaluate_serial, np.ascontiguousarray(X), np.arange(n),
-                          _labels(y), Wt, _bounds(n), LOSS_KINDS[loss], S)
-    return float(total) / n, int(correct) / n
+def _loss_kind(loss: str) -> int:
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_KINDS)}")
+    return LOSS_KINDS[loss]
+
+
+def _readonly(X: np.ndarray) -> np.ndarray:
+    """A read-only view of ``X``. The kernels never write ``X``; seen read-only whatever the
+    caller's flags, writable arrays and a worker's read-only shared memory share one compiled
+    signature (numba compiles readonly arrays separately, and the machine code is the same)."""
+    view = X.view()
+    view.flags.writeable = False
+    return view
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(y, dtype=np.intp)
+    """``y`` as a fresh writable intp array (labels are small): one signature whatever the
+    caller's dtype and flags."""
+    return np.array(y, dtype=np.intp, order="C", copy=True)
 
 
-def _run(parallel, serial, *args):
-    """``parallel(*args)`` when it is worth it and the thread pool is free, else ``serial``:
-    both give the same bits."""
-    if parallel is not None and numba.get_num_threads() > 1 and _POOL.acquire(blocking=False):
-        try:
-            return parallel(*args)
-        finally:
-            _POOL.release()
-    return serial(*args)
+def _check_weights(Wt: np.ndarray, like: Any) -> None:
+    """The kernels do not check bounds: weights of another shape would write past the buffers."""
+    if Wt.shape != like.shape:
+        raise ValueError(f"weights of shape {Wt.shape}, expected {like.shape}")
 
 
 def set_threads(n: int) -> None:
@@ -394,13 +455,32 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def warm_up(dtype: str | np.dtype = "float32") -> None:
-    """Compile (or load from numba's cache) the kernels for ``dtype`` now, not in the first
-    trial: a worker calls it at start-up, so a trial's wall time is training only."""
-    X, y = np.zeros((8, 4), dtype=dtype), np.zeros(8, dtype=np.intp)
-    args = (X, np.arange(8), y, np.zeros((2, 4), dtype=dtype), _bounds(8), 0,
-            np.zeros((PARTS, BLOCK, 2), dtype=dtype), np.zeros((PARTS, 2, 4), dtype=dtype),
-            np.zeros((2, 4), dtype=dtype))
-    _loss_grad_serial(*args)
-    if numba.get_num_threads() > 1:
-        _loss_grad_parallel(*args)
+def warm_up(dtype: str | np.dtype = "float32", *, parallel: bool | None = None) -> None:
+    """Compile (or load from numba's cache) every kernel signature :func:`tuner.train.fit` uses
+    with ``dtype`` now, not in the first trial: a worker calls it at start-up, so a trial's wall
+    time is training only.
+
+    That is the mini-batch loss/gradient on batches (contiguous slices of a permutation) and
+    the evaluation of a whole split, each on writable and on read-only data (a worker's data is
+    a read-only view of shared memory, :mod:`tuner.runner.shared`), through the same
+    :class:`BatchLossGrad` and :class:`Evaluator` that ``fit`` builds, so the arguments have
+    exactly the dtypes, layouts and flags of a real run. The thread-parallel variants are
+    compiled when this process may use threads (``parallel=None``), or as told (an image built
+    on one core for machines with more: ``parallel=True``). ``tests/test_kernels.py`` checks
+    that a run on either kind of data compiles nothing more.
+    """
+    if parallel is None:
+        parallel = numba.get_num_threads() > 1
+    n, d, c = 2 * BLOCK, 4, 2
+    for writeable in (True, False):
+        X, y = np.zeros((n, d), dtype=dtype), np.zeros(n, dtype=np.intp)
+        X.flags.writeable = y.flags.writeable = writeable
+        Wt = np.zeros((c, d), dtype=dtype)
+        idx = np.random.default_rng(0).permutation(n)[:BLOCK]
+        loss_grad, evaluator = BatchLossGrad("softmax", X, y, c, BLOCK), Evaluator(X, y, "softmax", c)
+        for kernel, args in ((_LOSS_GRAD, loss_grad._args(Wt, idx)),
+                             (_EVALUATE, evaluator._args(Wt))):
+            kernel.serial(*args)
+            if parallel:
+                with _POOL:
+                    kernel.parallel(*args)

@@ -142,6 +142,9 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     batch = min(int(resolved["batch_size"]), n)
     reg = resolved.get("reg", 0.0)
     loss_and_grad = kernels.BatchLossGrad(resolved["loss"], X_train, y_train, n_classes, batch)
+    evaluator = None  # the validation split's buffers and thread choice, built once
+    if X_val is not None and y_val is not None and len(y_val):
+        evaluator = kernels.Evaluator(X_val, y_val, resolved["loss"], n_classes)
     optimizer = make_run_optimizer(resolved)
 
     init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
@@ -180,9 +183,8 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
                 break
             metrics: dict[str, float] = {"epoch": epoch, "step": t,
                                          "train_loss": loss_sum / plan.steps_per_epoch, "lr": lr_t}
-            if X_val is not None and y_val is not None and len(y_val):
-                metrics["val_loss"], metrics["val_accuracy"] = kernels.evaluate(
-                    Wt, X_val, y_val, resolved["loss"])
+            if evaluator is not None:
+                metrics["val_loss"], metrics["val_accuracy"] = evaluator(Wt)
             result.history.append(metrics)
             if on_epoch is not None:
                 before = time.perf_counter()
