@@ -202,6 +202,34 @@ def test_health_and_error_pages_show_one_line_of_an_error_and_no_credentials():
     assert secret.encode() not in page.encode() and "DETAIL" not in page and "HINT" not in page
 
 
+def test_the_page_cache_sees_a_trial_finish_while_another_starts_whatever_the_clocks(tmp_path):
+    """The cached page is keyed on a few aggregates (no trial is read on a hit). A trial that
+    finishes while a queued one starts, both stamped by runners whose clocks lag, left the
+    trial count, the last start and completion and the number of RUNNING trials as they were:
+    the page stayed stale. The counts per state change."""
+    import sqlalchemy
+
+    from tuner.dashboard.server import TunerViews
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'fp.db'}"
+    study = optuna.create_study(study_name="fp", storage=url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    running = study.ask()
+    study.enqueue_trial({"x": 0.5})
+    views = TunerViews(open_storage(url), "test")
+    before = views.fingerprint("fp")
+    assert views.fingerprint("fp") == before
+    with views.storage.backend.engine.begin() as conn:  # two runners with lagging clocks
+        conn.execute(sqlalchemy.text(
+            "UPDATE trials SET state = 'COMPLETE', datetime_complete = '2000-01-01 00:00:00' "
+            "WHERE trial_id = :id"), {"id": running._trial_id})
+        conn.execute(sqlalchemy.text(
+            "UPDATE trials SET state = 'RUNNING', datetime_start = '2000-01-01 00:00:00' "
+            "WHERE state = 'WAITING'"))
+    assert views.fingerprint("fp") != before
+
+
 def test_the_dashboard_parameter_only_selects_a_dashboard_by_name(study_url, tmp_path):
     # files the server must never read for a request: a TOML file with a secret key, a non-TOML
     # file, both outside the dashboards folders, reachable by absolute and by relative paths
