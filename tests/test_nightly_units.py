@@ -29,7 +29,6 @@ from tuner.nightly.regression import EXIT_CODES, _message, judge, noise_margin
 from tuner.nightly.scheduler import (
     SchedulerService,
     catch_up,
-    catch_up_night,
     collect_study_files,
     due_night,
     make_sweeps,
@@ -39,6 +38,11 @@ from tuner.storage import open_storage
 from tuner.study import open_study
 
 RULE = RegressionRule(tolerance=0.005, baseline_nights=3, spread_factor=2.0)
+
+
+def catch_up_night(sweep, now: datetime):
+    """The night :func:`catch_up` would run, or ``None``."""
+    return catch_up(sweep, now)[0]
 
 
 # --- the verdict rule ------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def test_one_bad_night_does_not_blind_the_check():
                     incumbent_tonight=0.90)
     assert dragged.delta >= -dragged.margin and (dragged.verdict, dragged.cause) == ("regression", "data")
     assert "the incumbent lost -0.0638 on tonight's data, more than the margin" in \
-        _message(dragged, "val_accuracy")
+        _message(dragged)
     # an incumbent drop within the margin (noise) stays ok
     small = judge("maximize", 0.96, [0.9638, 0.9638, 0.8468], RULE, incumbent_stored=0.9638,
                   incumbent_tonight=0.9610)
@@ -102,7 +106,7 @@ def test_a_search_shortfall_is_reported_distinctly():
     j = judge("maximize", 0.80, [0.957, 0.951, 0.955], RULE,
               incumbent_stored=0.957, incumbent_tonight=0.957)
     assert (j.verdict, j.cause) == ("ok", "search") and EXIT_CODES[j.verdict] == 0
-    assert _message(j, "val_accuracy").startswith("search shortfall: tonight's sweep is -0.1550")
+    assert _message(j).startswith("search shortfall: tonight's sweep is -0.1550")
 
 
 def test_genuinely_worse_night_is_a_regression_from_data_drift():
@@ -174,18 +178,18 @@ def test_an_incumbent_that_diverges_on_tonights_data_is_said_to_have_diverged(mo
                       {"incumbent_tonight": float("-inf")}):
         j = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9, **incumbent)
         assert (j.verdict, j.cause) == ("regression", "data") and j.incumbent_diverged, incumbent
-        message = _message(j, "val_accuracy")
+        message = _message(j)
         assert message.startswith("the incumbent diverged when re-trained on tonight's data")
         assert "below the baseline" in message and "inf" not in message and "nan" not in message
     within = judge("maximize", 0.9, [0.9, 0.9], RULE, incumbent_stored=0.9, incumbent_diverged=True)
     assert (within.verdict, within.cause) == ("regression", "data")
-    assert "although tonight is +0.0000 from the baseline" in _message(within, "val_accuracy")
+    assert "although tonight is +0.0000 from the baseline" in _message(within)
     better = judge("maximize", 0.99, [0.9, 0.9], RULE, incumbent_stored=0.9, incumbent_diverged=True)
-    assert better.verdict == "improvement" and "the incumbent diverged" in _message(better, "x")
+    assert better.verdict == "improvement" and "the incumbent diverged" in _message(better)
 
     inc = {"night": "d-2026-11-24", "trial": 3, "value": 0.9, "tonight": None, "diverged": True,
            "error": "diverged: loss became non-finite at update 12"}
-    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j, "val_accuracy"),
+    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j),
                       metric="val_accuracy", direction="maximize", tonight=0.5, tonight_trial=1,
                       baseline={}, incumbent=inc, delta=j.delta, drift=j.drift,
                       available=j.available, computed_at="2026-11-25T03:00:00+00:00")

@@ -13,8 +13,6 @@ from tuner.results import list_studies
 from tuner.storage import BufferedStorage
 from tuner.study import ATTR_CONFIG, flat_params
 
-CHOICE_KEYS = ("optimizer", "decay", "batch_scaling")
-
 
 @dataclass
 class NightRecord:

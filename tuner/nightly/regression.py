@@ -242,7 +242,7 @@ def _finite(data: Any) -> Any:
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
 
 
-def _message(j: Judgement, metric: str) -> str:
+def _message(j: Judgement) -> str:
     if j.verdict == "no_result":
         return "tonight has no COMPLETE trial: nothing to compare"
     if j.cause == "no_baseline":
@@ -378,7 +378,7 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
                                            (max if direction == "maximize" else min)(values)),
                 "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
                 "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
-    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j, metric), metric=metric,
+    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j), metric=metric,
                       direction=direction, tonight=None if best is None else best.value,
                       tonight_trial=None if best is None else best.number, baseline=baseline,
                       incumbent=incumbent, delta=j.delta, drift=j.drift, available=j.available,

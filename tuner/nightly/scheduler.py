@@ -172,11 +172,6 @@ def catch_up(sweep: Sweep, now: datetime, storage: Any = None) -> tuple[date | N
     return day, f"the night of {day} was missed ({why})"
 
 
-def catch_up_night(sweep: Sweep, now: datetime, storage: Any = None) -> date | None:
-    """The night :func:`catch_up` would run, or ``None``."""
-    return catch_up(sweep, now, storage)[0]
-
-
 def due_night(sweep: Sweep, now: datetime) -> date:
     """The night a run starting at ``now`` is for: that of the latest fire time."""
     fire = last_fire_time(sweep.trigger, now)

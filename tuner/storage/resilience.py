@@ -86,12 +86,6 @@ class Resilient:
         self._outage_since: float | None = None
         self._clock_lock = threading.Lock()
 
-    def outage_seconds(self) -> float:
-        """How long the current outage has lasted (0 when the database answers)."""
-        with self._clock_lock:
-            since = self._outage_since
-        return 0.0 if since is None else time.monotonic() - since
-
     def call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         delay = 0.25
         while True:

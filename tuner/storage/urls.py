@@ -129,10 +129,6 @@ def is_in_memory(parsed: URL) -> bool:
             or parsed.query.get("mode") == "memory" or "mode=memory" in database)
 
 
-def is_sqlite(url: str) -> bool:
-    return parse(url).get_backend_name() == "sqlite"
-
-
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL (``None`` for in-memory databases)."""
     parsed = parse(url)
