@@ -22,6 +22,7 @@ from tuner.nightly.nights import (
     night_study_file,
     schedule_lines,
     schedule_summary,
+    sweep_base,
     today,
     verdict_label,
 )
@@ -258,6 +259,10 @@ def test_night_names_and_dates():
     assert night_date("digits-x-2026-11-25", "digits") is None
     assert night_date("digits-2026-13-45", "digits") is None
     assert base_of("my-sweep-2026-01-02") == "my-sweep"
+    # the sweep a study's nightly views show (the panels and the dashboard's page cache agree)
+    assert sweep_base("my-sweep-2026-01-02") == "my-sweep" and sweep_base("plain") is None
+    assert sweep_base("renamed-2026-01-02", {"base": "digits"}) == "digits"
+    assert sweep_base("renamed-2026-01-02", {"base": "digits"}, "other") == "other"
     sched = parse_study_dict(_raw(schedule={"timezone": "Pacific/Auckland"})).schedule
     # 2026-11-25 12:30 UTC is already the 26th in Auckland
     assert today(sched, datetime(2026, 11, 25, 12, 30, tzinfo=UTC)) == date(2026, 11, 26)

@@ -354,21 +354,14 @@ def _trial_marks(conn: Any, study_ids: list[int]) -> dict[int, tuple]:
 
 
 def _sweep_bases(spec: Any, name: str, attrs: dict[str, str]) -> set[str]:
-    """The nightly sweeps the nightly panels of ``spec`` show for study ``name`` (the same
-    rule as :func:`tuner.nightly.figures.base_name`)."""
-    from tuner.nightly.nights import ATTR_NIGHT, base_of
+    """The nightly sweeps the nightly panels of ``spec`` show for study ``name`` (its user
+    attributes ``attrs`` as JSON text), by the rule the panels use (:func:`sweep_base`)."""
+    from tuner.nightly.nights import ATTR_NIGHT, sweep_base
 
-    own = None
     night = json.loads(attrs[ATTR_NIGHT]) if ATTR_NIGHT in attrs else None
-    if isinstance(night, dict) and night.get("base"):
-        own = str(night["base"])
-    bases = set()
-    for p in spec.panels:
-        if p.type.startswith("nightly_"):
-            base = p.options.get("base") or own or base_of(name)
-            if base:
-                bases.add(str(base))
-    return bases
+    bases = {sweep_base(name, night, p.options.get("base"))
+             for p in spec.panels if p.type.startswith("nightly_")}
+    return {base for base in bases if base}
 
 
 def _sweep_marks(conn: Any, base: str) -> tuple:

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tuner.nightly.history import NightRecord, night_history
-from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, base_of, verdict_label
+from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, sweep_base, verdict_label
 from tuner.storage import BufferedStorage, rdb_backend
 
 VERDICT_STYLE = {
@@ -80,15 +80,10 @@ def base_name(ctx: Any) -> str | None:
     """The sweep a context is about: ``options["base"]``, else the night study's stored base,
     else its name without the ``-YYYY-MM-DD`` suffix."""
     options = getattr(ctx, "options", None) or {}
-    if options.get("base"):
-        return str(options["base"])
     study = getattr(ctx, "study", None)
     if study is None:
-        return None
-    night = study.user_attrs.get(ATTR_NIGHT)
-    if isinstance(night, dict) and night.get("base"):
-        return str(night["base"])
-    return base_of(study.study_name)
+        return str(options["base"]) if options.get("base") else None
+    return sweep_base(study.study_name, study.user_attrs.get(ATTR_NIGHT), options.get("base"))
 
 
 def _storage(ctx: Any) -> BufferedStorage:

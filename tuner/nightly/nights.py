@@ -68,6 +68,17 @@ def base_of(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def sweep_base(study_name: str, night: Any = None, base: Any = None) -> str | None:
+    """The sweep whose nights the nightly views of study ``study_name`` show: ``base`` when
+    given (a panel's ``base`` option), else the base stored with the night (``night``: its
+    :data:`ATTR_NIGHT` attribute), else the name without its ``-YYYY-MM-DD`` suffix."""
+    if base:
+        return str(base)
+    if isinstance(night, dict) and night.get("base"):
+        return str(night["base"])
+    return base_of(study_name)
+
+
 def parse_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
