@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -99,6 +99,16 @@ class Scan:
     broken: dict[Path, str]
 
 
+def folder_study_files(folder: Path) -> Iterator[tuple[Path, StudyFile | None, str]]:
+    """``(file, study file, "")`` for each ``*.toml`` of ``folder`` that loads, in name order,
+    and ``(file, None, why)`` for each that does not."""
+    for file in sorted(folder.glob("*.toml")):
+        try:
+            yield file, load_study_file(file), ""
+        except TunerError as exc:
+            yield file, None, exc.message
+
+
 def collect_study_files(paths: list[Path]) -> Scan:
     """Study files to schedule: every given file (it must load and have a ``[schedule]``
     section, else :class:`ConfigError`) and every ``*.toml`` of a given folder that has one. A
@@ -111,13 +121,11 @@ def collect_study_files(paths: list[Path]) -> Scan:
     broken: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
-            for file in sorted(path.glob("*.toml")):
-                try:
-                    sf = load_study_file(file)
-                except TunerError as exc:
-                    broken[file] = exc.message
-                    continue
-                (found.append((file, sf)) if sf.schedule is not None else skipped.append(file))
+            for file, sf, error in folder_study_files(path):
+                if sf is None:
+                    broken[file] = error
+                else:
+                    (found.append((file, sf)) if sf.schedule is not None else skipped.append(file))
         else:
             sf = load_study_file(path)
             if sf.schedule is None:
@@ -263,15 +271,13 @@ class SchedulerService:
         broken: dict[Path, str] = {}
         added: list[Sweep] = []
         for folder in self.folders:
-            for file in sorted(folder.glob("*.toml")):
-                try:
-                    sf = load_study_file(file)
-                except TunerError as exc:
-                    broken[file] = exc.message
-                    if self._broken.get(file) != exc.message:
+            for file, sf, error in folder_study_files(folder):
+                if sf is None:
+                    broken[file] = error
+                    if self._broken.get(file) != error:
                         what = ("its nights will fail until it is fixed" if file.resolve() in scheduled
                                 else "skipped until it is fixed")
-                        log.error("%s: cannot load it (%s); %s", file, exc.message, what)
+                        log.error("%s: cannot load it (%s); %s", file, error, what)
                     continue
                 if file in self._broken:
                     log.info("%s loads again", file)
