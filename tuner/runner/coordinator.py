@@ -60,6 +60,7 @@ from tuner.storage.coordination import (
     enqueue_retry,
     fail_stale_trials,
     fail_trial,
+    runner_lock,
     state_counts,
     touch_heartbeats,
 )
@@ -254,8 +255,8 @@ class Runner:
                                            max_retry=self.rel.max_retry)
         self.engine_kind = self.storage.backend.engine.dialect.name
         if self.engine_kind == "sqlite":
-            self._owner_lock = NamedLock(self.storage, f"run-{self.sf.study.name}",
-                                         what=f"study {self.sf.study.name!r} on {describe(self.url)}")
+            self._owner_lock = runner_lock(self.storage, self.sf.study.name,
+                                           what=f"study {self.sf.study.name!r} on {describe(self.url)}")
             self._owner_lock.acquire()
         self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
                                          sampler_seed=0)
