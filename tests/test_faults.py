@@ -179,6 +179,22 @@ def worker_pids(runner_pid: int) -> list[int]:
     return pids
 
 
+# A worker's start-up (imports, loading the compiled kernels) costs about 0.6 s of CPU however
+# loaded the machine is; past this much it has started training. (Wall-clock ages were not
+# enough: on a loaded machine a 2 s old worker could still be starting, and its death counted
+# as a start-up failure.)
+GROWN_CPU_S = 1.5
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_soak_duplicate_check_ignores_trials_killed_before_their_parameters(tmp_path):
     """Two runners killed mid-claim (trial row created, parameters not yet saved) leave two
     parameter-less trials, failed as stale with nothing to retry: not a duplicate (the soak's
@@ -569,16 +585,14 @@ def test_killed_worker_process_fails_and_requeues_its_trial(tmp_path):
     assert victims
 
 
-def _kill_workers(runner: subprocess.Popen, older_than: float, timeout: float) -> int:
-    """SIGKILL each of the runner's worker processes once it is ``older_than`` seconds old (as
-    the OOM killer would), until the runner exits; how many were killed."""
-    first_seen: dict[int, float] = {}
+def _kill_workers(runner: subprocess.Popen, *, grown: bool, timeout: float) -> int:
+    """SIGKILL each of the runner's worker processes (as the OOM killer would), at once or once
+    it has started training (``grown``), until the runner exits; how many were killed."""
     kills = 0
     deadline = time.monotonic() + timeout
     while runner.poll() is None and time.monotonic() < deadline:
-        now = time.monotonic()
         for pid in worker_pids(runner.pid):
-            if now - first_seen.setdefault(pid, now) >= older_than:
+            if not grown or cpu_seconds(pid) >= GROWN_CPU_S:
                 try:
                     os.kill(pid, signal.SIGKILL)
                     kills += 1
@@ -595,9 +609,9 @@ def test_trials_that_kill_their_worker_stop_the_run_by_fail_fast(tmp_path):
     path = study_file(tmp_path, n_trials=20, epochs=3000)  # trials of many seconds
     path.write_text(path.read_text().replace("max_retry = 3", "max_retry = 3\nfail_fast = 3"))
     runner = start_runner(path, url, tmp_path / "a.log")
-    # 4 s: past a worker's start-up (about 1 s; more on a loaded machine), or its death counts
-    # as a start-up failure instead (the run's other stop, tested below)
-    kills = _kill_workers(runner, older_than=4.0, timeout=90)
+    # past a worker's start-up, or its death counts as a start-up failure instead (the run's
+    # other stop, tested below)
+    kills = _kill_workers(runner, grown=True, timeout=90)
     code = finish(runner, 30, tmp_path / "a.log")
     output = (tmp_path / "a.log").read_text()
     assert code == 1, output[-3000:]
@@ -613,7 +627,7 @@ def test_workers_that_die_at_start_up_end_the_run_with_a_clear_error(tmp_path):
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     path = study_file(tmp_path, n_trials=4)
     runner = start_runner(path, url, tmp_path / "a.log")
-    _kill_workers(runner, older_than=0.0, timeout=90)
+    _kill_workers(runner, grown=False, timeout=90)
     code = finish(runner, 30, tmp_path / "a.log")
     output = (tmp_path / "a.log").read_text()
     assert code == 1, output[-3000:]
@@ -631,23 +645,18 @@ def test_workers_killed_at_any_moment_never_end_the_runner(tmp_path, pg_url):
     (typer exits silently on EPIPE) in most runs of this test on PostgreSQL, whose slower claims
     leave replies deferred longer."""
     url = pg_url
-    # long enough for 8+ kills: a worker is only killed 2 s after it appeared
+    # long enough for 8+ kills: a worker is only killed once it is training
     path = study_file(tmp_path, n_trials=400, epochs=8)
     log = tmp_path / "a.log"
     runner = start_runner(path, url, log, "--workers", "2")
     rng = random.Random(3)
-    first_seen: dict[int, float] = {}
     kills = 0
     deadline = time.monotonic() + 120
     while kills < 40 and runner.poll() is None and time.monotonic() < deadline:
-        now = time.monotonic()
-        for pid in worker_pids(runner.pid):
-            first_seen.setdefault(pid, now)
         # workers past start-up only: three deaths in a row at start-up stop the runner, by design
-        grown = [pid for pid, seen in first_seen.items() if now - seen > 2.0]
+        grown = [pid for pid in worker_pids(runner.pid) if cpu_seconds(pid) >= GROWN_CPU_S]
         if grown:
             victim = rng.choice(grown)
-            first_seen.pop(victim)
             try:
                 os.kill(victim, signal.SIGKILL)
                 kills += 1

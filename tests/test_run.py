@@ -490,7 +490,8 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(slow), "--storage", sqlite_url],
                             env=tuner_env(TUNER_INJECT_CLAIM_DELAY="3"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    wait_for_running(sqlite_url, "claims", proc)  # the first claim; the next one is under way
+    wait_for_running(sqlite_url, "claims", proc)  # the first claim
+    time.sleep(1.0)  # the next one is under way (it takes 3 s)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
