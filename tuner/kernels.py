@@ -461,10 +461,10 @@ def warm_up(dtype: str | np.dtype = "float32", *, parallel: bool | None = None) 
     time is training only.
 
     That is the mini-batch loss/gradient on batches (contiguous slices of a permutation) and
-    the evaluation of a whole split, each on writable and on read-only data (a worker's data is
-    a read-only view of shared memory, :mod:`tuner.runner.shared`), through the same
-    :class:`BatchLossGrad` and :class:`Evaluator` that ``fit`` builds, so the arguments have
-    exactly the dtypes, layouts and flags of a real run. The thread-parallel variants are
+    the evaluation of a whole split, through the same :class:`BatchLossGrad` and
+    :class:`Evaluator` that ``fit`` builds, so the arguments have exactly the dtypes, layouts and
+    flags of a real run; both see the data read-only, so this covers writable data and a
+    worker's read-only shared memory (:mod:`tuner.runner.shared`) alike. The thread-parallel variants are
     compiled when this process may use threads (``parallel=None``), or as told (an image built
     on one core for machines with more: ``parallel=True``). ``tests/test_kernels.py`` checks
     that a run on either kind of data compiles nothing more.
@@ -472,15 +472,12 @@ def warm_up(dtype: str | np.dtype = "float32", *, parallel: bool | None = None) 
     if parallel is None:
         parallel = numba.get_num_threads() > 1
     n, d, c = 2 * BLOCK, 4, 2
-    for writeable in (True, False):
-        X, y = np.zeros((n, d), dtype=dtype), np.zeros(n, dtype=np.intp)
-        X.flags.writeable = y.flags.writeable = writeable
-        Wt = np.zeros((c, d), dtype=dtype)
-        idx = np.random.default_rng(0).permutation(n)[:BLOCK]
-        loss_grad, evaluator = BatchLossGrad("softmax", X, y, c, BLOCK), Evaluator(X, y, "softmax", c)
-        for kernel, args in ((_LOSS_GRAD, loss_grad._args(Wt, idx)),
-                             (_EVALUATE, evaluator._args(Wt))):
-            kernel.serial(*args)
-            if parallel:
-                with _POOL:
-                    kernel.parallel(*args)
+    X, y = np.zeros((n, d), dtype=dtype), np.zeros(n, dtype=np.intp)
+    Wt = np.zeros((c, d), dtype=dtype)
+    idx = np.random.default_rng(0).permutation(n)[:BLOCK]
+    loss_grad, evaluator = BatchLossGrad("softmax", X, y, c, BLOCK), Evaluator(X, y, "softmax", c)
+    for kernel, args in ((_LOSS_GRAD, loss_grad._args(Wt, idx)), (_EVALUATE, evaluator._args(Wt))):
+        kernel.serial(*args)
+        if parallel:
+            with _POOL:
+                kernel.parallel(*args)

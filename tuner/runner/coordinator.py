@@ -393,6 +393,8 @@ class Runner:
                         worker.send("stop", job.number)
 
     def _may_claim(self) -> bool:
+        """Whether another trial may be claimed; sets the stop reason once the timeout has
+        passed or fail-fast applies."""
         if self.stop_reason is not None or self._signal is not None:
             return False
         if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
@@ -428,9 +430,7 @@ class Runner:
                 self._ready.append(result)
         while self._wake_r.poll():
             self._wake_r.recv_bytes()
-        if self.stop_reason is None:
-            self._may_claim()  # sets the stop reason once the timeout passes
-        if self.stop_reason is not None:
+        if not self._may_claim() and self.stop_reason is not None:
             self._cancel_unstarted()
         while True:
             if not self._claim_pending:
