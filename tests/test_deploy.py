@@ -57,7 +57,9 @@ DEPLOY_DOC = REPO / "docs" / "deploy.md"
 SECRET = "Compose-Test-S3cret"      # the local server trusts 127.0.0.1: any password logs in
 TUNER_SERVICES = ("init", "worker", "dashboard", "scheduler")
 SCALE = {"worker": 2}
-N_TRIALS = 12
+# about 4 s of digits trials for one worker: longer than the two workers' start-up skew, so
+# both take part (with 12, one finished them all before the other had started, in one CI run)
+N_TRIALS = 60
 # documented connection budgets per process (docs/deploy.md), checked against measured peaks
 BUDGET = {"tuner-init": 3, "tuner-worker": 6, "tuner-dashboard": 6, "tuner-scheduler": 9}
 
