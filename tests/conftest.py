@@ -150,3 +150,22 @@ batch_size = [64, 128]
 decay = ["constant", "cosine"]'''}
 """)
     return path
+
+
+def descendants(*roots: int) -> list[int]:
+    """Every live process below ``roots`` (children, grandchildren, ...), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], list(roots)
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parent.items() if pp == pid]
+        found += kids
+        frontier += kids
+    return found

@@ -79,6 +79,20 @@ def test_check_shows_the_space_and_samples():
         assert row in out, row
 
 
+def test_jsonable_makes_plain_json_of_results():
+    import numpy as np
+
+    from tuner.jsonsafe import jsonable
+
+    data = {1: (np.float32(0.5), np.int64(3), float("nan"), -float("inf"), np.float64("inf")),
+            "nested": [{"x": float("nan"), "y": "text", "z": None, "ok": True}]}
+    out = jsonable(data)
+    assert out == {"1": [0.5, 3, None, None, None],
+                   "nested": [{"x": None, "y": "text", "z": None, "ok": True}]}
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    assert type(out["1"][0]) is float and type(out["1"][1]) is int
+
+
 def test_check_json_samples_respect_the_conditions():
     proc = run_tuner("check", STUDIES / "digits.toml", "--samples", "60", "--json", check=True)
     data = json.loads(proc.stdout)

@@ -46,7 +46,7 @@ import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from conftest import REPO, _pg_admin_url, tuner_env
+from conftest import REPO, _pg_admin_url, descendants, tuner_env
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -425,17 +425,7 @@ class CommandLines:
             self.sample()
 
     def sample(self) -> None:
-        parent: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        frontier = list(self.roots)
-        while frontier:
-            pid = frontier.pop()
+        for pid in descendants(*self.roots):
             if pid not in self.seen:
                 try:
                     raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -443,7 +433,6 @@ class CommandLines:
                     raw = b""
                 if raw:
                     self.seen[pid] = raw.replace(b"\0", b" ").decode(errors="replace")
-            frontier += [p for p, pp in parent.items() if pp == pid]
 
     def stop(self) -> dict[int, str]:
         self._stop.set()

@@ -30,6 +30,7 @@ SHAPES = [  # (N, D, C, batch)
     (400, 2 * TILE + 3, 10, 101),  # several feature tiles, the last one partial
     (50, 5, 2, 1),  # one row, two classes
     (50, 5, 4, 6),  # fewer rows than the parts times 4
+    (300, TILE + 9, 7, 64),  # classes in pairs and one left over, over two tiles
 ]
 
 
@@ -155,9 +156,9 @@ def test_inputs_are_not_modified():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-@pytest.mark.parametrize("n, d", [(7, 5), (359, 65), (1000, TILE + 77)])
-def test_evaluate_equals_the_reference(n, d, loss, dtype):
-    X, y, W, _ = problem(n, d, 10, dtype, scale=0.3)
+@pytest.mark.parametrize("n, d, c", [(7, 5, 10), (359, 65, 3), (1000, TILE + 77, 10)])
+def test_evaluate_equals_the_reference(n, d, c, loss, dtype):
+    X, y, W, _ = problem(n, d, c, dtype, scale=0.3)
     value, accuracy = kernels.evaluate(np.ascontiguousarray(W.T), X, y, loss)
     ref_value, ref_accuracy = evaluate(W, X, y, loss)
     assert value == pytest.approx(ref_value, rel=TOL[dtype][0])

@@ -6,7 +6,6 @@ storage password never on a child's command line."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from test_nightly_units import _toml
 
 from tuner.nightly.nights import ATTR_VERDICT
 
-from conftest import tuner_env
+from conftest import descendants, tuner_env
 
 DEADLINE_S = 180.0
 
@@ -41,25 +40,6 @@ def past_night(url: str, path: Path, day: date) -> None:
     name = add_night(url, path, day, [({"optimizer": "adam", "lr": 0.01, "batch_size": 64,
                                         "decay": "constant"}, 0.9, 1)])
     optuna.load_study(study_name=name, storage=url).set_user_attr(ATTR_VERDICT, {"verdict": "ok"})
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (children, grandchildren, ...), from /proc."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parent.items() if pp == pid]
-        found += kids
-        frontier += kids
-    return found
 
 
 def cmdline(pid: int) -> str:

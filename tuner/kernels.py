@@ -10,8 +10,9 @@
         G   += sum_r (d_r / B) outer x_r      # gradient, a second pass while the block is in cache
 
 The features are walked in tiles of :data:`TILE` so a block's rows stay in the L1 cache across
-the ``C`` classes, and each weight read serves the block's 8 rows. No batch is copied and each
-training row is read from memory once per epoch: ``docs/benchmarks.md`` has the figures.
+the ``C`` classes, which are taken two at a time: each weight read serves the block's 8 rows
+and each feature read 2 classes. No batch is copied and each training row is read from memory
+once per epoch: ``docs/benchmarks.md`` has the figures.
 :class:`Evaluator` computes the validation loss and accuracy the same way, with buffers built
 once per split. Both choose threads or one thread per call through ``_ThreadChoice.run``, and
 :func:`warm_up` compiles every signature they use (data writable or read-only).
@@ -58,49 +59,112 @@ def _block_index(idx, r, hi):
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _block_scores(r0, r1, r2, r3, r4, r5, r6, r7, Wt, S):
-    """``S[k, c] = Wt[c] . r_k`` for the block's eight rows, tile by tile."""
+    """``S[k, c] = Wt[c] . r_k`` for the block's eight rows, tile by tile, two classes at a
+    time (each feature loaded serves 2 classes, each weight 8 rows)."""
     S.fill(0.0)
+    n_classes = Wt.shape[0]
     for j0 in range(0, Wt.shape[1], TILE):
         j1 = min(Wt.shape[1], j0 + TILE)
         x0, x1, x2, x3 = r0[j0:j1], r1[j0:j1], r2[j0:j1], r3[j0:j1]
         x4, x5, x6, x7 = r4[j0:j1], r5[j0:j1], r6[j0:j1], r7[j0:j1]
-        for c in range(Wt.shape[0]):
-            w = Wt[c, j0:j1]
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)  # float64 with float64 data
-            for j in range(w.shape[0]):
-                wj = w[j]
-                a0 += x0[j] * wj
-                a1 += x1[j] * wj
-                a2 += x2[j] * wj
-                a3 += x3[j] * wj
-                a4 += x4[j] * wj
-                a5 += x5[j] * wj
-                a6 += x6[j] * wj
-                a7 += x7[j] * wj
-            S[0, c] += a0
-            S[1, c] += a1
-            S[2, c] += a2
-            S[3, c] += a3
-            S[4, c] += a4
-            S[5, c] += a5
-            S[6, c] += a6
-            S[7, c] += a7
+        for c in range(0, n_classes - 1, 2):
+            _tile_scores_2(x0, x1, x2, x3, x4, x5, x6, x7, Wt[c, j0:j1], Wt[c + 1, j0:j1], S, c)
+        if n_classes % 2:
+            _tile_scores_1(x0, x1, x2, x3, x4, x5, x6, x7, Wt[n_classes - 1, j0:j1], S, n_classes - 1)
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _tile_scores_2(x0, x1, x2, x3, x4, x5, x6, x7, w, v, S, c):
+    """``S[k, c] += w . x_k`` and ``S[k, c + 1] += v . x_k`` over one tile."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)  # float64 with float64 data
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.float32(0.0)
+    for j in range(w.shape[0]):
+        wj, vj = w[j], v[j]
+        a0 += x0[j] * wj
+        b0 += x0[j] * vj
+        a1 += x1[j] * wj
+        b1 += x1[j] * vj
+        a2 += x2[j] * wj
+        b2 += x2[j] * vj
+        a3 += x3[j] * wj
+        b3 += x3[j] * vj
+        a4 += x4[j] * wj
+        b4 += x4[j] * vj
+        a5 += x5[j] * wj
+        b5 += x5[j] * vj
+        a6 += x6[j] * wj
+        b6 += x6[j] * vj
+        a7 += x7[j] * wj
+        b7 += x7[j] * vj
+    _add_scores(S, c, a0, a1, a2, a3, a4, a5, a6, a7)
+    _add_scores(S, c + 1, b0, b1, b2, b3, b4, b5, b6, b7)
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _tile_scores_1(x0, x1, x2, x3, x4, x5, x6, x7, w, S, c):
+    """``S[k, c] += w . x_k`` over one tile (the last class of an odd number)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    for j in range(w.shape[0]):
+        wj = w[j]
+        a0 += x0[j] * wj
+        a1 += x1[j] * wj
+        a2 += x2[j] * wj
+        a3 += x3[j] * wj
+        a4 += x4[j] * wj
+        a5 += x5[j] * wj
+        a6 += x6[j] * wj
+        a7 += x7[j] * wj
+    _add_scores(S, c, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+@njit(cache=True, inline="always")
+def _add_scores(S, c, a0, a1, a2, a3, a4, a5, a6, a7):
+    S[0, c] += a0
+    S[1, c] += a1
+    S[2, c] += a2
+    S[3, c] += a3
+    S[4, c] += a4
+    S[5, c] += a5
+    S[6, c] += a6
+    S[7, c] += a7
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _block_grad(r0, r1, r2, r3, r4, r5, r6, r7, S, G):
-    """``G[c] += sum_k S[k, c] * r_k`` for the block's eight rows, tile by tile."""
+    """``G[c] += sum_k S[k, c] * r_k`` for the block's eight rows, tile by tile, two classes at
+    a time (each feature loaded serves 2 classes)."""
+    n_classes = G.shape[0]
     for j0 in range(0, G.shape[1], TILE):
         j1 = min(G.shape[1], j0 + TILE)
         x0, x1, x2, x3 = r0[j0:j1], r1[j0:j1], r2[j0:j1], r3[j0:j1]
         x4, x5, x6, x7 = r4[j0:j1], r5[j0:j1], r6[j0:j1], r7[j0:j1]
-        for c in range(G.shape[0]):
-            d0, d1, d2, d3 = S[0, c], S[1, c], S[2, c], S[3, c]
-            d4, d5, d6, d7 = S[4, c], S[5, c], S[6, c], S[7, c]
-            g = G[c, j0:j1]
-            for j in range(g.shape[0]):
-                g[j] += ((d0 * x0[j] + d1 * x1[j] + d2 * x2[j] + d3 * x3[j])
-                         + (d4 * x4[j] + d5 * x5[j] + d6 * x6[j] + d7 * x7[j]))
+        for c in range(0, n_classes - 1, 2):
+            _tile_grad_2(x0, x1, x2, x3, x4, x5, x6, x7, S, c, G[c, j0:j1], G[c + 1, j0:j1])
+        if n_classes % 2:
+            _tile_grad_1(x0, x1, x2, x3, x4, x5, x6, x7, S, n_classes - 1, G[n_classes - 1, j0:j1])
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _tile_grad_2(x0, x1, x2, x3, x4, x5, x6, x7, S, c, g, h):
+    """``g += sum_k S[k, c] x_k`` and ``h += sum_k S[k, c + 1] x_k`` over one tile."""
+    d0, d1, d2, d3, d4, d5, d6, d7 = S[0, c], S[1, c], S[2, c], S[3, c], S[4, c], S[5, c], S[6, c], S[7, c]
+    e0, e1, e2, e3 = S[0, c + 1], S[1, c + 1], S[2, c + 1], S[3, c + 1]
+    e4, e5, e6, e7 = S[4, c + 1], S[5, c + 1], S[6, c + 1], S[7, c + 1]
+    for j in range(g.shape[0]):
+        y0, y1, y2, y3, y4, y5, y6, y7 = x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j]
+        g[j] += ((d0 * y0 + d1 * y1 + d2 * y2 + d3 * y3)
+                 + (d4 * y4 + d5 * y5 + d6 * y6 + d7 * y7))
+        h[j] += ((e0 * y0 + e1 * y1 + e2 * y2 + e3 * y3)
+                 + (e4 * y4 + e5 * y5 + e6 * y6 + e7 * y7))
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _tile_grad_1(x0, x1, x2, x3, x4, x5, x6, x7, S, c, g):
+    """``g += sum_k S[k, c] x_k`` over one tile (the last class of an odd number)."""
+    d0, d1, d2, d3, d4, d5, d6, d7 = S[0, c], S[1, c], S[2, c], S[3, c], S[4, c], S[5, c], S[6, c], S[7, c]
+    for j in range(g.shape[0]):
+        g[j] += ((d0 * x0[j] + d1 * x1[j] + d2 * x2[j] + d3 * x3[j])
+                 + (d4 * x4[j] + d5 * x5[j] + d6 * x6[j] + d7 * x7[j]))
 
 
 @njit(cache=True, inline="always")
@@ -172,11 +236,11 @@ def _part(X, idx, y, Wt, lo, hi, inv_n, kind, S, G):
 def _reduce(losses, G, out, n):
     """``out = G[0] + G[1] + ...`` and the mean loss, always in part order."""
     for c in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            total = G[0, c, j]
-            for p in range(1, G.shape[0]):
-                total += G[p, c, j]
-            out[c, j] = total
+        out[c] = G[0, c]
+        for p in range(1, G.shape[0]):
+            row, part = out[c], G[p, c]
+            for j in range(row.shape[0]):  # the part loop outside: vectorizes over features
+                row[j] += part[j]
     loss = 0.0
     for p in range(losses.shape[0]):
         loss += losses[p]

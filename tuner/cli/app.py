@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -87,14 +86,6 @@ def warn(text: str) -> None:
 
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON on stdout (NaN and infinities become null)."""
-    sys.stdout.write(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
+    from tuner.jsonsafe import jsonable  # numpy: not loaded for --help
+    sys.stdout.write(json.dumps(jsonable(data), indent=2, default=str) + "\n")
 
-
-def _jsonable(data: Any) -> Any:
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {str(k): _jsonable(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_jsonable(v) for v in data]
-    return data

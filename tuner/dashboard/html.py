@@ -16,8 +16,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-
 from tuner.dashboard.context import PanelContext
 from tuner.dashboard.panels import fmt, generated_at
 from tuner.dashboard.render import RenderedPanel
@@ -247,14 +245,3 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
             f'<a href="/tuner/api/studies">JSON</a></div></header><main>{table}</main>'
             f"<footer>tuner · {len(rows)} studies · {generated_at()}</footer></body></html>\n")
 
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

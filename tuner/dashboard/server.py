@@ -44,10 +44,11 @@ from urllib.parse import parse_qs, quote
 
 import sqlalchemy
 
-from tuner.dashboard.html import jsonable, list_page, plotly_js, plotly_version
+from tuner.dashboard.html import list_page, plotly_js, plotly_version
 from tuner.dashboard.report import render_study_view
 from tuner.dashboard.spec import DashboardError, available_dashboards, load_dashboard
 from tuner.errors import StudyNotFoundError, TunerError
+from tuner.jsonsafe import jsonable
 from tuner.storage.resilience import first_line
 from tuner.storage.urls import mask_url
 

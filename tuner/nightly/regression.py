@@ -65,6 +65,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import RegressionRule, StudyFile
 from tuner.data import Splits
+from tuner.jsonsafe import jsonable
 from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
 from tuner.storage import BufferedStorage
 from tuner.study import flat_params, load_data, load_study
@@ -182,7 +183,7 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["exit_code"] = self.exit_code
-        return _finite(data)
+        return jsonable(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
@@ -228,15 +229,6 @@ def _signed(value: float | None) -> str:
         return "-"
     return f"{value:+.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
 
-
-def _finite(data: Any) -> Any:
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data
 
 
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"

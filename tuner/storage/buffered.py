@@ -121,9 +121,9 @@ class BufferedStorage(_CachedStorage):
         with self._backend.engine.begin() as conn:
             claimed = conn.execute(trials.update().where(
                 trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING).values(
-                state=TrialState.RUNNING, datetime_start=_utcnow())).rowcount == 1
+                state=TrialState.RUNNING, datetime_start=utcnow())).rowcount == 1
             if not claimed:
-                state = _state(conn.execute(sqlalchemy.select(trials.c.state).where(
+                state = trial_state(conn.execute(sqlalchemy.select(trials.c.state).where(
                     trials.c.trial_id == trial_id)).scalar())
                 if state is None:
                     raise KeyError(models.NOT_FOUND_MSG)
@@ -309,7 +309,7 @@ class BufferedStorage(_CachedStorage):
                 if state is not None:  # (the row is locked by the guard above)
                     update: dict[str, Any] = {"state": state}
                     if state.is_finished():
-                        update["datetime_complete"] = _utcnow()
+                        update["datetime_complete"] = utcnow()
                     conn.execute(trials.update().where(trials.c.trial_id == trial_id).values(**update))
         except _AlreadyWritten:
             pass
@@ -458,12 +458,13 @@ class _AlreadyWritten(Exception):
     """A retried write found that its earlier attempt had committed (ends the transaction)."""
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     """Naive UTC, as Optuna 5 stores trial timestamps."""
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _state(value: Any) -> TrialState | None:
+def trial_state(value: Any) -> TrialState | None:
+    """A trial state as read from the database (its name, or already a ``TrialState``)."""
     if value is None or isinstance(value, TrialState):
         return value
     return TrialState[value]

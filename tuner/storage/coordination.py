@@ -36,7 +36,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import selectinload
 
 from tuner.errors import LockHeldError
-from tuner.storage.buffered import BufferedStorage, _state, _utcnow, rdb_backend
+from tuner.storage.buffered import BufferedStorage, rdb_backend, trial_state, utcnow
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
 ATTR_RETRY_WANTED = "retry_wanted"
@@ -57,7 +57,7 @@ def state_counts(storage: BufferedStorage, study_id: int) -> Counter[TrialState]
         rows = conn.execute(query).all()
     counts: Counter[TrialState] = Counter()
     for state, count in rows:
-        counts[_state(state)] += count
+        counts[trial_state(state)] += count
     return counts
 
 
@@ -174,7 +174,7 @@ def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: b
             backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
                                                    trial_id, key, value)
         trial_row.state = TrialState.FAIL
-        trial_row.datetime_complete = _utcnow()
+        trial_row.datetime_complete = utcnow()
     return True
 
 
@@ -281,7 +281,7 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
             .join(users, users.c.trial_id == trials.c.trial_id)
             .where(trials.c.study_id == study_id, trials.c.state == TrialState.FAIL,
                    users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true",
-                   trials.c.datetime_complete <= _utcnow() - timedelta(seconds=older_than),
+                   trials.c.datetime_complete <= utcnow() - timedelta(seconds=older_than),
                    ~has_retry.exists())).all()
     queued = [number for trial_id, number in wanted
               if enqueue_retry(study, storage.backend.get_trial(trial_id), max_retry)]
