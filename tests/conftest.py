@@ -11,8 +11,11 @@ under ``CI=true``, where that is a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -169,3 +172,70 @@ def descendants(*roots: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bindir() -> Path | None:
+    """The folder of the PostgreSQL server programs (initdb, pg_ctl), if installed."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if out and (Path(out) / "initdb").exists():
+            return Path(out)
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    return None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server that a test starts, stops and restarts itself (``initdb`` and
+    ``pg_ctl`` in a temporary folder, as the ``postgres`` OS user when the tests run as root,
+    since initdb refuses root), on a free port of 127.0.0.1. Trust authentication, or
+    scram-sha-256 for user ``postgres`` with ``password``. Skips the test when it cannot."""
+
+    def __init__(self, *, password: str | None = None) -> None:
+        bindir = pg_bindir()
+        if bindir is None:
+            pytest.skip("no PostgreSQL server programs (initdb) to start a private server")
+        self.folder = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
+        as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                pytest.skip("running as root without runuser: initdb refuses to run as root")
+            shutil.chown(self.folder, "postgres", "postgres")
+            as_postgres = ["runuser", "-u", "postgres", "--"]
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = self.folder / "pw"
+            pwfile.write_text(password + "\n")
+            if as_postgres:
+                shutil.chown(pwfile, "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        self.port = free_port()
+        data = self.folder / "data"
+        init = subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                               "-N", *auth], capture_output=True, text=True)
+        if init.returncode != 0:
+            self.close()
+            pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
+        self._ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l",
+                     str(self.folder / "log"), "-w", "-o",
+                     f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"]
+        self._started = False
+
+    def pg_ctl(self, *args: str) -> None:
+        """``pg_ctl start``, ``pg_ctl stop -m fast``, ... on this server."""
+        subprocess.run([*self._ctl, *args], check=True, capture_output=True, timeout=60)
+        self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            subprocess.run([*self._ctl, "stop", "-m", "immediate"], capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)

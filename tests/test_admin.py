@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from conftest import run_tuner, tuner_env
+from conftest import free_port, run_tuner, tuner_env
 
 SECRET = "init-S3cret-pw"
 OLD_SCHEMA = "v3.0.0.d"      # the revision before Optuna 5's head v3.2.0.a (which adds one index)
@@ -70,12 +70,6 @@ def schema_state(url: str) -> tuple[str, list[str]]:
         indexes = [i["name"] for i in sqlalchemy.inspect(conn).get_indexes("trials")]
     engine.dispose()
     return version, indexes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LateForwarder:

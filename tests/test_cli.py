@@ -6,19 +6,14 @@ code, no traceback, and never the password."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 
-from conftest import STUDIES, run_tuner, tuner_env, write_study
+from conftest import STUDIES, PrivatePostgres, run_tuner, tuner_env, write_study
 
 MY_COMMANDS = ("check", "train", "run", "ls", "show", "export", "delete", "replay", "best")
 SECRET = "s3cret-Pa55-word"
@@ -445,62 +440,17 @@ def test_missing_postgres_database(pg_url):
                       "not exist", "createdb no_such_database_here")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bindir() -> Path | None:
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
-        if out and (Path(out) / "initdb").exists():
-            return Path(out)
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def password_server():
     """A private PostgreSQL server that checks passwords (scram-sha-256), started for these
     tests only (the shared test server trusts every local connection). Yields its port; the
     user ``postgres`` has the password ``SECRET``."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb) to start a password-checking server")
-    prefix: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="tuner-pgpw-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    pwfile = folder / "pw"
-    pwfile.write_text(SECRET + "\n")
-    if prefix:
-        os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
-    data, port = folder / "data", _free_port()
+    server = PrivatePostgres(password=SECRET)
     try:
-        subprocess.run([*prefix, bindir / "initdb", "-D", data, "-U", "postgres", "-N",
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}"], check=True,
-                       capture_output=True)
-        subprocess.run([*prefix, bindir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-                        "start"], check=True, capture_output=True, timeout=60)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"could not start a private PostgreSQL server: {exc}")
-    try:
-        yield port
+        server.pg_ctl("start")
+        yield server.port
     finally:
-        subprocess.run([*prefix, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.close()
 
 
 def test_right_password_works(password_server):

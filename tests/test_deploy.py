@@ -28,7 +28,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,7 +45,7 @@ import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from conftest import REPO, _pg_admin_url, descendants, tuner_env
+from conftest import REPO, _pg_admin_url, descendants, free_port, tuner_env
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -252,12 +251,6 @@ def local_tuner(layout: ImageLayout) -> list[str]:
 
 
 # --- running the services -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

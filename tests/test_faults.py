@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import REPO, create_pg_database, drop_pg_database, run_tuner, tuner_env
+from conftest import REPO, PrivatePostgres, create_pg_database, drop_pg_database, run_tuner, tuner_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -354,51 +351,21 @@ def test_terminated_connections_fail_no_trial(tmp_path, pg_url):
 
 # --- 4. the PostgreSQL server restarts -------------------------------------------------
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def throwaway_pg(tmp_path):
-    """A PostgreSQL server this test owns (initdb + pg_ctl as the postgres OS user)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no initdb in {PG_BIN}: cannot start a throwaway server to restart")
-    runuser = shutil.which("runuser")
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        if runuser is None:
-            pytest.skip("running as root without runuser: initdb refuses to run as root")
-        as_postgres = [runuser, "-u", "postgres", "--"]
-    base = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
-    data = base / "data"
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-    port = _free_port()
-    init = subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
-                           "-U", "postgres"], capture_output=True, text=True)
-    if init.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
-    ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
-           "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {base}"]
-
-    def pg_ctl(*args: str) -> None:
-        subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=60)
-
-    pg_ctl("start")
-    admin = sqlalchemy.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
-                                     isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text("CREATE DATABASE tuner"))
-    admin.dispose()
-    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tuner", pg_ctl
-    subprocess.run([*ctl, "stop", "-m", "immediate"], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+def throwaway_pg():
+    """A PostgreSQL server this test owns, to stop and restart: (URL of its database, pg_ctl)."""
+    server = PrivatePostgres()
+    try:
+        server.pg_ctl("start")
+        admin = sqlalchemy.create_engine(
+            f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres",
+            isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text("CREATE DATABASE tuner"))
+        admin.dispose()
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/tuner", server.pg_ctl
+    finally:
+        server.close()
 
 
 @pytest.mark.postgres

@@ -690,6 +690,37 @@ def test_replay_reproduces_the_stored_history(mixed, kind):
         assert f"stored divergence at update {trial.user_attrs['divergence_step']}" in text
 
 
+def test_replay_mismatch_names_the_engine_that_ran_the_trial(mixed, tmp_path):
+    """A trial run by another engine (here: its stored curve altered and its engine renamed, as
+    after an upgrade) fails the replay with both engines named."""
+    import shutil
+
+    import sqlalchemy
+
+    from tuner.kernels import engine_id
+
+    url, _ = mixed
+    trial = pick(url, "complete")
+    assert trial.user_attrs["engine"] == engine_id()
+    copy = tmp_path / "copy.db"
+    shutil.copy(url.removeprefix("sqlite:///"), copy)
+    curve = dict(trial.user_attrs["curve"])
+    curve["val_loss"] = [v + 1e-9 for v in curve["val_loss"]]
+    engine = sqlalchemy.create_engine(f"sqlite:///{copy}")
+    with engine.begin() as conn:
+        for key, value in (("curve", curve), ("engine", "tuner 0.0.1, numba 0.1, pentium")):
+            conn.execute(sqlalchemy.text("UPDATE trial_user_attributes SET value_json = :v "
+                                         "WHERE trial_id = :t AND key = :k"),
+                         {"v": json.dumps(value), "t": trial._trial_id, "k": key})
+    engine.dispose()
+    proc = tuner("replay", "mixed", trial.number, "--storage", f"sqlite:///{copy}")
+    assert proc.returncode == 1
+    text = flat(proc.stdout)
+    assert f"mismatch in {len(curve['epoch'])} epoch(s)" in text
+    assert (f"the trial ran on tuner 0.0.1, numba 0.1, pentium, the replay on {engine_id()}: "
+            "bit-for-bit replays need the same tuner and numba versions") in text
+
+
 def test_replay_of_an_unknown_trial(mixed):
     url, _ = mixed
     proc = tuner("replay", "mixed", 999, "--storage", url)

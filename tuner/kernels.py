@@ -514,6 +514,17 @@ def _check_weights(Wt: np.ndarray, like: Any) -> None:
         raise ValueError(f"weights of shape {Wt.shape}, expected {like.shape}")
 
 
+def engine_id() -> str:
+    """What a result's last bits depend on besides the inputs: tuner's and numba's versions and
+    the CPU the kernels were compiled for (the vector width and FMA contraction follow it).
+    Stored with every trial, so a replay can tell a changed engine from a lost reproduction."""
+    import llvmlite.binding
+
+    from tuner import __version__
+
+    return f"tuner {__version__}, numba {numba.__version__}, {llvmlite.binding.get_host_cpu_name()}"
+
+
 def set_threads(n: int) -> None:
     """Use at most ``n`` threads for parallel kernels in this process (workers share cores)."""
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

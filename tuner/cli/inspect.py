@@ -208,6 +208,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     (train loss, validation loss and accuracy, lr) must match bit for bit, and a diverged
     trial must diverge at the same update."""
     from tuner.cli.views import fmt
+    from tuner.kernels import engine_id
     from tuner.study import flat_params, load_data
     from tuner.train import fit
 
@@ -243,10 +244,12 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     divergence_same = not diverged or (result.divergence is not None
                                        and result.divergence["step"] == stored_step)
     match = mismatches == 0 and divergence_same
+    engine = {"stored": frozen.user_attrs.get("engine"), "replayed": engine_id()}
     if json_out:
         print_json({"study": study, "trial": trial, "match": match, "epochs": len(rows),
                     "mismatched_epochs": mismatches, "seed": frozen.user_attrs["seed"],
-                    "stored": stored, "replayed": result.history, "divergence": result.divergence})
+                    "engine": engine, "stored": stored, "replayed": result.history,
+                    "divergence": result.divergence})
     else:
         table = Table(title=f"trial #{trial} replayed (seed {frozen.user_attrs['seed']})",
                       title_justify="left")
@@ -264,6 +267,11 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
                       f"replayed: {result.divergence and result.divergence['step']}")
         out.print("[green]match: the replay reproduces the stored history exactly[/]" if match else
                   f"[red]mismatch in {mismatches} epoch(s)[/]")
+        if not match and engine["stored"] != engine["replayed"]:
+            out.print(f"the trial ran on {engine['stored'] or 'an unrecorded engine'}, the replay on "
+                      f"{engine['replayed']}: bit-for-bit replays need the same tuner and numba "
+                      "versions on the same kind of CPU (differences in the last bits are expected "
+                      "otherwise)", highlight=False)
     raise typer.Exit(0 if match else 1)
 
 

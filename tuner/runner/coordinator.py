@@ -48,6 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyFile
 from tuner.errors import StorageError, TunerError
+from tuner.kernels import engine_id
 from tuner.runner.pool import Job, Worker
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
@@ -137,6 +138,7 @@ class Runner:
         self.prefetch = prefetch
         self.metric = study_file.study.metric
         self.rel = study_file.study.reliability
+        self.engine = engine_id()  # stored with each trial (what an exact replay needs)
         self._shutting_down = False
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
@@ -558,7 +560,8 @@ class Runner:
         seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))
         attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
                  "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
-                 "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id()}
+                 "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id(),
+                 "engine": self.engine}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.storage.flush(trial._trial_id)
