@@ -253,10 +253,11 @@ def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_u
         text = " ".join(statement.split()).upper()
         if text.startswith("SELECT STUDIES.") and text.endswith("FOR UPDATE") and not claimed_by_b:
             admin = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:  # cut the connection that holds A's budget lock
+            with admin.connect() as c:  # cut the connection holding A's budget lock (in this database)
                 assert c.execute(sqlalchemy.text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted")).scalar() == 1
+                    "WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())")).scalar() == 1
             admin.dispose()
             claimed_by_b.append(b._claim_once())
 
