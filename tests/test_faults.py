@@ -272,6 +272,44 @@ def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_u
     assert a._claim_once() is None  # claiming again: the one slot is B's
 
 
+@pytest.mark.postgres
+def test_a_failed_trial_keeps_its_budget_slot_until_its_retry_is_queued(tmp_path, pg_url):
+    """Failing a trial and queuing its retry are two transactions. A claim in between used to
+    see a free slot and start a new configuration; the retry, queued next, then stayed WAITING
+    once the budget was full (a CI run: 8 trials finished, the killed trial's retry never ran).
+    Deterministic form: runner A holds the study's only slot; B fails it as stale (with a retry
+    wanted) but has not queued the retry yet; a claim now gets nothing; once the retry is
+    queued, the claim gets the retry."""
+    from tuner.config import load_study_file
+    from tuner.runner.coordinator import Runner
+    from tuner.storage import open_storage
+    from tuner.storage.coordination import enqueue_retry, fail_trial
+    from tuner.study import open_study
+
+    sf = load_study_file(study_file(tmp_path, n_trials=1))
+
+    def runner() -> Runner:  # a runner up to its first claim (no workers needed for that)
+        r = Runner(sf, storage_url=pg_url, quiet=True)
+        r.storage = open_storage(pg_url)
+        r.study = open_study(sf, r.storage)
+        r.study_id, r.n_train = r.study._study_id, 3000
+        return r
+
+    a, b = runner(), runner()
+    job = a._claim_once()
+    assert job is not None and b._claim_once() is None  # the budget is one trial
+    assert fail_trial(b.storage, job.trial_id, "stale heartbeat: its runner stopped responding",
+                      retry=True, max_retry=sf.study.reliability.max_retry)
+    assert b._claim_once() is None  # the slot is the retry's, not a new configuration's
+    assert enqueue_retry(b.study, b.storage.backend.get_trial(job.trial_id),
+                         sf.study.reliability.max_retry)
+    retry = b._claim_once()
+    assert retry is not None and retry.params == job.params
+    trials = read_trials(pg_url, "faults")
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.RUNNING)]
+    assert trials[1].user_attrs["retry_of"] == 0
+
+
 # --- 1. SIGKILL a runner mid-trial -------------------------------------------------------
 
 @pytest.mark.postgres

@@ -61,6 +61,7 @@ from tuner.storage.coordination import (
     enqueue_retry,
     fail_stale_trials,
     fail_trial,
+    retries_being_queued,
     runner_lock,
     state_counts,
     touch_heartbeats,
@@ -539,6 +540,8 @@ class Runner:
         with BudgetLock(self.storage, self.study_id) as lock:
             counts = state_counts(self.storage, self.study_id)
             taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
+            if taken < self.sf.study.n_trials and counts[TrialState.FAIL]:
+                taken += retries_being_queued(self.storage, self.study_id, self.rel.grace)
             if taken >= self.sf.study.n_trials:
                 return None
             trial = self.study.ask()

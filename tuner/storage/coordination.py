@@ -261,6 +261,37 @@ class RetryCallback(RetryHeartbeatStaleTrialCallback):
         enqueue_retry(study, trial, self._max_retry if self._max_retry is not None else 10**9)
 
 
+def _awaiting_retry(study_id: int) -> sqlalchemy.Select:
+    """``(trial_id, number)`` of the study's FAIL trials recorded with ``retry_wanted`` whose
+    retry is not queued yet."""
+    trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
+    retries, retry_trials = users.alias("retries"), trials.alias("retry_trials")
+    has_retry = (sqlalchemy.select(retries.c.trial_id)
+                 .join(retry_trials, retry_trials.c.trial_id == retries.c.trial_id)
+                 .where(retry_trials.c.study_id == study_id, retries.c.key == "retry_of",
+                        retries.c.value_json == sqlalchemy.cast(trials.c.number, sqlalchemy.String)))
+    return (sqlalchemy.select(trials.c.trial_id, trials.c.number)
+            .join(users, users.c.trial_id == trials.c.trial_id)
+            .where(trials.c.study_id == study_id, trials.c.state == TrialState.FAIL,
+                   users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true",
+                   ~has_retry.exists()))
+
+
+def retries_being_queued(storage: BufferedStorage, study_id: int, within_seconds: float) -> int:
+    """How many trials failed in the last ``within_seconds`` still wait for the retry their
+    runner is about to queue. A claim counts them as taken: failing a trial and queuing its
+    retry are two transactions, and a claim between the two would otherwise spend the failed
+    trial's budget slot on a new configuration, leaving the retry WAITING once the budget is
+    full. (Older ones are :func:`requeue_missing_retries`'s to queue, so a retry that can never
+    be queued cannot hold a slot for ever.)"""
+    trials = models.TrialModel.__table__
+    query = _awaiting_retry(study_id).where(
+        trials.c.datetime_complete > utcnow() - timedelta(seconds=within_seconds))
+    with storage.backend.engine.connect() as conn:
+        return conn.execute(sqlalchemy.select(sqlalchemy.func.count())
+                            .select_from(query.subquery())).scalar_one()
+
+
 def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, max_retry: int,
                             older_than: float) -> list[int]:
     """Queue the retry of every trial failed with ``retry_wanted`` at least ``older_than``
@@ -268,21 +299,11 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
     connection dropped between them must not lose the retry. (The age keeps this sweep from
     doing the work of the runner that is about to queue it; :func:`enqueue_retry` is idempotent,
     so a race queues one retry all the same.) Returns the numbers re-queued."""
-    trials, users = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-    retries, retry_trials = users.alias("retries"), trials.alias("retry_trials")
+    trials = models.TrialModel.__table__
     study_id = study._study_id
-    has_retry = (sqlalchemy.select(retries.c.trial_id)
-                 .join(retry_trials, retry_trials.c.trial_id == retries.c.trial_id)
-                 .where(retry_trials.c.study_id == study_id, retries.c.key == "retry_of",
-                        retries.c.value_json == sqlalchemy.cast(trials.c.number, sqlalchemy.String)))
     with storage.backend.engine.connect() as conn:  # usually no row: one cheap query per sweep
-        wanted = conn.execute(
-            sqlalchemy.select(trials.c.trial_id, trials.c.number)
-            .join(users, users.c.trial_id == trials.c.trial_id)
-            .where(trials.c.study_id == study_id, trials.c.state == TrialState.FAIL,
-                   users.c.key == ATTR_RETRY_WANTED, users.c.value_json == "true",
-                   trials.c.datetime_complete <= utcnow() - timedelta(seconds=older_than),
-                   ~has_retry.exists())).all()
+        wanted = conn.execute(_awaiting_retry(study_id).where(
+            trials.c.datetime_complete <= utcnow() - timedelta(seconds=older_than))).all()
     queued = [number for trial_id, number in wanted
               if enqueue_retry(study, storage.backend.get_trial(trial_id), max_retry)]
     if queued:
