@@ -277,6 +277,37 @@ def test_delete_refuses_a_running_study_and_force_stops_its_runner_cleanly(stora
     assert "Traceback" not in err and "leaked" not in err, err
 
 
+def test_force_delete_amid_short_trials_leaves_no_row_behind(storage_url, tmp_path):
+    """`delete --force` while a runner creates a trial every few milliseconds: the study and
+    every row of its trials are gone, nothing is written after the delete, and a new study in
+    the same storage (SQLite reuses the ids) starts clean. Optuna's delete_study deleted nothing
+    on PostgreSQL here (a trial created meanwhile broke it, silently) and left RUNNING trials on
+    SQLite that the next study took over."""
+    study = write_study(tmp_path / "s.toml", name="busy", n_trials=2000, epochs=2)
+    runner = popen_tuner("run", study, "--storage", storage_url, "-q", cwd=tmp_path)
+    engine = sqlalchemy.create_engine(storage_url)
+    try:
+        wait_for_running(storage_url, "busy", runner)
+        time.sleep(2.0)  # well into a stream of short trials
+        forced = tuner("delete", "busy", "--storage", storage_url, "--yes", "--force", check=True)
+        assert "deleted study 'busy'" in forced.stderr
+        out, err = runner.communicate(timeout=60)
+        assert runner.returncode == 1 and "was deleted while this run was using it" in flat(err), err
+        with engine.connect() as conn:
+            for table in ("studies", "trials", "trial_params", "trial_values", "trial_user_attributes",
+                          "trial_system_attributes", "trial_intermediate_values", "trial_heartbeats",
+                          "study_directions", "study_user_attributes", "study_system_attributes"):
+                assert conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+    finally:
+        engine.dispose()
+        if runner.poll() is None:
+            runner.kill()
+    fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=3, epochs=2)
+    proc = tuner("run", fresh, "--storage", storage_url, check=True)
+    assert "recovered" not in proc.stdout + proc.stderr
+    assert states(storage_url, "fresh") == {"COMPLETE": 3}
+
+
 def test_timeout_stops_starting_trials(sqlite_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="short", n_trials=50, epochs=2)
     proc = tuner("run", study, "--storage", sqlite_url, "--timeout", "0.001", "--json", check=True)

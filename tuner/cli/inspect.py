@@ -162,11 +162,9 @@ def delete(study: StudyArg, storage: StorageOpt = None,
     """Delete a study and all its trials (asks first; refuses while the study is running)."""
     import contextlib
 
-    import optuna
-
     from tuner.errors import LockHeldError
     from tuner.storage import describe
-    from tuner.storage.coordination import heartbeat_ages, runner_lock
+    from tuner.storage.coordination import delete_study, heartbeat_ages, runner_lock
     from tuner.study import load_study
 
     store, url = open_existing(storage)
@@ -195,7 +193,7 @@ def delete(study: StudyArg, storage: StorageOpt = None,
                                          f"{describe(url)}?{warning}"):
             err.print("nothing deleted")
             raise typer.Exit(1)
-        optuna.delete_study(study_name=study, storage=store)
+        n = delete_study(store, st._study_id)
     err.print(f"deleted study {study!r} ({n} trials)")
 
 

@@ -311,6 +311,45 @@ def requeue_missing_retries(study: optuna.Study, storage: BufferedStorage, *, ma
     return queued
 
 
+_TRIAL_TABLES = (models.TrialParamModel, models.TrialValueModel, models.TrialIntermediateValueModel,
+                 models.TrialUserAttributeModel, models.TrialSystemAttributeModel,
+                 models.TrialHeartbeatModel)
+_STUDY_TABLES = (models.StudyDirectionModel, models.StudyUserAttributeModel,
+                 models.StudySystemAttributeModel)
+
+
+def delete_study(storage: Any, study_id: int) -> int:
+    """Delete a study, its trials and everything stored with them, in one transaction that
+    first locks the study row; returns how many trials it had.
+
+    Safe while a runner still runs the study (``tuner delete --force``): Optuna's trial creation
+    locks the same row, so no trial can be added between counting and deleting (Optuna's own
+    ``delete_study`` read the trials first and deleted them one by one: a trial created
+    meanwhile left it with a foreign-key violation, which it ignores silently, deleting nothing
+    on PostgreSQL, and an orphan trial on SQLite that the next study to reuse the id took over).
+    The runner's next write then finds its trial or its study gone and stops."""
+    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+    with _engine(storage).begin() as conn:
+        # a write first (SQLite: takes the write lock at once), then the row lock that
+        # Optuna's trial creation waits for (PostgreSQL)
+        found = conn.execute(studies.update().where(studies.c.study_id == study_id)
+                             .values(study_name=studies.c.study_name)).rowcount
+        if not found:
+            raise KeyError(f"no study with id {study_id}")
+        conn.execute(sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id)
+                     .with_for_update())
+        of_study = sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
+        for model in _TRIAL_TABLES:
+            table = model.__table__
+            conn.execute(table.delete().where(table.c.trial_id.in_(of_study)))
+        n_trials = conn.execute(trials.delete().where(trials.c.study_id == study_id)).rowcount
+        for model in _STUDY_TABLES:
+            table = model.__table__
+            conn.execute(table.delete().where(table.c.study_id == study_id))
+        conn.execute(studies.delete().where(studies.c.study_id == study_id))
+    return n_trials
+
+
 @dataclass
 class Failed:
     """A trial a stale-trial sweep failed: its number, and why it was not re-queued (``None``:
