@@ -198,12 +198,32 @@ def test_train_reports_divergence(tmp_path):
     (["lr=fast"], ["configuration to train: lr: 'fast' is not a number"]),
     (["optimizer=sgd", "beta2=0.99"], ["'beta2' does not apply to optimizer 'sgd'",
                                        "it applies to adam, adamw"]),
-    (["warmup_epochs=10"], ["warmup_epochs = 10 leaves no epoch after the warmup of the 1 trained"]),
+    (["warmup_epochs=10"], ["--set warmup_epochs=10 leaves no epoch after the warmup of the 1 trained"]),
+    (["lr=0.1", "lr=0.2"], ["--set lr is given twice; keep one"]),
+    (["optimizer=sgd", "adam.beta1=0.8"], ["--set optimizer=sgd but a --set key names adam"]),
+    (["sgd.speed=1"], ["--set sgd.speed: unknown training parameter", "e.g. adam.beta1, step.gamma"]),
 ])
 def test_train_bad_set(tmp_path, sets, fragments):
     study = write_study(tmp_path / "s.toml")
     args = [a for s in sets for a in ("--set", s)]
     assert_user_error(run_tuner("train", study, *args, "--epochs", "1"), 2, *fragments)
+
+
+def test_train_takes_the_names_of_the_results_and_fits_its_own_choices(tmp_path):
+    """``--set adam.beta1`` (as results and importances name it) picks Adam; ``step_epochs``
+    replaces the file's milestones; a warmup tuner chose (middle of the file's range) is lowered
+    below a short ``--epochs`` instead of refused."""
+    study = write_study(tmp_path / "s.toml", space='optimizer = ["sgd", "adam"]\nlr = 0.01\n'
+                        'decay = ["cosine", "step"]\nwarmup_epochs = {low = 2, high = 4}\n'
+                        '[space.decays.step]\nmilestones = [0.5]')
+    data = json.loads(run_tuner("train", study, "--set", "adam.beta1=0.8", "--set", "step.gamma=0.5",
+                                "--set", "step_epochs=1", "--epochs", "2", "--json", check=True).stdout)
+    config = data["config"]
+    assert config["optimizer"] == "adam" and config["beta1"] == 0.8
+    assert config["decay"] == "step" and config["gamma"] == 0.5 and config["step_epochs"] == 1
+    assert "milestones" not in config
+    assert config["warmup_epochs"] == 1
+    assert "lowered below the 2 epochs" in data["sources"]["warmup_epochs"]
 
 
 def test_no_test_split(tmp_path):

@@ -250,6 +250,8 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
         if reason:
             raise ValueError(f"{name}: {reason}")
         resolved[name] = list(value) if spec.kind == "fractions" else value
-    if resolved.get("step_epochs") is not None and "milestones" in params:
-        raise ValueError("step decay takes either 'milestones' or 'step_epochs', not both")
+    if resolved.get("step_epochs") is not None:
+        if "milestones" in params:
+            raise ValueError("step decay takes either 'milestones' or 'step_epochs', not both")
+        del resolved["milestones"]  # replaced (and resolving the result again stays valid)
     return resolved

@@ -152,19 +152,37 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are read as TOML (numbers, true/false, [lists]) or strings."""
     from tuner import params as P
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
+    implied: dict[str, str] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=0.01")
+        # the names of the search space and the results (adam.beta1, step.gamma) work too, and
+        # choose their optimizer or decay
+        owner, dot, key = name.rpartition(".")
+        if dot and owner in P.OPTIMIZERS:
+            implied.setdefault("optimizer", owner)
+        elif dot and owner in P.DECAYS:
+            implied.setdefault("decay", owner)
+        elif dot:
+            key = name
         if key not in P.PARAMS:
-            raise ConfigError(f"--set {key}: unknown training parameter; valid: {', '.join(P.PARAMS)}")
+            raise ConfigError(f"--set {name}: unknown training parameter; valid: {', '.join(P.PARAMS)}"
+                              " (or OPTIMIZER.KEY / DECAY.KEY, e.g. adam.beta1, step.gamma)")
+        if key in overrides:
+            raise ConfigError(f"--set {key} is given twice; keep one")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
         overrides[key] = value
+    for key, value in implied.items():
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"--set {key}={overrides[key]} but a --set key names {value}: "
+                              "make them agree")
+        overrides.setdefault(key, value)
     return overrides
 
 
@@ -180,6 +198,9 @@ def resolve_train_config(sf: StudyFile, overrides: dict[str, Any]) -> tuple[dict
     for key, value in overrides.items():
         params[key] = value
         chooser.sources[key] = "--set"
+    for one, other in (("step_epochs", "milestones"), ("milestones", "step_epochs")):
+        if one in overrides and other not in overrides:  # either replaces the other
+            params.pop(other, None)
     try:
         resolved = P.resolve(params)
     except ValueError as exc:
@@ -192,8 +213,9 @@ def resolve_train_config(sf: StudyFile, overrides: dict[str, Any]) -> tuple[dict
 def train(study_file: StudyFileArg,
           set_: Annotated[list[str] | None, typer.Option(
               "--set", help="Fix a training parameter, e.g. --set optimizer=adam --set lr=0.01 "
-                            "(repeatable). Unset searchable keys take the first choice or the "
-                            "middle of their range.")] = None,
+                            "(repeatable; adam.beta1=0.9 also picks Adam, step.gamma=0.5 the step "
+                            "decay). Unset searchable keys take the first choice or the middle of "
+                            "their range (a warmup lowered to fit --epochs).")] = None,
           epochs: Annotated[int | None, typer.Option(min=1, help="Override model.epochs.")] = None,
           seed: Annotated[int, typer.Option(help="Training seed (weights and shuffling).")] = 0,
           json_out: JsonOpt = False) -> None:
@@ -212,8 +234,11 @@ def train(study_file: StudyFileArg,
     params, sources = resolve_train_config(sf, parse_sets(set_ or []))
     n_epochs = epochs if epochs is not None else sf.model.epochs
     if params.get("warmup_epochs", 0) >= n_epochs:  # as a study file's [space] requires
-        raise ConfigError(f"warmup_epochs = {params['warmup_epochs']:g} leaves no epoch after the "
-                          f"warmup of the {n_epochs} trained; keep it below {n_epochs}")
+        if sources.get("warmup_epochs") == "--set":
+            raise ConfigError(f"--set warmup_epochs={params['warmup_epochs']:g} leaves no epoch "
+                              f"after the warmup of the {n_epochs} trained; keep it below {n_epochs}")
+        params["warmup_epochs"] = max(0, n_epochs - 1)  # a value we chose: fit it to --epochs
+        sources["warmup_epochs"] += f", lowered below the {n_epochs} epochs"
     splits = load_data(sf)
     plan = make_plan(params, len(splits.y_train), n_epochs)
     if not json_out:
@@ -240,7 +265,7 @@ def train(study_file: StudyFileArg,
     evals = {name: (X, y) for name, X, y in (("val", splits.X_val, splits.y_val),
                                              ("test", splits.X_test, splits.y_test)) if len(y)}
     reference = logistic_regression_accuracy(splits.X_train, splits.y_train, evals)
-    summary: dict[str, Any] = {"config": params, "history": result.history,
+    summary: dict[str, Any] = {"config": params, "sources": sources, "history": result.history,
                                "divergence": result.divergence, "reference": reference,
                                "wall_time": result.wall_time}
     if not result.diverged:
