@@ -401,3 +401,20 @@ def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_pa
     proc = nightly(path, url, DAY, "--quiet", check=True)
     assert secret not in proc.stdout + proc.stderr
     assert "history: tuner history nt --storage" in proc.stdout
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_night(sqlite_url, tmp_path):
+    """``tuner nightly ... | head -1`` (or a cron wrapper that stops reading): the first write to
+    the closed pipe used to end the sweep with exit 1 and no verdict; now the output is dropped
+    and the night finishes, its verdict stored and its exit code the verdict's."""
+    path = nightly_file(tmp_path / "n.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "nightly", str(path), "--date",
+                             DAY.isoformat(), "--storage", sqlite_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=tuner_env(), cwd=tmp_path)
+    proc.stdout.close()  # nobody reads the output
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    study = optuna.load_study(study_name="nt-2026-11-25", storage=sqlite_url)
+    assert study.user_attrs[ATTR_VERDICT]["verdict"] == "ok"
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 4

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from rich.markup import escape
 
@@ -40,7 +41,43 @@ def _before_any_command() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+class _Stdout:
+    """``sys.stdout``, except that a reader that goes away (``tuner nightly ... | head``) does
+    not stop the work: once a write finds the pipe closed, later output is dropped (the
+    descriptor then points at /dev/null, so the interpreter's last flush has nothing to say)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.pipe_closed = False
+
+    def write(self, text: str) -> int:
+        if not self.pipe_closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.pipe_closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.pipe_closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    if not isinstance(sys.stdout, _Stdout) and sys.stdout is not None:
+        sys.stdout = _Stdout(sys.stdout)
     # Optuna 5 stores naive UTC in RDB storages and converts with the local zone: pin UTC so
     # workers, dashboards and schedulers on different hosts agree (reference notes 1.2).
     os.environ["TZ"] = "UTC"
