@@ -303,6 +303,11 @@ def test_delete_asks_first(tmp_path):
     for name in ("keep", "drop"):
         run_tuner("run", write_study(tmp_path / f"{name}.toml", name=name, n_trials=1, epochs=1),
                   "--storage", url, "-q", check=True)
+    silent = subprocess.run([sys.executable, "-m", "tuner", "delete", "drop", "--storage", url],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            env=tuner_env(), timeout=120)  # cron, CI: nobody to answer
+    assert_user_error(silent, 2, "not deleting study 'drop' (1 trials): no answer to confirm it",
+                      "add --yes to delete without asking")
     no = _delete_answering("n", "drop", url)
     assert no.returncode == 1 and "nothing deleted" in no.stderr
     assert "delete study 'drop' (1 trials)" in no.stdout + no.stderr

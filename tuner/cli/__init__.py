@@ -28,6 +28,20 @@ from tuner.cli.app import app, err
 from tuner.errors import TunerError
 
 
+def _reflow(doc: str) -> str:
+    """A docstring as help text: its paragraphs as single lines, so the terminal wraps them
+    (rich help keeps line breaks: source lines broke mid-sentence in a narrow terminal)."""
+    import inspect as _inspect
+
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines())
+                        for paragraph in _inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    if _command.help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.help = _reflow(_command.callback.__doc__)
+
+
 @app.callback()
 def _before_any_command() -> None:
     # Runs before every command (click also calls it before `tuner CMD --help` is shown).

@@ -189,10 +189,16 @@ def delete(study: StudyArg, storage: StorageOpt = None,
                                 hint="stop the run first (Ctrl-C or SIGTERM), or add --force")
         n = len(st.get_trials(deepcopy=False))
         warning = " It is RUNNING now." if running else ""
-        if not yes and not typer.confirm(f"delete study {study!r} ({n} trials) from "
-                                         f"{describe(url)}?{warning}"):
-            err.print("nothing deleted")
-            raise typer.Exit(1)
+        if not yes:
+            try:
+                confirmed = typer.confirm(f"delete study {study!r} ({n} trials) from "
+                                          f"{describe(url)}?{warning}")
+            except typer.Abort:  # no answer: stdin at its end (/dev/null, cron)
+                raise ConfigError(f"not deleting study {study!r} ({n} trials): no answer to "
+                                  "confirm it", hint="add --yes to delete without asking") from None
+            if not confirmed:
+                err.print("nothing deleted")
+                raise typer.Exit(1)
         n = delete_study(store, st._study_id)
     err.print(f"deleted study {study!r} ({n} trials)")
 
