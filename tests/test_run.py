@@ -829,6 +829,11 @@ def test_export_format_follows_the_output_suffix_and_dash_is_stdout(mixed, tmp_p
     clash = tuner("export", "mixed", "--storage", url, "-f", "csv", "-o", tmp_path / "x.json")
     assert clash.returncode == 2 and "--format csv but --output" in flat(clash.stderr)
     assert not (tmp_path / "x.json").exists()
+    unknown = tuner("export", "mixed", "--storage", url, "-o", tmp_path / "x.xlsx")
+    assert unknown.returncode == 2 and ".xlsx is not a format tuner writes" in flat(unknown.stderr)
+    assert not (tmp_path / "x.xlsx").exists()
+    tuner("export", "mixed", "--storage", url, "-f", "csv", "-o", tmp_path / "x.txt", check=True)
+    assert (tmp_path / "x.txt").read_text().startswith("number,state,value")
     piped = tuner("export", "mixed", "--storage", url, "-o", "-", check=True)
     assert piped.stdout.splitlines()[0].startswith("number,state,value")
     assert len(piped.stdout.splitlines()) == 17 and "wrote 16 trials to stdout" in piped.stderr

@@ -123,6 +123,9 @@ def export(study: StudyArg, storage: StorageOpt = None,
     if format_ is not None and inferred is not None and format_ != inferred:
         raise ConfigError(f"--format {format_} but --output {output} ends in .{suffix}: "
                           "drop one of them or make them agree")
+    if format_ is None and suffix and inferred is None:
+        raise ConfigError(f"--output {output}: .{suffix} is not a format tuner writes; name the "
+                          "file .csv, .parquet or .json, or add --format to write that name")
     fmt = format_ or inferred or "csv"
     if output == "-" and fmt == "parquet" and sys.stdout.isatty():
         raise ConfigError("parquet is binary: not written to a terminal; redirect stdout "
