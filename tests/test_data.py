@@ -232,6 +232,10 @@ def test_class_with_too_few_examples_to_split():
                                         "train/validation/test split needs at least 3") as info:
         split_dataset(dataset([30, 30, 2]))
     assert info.value.hint and "drop it" in info.value.hint
+    assert "set data.test_size = 0" in info.value.hint and "val_size" not in info.value.hint
+    with pytest.raises(DataError, match="class 'k2' has 1 example") as info:
+        split_dataset(dataset([30, 30, 1]))
+    assert "test_size" not in info.value.hint  # one example is too few even without a test set
     # without a test set two examples are enough
     sp = split_dataset(dataset([30, 30, 2]), val_size=0.2, test_size=0)
     assert len(sp.y_test) == 0 and 2 in sp.y_train
@@ -249,6 +253,8 @@ def test_small_class_emptied_by_the_test_split():
     ([20, 20, 20], {"val_size": 2, "test_size": 10}, "the validation set would have 2 example"),
     ([20, 20, 20], {"val_size": 10, "test_size": 0.02}, "the test set would have 1 example"),
     ([5, 5], {"val_size": 0.5, "test_size": 0.4}, "leave 1 for training"),
+    ([5, 5], {"val_size": 6, "test_size": 5}, r"validation \(6\) \+ test \(5\) examples are more "
+                                              "than the 10 examples there are"),
     ([10, 10], {"val_size": 25}, "val_size=25 would take 25 of the 20 examples"),
     ([10, 10], {"test_size": -0.1}, "test_size must be >= 0"),
 ])

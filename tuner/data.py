@@ -170,8 +170,10 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
     n = len(ds.y)
     n_val, n_test = _count(val_size, n, "val_size"), _count(test_size, n, "test_size")
     if n - n_val - n_test < ds.n_classes:
-        raise DataError(f"{ds.name}: validation ({n_val}) + test ({n_test}) examples leave "
-                        f"{n - n_val - n_test} for training, fewer than the {ds.n_classes} classes")
+        left = (f"leave {n - n_val - n_test} for training, fewer than the {ds.n_classes} classes"
+                if n_val + n_test <= n else f"are more than the {n} examples there are")
+        raise DataError(f"{ds.name}: validation ({n_val}) + test ({n_test}) examples {left}",
+                        hint="lower data.val_size / data.test_size")
     counts = np.bincount(ds.y, minlength=ds.n_classes)
     need = 1 + (n_val > 0) + (n_test > 0)
     for label, count in enumerate(counts):
@@ -179,7 +181,9 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
             raise DataError(
                 f"{ds.name}: class {ds.class_names[label]!r} has {count} example(s); a stratified "
                 f"train/validation/test split needs at least {need} per class",
-                hint="add examples of that class, drop it, or lower val_size/test_size to 0",
+                hint="add examples of that class or drop it" + (
+                    ", or set data.test_size = 0 (no test split)" if n_test and count >= need - 1
+                    else ""),
             )
     for part, size in (("validation", n_val), ("test", n_test)):
         if 0 < size < ds.n_classes:
