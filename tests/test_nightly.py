@@ -336,6 +336,12 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
     assert records[-1]["verdict"]["baseline"]["nights"][0]["date"] == "2026-11-23"
     missing = run_tuner("history", "nope", "--storage", sqlite_url)
     assert missing.returncode == 2 and "no nights of 'nope'" in missing.stderr
+    # a night with unfinished trials (cut short, or running) says so beside its verdict
+    optuna.load_study(study_name="nt-2026-11-24", storage=sqlite_url).enqueue_trial(
+        {"optimizer": "sgd"}, skip_if_exists=False)
+    proc = run_tuner("history", "nt", "--storage", sqlite_url, check=True, env=tuner_env(COLUMNS="250"))
+    row = next(line for line in proc.stdout.splitlines() if "2026-11-24" in line)
+    assert "(1 waiting)" in row
 
     storage = open_storage(sqlite_url)
     study = optuna.load_study(study_name="nt-2026-11-25", storage=storage)

@@ -245,6 +245,10 @@ def history(base: Annotated[str, typer.Argument(
         v = r.verdict or {}
         verdict = verdict_label(v, missing="-")
         style = styles.get(verdict, styles.get(v.get("verdict", ""), ""))
+        unfinished = ", ".join(f"{r.counts[s]} {s.lower()}" for s in ("RUNNING", "WAITING")
+                               if r.counts.get(s))
+        if unfinished:  # a night still running, or cut short (rerun it to finish)
+            verdict = f"{verdict} ({unfinished})"
         warm = r.warm_start or {}
         warm_text = (f"{len(warm.get('enqueued', []))} in, {len(warm.get('skipped', []))} skipped"
                      if warm.get("source") else "-")
