@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 import tomllib
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +24,7 @@ from tuner.cli.app import (
     print_json,
     storage_flag,
     storage_note,
+    warn,
 )
 from tuner.errors import ConfigError
 
@@ -317,6 +319,10 @@ def run(study_file: StudyFileArg,
     sf = with_cli_overrides(load_study_file(study_file), name=study_name, n_trials=n_trials,
                             timeout=timeout)
     url = resolve_url(storage, sf.study.storage)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > cpus:
+        warn(f"--workers {workers} on {cpus} CPU(s): workers beyond one per CPU share cores, "
+             "so each trial trains slower and the study finishes no sooner")
     runner = Runner(sf, storage_url=url, workers=workers, quiet=quiet or json_out, console=err,
                     hooks=[DashboardHook()])
     result = runner.run()
