@@ -298,6 +298,12 @@ def test_unknown_study(small):
                           "no study named 'gamma' in this storage (studies: alpha, beta)")
 
 
+def test_a_study_file_given_for_a_study_name_gets_the_name_as_hint(small, tmp_path):
+    study = write_study(tmp_path / "a.toml", name="alpha")
+    assert_user_error(run_tuner("show", study, "--storage", small), 2,
+                      "takes a study's name (study.name in its file), not the file: alpha")
+
+
 def test_delete_asks_first(tmp_path):
     url = f"sqlite:///{tmp_path / 'd.db'}"
     for name in ("keep", "drop"):

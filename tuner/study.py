@@ -246,12 +246,29 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any],
     return [line for s in sections for line in diff(old.get(s, {}), new.get(s, {}), s)]
 
 
+def _name_in_file(path: str) -> str | None:
+    """``study.name`` of a readable study file, else ``None``."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        name = tomllib.loads(Path(path).read_text())["study"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, StudyFile | None]:
     """Load an existing study and the study file stored with it (``None`` for studies that
     were not created by tuner)."""
     if name not in _study_names(storage):
         known = ", ".join(sorted(_study_names(storage))) or "none"
-        raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})")
+        hint = None
+        if name.endswith(".toml"):  # a study file where a study name goes
+            hint = ("this command takes a study's name (study.name in its file), not the file"
+                    + (f": {_name_in_file(name)}" if _name_in_file(name) else ""))
+        raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})",
+                                 hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)
     text = study.user_attrs.get(ATTR_CONFIG)
     study_file = StudyFile.from_json(text) if text else None
