@@ -223,6 +223,22 @@ def test_soak_duplicate_check_ignores_trials_killed_before_their_parameters(tmp_
     assert unexplained_duplicate_groups([t for t in linked if t.number != 2]) == []
 
 
+def claiming_runner(tmp_path: Path, url: str):
+    """A runner of a one-trial study set up as far as its first claim (no workers needed for
+    that), to call ``_claim_once`` on directly."""
+    from tuner.config import load_study_file
+    from tuner.runner.coordinator import Runner
+    from tuner.storage import open_storage
+    from tuner.study import open_study
+
+    sf = load_study_file(study_file(tmp_path, n_trials=1))
+    r = Runner(sf, storage_url=url, quiet=True)
+    r.storage = open_storage(url)
+    r.study = open_study(sf, r.storage)
+    r.study_id, r.n_train = r.study._study_id, 3000
+    return r
+
+
 @pytest.mark.postgres
 def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_url):
     """The budget lock is an advisory lock on one connection: when that connection is cut in
@@ -230,22 +246,9 @@ def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_u
     study's trials before the claim's trial exists: both claimed the last slot (a soak ended
     with 241 of 240 trials). Deterministic form: runner A's lock connection is terminated just
     as A starts creating its trial, and runner B claims meanwhile; A must give its trial back."""
-    from tuner.config import load_study_file
     from tuner.errors import StorageError
-    from tuner.runner.coordinator import Runner
-    from tuner.storage import open_storage
-    from tuner.study import open_study
 
-    sf = load_study_file(study_file(tmp_path, n_trials=1))
-
-    def runner() -> Runner:  # a runner up to its first claim (no workers needed for that)
-        r = Runner(sf, storage_url=pg_url, quiet=True)
-        r.storage = open_storage(pg_url)
-        r.study = open_study(sf, r.storage)
-        r.study_id, r.n_train = r.study._study_id, 3000
-        return r
-
-    a, b = runner(), runner()
+    a, b = claiming_runner(tmp_path, pg_url), claiming_runner(tmp_path, pg_url)
     claimed_by_b = []
 
     def during_as_claim(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -280,22 +283,10 @@ def test_a_failed_trial_keeps_its_budget_slot_until_its_retry_is_queued(tmp_path
     Deterministic form: runner A holds the study's only slot; B fails it as stale (with a retry
     wanted) but has not queued the retry yet; a claim now gets nothing; once the retry is
     queued, the claim gets the retry."""
-    from tuner.config import load_study_file
-    from tuner.runner.coordinator import Runner
-    from tuner.storage import open_storage
     from tuner.storage.coordination import enqueue_retry, fail_trial
-    from tuner.study import open_study
 
-    sf = load_study_file(study_file(tmp_path, n_trials=1))
-
-    def runner() -> Runner:  # a runner up to its first claim (no workers needed for that)
-        r = Runner(sf, storage_url=pg_url, quiet=True)
-        r.storage = open_storage(pg_url)
-        r.study = open_study(sf, r.storage)
-        r.study_id, r.n_train = r.study._study_id, 3000
-        return r
-
-    a, b = runner(), runner()
+    a, b = claiming_runner(tmp_path, pg_url), claiming_runner(tmp_path, pg_url)
+    sf = a.sf
     job = a._claim_once()
     assert job is not None and b._claim_once() is None  # the budget is one trial
     assert fail_trial(b.storage, job.trial_id, "stale heartbeat: its runner stopped responding",
