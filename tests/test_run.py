@@ -297,7 +297,8 @@ def test_force_delete_amid_short_trials_leaves_no_row_behind(storage_url, tmp_pa
             for table in ("studies", "trials", "trial_params", "trial_values", "trial_user_attributes",
                           "trial_system_attributes", "trial_intermediate_values", "trial_heartbeats",
                           "study_directions", "study_user_attributes", "study_system_attributes"):
-                assert conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+                assert conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}")).scalar() == 0, (
+                    table, conn.execute(sqlalchemy.text(f"SELECT * FROM {table}")).all()[:5], err)
     finally:
         engine.dispose()
         if runner.poll() is None:

@@ -131,6 +131,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    # Enforce Optuna's foreign keys, as PostgreSQL does: Python's sqlite3 starts a transaction
+    # at the first write, so Optuna's "the study exists, then insert its trial" is two
+    # transactions here, and a trial created just after `tuner delete --force` would outlive
+    # its study (and join the next study that reuses the id)
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 

@@ -199,8 +199,9 @@ def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> b
         studies = models.StudyModel.__table__
         # a write first: locks the study row (as Optuna's trial creation does) and, on SQLite,
         # takes the write lock at once
-        conn.execute(studies.update().where(studies.c.study_id == study_id)
-                     .values(study_name=studies.c.study_name))
+        if not conn.execute(studies.update().where(studies.c.study_id == study_id)
+                            .values(study_name=studies.c.study_name)).rowcount:
+            raise KeyError(f"study {study_id} no longer exists (deleted)")  # as Optuna says it
         if _retry_of(conn, study_id, failed.number) is None:
             _insert_waiting_trial(conn, study_id, failed, system_attrs,
                                   {"retry_of": failed.number})
@@ -337,6 +338,10 @@ def delete_study(storage: Any, study_id: int) -> int:
         if not found:
             raise KeyError(f"no study with id {study_id}")
         conn.execute(sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id)
+                     .with_for_update())
+        # and the trials' rows: a runner's write to a trial (its attributes, values) waits,
+        # then finds the trial gone, instead of adding rows between two of our deletes
+        conn.execute(sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
                      .with_for_update())
         of_study = sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
         for model in _TRIAL_TABLES:
