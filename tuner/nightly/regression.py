@@ -230,7 +230,6 @@ def _signed(value: float | None) -> str:
     return f"{value:+.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
 
 
-
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
 
 

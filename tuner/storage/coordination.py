@@ -196,18 +196,23 @@ def enqueue_retry(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> b
     storage = study._storage
     study_id = study._study_id
     with BudgetLock(storage, study_id) as lock, lock.transaction(_engine(storage)) as conn:
-        studies = models.StudyModel.__table__
-        # a write first: locks the study row (as Optuna's trial creation does) and, on SQLite,
-        # takes the write lock at once
-        if not conn.execute(studies.update().where(studies.c.study_id == study_id)
-                            .values(study_name=studies.c.study_name)).rowcount:
-            raise KeyError(f"study {study_id} no longer exists (deleted)")  # as Optuna says it
+        _lock_study_row(conn, study_id)
         if _retry_of(conn, study_id, failed.number) is None:
             _insert_waiting_trial(conn, study_id, failed, system_attrs,
                                   {"retry_of": failed.number})
     if isinstance(storage, BufferedStorage):
         storage.refresh(study_id)
     return True
+
+
+def _lock_study_row(conn: sqlalchemy.Connection, study_id: int) -> None:
+    """Lock the study's row for this transaction with a no-op write: the lock Optuna's trial
+    creation waits for on PostgreSQL, and SQLite's write lock taken at once. ``KeyError`` (as
+    Optuna raises for a missing record) if the study is gone."""
+    studies = models.StudyModel.__table__
+    if not conn.execute(studies.update().where(studies.c.study_id == study_id)
+                        .values(study_name=studies.c.study_name)).rowcount:
+        raise KeyError(f"study {study_id} no longer exists (deleted)")
 
 
 def _retry_of(conn: sqlalchemy.Connection, study_id: int, number: int) -> int | None:
@@ -331,12 +336,7 @@ def delete_study(storage: Any, study_id: int) -> int:
     The runner's next write then finds its trial or its study gone and stops."""
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
     with _engine(storage).begin() as conn:
-        # a write first (SQLite: takes the write lock at once), then the row lock that
-        # Optuna's trial creation waits for (PostgreSQL)
-        found = conn.execute(studies.update().where(studies.c.study_id == study_id)
-                             .values(study_name=studies.c.study_name)).rowcount
-        if not found:
-            raise KeyError(f"no study with id {study_id}")
+        _lock_study_row(conn, study_id)
         conn.execute(sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id)
                      .with_for_update())
         # and the trials' rows: a runner's write to a trial (its attributes, values) waits,
