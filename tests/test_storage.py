@@ -6,6 +6,8 @@ process failed is not overwritten. Also pins the Optuna internals it relies on."
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import optuna
 import pytest
@@ -586,3 +588,54 @@ def test_a_retry_is_queued_through_optunas_own_cache_of_the_storage_too(storage_
     assert enqueue_retry(study, cached.get_trial(trial._trial_id), 2)
     assert [t.state for t in plain(storage_url).get_all_trials(study._study_id)] == \
            [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_delete_waits_for_a_flush_that_writes_its_trial_row_twice(pg_url: str):
+    """A runner's end-of-trial flush updates its trial's row twice in one transaction (the guard,
+    then the state); PostgreSQL re-checks the foreign key of a row this transaction created, a
+    KEY SHARE lock on the study row. ``delete_study`` held that row ``FOR UPDATE`` while waiting
+    for the trial's row: a deadlock (seen in CI under ``tuner delete --force``). Now the delete
+    waits for the flush, then deletes everything."""
+    from tuner.storage.coordination import delete_study
+
+    storage = open_storage(pg_url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    run_trial(storage, study_id, lr=0.01)
+    trial_id = storage.create_new_trial(study_id)
+    storage.flush(trial_id)
+    trials = sqlalchemy.table("trials", sqlalchemy.column("trial_id"), sqlalchemy.column("state"))
+    engine = sqlalchemy.create_engine(pg_url)
+    deleted: list[object] = []
+    with engine.connect() as flush:
+        with flush.begin():
+            flush.execute(trials.update().where(trials.c.trial_id == trial_id)
+                          .values(state="RUNNING"))  # the guard: the row is ours
+            deleting = threading.Thread(target=lambda: deleted.append(
+                _capture(lambda: delete_study(storage, study_id))))
+            deleting.start()
+            deadline = time.monotonic() + 10
+            while not _waiting_on_a_lock(engine) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _waiting_on_a_lock(engine), "the delete did not reach the trial's row lock"
+            flush.execute(trials.update().where(trials.c.trial_id == trial_id)
+                          .values(state="COMPLETE"))  # the state: deadlocked here before
+        deleting.join(timeout=30)
+    assert deleted == [2], deleted
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar() == 0
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() == 0
+    engine.dispose()
+
+
+def _capture(call):
+    try:
+        return call()
+    except Exception as exc:  # the test asserts on it
+        return exc
+
+
+def _waiting_on_a_lock(engine: sqlalchemy.Engine) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")).scalar())

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -333,12 +334,36 @@ def delete_study(storage: Any, study_id: int) -> int:
     ``delete_study`` read the trials first and deleted them one by one: a trial created
     meanwhile left it with a foreign-key violation, which it ignores silently, deleting nothing
     on PostgreSQL, and an orphan trial on SQLite that the next study to reuse the id took over).
-    The runner's next write then finds its trial or its study gone and stops."""
+    The runner's next write then finds its trial or its study gone and stops. A transaction
+    that loses a deadlock or a foreign-key race (a study attribute written meanwhile) is
+    retried whole."""
+    for attempt in range(_DELETE_ATTEMPTS):
+        try:
+            return _delete_study_once(_engine(storage), study_id)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+            if attempt == _DELETE_ATTEMPTS - 1 or not _is_lock_race(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+_DELETE_ATTEMPTS = 5
+
+
+def _is_lock_race(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    """A deadlock (PostgreSQL 40P01), a serialization failure (40001) or a foreign-key
+    violation (23503): a concurrent writer won, and the same transaction again will succeed."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001", "23503")
+
+
+def _delete_study_once(engine: sqlalchemy.engine.Engine, study_id: int) -> int:
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-    with _engine(storage).begin() as conn:
+    with engine.begin() as conn:
+        # No ``FOR UPDATE`` on the study row: a runner that updates its trial twice in one
+        # transaction re-checks the trial's foreign key (a KEY SHARE lock on the study row)
+        # while holding the trial's row, which we are about to lock: a deadlock. The no-op
+        # write's lock is enough to stop Optuna's trial creation (``FOR UPDATE`` there).
         _lock_study_row(conn, study_id)
-        conn.execute(sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id)
-                     .with_for_update())
         # and the trials' rows: a runner's write to a trial (its attributes, values) waits,
         # then finds the trial gone, instead of adding rows between two of our deletes
         conn.execute(sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
