@@ -519,3 +519,14 @@ def test_wrong_password_for_run_fails_at_once_with_the_login_hint(password_serve
     proc = run_tuner("run", _study_with_short_outage(tmp_path), "--storage", url)
     assert "retrying" not in proc.stderr
     assert "cannot log in" in proc.stderr and "check the user and password" in proc.stderr
+
+
+def test_importance_bars_are_empty_for_zero_and_exact_in_eighths():
+    from tuner.cli.views import bar
+
+    assert bar(0.0) == ""
+    assert bar(1e-9) == "▏"  # above zero: a sliver, never nothing
+    assert bar(1.0) == "█" * 30
+    assert bar(0.5) == "█" * 15
+    assert bar(0.05) == "█▌"  # 1.5 cells of 30
+    assert bar(2.0) == bar(1.0)

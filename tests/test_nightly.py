@@ -400,6 +400,18 @@ def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_pa
     assert [r["date"] for r in json.loads(by_file.stdout)] == [str(DAY)]
     report = run_tuner("report", path, "-o", tmp_path / "night.html", cwd=tmp_path, check=True)
     assert "wrote" in report.stdout and 'data-panel="nightly_trend"' in (tmp_path / "night.html").read_text()
+    # the sweep's name in place of a study's: report takes its latest night, others hint at it
+    storage = ("--storage", f"sqlite:///{db}")
+    by_base = run_tuner("report", "nt", *storage, "-o", tmp_path / "base.html", cwd=tmp_path,
+                        check=True)
+    assert "wrote" in by_base.stdout and f"nt-{DAY}" in (tmp_path / "base.html").read_text()
+    show = run_tuner("show", "nt", *storage, cwd=tmp_path)
+    assert show.returncode == 2 and "Traceback" not in show.stderr, show.stderr
+    assert (f"'nt' is a nightly sweep; its nights are the studies nt-YYYY-MM-DD (latest: nt-{DAY})"
+            in " ".join(show.stderr.split())), show.stderr
+    night = run_tuner("history", f"nt-{DAY}", *storage, cwd=tmp_path)
+    assert night.returncode == 2 and (f"'nt-{DAY}' is one night of the sweep 'nt': tuner history nt"
+                                      in " ".join(night.stderr.split())), night.stderr
     assert not (tmp_path / "tuner.db").exists(), "nothing looked at the default storage"
     # a password is never printed, in a hint or anywhere else
     secret = "H1nt-S3cret"

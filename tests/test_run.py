@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -409,6 +410,25 @@ def test_sqlite_with_four_workers(sqlite_url, tmp_path):
     # each trial finished exactly once in the run's log
     lines = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("trial ")]
     assert sorted(map(int, lines)) == list(range(16))
+
+
+def test_workers_beyond_the_trials_left_are_not_started(sqlite_url, tmp_path):
+    """`--workers 6` with one trial left starts no more workers than that one trial needs
+    (beyond the one per CPU started early, while the storage opens), and says so; on a finished
+    study it starts none of the extra (`--workers 100` there took 24 s, spawning them all)."""
+    study = write_study(tmp_path / "s.toml", name="few", n_trials=2, epochs=2)
+    tuner("run", study, "--storage", sqlite_url, check=True)
+    proc = tuner("run", study, "--storage", sqlite_url, "--n-trials", "3", "--workers", "6",
+                 check=True)
+    err = flat(proc.stderr)
+    early = min(6, os.cpu_count() or 1)
+    assert f"1 trial(s) left: {early} of the 6 workers asked for are enough" in err, err
+    assert f"{early} worker(s)" in err
+    assert finished(sqlite_url, "few") == 3
+    done = tuner("run", study, "--storage", sqlite_url, "--n-trials", "3", "--workers", "100",
+                 check=True)
+    assert "reached its target of 3 trials" in flat(done.stderr)
+    assert "worker(s)" not in flat(done.stderr)
 
 
 @pytest.mark.slow

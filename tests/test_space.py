@@ -249,6 +249,9 @@ def test_fixed_choice_and_range_dimensions(full):
     assert bs.contains(48) and not bs.contains(50) and not bs.contains(272) and not bs.contains(True)
     assert dims["warmup_epochs"].contains(1.5) and not dims["warmup_epochs"].contains(-0.1)
     assert dims["adam.amsgrad"].contains(True) and not dims["adam.amsgrad"].contains(1.5)
+    # booleans as the study file spells them, in `tuner check` and in warm-start reasons
+    assert dims["adam.amsgrad"].describe() == "one of false, true"
+    assert dims["adamw.amsgrad"].describe() == "false"
 
 
 def test_a_one_element_list_is_fixed():

@@ -26,6 +26,12 @@ LOSSES: tuple[str, ...] = ("softmax", "svm")
 DECOUPLED_DECAY_OPTIMIZERS: frozenset[str] = frozenset({"adamw"})
 
 
+def literal(value: Any) -> str:
+    """A value as messages show it: ``true``/``false`` for booleans (as a study file spells
+    them), else Python's ``repr``."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One training hyperparameter.
@@ -67,7 +73,7 @@ class ParamSpec:
     def bounds_text(self) -> str:
         """Human-readable allowed values, for error messages."""
         if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(literal(c) for c in self.choices)
         if self.kind == "bool":
             return "true or false"
         if self.kind == "fractions":

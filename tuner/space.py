@@ -90,9 +90,9 @@ class Dimension:
 
     def describe(self) -> str:
         if self.kind == "fixed":
-            return f"{self.value!r}"
+            return P.literal(self.value)
         if self.kind == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(P.literal(c) for c in self.choices)
         scale = "log " if self.log else ""
         step = f" step {self.step:g}" if self.step is not None else ""
         kind = "int" if self.integer else "float"
@@ -193,10 +193,10 @@ class SearchSpace:
             if dim is None:
                 reasons.append(f"{name} is not a parameter of this search space")
             elif dim.kind == "fixed":
-                reasons.append(f"{name} is fixed to {dim.value!r} here")
+                reasons.append(f"{name} is fixed to {P.literal(dim.value)} here")
             elif not dim.contains(value):
                 where = "not" if dim.kind in ("fixed", "choice") else "outside"
-                reasons.append(f"{name}={value!r} is {where} {dim.describe()}")
+                reasons.append(f"{name}={P.literal(value)} is {where} {dim.describe()}")
         if reasons:
             return reasons
         trial = FixedTrial(optuna_params)

@@ -267,6 +267,9 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
         if name.endswith(".toml"):  # a study file where a study name goes
             hint = ("this command takes a study's name (study.name in its file), not the file"
                     + (f": {_name_in_file(name)}" if _name_in_file(name) else ""))
+        elif nights := _nights_of(name, storage):
+            hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
+                    f"(latest: {nights[-1]}); every night: tuner history {name}")
         raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})",
                                  hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -280,6 +283,13 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
 
 def _study_names(storage: BufferedStorage) -> set[str]:
     return {s.study_name for s in storage.get_all_studies()}
+
+
+def _nights_of(base: str, storage: BufferedStorage) -> list[str]:
+    """The names of the night studies of nightly sweep ``base``, oldest first."""
+    from tuner.nightly.nights import list_nights  # (nightly builds on this module)
+
+    return [night.name for night in list_nights(storage, base)]
 
 
 def is_multi_objective(study: optuna.Study) -> bool:

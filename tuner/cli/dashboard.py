@@ -78,9 +78,10 @@ def dashboard(study_file: Annotated[Path | None, typer.Argument(
                   "(plotly.js embedded once; opens offline, no database needed) to share with "
                   "anyone.")
 def report(study: Annotated[str, typer.Argument(
-               help="Study name (see `tuner ls`), or a study file: its study, or for a file with "
-                    "a \\[schedule] its latest night (the storage then resolves as for tuner "
-                    "nightly: --storage, $TUNER_STORAGE, the file's study.storage).",
+               help="Study name (see `tuner ls`), a nightly sweep's name (its latest night), or "
+                    "a study file: its study, or for a file with a \\[schedule] its latest night "
+                    "(the storage then resolves as for tuner nightly: --storage, $TUNER_STORAGE, "
+                    "the file's study.storage).",
                show_default=False)],
            storage: FileStorageOpt = None,
            output: Annotated[Path | None, typer.Option(
@@ -101,7 +102,8 @@ def report(study: Annotated[str, typer.Argument(
 
     name, store, url, sf = open_target(study, storage)
     study = name or study
-    if sf is not None and sf.schedule is not None:
+    if sf is not None and sf.schedule is not None or (
+            sf is None and _study_id(store, study) is None and _is_sweep(store, study)):
         study = _latest_night(store, url, study)
     path = output or Path(f"{study}.html")
     if not path.parent.is_dir():
@@ -140,12 +142,25 @@ def _latest_night(storage: Any, url: str, base: str) -> str:
     return nights[-1].name
 
 
+def _study_id(storage: Any, name: str) -> int | None:
+    try:
+        return storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+
+
+def _is_sweep(storage: Any, base: str) -> bool:
+    """Whether ``base`` names a nightly sweep with at least one night in the storage."""
+    from tuner.nightly.nights import list_nights
+
+    return bool(list_nights(storage, base))
+
+
 def _default_dashboard(storage: Any, study: str) -> str:
     """``nightly`` for a night of a nightly sweep (its trend over the nights), else ``study``."""
     from tuner.nightly.nights import ATTR_NIGHT
 
-    try:
-        study_id = storage.get_study_id_from_name(study)
-    except KeyError:
+    study_id = _study_id(storage, study)
+    if study_id is None:
         return "study"  # write_report says the study does not exist
     return "nightly" if ATTR_NIGHT in storage.get_study_user_attrs(study_id) else "study"

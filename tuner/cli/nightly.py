@@ -231,8 +231,7 @@ def history(base: Annotated[str, typer.Argument(
     if not records:
         file = target if is_study_file(target) else "STUDY_FILE"
         raise TunerError(f"no nights of {base!r} in {describe(url)} (night studies are named "
-                         f"{base}-YYYY-MM-DD)", hint=f"run one with: tuner nightly {file}"
-                                                     f"{storage_flag(url)}")
+                         f"{base}-YYYY-MM-DD)", hint=_no_nights_hint(store, base, url, file))
     metric = records[-1].metric
     table = Table(title=f"nights of {base} in {describe(url)}", title_justify="left")
     for col in ("date", f"best {metric}", "trial", "optimizer", "decay", "scaling", "lr",
@@ -263,3 +262,18 @@ def history(base: Annotated[str, typer.Argument(
                       str(r.counts.get("COMPLETE", 0)), str(r.counts.get("PRUNED", 0)),
                       str(r.counts.get("FAIL", 0)), warm_text)
     out.print(table)
+
+
+def _no_nights_hint(storage: Any, name: str, url: str, file: str) -> str:
+    """What to do when ``name`` has no nights: it may be a night itself, or a plain study."""
+    from tuner.nightly.nights import base_of, list_nights
+
+    flag = storage_flag(url)
+    if name in {s.study_name for s in storage.get_all_studies()}:
+        base = base_of(name)
+        if base is not None and list_nights(storage, base):
+            return f"{name!r} is one night of the sweep {base!r}: tuner history {base}{flag}"
+        return (f"{name!r} is an ordinary study, not a nightly sweep: see it with tuner show "
+                f"{name}{flag}")
+    return f"run one with: tuner nightly {file}{flag}"
+

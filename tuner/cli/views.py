@@ -22,6 +22,8 @@ from tuner.study import (
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
@@ -77,8 +79,17 @@ def importance_table(imp: dict[str, float]) -> Table:
     table.add_column("importance", justify="right")
     table.add_column("")
     for name, value in imp.items():
-        table.add_row(name, f"{value:.3f}", "█" * max(1, round(value * 30)))
+        table.add_row(name, f"{value:.3f}", bar(value))
     return table
+
+
+def bar(fraction: float, width: int = 30) -> str:
+    """A horizontal bar of ``fraction`` (0..1) of ``width`` cells, in eighths of a cell: empty
+    for 0, at least a sliver for anything above it."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    if eighths == 0 and fraction > 0:
+        eighths = 1
+    return "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
 
 
 def study_report(console: Console, study: optuna.Study, study_file: Any, *, top: int = 10,

@@ -247,11 +247,14 @@ class Runner:
     def _setup(self) -> None:
         """Storage, runner lock (SQLite), study, orphan recovery, data in shared memory,
         worker processes and the heartbeat thread. Stops early if a signal arrives."""
-        # workers start first (a fresh interpreter each, a second of imports) while the storage
-        # opens and the data loads; a run with nothing to do stops them unused
+        # up to one worker per CPU starts first (a fresh interpreter each, a second of imports)
+        # while the storage opens and the data loads; a run with nothing to do stops them
+        # unused, and the rest start once the trials left are known
         self._ctx = mp.get_context("spawn")
-        self.blas_threads = max(1, (os.cpu_count() or 1) // self.n_workers)
-        self.workers = [Worker(self._ctx, i, self.blas_threads) for i in range(self.n_workers)]
+        cpus = os.cpu_count() or 1
+        self.blas_threads = max(1, cpus // self.n_workers)
+        self.workers = [Worker(self._ctx, i, self.blas_threads)
+                        for i in range(min(self.n_workers, cpus))]
         self.storage = self.resilient.call("open the storage", open_storage, self.url,
                                            heartbeat_interval=self.rel.heartbeat_interval,
                                            grace_period=self.rel.grace,
@@ -268,10 +271,18 @@ class Runner:
         self.study.sampler = self.resilient.call("claim this run's index in the study",
                                                  self._seeded_sampler)
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
-        if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials:
+        left = self.sf.study.n_trials - counts[TrialState.COMPLETE] - counts[TrialState.PRUNED]
+        if left <= 0:
             self.stop_reason = "done"  # nothing to do: don't load the data
         if self._signal is not None or self.stop_reason is not None:
             return
+        wanted = min(self.n_workers, left)
+        if wanted < self.n_workers:
+            self.display.message(f"{left} trial(s) left: {max(wanted, len(self.workers))} of "
+                                 f"the {self.n_workers} workers asked for are enough")
+        self.workers += [Worker(self._ctx, i, self.blas_threads)
+                         for i in range(len(self.workers), wanted)]
+        self.snap.workers = len(self.workers)
         splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
