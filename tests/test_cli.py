@@ -277,6 +277,21 @@ def test_read_only_commands_do_not_create_a_database(tmp_path):
     assert not missing.exists()
 
 
+def test_read_only_commands_leave_another_applications_database_alone(storage_url, tmp_path):
+    """`--storage` pointing at another application's database: a read-only command says so and
+    adds nothing (Optuna's constructor created its twelve tables there)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE invoices (id INTEGER PRIMARY KEY)"))
+    for command in (["ls"], ["show", "x"], ["doctor", "x"], ["report", "x"], ["history", "x"]):
+        assert_user_error(run_tuner(*command, "--storage", storage_url, cwd=tmp_path), 3,
+                          "is not a tuner database: it has tables (invoices) but none of Optuna's")
+    assert sqlalchemy.inspect(engine).get_table_names() == ["invoices"]
+    engine.dispose()
+
+
 def test_storage_from_the_environment(small):
     proc = run_tuner("ls", "--json", env=tuner_env(TUNER_STORAGE=small), check=True)
     assert [r["name"] for r in json.loads(proc.stdout)] == ["alpha", "beta"]

@@ -71,6 +71,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
     try:
         with warnings.catch_warnings(), _schema_lock(url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if must_exist:
+                _refuse_a_foreign_database(url, engine_kwargs)
             if parsed.get_backend_name() == "sqlite" and sqlite_path(url) is not None:
                 _enable_wal(sqlite_path(url))
             callback = RetryCallback(max_retry=max_retry) if heartbeat_interval else None
@@ -85,6 +87,22 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
         sqlalchemy.event.listen(backend.engine, "connect", _sqlite_pragmas)
         backend.engine.dispose()  # reconnect with the pragmas
     return BufferedStorage(backend)
+
+
+def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """A command that only reads must not add Optuna's tables to another application's
+    database (``--storage`` pointing at the wrong one): a database with tables, none of them
+    Optuna's, is an error. An empty one is fine (a dashboard may start before the first run)."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if tables and "studies" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StorageError(f"{describe(url)} is not a tuner database: it has tables ({shown}) "
+                           "but none of Optuna's", hint="check --storage / TUNER_STORAGE (a "
+                           "study's first `tuner run` creates the tables in an empty database)")
 
 
 @contextlib.contextmanager
