@@ -639,3 +639,91 @@ def _waiting_on_a_lock(engine: sqlalchemy.Engine) -> bool:
         return bool(conn.execute(sqlalchemy.text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock'")).scalar())
+
+
+def test_a_stale_fail_never_overwrites_a_trial_its_runner_just_completed(storage_url: str):
+    """`tuner doctor --fail-stale` (or a sweep) on a runner that is late but alive: the runner's
+    COMPLETE is being committed. On SQLite the fail read RUNNING first (no FOR UPDATE there),
+    then wrote FAIL over the committed COMPLETE: a finished result was lost and a retry queued.
+    Now the state check and the write are one statement, which waits for the runner."""
+    from tuner.storage.coordination import fail_trial
+
+    runner, doctor = open_storage(storage_url), open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=runner)
+    trial_id = owned_trial(runner, study, 0.1)
+    trials = sqlalchemy.table("trials", sqlalchemy.column("trial_id"), sqlalchemy.column("state"))
+    outcome: list[object] = []
+    with runner.backend.engine.begin() as conn:  # the runner's end-of-trial write, in flight
+        conn.execute(trials.update().where(trials.c.trial_id == trial_id).values(state="COMPLETE"))
+        failing = threading.Thread(target=lambda: outcome.append(_capture(lambda: fail_trial(
+            doctor, trial_id, "stale heartbeat: failed by tuner doctor", retry=True, max_retry=2))))
+        failing.start()
+        time.sleep(0.5)  # the fail has read (old code) or is waiting for the row (new code)
+    failing.join(timeout=60)
+    assert outcome == [False]
+    back = plain(storage_url).get_trial(trial_id)
+    assert back.state == TrialState.COMPLETE and "fail_reason" not in back.user_attrs
+
+
+def test_a_claim_whose_answer_is_lost_is_put_back_in_the_queue(storage_url: str):
+    """The claim of a WAITING trial commits, then the read after it fails (a dropped
+    connection): the trial was RUNNING under our claim token, owned by nobody, and the retried
+    claim took a fresh trial. On SQLite the run then waited for it for ever; on PostgreSQL a
+    stale-heartbeat sweep failed it a grace period later, using one of its retries."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"lr": 0.3})
+    read = storage._backend.get_trial
+    calls = []
+
+    def read_fails_once(trial_id):
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection dropped"))
+        return read(trial_id)
+
+    storage._backend.get_trial = read_fails_once
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        study.ask()
+    queued_id = calls[0]
+    assert plain(storage_url).get_trial(queued_id).state == TrialState.RUNNING
+    assert storage.owned_trial_ids() == []
+    assert storage.put_back_unsettled_claims() == [queued_id]
+    assert plain(storage_url).get_trial(queued_id).state == TrialState.WAITING
+    assert storage.put_back_unsettled_claims() == []  # settled: nothing more to do
+    again = study.ask()  # the retried claim takes the queued configuration, not a fresh one
+    assert again._trial_id == queued_id
+    assert again.suggest_float("lr", 1e-4, 1.0, log=True) == pytest.approx(0.3)
+
+
+def test_a_night_lock_whose_connection_was_cut_is_noticed(pg_url: str):
+    """The night's lock is a session advisory lock on an idle connection; a server restart or
+    failover cut it and the server released it, unnoticed: a second host could start the same
+    night and both stored verdicts. Before the verdict it is checked and taken again, or the
+    night is left to the process that has it."""
+    from tuner.errors import LockHeldError
+    from tuner.nightly.run import _keep_the_night
+    from tuner.storage.coordination import NamedLock
+
+    storage = open_storage(pg_url)
+    lock = NamedLock(storage, "nightly:n-2026-12-01", what="the nightly sweep 'n-2026-12-01'")
+    lock.acquire()
+    assert lock.still_held()
+    _keep_the_night(lock)  # held: nothing to do
+
+    def cut() -> None:
+        pid = lock._conn.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+        lock._conn.rollback()
+        with storage.backend.engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f"SELECT pg_terminate_backend({pid})"))
+
+    cut()
+    assert not lock.still_held()
+    _keep_the_night(lock)  # nobody took it meanwhile: taken again
+    assert lock.still_held()
+    cut()
+    other = NamedLock(open_storage(pg_url), lock.name, what=lock.what).acquire()
+    with pytest.raises(LockHeldError, match="another process has taken the night over"):
+        _keep_the_night(lock)
+    other.release()
+    lock.release()

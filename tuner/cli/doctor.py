@@ -3,6 +3,7 @@ stale trials on demand."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Annotated, Any
 
@@ -42,21 +43,24 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
 
     # With SQLite, one runner owns a study and holds its lock: if the lock is free, nobody
     # runs it, and every RUNNING trial is an orphan (whatever its heartbeat's age).
+    # The lock is held until the report is read: a runner starting meanwhile would otherwise
+    # have its live trials failed as orphans.
     no_runner = False
-    if store.backend.engine.dialect.name == "sqlite":
-        try:
-            with runner_lock(store, study):
+    with contextlib.ExitStack() as held:
+        if store.backend.engine.dialect.name == "sqlite":
+            try:
+                held.enter_context(runner_lock(store, study))
                 no_runner = True
-        except LockHeldError:
-            no_runner = False
-    fixed: list[Any] = []
-    if fail_stale:
-        fixed = fail_stale_trials(st, store, grace_seconds=grace_s, max_retry=max_retry,
-                                  all_running=no_runner,
-                                  reason="stale heartbeat: failed by tuner doctor")
-    trials = st.get_trials(deepcopy=False)
+            except LockHeldError:
+                no_runner = False
+        fixed: list[Any] = []
+        if fail_stale:
+            fixed = fail_stale_trials(st, store, grace_seconds=grace_s, max_retry=max_retry,
+                                      all_running=no_runner,
+                                      reason="stale heartbeat: failed by tuner doctor")
+        trials = st.get_trials(deepcopy=False)
+        ages = heartbeat_ages(store, st._study_id)
     by_id = {t._trial_id: t for t in trials}
-    ages = heartbeat_ages(store, st._study_id)
     running = [(by_id[tid].number, age, no_runner or age > grace_s)
                for tid, age in ages.items() if tid in by_id]
     stale = [r for r in running if r[2]]

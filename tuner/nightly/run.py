@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from tuner.config import StudyFile
+from tuner.errors import LockHeldError
 from tuner.nightly.nights import (
     ATTR_NIGHT,
     night_name,
@@ -90,6 +91,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         verdict = None
         exit_code = result.exit_code
         if result.reason not in INTERRUPTED:
+            _keep_the_night(lock)
             storage.refresh(study._study_id)  # the runner wrote through its own connection
             verdict = check_night(study, night_sf, storage, base=base, day=day,
                                   rule=schedule.regression)
@@ -106,6 +108,22 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                            result.reason, counts, warm, verdict, exit_code, best)
     finally:
         lock.release()
+
+
+def _keep_the_night(lock: NamedLock) -> None:
+    """Before the verdict: make sure the night's lock is still ours. Its connection may have
+    been cut during the sweep (the runner rides out a restart or failover), and the server then
+    released it: take it again, or stop if another process has taken the night over (it
+    finishes the night and stores the verdict)."""
+    if lock.still_held():
+        return
+    lock.release()
+    try:
+        lock.acquire()
+    except LockHeldError:
+        raise LockHeldError(f"lost the lock on {lock.what} (its database connection was cut) "
+                            "and another process has taken the night over; it stores the "
+                            "verdict") from None
 
 
 def _attach_nightly_views(study: Any, night_sf: StudyFile) -> None:

@@ -302,18 +302,18 @@ class Runner:
                                          daemon=True)
         self._claimer.start()
 
-    def _recover_orphans(self) -> None:
+    def _recover_orphans(self, by: str = "a stopped runner") -> None:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
-        only runner lock, so every RUNNING trial is an orphan; with PostgreSQL only those whose
-        heartbeat is older than the grace period."""
+        only runner lock, so every RUNNING trial that is not ours is an orphan; with PostgreSQL
+        only those whose heartbeat is older than the grace period."""
         failed = self.resilient.call(
             "recover stale trials", fail_stale_trials, self.study, self.storage,
             grace_seconds=self.rel.grace, max_retry=self.rel.max_retry,
             all_running=self.engine_kind == "sqlite",
-            reason="orphaned: the runner that owned it stopped without finishing it")
+            reason=f"orphaned: left RUNNING by {by}")
         if failed:
-            self.display.message(f"recovered {len(failed)} trial(s) left RUNNING by a stopped "
-                                 f"runner (failed): {describe_failed(failed)}")
+            self.display.message(f"recovered {len(failed)} trial(s) left RUNNING by {by} "
+                                 f"(failed): {describe_failed(failed)}")
 
     def _seeded_sampler(self) -> optuna.samplers.BaseSampler:
         """Seed the sampler from the study seed and this run's index in the study (claimed
@@ -372,6 +372,10 @@ class Runner:
                 if self.stop_reason is not None or done >= self.sf.study.n_trials:
                     self.stop_reason = self.stop_reason or "done"
                     return
+                if self.engine_kind == "sqlite" and counts[TrialState.RUNNING]:
+                    # no other runner (we hold the study's lock), none of ours in flight: an
+                    # interrupted claim left it (Optuna's trial creation retries its commit)
+                    self._recover_orphans("an interrupted claim of this runner")
                 # other runners hold the remaining trials; wait for them to finish or go stale
                 self._stop_event.wait(0.5)
             self._dispatch(timeout=0.2)
@@ -586,8 +590,10 @@ class Runner:
         return Job(trial=trial, params=params, seed=seed, plan=plan)
 
     def _put_back_stray_claims(self) -> None:
-        """Re-queue trials a claim interrupted by a database error left owned but unclaimed
-        (runs on the claimer thread, before its next claim)."""
+        """Re-queue trials a claim interrupted by a database error left owned but unclaimed, or
+        RUNNING but not known to be ours (the claim's commit or the read after it failed); runs
+        on the claimer thread before its next claim, and at shutdown."""
+        self.storage.put_back_unsettled_claims()
         with self._claimed_lock:
             stray = set(self.storage.owned_trial_ids()) - self._claimed
         for trial_id in stray:
@@ -941,6 +947,11 @@ class Runner:
             worker.current = worker.queued = None
             worker.stop()
         self.workers = []
+        if self.study is not None and not (lost or self._hurry or self._claim_abandoned):
+            try:
+                self.resilient.call("re-queue an interrupted claim", self._put_back_stray_claims)
+            except StorageError as exc:  # its heartbeat stops: stale-trial recovery takes it
+                log.error("could not re-queue an interrupted claim: %s", exc.message)
 
     def _study_deleted(self) -> bool:
         """Whether our study is gone from the database (deleted while we ran it)."""

@@ -72,6 +72,9 @@ class BufferedStorage(_CachedStorage):
         self.backend = backend
         self.refresh_interval = refresh_interval
         self._owned: dict[int, _Owned] = {}
+        # claims of WAITING trials whose outcome we may not know: the claim's commit, or the
+        # read after it, failed (a dropped connection); {trial_id: claim token}
+        self._unsettled: dict[int, str] = {}
         self._last_refresh: dict[int, float] = {}
         # sorted trial lists of finished states, valid until the cache changes
         self._listings: dict[tuple[int, frozenset], list[FrozenTrial]] = {}
@@ -118,6 +121,8 @@ class BufferedStorage(_CachedStorage):
         the first flush another runner would see that as a stale heartbeat and fail it."""
         trials = models.TrialModel.__table__
         token = uuid.uuid4().hex
+        with self._owned_lock:
+            self._unsettled[trial_id] = token
         with self._backend.engine.begin() as conn:
             claimed = conn.execute(trials.update().where(
                 trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING).values(
@@ -128,16 +133,47 @@ class BufferedStorage(_CachedStorage):
                 if state is None:
                     raise KeyError(models.NOT_FOUND_MSG)
                 if state.is_finished():
+                    self._settled(trial_id)
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"trial {trial_id} is already finished")
+                self._settled(trial_id)
                 return False
-            _upsert(conn, models.TrialSystemAttributeModel, ("trial_id", "key"), [
+            upsert(conn, models.TrialSystemAttributeModel, ("trial_id", "key"), [
                 {"trial_id": trial_id, "key": CLAIM_KEY, "value_json": json.dumps(token)}])
             _beat(conn, trial_id)
         frozen = self._backend.get_trial(trial_id)
         with self._owned_lock:
             self._owned[trial_id] = _Owned(frozen=frozen, token=token)
+            self._unsettled.pop(trial_id, None)
         return True
+
+    def _settled(self, trial_id: int) -> None:
+        with self._owned_lock:
+            self._unsettled.pop(trial_id, None)
+
+    def put_back_unsettled_claims(self) -> list[int]:
+        """Put back in the queue (WAITING) every trial whose claim may have committed without
+        this process learning it (the commit's answer or the read after it was lost): RUNNING
+        under our claim token, yet owned by nobody. Without this it stayed RUNNING until a
+        stale-heartbeat sweep failed it (SQLite runners don't sweep: the run waited for it for
+        ever). Safe to repeat: only a trial still RUNNING under our token changes. Returns the
+        trials put back."""
+        trials = models.TrialModel.__table__
+        claims = models.TrialSystemAttributeModel.__table__
+        with self._owned_lock:
+            unsettled = dict(self._unsettled)
+        put_back = []
+        for trial_id, token in unsettled.items():
+            ours = sqlalchemy.exists().where(claims.c.trial_id == trial_id,
+                                             claims.c.key == CLAIM_KEY,
+                                             claims.c.value_json == json.dumps(token))
+            with self._backend.engine.begin() as conn:
+                if conn.execute(trials.update().where(
+                        trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING, ours)
+                        .values(state=TrialState.WAITING, datetime_start=None)).rowcount:
+                    put_back.append(trial_id)
+            self._settled(trial_id)
+        return put_back
 
     def release(self, trial_id: int) -> None:
         """Forget a trial without writing (after another process finished it)."""
@@ -282,7 +318,7 @@ class BufferedStorage(_CachedStorage):
                 pending.system_attrs[CLAIM_KEY] = final
                 owned.frozen.system_attrs[CLAIM_KEY] = final
                 self._check_distributions(conn, study_id, pending)
-                _upsert(conn, models.TrialParamModel, ("trial_id", "param_name"), [
+                upsert(conn, models.TrialParamModel, ("trial_id", "param_name"), [
                     {"trial_id": trial_id, "param_name": name, "param_value": value,
                      "distribution_json": distributions.distribution_to_json(dist)}
                     for name, (value, dist) in pending.params.items()])
@@ -291,10 +327,10 @@ class BufferedStorage(_CachedStorage):
                     stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
                     rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
                                  "intermediate_value_type": kind})
-                _upsert(conn, models.TrialIntermediateValueModel, ("trial_id", "step"), rows)
+                upsert(conn, models.TrialIntermediateValueModel, ("trial_id", "step"), rows)
                 for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
                                      (models.TrialSystemAttributeModel, pending.system_attrs)):
-                    _upsert(conn, model, ("trial_id", "key"), [
+                    upsert(conn, model, ("trial_id", "key"), [
                         {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                         for key, value in attrs.items()])
                 if pending.heartbeat and state is None:
@@ -305,7 +341,7 @@ class BufferedStorage(_CachedStorage):
                         stored, kind = models.TrialValueModel.value_to_stored_repr(value)
                         rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
                                      "value_type": kind})
-                    _upsert(conn, models.TrialValueModel, ("trial_id", "objective"), rows)
+                    upsert(conn, models.TrialValueModel, ("trial_id", "objective"), rows)
                 if state is not None:  # (the row is locked by the guard above)
                     update: dict[str, Any] = {"state": state}
                     if state.is_finished():
@@ -479,7 +515,7 @@ def _written_before(conn: sqlalchemy.Connection, trial_id: int, final_json: str)
         claims.c.trial_id == trial_id, claims.c.key == CLAIM_KEY)).scalar() == final_json
 
 
-def _upsert(conn: sqlalchemy.Connection, model: type, keys: tuple[str, ...],
+def upsert(conn: sqlalchemy.Connection, model: type, keys: tuple[str, ...],
             rows: list[dict[str, Any]]) -> None:
     """Multi-row ``INSERT ... ON CONFLICT (keys) DO UPDATE`` (SQLite >= 3.24 and PostgreSQL)."""
     if not rows:

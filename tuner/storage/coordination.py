@@ -37,7 +37,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import selectinload
 
 from tuner.errors import LockHeldError
-from tuner.storage.buffered import BufferedStorage, rdb_backend, trial_state, utcnow
+from tuner.storage.buffered import BufferedStorage, rdb_backend, trial_state, upsert, utcnow
 
 RETRY_KEYS = ("failed_trial", "retry_history", "fixed_params")
 ATTR_RETRY_WANTED = "retry_wanted"
@@ -166,16 +166,22 @@ def fail_trial(storage: BufferedStorage, trial_id: int, reason: str, *, retry: b
         except optuna.exceptions.UpdateFinishedTrialError:
             storage.release(trial_id)
             return False
-    backend = storage.backend
-    with _create_scoped_session(backend.scoped_session) as session:
-        trial_row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        if trial_row.state != TrialState.RUNNING:
-            return False
-        for key, value in {"fail_reason": reason, **attrs}.items():
-            backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
-                                                   trial_id, key, value)
-        trial_row.state = TrialState.FAIL
-        trial_row.datetime_complete = utcnow()
+    trials = models.TrialModel.__table__
+    with storage.backend.engine.begin() as conn:
+        # The state check and the write are one statement, which also locks the row (SQLite:
+        # takes the write lock). A read first, then the write, lost a race on SQLite (no FOR
+        # UPDATE there; pysqlite begins at the first write): a runner's COMPLETE committed in
+        # between was overwritten with FAIL.
+        if conn.execute(trials.update().where(
+                trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING).values(
+                state=TrialState.FAIL, datetime_complete=utcnow())).rowcount != 1:
+            if conn.execute(sqlalchemy.select(trials.c.trial_id)
+                            .where(trials.c.trial_id == trial_id)).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return False  # someone else finished it
+        upsert(conn, models.TrialUserAttributeModel, ("trial_id", "key"), [
+            {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+            for key, value in {"fail_reason": reason, **attrs}.items()])
     return True
 
 
@@ -428,9 +434,13 @@ class NamedLock:
         engine = self.storage.backend.engine
         if engine.dialect.name == "postgresql":
             conn = engine.connect()
-            got = conn.execute(sqlalchemy.select(sqlalchemy.func.pg_try_advisory_lock(
-                _lock_key(self.name)))).scalar()
-            conn.commit()
+            try:
+                got = conn.execute(sqlalchemy.select(sqlalchemy.func.pg_try_advisory_lock(
+                    _lock_key(self.name)))).scalar()
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
             if not got:
                 conn.close()
                 self.holder = "PostgreSQL advisory lock held"
@@ -451,6 +461,22 @@ class NamedLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
         return self
+
+    def still_held(self) -> bool:
+        """Whether the lock is certainly still ours. PostgreSQL: it lives on its connection; if
+        that was cut (a server restart, a failover) the server released it, and another process
+        may hold it now. SQLite: an ``flock`` of this process, held until released."""
+        if self._conn is None:
+            return self._fd is not None
+        try:
+            return bool(self._conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid()")).scalar())
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
+        finally:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                self._conn.rollback()
 
     def release(self) -> None:
         if self._conn is not None:
