@@ -25,6 +25,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from tuner.runner.coordinator import SAME_SIGNAL_S
+
 from conftest import STUDIES, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -519,11 +521,15 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=6, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
 
-    proc = popen_tuner("run", fresh, "--storage", sqlite_url, "--workers", "2")
+    # (claims slowed: the clean-up after the first Ctrl-C waits for one, so it is still under
+    # way at the second, which comes later than SAME_SIGNAL_S: not one signal delivered twice)
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(fresh), "--storage",
+                             sqlite_url, "--workers", "2"], env=tuner_env(TUNER_INJECT_CLAIM_DELAY="3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_running(sqlite_url, "fresh", proc)
-    time.sleep(1.0)  # the retries and the next trials are claimed and in training
+    time.sleep(1.0)  # the next trials are being claimed
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(SAME_SIGNAL_S + 0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -545,13 +551,36 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     wait_for_running(sqlite_url, "claims", proc)  # the first claim
     time.sleep(1.0)  # the next one is under way (it takes 3 s)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(SAME_SIGNAL_S + 0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "(and maybe the trial of a claim that was in progress) stay RUNNING" in flat(err), err
     rerun = tuner("run", slow, "--storage", sqlite_url, "--timeout", "0.001", "-q")
     assert states(sqlite_url, "claims")["RUNNING"] == 0, rerun.stderr
+
+
+def test_one_signal_delivered_twice_is_one_interruption(sqlite_url, tmp_path):
+    """GNU `timeout` sends its signal to the runner, then to its whole process group: the runner
+    got it twice within microseconds, took it for a second Ctrl-C, skipped the clean-up and left
+    its trials RUNNING (recovered later as orphans, using their retries)."""
+    study = write_study(tmp_path / "s.toml", name="once", n_trials=6, epochs=LONG_EPOCHS,
+                        space=SLOW_SPACE, extra_study=NO_PRUNER)
+    proc = popen_tuner("run", study, "--storage", sqlite_url, "--workers", "2")
+    wait_for_running(sqlite_url, "once", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    text = flat(err)
+    assert "interrupted by SIGINT: running trials were marked FAIL and re-queued" in text, err
+    assert "twice" not in text
+    counts = states(sqlite_url, "once")
+    assert counts["RUNNING"] == 0 and counts["FAIL"] >= 1 and counts["WAITING"] >= counts["FAIL"]
+    for t in load(sqlite_url, "once").trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["fail_reason"] == "interrupted by SIGINT", t.user_attrs
 
 
 def test_the_live_panel_tells_training_from_claimed_and_other_runners_trials():

@@ -83,6 +83,9 @@ log = logging.getLogger("tuner.runner")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 FLUSH_EVERY_S = 5.0
+#: The same signal again within this many seconds is the same signal delivered twice (GNU
+#: `timeout` sends it to its child, then to its whole process group), not a second Ctrl-C.
+SAME_SIGNAL_S = 1.0
 EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
               "fail_fast": 1, "deleted": 1}
 
@@ -154,6 +157,7 @@ class Runner:
         self.successes_this_run = 0
         self._signal: str | None = None
         self._hurry = False  # a second signal: skip the clean-up's database writes
+        self._signal_at = 0.0
         self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
         self._unsaved_finished = 0     # ... of which training had finished (results lost)
         self._claim_abandoned = False
@@ -236,6 +240,9 @@ class Runner:
             except StorageError:
                 if not self._hurry:
                     raise
+        if (self.stop_reason in ("SIGINT", "SIGTERM") and not self._hurry and not self._unsaved
+                and counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials):
+            self.stop_reason = "done"  # the signal came as the last trial finished: nothing to resume
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
                          counts, best, self.resilient.retries, error,
@@ -338,7 +345,10 @@ class Runner:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
+        now = time.monotonic()
         if self._signal is not None:
+            if name == self._signal and now - self._signal_at < SAME_SIGNAL_S:
+                return  # one signal delivered twice (`timeout` signals its child, then its group)
             if self._hurry:
                 raise KeyboardInterrupt  # a third: stop at once, whatever is in progress
             # a second: stop waiting for the database; the clean-up writes nothing more (the
@@ -346,7 +356,7 @@ class Runner:
             self._hurry = True
             self.snap.note = f"{name} again: skipping the clean-up"
             return
-        self._signal = name
+        self._signal, self._signal_at = name, now
         self.snap.note = f"{name} received: failing and re-queueing running trials, then exiting"
 
     def _on_db_retry(self, what: str, exc: BaseException, delay: float) -> None:
