@@ -48,7 +48,7 @@ from tuner.storage import open_storage
 from tuner.study import load_data, load_study
 from tuner.train import make_plan
 
-from conftest import REPO, run_tuner, tuner_env
+from conftest import REPO, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -263,6 +263,16 @@ def test_effective_lr_shows_every_finished_trial_and_marks_pruned_and_diverged(r
         assert math.isclose(y, t.user_attrs["peak_lr"])
     symbols = {tr.meta[1]: tr.marker.symbol for tr in fig.data}
     assert len(set(symbols.values())) == len(symbols)  # complete / pruned / diverged look different
+
+
+def test_the_reference_needs_no_test_split(tmp_path):
+    """`test_size = 0` is valid; the reference failed on the empty test split ("Found array
+    with 0 sample(s)"), and the summary and reference-gap views said "not available"."""
+    from tuner.config import load_study_file
+
+    path = write_study(tmp_path / "s.toml", data='dataset = "digits"\ntest_size = 0')
+    ref = reference_on_split(load_data(load_study_file(path)))
+    assert ref["test"] is None and 0.9 < ref["val"] <= 1.0
 
 
 def test_reference_gap_uses_logistic_regression_on_the_same_split_cached_in_the_study(real, panels):
@@ -677,3 +687,19 @@ def test_bundled_dashboards_are_in_the_wheel_and_found_there(tmp_path):
     assert proc.returncode == 0, proc.stderr
     where, count = proc.stdout.split()
     assert Path(where) == tmp_path / "site" / "tuner" / "_dashboards" and int(count) == len(STUDY_PANELS)
+
+
+def test_keys_the_study_file_left_out_show_the_engine_default():
+    """A study without batch_scaling / warmup in its space: the summary showed scaling "None"
+    (and "none" is a real rule) and warmup "-"; those trials trained with the defaults."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from tuner.dashboard.context import trial_frame
+
+    trial = create_trial(value=0.9, params={"lr": 0.01},
+                         distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)},
+                         user_attrs={"config": {"optimizer": "adam", "lr": 0.01, "batch_size": 64}})
+    row = trial_frame([trial]).iloc[0]
+    assert (row.batch_scaling, row.warmup_epochs, row.decay, row.base_batch_size) == (
+        "none", 0.0, "constant", 256)

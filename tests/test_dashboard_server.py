@@ -310,6 +310,11 @@ def test_busy_port_is_a_clear_error(study_url):
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in proc.stderr
     assert "--port 0" in proc.stderr and "Traceback" not in proc.stderr
+    for host in ("locahost", "http://127.0.0.1"):  # a typo, a URL: waitress raised ValueError
+        proc = run_tuner("dashboard", "--storage", study_url, "--host", host, "--port", "0",
+                         timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"unknown host {host!r}" in proc.stderr and "--host 127.0.0.1" in proc.stderr
 
 
 def test_bad_storage_is_a_clear_error_with_the_password_masked(tmp_path):

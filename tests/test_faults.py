@@ -691,6 +691,8 @@ def test_doctor_reports_and_fails_stale_trials(tmp_path):
     assert min(r["heartbeat_age_s"] for r in data["running"]) < 3  # (grace_period = 3)
     shown = run_tuner("doctor", "faults", "--storage", url)
     assert "orphaned (no runner)" in shown.stdout and "alive" not in shown.stdout
+    # the hint names the study and its storage, ready to paste
+    assert f"tuner doctor faults --storage {url} --fail-stale" in " ".join(shown.stderr.split())
     fixed = run_tuner("doctor", "faults", "--storage", url, "--fail-stale")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"failed {len(data['running'])} stale trial(s): " in fixed.stdout

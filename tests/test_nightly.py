@@ -409,6 +409,7 @@ def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_pa
     assert show.returncode == 2 and "Traceback" not in show.stderr, show.stderr
     assert (f"'nt' is a nightly sweep; its nights are the studies nt-YYYY-MM-DD (latest: nt-{DAY})"
             in " ".join(show.stderr.split())), show.stderr
+    assert f"every night: tuner history nt --storage sqlite:///{db}" in " ".join(show.stderr.split())
     night = run_tuner("history", f"nt-{DAY}", *storage, cwd=tmp_path)
     assert night.returncode == 2 and (f"'nt-{DAY}' is one night of the sweep 'nt': tuner history nt"
                                       in " ".join(night.stderr.split())), night.stderr

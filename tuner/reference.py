@@ -25,8 +25,10 @@ def logistic_regression_accuracy(X_train: np.ndarray, y_train: np.ndarray,
     return {name: float(model.score(strip_bias(X), y)) for name, (X, y) in evals.items()}
 
 
-def reference_on_split(splits: Splits) -> dict[str, float]:
-    """Reference accuracy trained on the training split: ``{"val": ..., "test": ...}``."""
-    return logistic_regression_accuracy(splits.X_train, splits.y_train,
-                                        {"val": (splits.X_val, splits.y_val),
-                                         "test": (splits.X_test, splits.y_test)})
+def reference_on_split(splits: Splits) -> dict[str, float | None]:
+    """Reference accuracy trained on the training split: ``{"val": ..., "test": ...}``;
+    ``None`` for an empty split (``test_size = 0``)."""
+    named = {"val": (splits.X_val, splits.y_val), "test": (splits.X_test, splits.y_test)}
+    scored = logistic_regression_accuracy(
+        splits.X_train, splits.y_train, {k: xy for k, xy in named.items() if len(xy[1])})
+    return {name: scored.get(name) for name in named}

@@ -268,8 +268,11 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
             hint = ("this command takes a study's name (study.name in its file), not the file"
                     + (f": {_name_in_file(name)}" if _name_in_file(name) else ""))
         elif nights := _nights_of(name, storage):
+            from tuner.storage.urls import storage_flag
+
+            flag = storage_flag(storage.backend.engine.url.render_as_string(hide_password=False))
             hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
-                    f"(latest: {nights[-1]}); every night: tuner history {name}")
+                    f"(latest: {nights[-1]}); every night: tuner history {name}{flag}")
         raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})",
                                  hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from tuner.storage.urls import storage_flag  # noqa: F401  (the CLI's modules import it from here)
+
 app = typer.Typer(
     name="tuner",
     help="Find the optimizer, learning rate, warmup, decay and batch-size scaling rule that train "
@@ -49,22 +51,6 @@ def open_existing(storage: str | None) -> tuple[Any, str]:
 
     url = resolve_url(storage)
     return open_storage(url, must_exist=True), url
-
-
-def storage_flag(url: str) -> str:
-    """`` --storage URL`` for a follow-up command hint, or ``""`` when that command would find
-    ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db). A URL with a password is never
-    printed, and a masked one (``:***@``) could not be pasted: the hint then reads
-    ``--storage "$TUNER_STORAGE"`` (see :func:`storage_note`)."""
-    import shlex
-
-    from tuner.storage.urls import ENV_VAR, has_password, resolve_url
-
-    if url == resolve_url():
-        return ""
-    if has_password(url):
-        return f' --storage "${ENV_VAR}"'
-    return f" --storage {shlex.quote(url)}"
 
 
 def storage_note(url: str) -> str:

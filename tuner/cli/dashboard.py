@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from tuner.cli.app import FileStorageOpt, app, err, out
 from tuner.errors import TunerError
@@ -115,7 +116,7 @@ def report(study: Annotated[str, typer.Argument(
     except OSError as exc:
         raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
     size = path.stat().st_size
-    out.print(f"wrote {path} ({size / 1e6:.1f} MB, {len(view.panels)} views, "
+    out.print(f"wrote {escape(str(path))} ({size / 1e6:.1f} MB, {len(view.panels)} views, "
               f"{time.perf_counter() - started:.1f} s)", highlight=False)
     if attach:
         from tuner.study import load_study

@@ -8,9 +8,20 @@ from collections import defaultdict
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, open_existing, out, print_json
+from tuner.cli.app import (
+    JsonOpt,
+    StorageOpt,
+    StudyArg,
+    app,
+    err,
+    open_existing,
+    out,
+    print_json,
+    storage_flag,
+)
 from tuner.errors import LockHeldError
 
 
@@ -93,11 +104,11 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     if json_out:
         print_json(report)
     else:
-        _print(report, stale)
+        _print(report, stale, storage_flag(url))
     raise typer.Exit(1 if stale else 0)
 
 
-def _print(report: dict[str, Any], stale: list) -> None:
+def _print(report: dict[str, Any], stale: list, flag: str) -> None:
     orphans = report["runner_alive"] is False
     why = "no runner holds the study's lock" if orphans else \
         f"no heartbeat for > {report['grace_seconds']:g} s"
@@ -143,8 +154,9 @@ def _print(report: dict[str, Any], stale: list) -> None:
             table.add_row(reason, str(len(numbers)), shown)
         out.print(table)
     if stale and not report["failed_now"]:
-        err.print("  hint: `tuner doctor STUDY --fail-stale` fails them and re-queues their "
-                  "parameters (only if their runners are really gone)")
+        err.print(escape(f"  hint: `tuner doctor {report['study']}{flag} --fail-stale` fails "
+                         "them and re-queues their parameters (only if their runners are really "
+                         "gone)"), soft_wrap=True)
     if not (report["running"] or report["retries"] or report["failures"]):
         out.print("[green]healthy: no running, retried or failed trials[/]")
 

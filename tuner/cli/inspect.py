@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, open_existing, out, print_json
@@ -152,7 +153,7 @@ def export(study: StudyArg, storage: StorageOpt = None,
         path.write_bytes(data)
     except OSError as exc:
         raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
-    err.print(f"wrote {len(records)} trials to {path}")
+    err.print(f"wrote {len(records)} trials to {escape(str(path))}")
 
 
 @app.command()
@@ -286,7 +287,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
 def best(study: StudyArg, storage: StorageOpt = None,
          test: Annotated[bool, typer.Option("--test", help="Retrain the best configuration on "
                                             "train+validation and report test accuracy.")] = False,
-         seed: Annotated[int | None, typer.Option(help="Training seed for --test \\[default: the "
+         seed: Annotated[int | None, typer.Option(min=0, help="Training seed for --test \\[default: the "
                                                  "trial's].")] = None,
          json_out: JsonOpt = False) -> None:
     """The best configuration; with --test, its test accuracy beside LogisticRegression's."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tuner.cli.app import (
@@ -81,9 +82,9 @@ def nightly(study_file: StudyFileArg,
     schedule = schedule_of(sf)
     day = parse_date(date) if date else today(schedule)
     url = resolve_url(storage, sf.study.storage)
-    say = (lambda _line: None) if json_out else (lambda line: out.print(line, highlight=False))
+    say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
     if sf.schedule is None and not json_out:
-        err.print(f"note: {study_file} has no [schedule] section; using its defaults "
+        err.print(f"note: {escape(str(study_file))} has no \\[schedule] section; using its defaults "
                   "(see docs/nightly.md)")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -115,10 +116,9 @@ def nightly(study_file: StudyFileArg,
             style = "bold yellow"  # a search shortfall: exit 0, but worth a look if it recurs
         for line in result.verdict.lines():
             if line.startswith("verdict:"):
-                out.print(f"[{style}]{line}[/]", highlight=False)
+                out.print(f"[{style}]{escape(line)}[/]", highlight=False)
             else:
-                out.print(line, highlight=False)
-    from rich.markup import escape
+                out.print(escape(line), highlight=False)
 
     flag = escape(storage_flag(url))
     out.print(f"[dim]exit code {result.exit_code} · history: tuner history {result.base}{flag} · "

@@ -64,7 +64,7 @@ def check(study_file: StudyFileArg,
                     "samples": configs, "warnings": warnings, "schedule": schedule_summary(sf)})
         return
     s = sf.study
-    out.print(f"[green]✓[/] {study_file} is valid")
+    out.print(f"[green]✓[/] {escape(str(study_file))} is valid")
     out.print(f"study [bold]{s.name}[/]: {s.metric} ({s.direction}), {s.n_trials} trials, sampler "
               f"{s.sampler.type}, pruner {s.pruner.type}, {sf.model.epochs} epochs, {sf.model.dtype}")
     for line in schedule_lines(sf):
@@ -219,7 +219,7 @@ def train(study_file: StudyFileArg,
                             "decay). Unset searchable keys take the first choice or the middle of "
                             "their range (a warmup lowered to fit --epochs).")] = None,
           epochs: Annotated[int | None, typer.Option(min=1, help="Override model.epochs.")] = None,
-          seed: Annotated[int, typer.Option(help="Training seed (weights and shuffling).")] = 0,
+          seed: Annotated[int, typer.Option(min=0, help="Training seed (weights and shuffling).")] = 0,
           json_out: JsonOpt = False) -> None:
     """Train one configuration of a study file and show its learning curve.
 

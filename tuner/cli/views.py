@@ -27,7 +27,9 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+        # significant digits below 0.1 (0.00351 stays 0.00351, not 0.004), fixed above
+        return f"{value:.{digits}g}" if 0 < abs(value) < 0.1 or abs(value) >= 1e4 \
+            else f"{value:.{digits}f}"
     return str(value)
 
 

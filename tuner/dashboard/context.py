@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from tuner import params as P
 from tuner.dashboard.spec import DashboardError
 from tuner.study import ATTR_DATA, ATTR_METRIC, flat_params
 
@@ -23,6 +24,9 @@ ATTR_REFERENCE = "tuner.reference"
 REFERENCE_MODEL = "sklearn LogisticRegression(max_iter=5000), fit on the training split"
 FRAME_PARAMS = ("optimizer", "lr", "batch_size", "base_batch_size", "batch_scaling", "warmup_epochs",
                 "decay", "reg", "loss")
+#: Keys a tuner trial's ``config`` omits when the study file does not mention them.
+_ENGINE_DEFAULTS = {key: P.PARAMS[key].default for key in (
+    "base_batch_size", "batch_scaling", "warmup_epochs", "decay", "loss")}
 _REFERENCE_LOCKS: dict[tuple[int, int], threading.Lock] = {}
 _REFERENCE_GUARD = threading.Lock()
 
@@ -152,6 +156,8 @@ def trial_frame(trials: list[FrozenTrial], study_file: Any = None) -> pd.DataFra
         params = attrs.get("config")
         if params is None:
             params = flat_params(t, study_file)
+        else:  # a key the study file left out trained with the engine's default
+            params = {**_ENGINE_DEFAULTS, **params}
         curve = attrs.get("curve") or {}
         accs = curve.get("val_accuracy") or []
         rows["number"].append(t.number)

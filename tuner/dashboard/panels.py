@@ -58,6 +58,8 @@ def fmt(value: Any, digits: int = 4) -> str:
             return "-"
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
             return f"{value:.{digits - 1}e}"
+        if value != 0 and abs(value) < 0.1:  # significant digits: 0.00351, not 0.0035
+            return f"{value:.{digits}g}"
         return f"{value:.{digits}f}"
     return str(value)
 

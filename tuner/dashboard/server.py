@@ -429,9 +429,12 @@ def create_server(app: Callable, host: str, port: int, threads: int = 8) -> Any:
     try:
         return waitress.create_server(app, host=host, port=port, threads=threads, ident="tuner",
                                       channel_timeout=120, clear_untrusted_proxy_headers=True)
-    except socket.gaierror as exc:
-        raise TunerError(f"cannot listen on {host}:{port}: unknown host {host!r} ({exc.strerror})",
-                         hint="use an address of this machine, e.g. --host 127.0.0.1") from None
+    except (socket.gaierror, ValueError) as exc:  # waitress wraps a gaierror in a ValueError
+        cause = exc if isinstance(exc, socket.gaierror) else exc.__context__
+        why = cause.strerror if isinstance(cause, socket.gaierror) else str(exc)
+        raise TunerError(f"cannot listen on {host}:{port}: unknown host {host!r} ({why})",
+                         hint="use an address of this machine, e.g. --host 127.0.0.1 (a host "
+                              "name or IP address, not a URL)") from None
     except OSError as exc:
         where = f"{host}:{port}"
         if exc.errno == errno.EADDRINUSE:

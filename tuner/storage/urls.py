@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -144,3 +145,15 @@ def describe(url: str) -> str:
         return f"SQLite {sqlite_path(url) or ':memory:'}"
     host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
     return f"PostgreSQL {parsed.username or ''}{'@' if parsed.username else ''}{host}/{parsed.database}"
+
+
+def storage_flag(url: str) -> str:
+    """`` --storage URL`` for a follow-up command hint, or ``""`` when that command would find
+    ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db). A URL with a password is never
+    printed, and a masked one (``:***@``) could not be pasted: the hint then reads
+    ``--storage "$TUNER_STORAGE"`` (see :func:`storage_note`)."""
+    if url == resolve_url():
+        return ""
+    if has_password(url):
+        return f' --storage "${ENV_VAR}"'
+    return f" --storage {shlex.quote(url)}"
