@@ -560,6 +560,18 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     assert states(sqlite_url, "claims")["RUNNING"] == 0, rerun.stderr
 
 
+def test_a_reader_of_both_streams_that_goes_away_does_not_stop_the_run(sqlite_url, tmp_path):
+    """`tuner run ... 2>&1 | head -3`: the progress lines go to stderr, and the first write to
+    the closed pipe ended the run with exit 1, no message, and a trial left WAITING."""
+    study = write_study(tmp_path / "s.toml", name="piped", n_trials=4, epochs=2)
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(study), "--storage",
+                             sqlite_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=tuner_env(), cwd=tmp_path)
+    proc.stdout.close()  # nobody reads either stream
+    assert proc.wait(timeout=300) == 0
+    assert states(sqlite_url, "piped") == Counter({"COMPLETE": 4})
+
+
 def test_one_signal_delivered_twice_is_one_interruption(sqlite_url, tmp_path):
     """GNU `timeout` sends its signal to the runner, then to its whole process group: the runner
     got it twice within microseconds, took it for a second Ctrl-C, skipped the clean-up and left

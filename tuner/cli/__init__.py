@@ -55,10 +55,11 @@ def _before_any_command() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-class _Stdout:
-    """``sys.stdout``, except that a reader that goes away (``tuner nightly ... | head``) does
-    not stop the work: once a write finds the pipe closed, later output is dropped (the
-    descriptor then points at /dev/null, so the interpreter's last flush has nothing to say)."""
+class _Output:
+    """``sys.stdout`` or ``sys.stderr``, except that a reader that goes away (``tuner nightly
+    ... | head``, ``tuner run ... 2>&1 | head``) does not stop the work: once a write finds the
+    pipe closed, later output is dropped (the descriptor then points at /dev/null, so the
+    interpreter's last flush has nothing to say)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -90,8 +91,10 @@ class _Stdout:
 
 
 def main() -> None:
-    if not isinstance(sys.stdout, _Stdout) and sys.stdout is not None:
-        sys.stdout = _Stdout(sys.stdout)
+    if not isinstance(sys.stdout, _Output) and sys.stdout is not None:
+        sys.stdout = _Output(sys.stdout)
+    if not isinstance(sys.stderr, _Output) and sys.stderr is not None:
+        sys.stderr = _Output(sys.stderr)
     # Optuna 5 stores naive UTC in RDB storages and converts with the local zone: pin UTC so
     # workers, dashboards and schedulers on different hosts agree (reference notes 1.2).
     os.environ["TZ"] = "UTC"
