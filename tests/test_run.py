@@ -175,10 +175,14 @@ def test_an_existing_non_tuner_study_is_never_taken_over(sqlite_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="digits", n_trials=2, epochs=1)
     proc = tuner("run", study, "--storage", sqlite_url, "-n", "12")
     assert proc.returncode == 2, proc.stderr
-    assert "a study named 'digits' already exists in SQLite" in flat(proc.stderr)
+    assert f"{study}: study.name: a study named 'digits' already exists in SQLite" in flat(proc.stderr)
     assert "was not created by tuner (2 trial(s), minimize)" in flat(proc.stderr)
     assert f"tuner run {study} --study-name NEW (or delete the old study first: tuner delete " \
            "digits)" in flat(proc.stderr)
+    # named on the command line: the error names the option, not the file's key
+    proc = tuner("run", study, "--storage", sqlite_url, "--study-name", "wrongway")
+    assert proc.returncode == 2 and "--study-name wrongway: a study named 'wrongway' already " \
+        "exists" in flat(proc.stderr), proc.stderr
     for name, fragment in (("multi", "with 2 objectives (minimize, maximize)"),
                            ("wrongway", "is set to minimize, but study.metric = 'val_accuracy' "
                                         "is to maximize")):

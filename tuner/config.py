@@ -242,6 +242,8 @@ class StudyFile(BaseModel):
     raw: dict[str, Any] = Field(repr=False)
     source: str = "<memory>"
     base_dir: str | None = None
+    #: ``[study]`` keys the command line set (``--study-name`` ...): errors name the option
+    overrides: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @property
     def direction(self) -> str:
@@ -269,9 +271,11 @@ class StudyFile(BaseModel):
 
     def with_overrides(self, **study_overrides: Any) -> StudyFile:
         """A copy with ``[study]`` keys replaced (``--study-name``, ``--n-trials``, ...)."""
+        given = {k: v for k, v in study_overrides.items() if v is not None}
         raw = json.loads(json.dumps(self.raw))
-        raw.setdefault("study", {}).update({k: v for k, v in study_overrides.items() if v is not None})
-        return parse_study_dict(raw, source=self.source, base_dir=self.base_dir)
+        raw.setdefault("study", {}).update(given)
+        parsed = parse_study_dict(raw, source=self.source, base_dir=self.base_dir)
+        return parsed.model_copy(update={"overrides": {**self.overrides, **given}})
 
 
 _SECTIONS = {"study": StudySection, "data": DataSection, "model": ModelSection,

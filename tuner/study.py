@@ -173,7 +173,8 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> Non
     source = study_file.source
     hint = (f"run this study file under a new name: tuner run {source} --study-name NEW "
             f"(or delete the old study first: tuner delete {name})")
-    prefix = f"{source}: study.name: a study named {name!r} already exists in {where}"
+    named_by = f"--study-name {name}" if "name" in study_file.overrides else f"{source}: study.name"
+    prefix = f"{named_by}: a study named {name!r} already exists in {where}"
     if len(directions) != 1:
         raise ConfigError(f"{prefix} with {len(directions)} objectives ({', '.join(directions)}); "
                           f"a tuner study has one ({metric}, {direction})", hint=hint)

@@ -98,9 +98,10 @@ def night_study_file(sf: StudyFile, day: date) -> StudyFile:
     independently (and the spread of their bests measures search noise) while a rerun of the
     same night is reproducible."""
     schedule = schedule_of(sf)
-    return sf.with_overrides(name=night_name(sf.study.name, day),
-                             n_trials=schedule.n_trials or sf.study.n_trials,
-                             seed=derive_seed(sf.study.seed, day.toordinal()))
+    night = sf.with_overrides(name=night_name(sf.study.name, day),
+                              n_trials=schedule.n_trials or sf.study.n_trials,
+                              seed=derive_seed(sf.study.seed, day.toordinal()))
+    return night.model_copy(update={"overrides": sf.overrides})  # not the command line's
 
 
 def schedule_summary(sf: StudyFile, now: datetime | None = None) -> dict[str, Any] | None:
