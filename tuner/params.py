@@ -261,3 +261,12 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("step decay takes either 'milestones' or 'step_epochs', not both")
         del resolved["milestones"]  # replaced (and resolving the result again stays valid)
     return resolved
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a trial's stored configuration) with the keys every run has filled in where
+    the study file left them out (batch size, scaling rule, warmup, decay, loss): what it
+    trained with, for display."""
+    keys = ("batch_size", "base_batch_size", "batch_scaling", "warmup_epochs", "decay", "loss")
+    return {**{key: PARAMS[key].default for key in keys}, **config}
+

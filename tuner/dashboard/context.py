@@ -24,9 +24,6 @@ ATTR_REFERENCE = "tuner.reference"
 REFERENCE_MODEL = "sklearn LogisticRegression(max_iter=5000), fit on the training split"
 FRAME_PARAMS = ("optimizer", "lr", "batch_size", "base_batch_size", "batch_scaling", "warmup_epochs",
                 "decay", "reg", "loss")
-#: Keys a tuner trial's ``config`` omits when the study file does not mention them.
-_ENGINE_DEFAULTS = {key: P.PARAMS[key].default for key in (
-    "base_batch_size", "batch_scaling", "warmup_epochs", "decay", "loss")}
 _REFERENCE_LOCKS: dict[tuple[int, int], threading.Lock] = {}
 _REFERENCE_GUARD = threading.Lock()
 
@@ -157,7 +154,7 @@ def trial_frame(trials: list[FrozenTrial], study_file: Any = None) -> pd.DataFra
         if params is None:
             params = flat_params(t, study_file)
         else:  # a key the study file left out trained with the engine's default
-            params = {**_ENGINE_DEFAULTS, **params}
+            params = P.with_defaults(params)
         curve = attrs.get("curve") or {}
         accs = curve.get("val_accuracy") or []
         rows["number"].append(t.number)

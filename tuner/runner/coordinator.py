@@ -49,6 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config import StudyFile
 from tuner.errors import StorageError, TunerError
 from tuner.kernels import engine_id
+from tuner.params import with_defaults
 from tuner.runner.pool import Job, Worker
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
@@ -1025,9 +1026,10 @@ def _resolved(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(params: dict[str, Any]) -> str:
+    params = with_defaults(params)
     return (f"{params.get('optimizer')} lr={params.get('lr', float('nan')):.3g} "
-            f"bs={params.get('batch_size')} {params.get('batch_scaling')} "
-            f"warmup={params.get('warmup_epochs', 0):g} {params.get('decay')}")
+            f"bs={params['batch_size']} {params['batch_scaling']} "
+            f"warmup={params['warmup_epochs']:g} {params['decay']}")
 
 
 def _runner_id() -> str:

@@ -12,6 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from tuner.params import with_defaults
+
 
 @dataclass
 class Snapshot:
@@ -98,8 +100,9 @@ class Display:
             return
         s = self.snap
         shown = "-" if value is None else f"{value:.4f}"
+        params = with_defaults(params)
         what = f"{params.get('optimizer', '?')} lr={params.get('lr', float('nan')):.3g} " \
-               f"bs={params.get('batch_size', '?')} {params.get('decay', '')}"
+               f"bs={params['batch_size']} {params['decay']}"
         best = "-" if s.best_value is None else f"{s.best_value:.4f} (#{s.best_number})"
         self.console.print(f"trial {number:>4} {state:<8} {s.metric}={shown:<7} {what}"
                            f"{'  ' + note if note else ''}  [{s.done}/{s.n_trials}, best {best}]",
