@@ -108,6 +108,8 @@ ERROR_CASES = [
     # bounds
     ("low-greater-than-high", edit(LR, "lr = {low = 0.5, high = 1e-3}"), "space.lr",
      ["low (0.5) is greater than high (0.001)"]),
+    ("step-does-not-divide", BASE + "batch_size = {low = 16, high = 60, step = 16}\n",
+     "space.batch_size.high", ["60 is not low + a multiple of step", "high = 48 or 64"]),
     ("log-with-low-zero", BASE + "reg = {low = 0.0, high = 0.1, log = true}\n", "space.reg.low",
      ["a log range needs low > 0"]),
     ("log-with-negative-low", BASE + "init_scale = {low = -1.0, high = 0.1, log = true}\n",

@@ -386,6 +386,11 @@ def _range(spec: P.ParamSpec, key: str, name: str, table: dict, path: str, fail:
             raise fail(f"{path}.step", "step and log cannot be combined (Optuna does not support it)")
         if spec.kind == "int" and not float(step).is_integer():
             raise fail(f"{path}.step", f"{step!r} is not an integer; {key!r} is an integer key")
+        n = (high - low) / step
+        if not math.isclose(n, round(n), rel_tol=0, abs_tol=1e-9):
+            fit = low + math.floor(n + 1e-9) * step
+            raise fail(f"{path}.high", f"{high!r} is not low + a multiple of step ({low!r} + k * "
+                                       f"{step!r}); e.g. high = {fit:g} or {fit + step:g}")
     integer = spec.kind == "int"
     return Dimension(key, name, "range", low=float(low) if not integer else int(low),
                      high=float(high) if not integer else int(high), log=log,
