@@ -80,7 +80,7 @@ def nightly(study_file: StudyFileArg,
 
     sf = load_study_file(study_file)
     schedule = schedule_of(sf)
-    day = parse_date(date) if date else today(schedule)
+    day = parse_date(date) if date is not None else today(schedule)
     url = resolve_url(storage, sf.study.storage)
     say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
     if sf.schedule is None and not json_out:
