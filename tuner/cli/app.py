@@ -11,8 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tuner.storage.urls import storage_flag  # noqa: F401  (the CLI's modules import it from here)
-
 app = typer.Typer(
     name="tuner",
     help="Find the optimizer, learning rate, warmup, decay and batch-size scaling rule that train "
@@ -51,6 +49,14 @@ def open_existing(storage: str | None) -> tuple[Any, str]:
 
     url = resolve_url(storage)
     return open_storage(url, must_exist=True), url
+
+
+def storage_flag(url: str) -> str:
+    """:func:`tuner.storage.urls.storage_flag`, imported when used (``--help`` loads no
+    storage libraries)."""
+    from tuner.storage.urls import storage_flag as flag
+
+    return flag(url)
 
 
 def storage_note(url: str) -> str:
