@@ -262,12 +262,14 @@ def _name_in_file(path: str) -> str | None:
 def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, StudyFile | None]:
     """Load an existing study and the study file stored with it (``None`` for studies that
     were not created by tuner)."""
-    if name not in _study_names(storage):
-        known = ", ".join(sorted(_study_names(storage))) or "none"
+    names = _study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
         hint = None
         if name.endswith(".toml"):  # a study file where a study name goes
+            in_file = _name_in_file(name)
             hint = ("this command takes a study's name (study.name in its file), not the file"
-                    + (f": {_name_in_file(name)}" if _name_in_file(name) else ""))
+                    + (f": {in_file}" if in_file else ""))
         elif nights := _nights_of(name, storage):
             from tuner.storage.urls import storage_flag
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import sys
 import tomllib
 from typing import TYPE_CHECKING, Annotated, Any
@@ -314,12 +313,13 @@ def run(study_file: StudyFileArg,
     from tuner.config import load_study_file
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
+    from tuner.runner.pool import usable_cpus
     from tuner.storage import resolve_url
 
     sf = with_cli_overrides(load_study_file(study_file), name=study_name, n_trials=n_trials,
                             timeout=timeout)
     url = resolve_url(storage, sf.study.storage)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     if workers > cpus:
         warn(f"--workers {workers} on {cpus} CPU(s): workers beyond one per CPU share cores, "
              "so each trial trains slower and the study finishes no sooner")

@@ -50,7 +50,7 @@ from tuner.config import StudyFile
 from tuner.errors import StorageError, TunerError
 from tuner.kernels import engine_id
 from tuner.params import with_defaults
-from tuner.runner.pool import Job, Worker
+from tuner.runner.pool import Job, Worker, usable_cpus
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
 from tuner.storage import describe, open_storage
@@ -259,7 +259,7 @@ class Runner:
         # while the storage opens and the data loads; a run with nothing to do stops them
         # unused, and the rest start once the trials left are known
         self._ctx = mp.get_context("spawn")
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         self.blas_threads = max(1, cpus // self.n_workers)
         self.workers = [Worker(self._ctx, i, self.blas_threads)
                         for i in range(min(self.n_workers, cpus))]

@@ -3,6 +3,7 @@ trials ("jobs") it holds."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,14 @@ import optuna
 
 from tuner.runner.worker import worker_main
 from tuner.train import Plan
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit),
+    which the worker count and their BLAS threads are sized against."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass

@@ -128,15 +128,14 @@ class BufferedStorage(_CachedStorage):
                 trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING).values(
                 state=TrialState.RUNNING, datetime_start=utcnow())).rowcount == 1
             if not claimed:
+                self._settled(trial_id)  # nothing of ours was written
                 state = trial_state(conn.execute(sqlalchemy.select(trials.c.state).where(
                     trials.c.trial_id == trial_id)).scalar())
                 if state is None:
                     raise KeyError(models.NOT_FOUND_MSG)
                 if state.is_finished():
-                    self._settled(trial_id)
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"trial {trial_id} is already finished")
-                self._settled(trial_id)
                 return False
             upsert(conn, models.TrialSystemAttributeModel, ("trial_id", "key"), [
                 {"trial_id": trial_id, "key": CLAIM_KEY, "value_json": json.dumps(token)}])
@@ -516,7 +515,7 @@ def _written_before(conn: sqlalchemy.Connection, trial_id: int, final_json: str)
 
 
 def upsert(conn: sqlalchemy.Connection, model: type, keys: tuple[str, ...],
-            rows: list[dict[str, Any]]) -> None:
+           rows: list[dict[str, Any]]) -> None:
     """Multi-row ``INSERT ... ON CONFLICT (keys) DO UPDATE`` (SQLite >= 3.24 and PostgreSQL)."""
     if not rows:
         return
