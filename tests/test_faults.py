@@ -5,6 +5,7 @@ count must come out exact."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -176,12 +177,41 @@ def worker_pids(runner_pid: int) -> list[int]:
     return pids
 
 
-# A worker's start-up (imports, loading the compiled kernels) costs about 0.6 s of CPU however
-# loaded the machine is; past this much it has started training. (Wall-clock ages were not
-# enough: on a loaded machine a 2 s old worker could still be starting, and its death counted
-# as a start-up failure.)
-GROWN_CPU_S = 1.5
-STARTED_CPU_S = 1.0  # just past start-up: kills at any moment of a worker's working life
+# Kill tests must tell a worker that is starting (imports, loading the compiled kernels) from one
+# that has started training: three start-up deaths in a row stop the runner, by design. A
+# worker's start-up CPU time is measured once, here, on this machine and under its current load
+# (0.6 s on one machine, 1.1-1.5 s on another): a fixed threshold was wrong on one of them, and
+# wall-clock ages were not enough either (on a loaded machine a 2 s old worker could still be
+# starting).
+WORKER_STARTUP = """
+import os, numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1)
+from tuner import kernels
+kernels.set_threads(1)
+import tuner.runner.worker
+kernels.warm_up(np.dtype("float32"))
+t = os.times()
+print(t.user + t.system)
+"""
+
+
+@functools.cache
+def startup_cpu_s() -> float:
+    """CPU seconds of a worker's start-up here (the largest of two runs)."""
+    return max(float(subprocess.run([sys.executable, "-c", WORKER_STARTUP], check=True, text=True,
+                                    capture_output=True, cwd=REPO).stdout) for _ in range(2))
+
+
+def started_cpu_s() -> float:
+    """Past this much CPU a worker is certainly past start-up: kills at any moment of its
+    working life."""
+    return 1.5 * startup_cpu_s() + 0.3
+
+
+def grown_cpu_s() -> float:
+    """Past this much CPU a worker has been training for a while."""
+    return 2.0 * startup_cpu_s() + 0.5
 
 
 def cpu_seconds(pid: int) -> float:
@@ -593,7 +623,7 @@ def _kill_workers(runner: subprocess.Popen, *, grown: bool, timeout: float) -> i
     deadline = time.monotonic() + timeout
     while runner.poll() is None and time.monotonic() < deadline:
         for pid in worker_pids(runner.pid):
-            if not grown or cpu_seconds(pid) >= GROWN_CPU_S:
+            if not grown or cpu_seconds(pid) >= grown_cpu_s():
                 try:
                     os.kill(pid, signal.SIGKILL)
                     kills += 1
@@ -656,7 +686,7 @@ def test_workers_killed_at_any_moment_never_end_the_runner(tmp_path, pg_url):
     deadline = time.monotonic() + 120
     while kills < 40 and runner.poll() is None and time.monotonic() < deadline:
         # workers past start-up only: three deaths in a row at start-up stop the runner, by design
-        grown = [pid for pid in worker_pids(runner.pid) if cpu_seconds(pid) >= STARTED_CPU_S]
+        grown = [pid for pid in worker_pids(runner.pid) if cpu_seconds(pid) >= started_cpu_s()]
         if grown:
             victim = rng.choice(grown)
             try:
