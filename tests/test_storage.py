@@ -314,6 +314,39 @@ def test_in_memory_sqlite_is_refused_at_once(url):
     assert time.monotonic() - started < 5
 
 
+def test_an_empty_storage_flag_is_an_error_not_the_default(monkeypatch):
+    """``--storage "$TUNER_STORAGE"`` pasted from a hint, with the variable unset, must not
+    open ./tuner.db instead of the study's database."""
+    from tuner.errors import StorageError
+    from tuner.storage.urls import DEFAULT_URL, resolve_url
+
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    for empty in ("", "  "):
+        with pytest.raises(StorageError, match="--storage is empty") as info:
+            resolve_url(empty, "sqlite:///from-the-file.db")
+        assert "export TUNER_STORAGE" in info.value.hint
+    assert resolve_url(None) == DEFAULT_URL
+
+
+def test_a_sqlite_file_of_another_application_is_never_written(tmp_path):
+    """Not by the commands that read (refused before), nor by `tuner run` / `tuner init`: no
+    Optuna tables added, the journal mode unchanged."""
+    import sqlite3
+
+    from tuner.errors import StorageError
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    for must_exist in (False, True):
+        with pytest.raises(StorageError, match=r"not a tuner database: it has tables \(invoices\)"):
+            open_storage(f"sqlite:///{path}", must_exist=must_exist)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    open_storage(f"sqlite:///{tmp_path / 'new.db'}")  # a new file is created as before
+
+
 _OPEN_AT_ONCE = """
 import sys, time
 from pathlib import Path

@@ -71,7 +71,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
     try:
         with warnings.catch_warnings(), _schema_lock(url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if must_exist:
+            if must_exist or parsed.get_backend_name() == "sqlite":
                 _refuse_a_foreign_database(url, engine_kwargs)
             if parsed.get_backend_name() == "sqlite" and sqlite_path(url) is not None:
                 _enable_wal(sqlite_path(url))
@@ -90,9 +90,11 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
 
 
 def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> None:
-    """A command that only reads must not add Optuna's tables to another application's
-    database (``--storage`` pointing at the wrong one): a database with tables, none of them
-    Optuna's, is an error. An empty one is fine (a dashboard may start before the first run)."""
+    """Never add Optuna's tables to another application's database (``--storage`` pointing at
+    the wrong one): a database with tables, none of them Optuna's, is an error for every
+    command on SQLite (a file belongs to one application; WAL mode would change it too) and for
+    the commands that only read on PostgreSQL (where a shared database may be deliberate). An
+    empty one is fine (a dashboard may start before the first run)."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())

@@ -20,7 +20,13 @@ ESCAPE_HINT = "percent-encode @ : / in the password (@ as %40, : as %3A, / as %2
 
 def resolve_url(cli_url: str | None = None, file_url: str | None = None) -> str:
     """The storage to use: ``--storage``, else ``$TUNER_STORAGE``, else the study file's
-    ``study.storage``, else the embedded SQLite file ``./tuner.db``."""
+    ``study.storage``, else the embedded SQLite file ``./tuner.db``. An empty ``--storage`` is
+    an error, not the default: it is what ``--storage "$TUNER_STORAGE"`` pasted from a hint
+    becomes when the variable is not set, and falling back would open another database."""
+    if cli_url is not None and not cli_url.strip():
+        raise StorageError("--storage is empty (an unset $TUNER_STORAGE?)",
+                           hint=f"export {ENV_VAR}='<the storage URL, with its password>' first, "
+                                f"or drop --storage to use {DEFAULT_URL} in this folder")
     url = cli_url or os.environ.get(ENV_VAR) or file_url or DEFAULT_URL
     return normalize_url(url)
 
@@ -157,3 +163,11 @@ def storage_flag(url: str) -> str:
     if has_password(url):
         return f' --storage "${ENV_VAR}"'
     return f" --storage {shlex.quote(url)}"
+
+
+def storage_note(url: str) -> str:
+    """What a hint with :func:`storage_flag` needs said once: how to set ``$TUNER_STORAGE``
+    when the URL has a password (``""`` otherwise)."""
+    if url == resolve_url() or not has_password(url):
+        return ""
+    return f"(first `export {ENV_VAR}='<the storage URL, with its password>'`)"
