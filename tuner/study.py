@@ -30,6 +30,7 @@ ATTR_METRIC = "tuner.metric"
 ATTR_VERSION = "tuner.version"
 ATTR_DATA = "tuner.data"
 ATTR_RUNS = "tuner.runs"
+ATTR_VIEWS = "tuner.views_of"  # [trials, finished trials] when the stored views were rendered
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -271,9 +272,10 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
             hint = ("this command takes a study's name (study.name in its file), not the file"
                     + (f": {in_file}" if in_file else ""))
         elif nights := _nights_of(name, storage):
-            from tuner.storage.urls import storage_flag
+            from tuner.storage.urls import storage_flag, storage_note
 
-            flag = storage_flag(storage.backend.engine.url.render_as_string(hide_password=False))
+            url = storage.backend.engine.url.render_as_string(hide_password=False)
+            flag = storage_flag(url) + (f" {note}" if (note := storage_note(url)) else "")
             hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
                     f"(latest: {nights[-1]}); every night: tuner history {name}{flag}")
         raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})",

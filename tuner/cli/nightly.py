@@ -22,6 +22,7 @@ from tuner.cli.app import (
     out,
     print_json,
     storage_flag,
+    storage_note,
 )
 from tuner.errors import ConfigError, TunerError
 
@@ -81,6 +82,10 @@ def nightly(study_file: StudyFileArg,
     sf = load_study_file(study_file)
     schedule = schedule_of(sf)
     day = parse_date(date) if date is not None else today(schedule)
+    if day > today(schedule):  # it would become every later command's "latest night"
+        raise ConfigError(f"--date {day.isoformat()} is after today ({today(schedule).isoformat()} "
+                          f"in {schedule.timezone}, the schedule's timezone)",
+                          hint="a night can be run on its day or later (a missed night: its date)")
     url = resolve_url(storage, sf.study.storage)
     say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
     if sf.schedule is None and not json_out:
@@ -120,9 +125,10 @@ def nightly(study_file: StudyFileArg,
             else:
                 out.print(escape(line), highlight=False)
 
-    flag = escape(storage_flag(url))
+    flag, note = escape(storage_flag(url)), escape(storage_note(url))
     out.print(f"[dim]exit code {result.exit_code} · history: tuner history {result.base}{flag} · "
-              f"report: tuner report {result.study}{flag}[/]", highlight=False)
+              f"report: tuner report {result.study}{flag}{' ' + note if note else ''}[/]",
+              highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -268,7 +274,7 @@ def _no_nights_hint(storage: Any, name: str, url: str, file: str) -> str:
     """What to do when ``name`` has no nights: it may be a night itself, or a plain study."""
     from tuner.nightly.nights import base_of, list_nights
 
-    flag = storage_flag(url)
+    flag = storage_flag(url) + (f" {note}" if (note := storage_note(url)) else "")
     if name in {s.study_name for s in storage.get_all_studies()}:
         base = base_of(name)
         if base is not None and list_nights(storage, base):

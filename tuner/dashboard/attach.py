@@ -15,6 +15,7 @@ graph objects and the user's own text in the note (above the marker line) are ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -164,11 +165,12 @@ class DashboardHook:
 
     * ``on_start``: in a background thread, compute the LogisticRegression reference (cached in
       the study; only for data up to :attr:`MAX_REFERENCE_CELLS`, larger data gets it when the
-      dashboard or a report first needs it) and, when the study already has finished trials,
-      refresh the views;
+      dashboard or a report first needs it) and, when trials finished since the stored views
+      were rendered (an interrupted run, other runners), refresh the views;
     * ``periodic``: refresh in a background thread when trials finished since the last refresh
       (the runner's loop is never blocked by rendering);
-    * ``on_end``: wait for a background refresh, then refresh once more.
+    * ``on_end``: wait for a background refresh, then refresh once more (not after a signal:
+      Ctrl-C does not wait for a render).
 
     ``TUNER_DASHBOARD_VIEWS=0`` turns it off; ``TUNER_DASHBOARDS`` picks the dashboards folder.
     Failures are logged, never raised: views must not stop a study.
@@ -223,12 +225,22 @@ class DashboardHook:
                 text = study.user_attrs.get(ATTR_CONFIG)
                 if text and self._small_data(study):
                     study_reference(study, StudyFile.from_json(text))
-                if _fingerprint(study)[1] == 0:
+                if not self._stale(study):
                     return
             self._refresh(study, force=False)
         except Exception as exc:  # never let views break a run
             log.warning("refreshing the dashboard views of %s failed: %s: %s", study.study_name,
                         type(exc).__name__, exc)
+
+    @staticmethod
+    def _stale(study: optuna.Study) -> bool:
+        """Whether the stored views predate the study's trials: a run that ended normally left
+        them current, and rendering them again would only slow the next run's first seconds
+        (the render shares the runner's process)."""
+        from tuner.study import ATTR_VIEWS
+
+        mark = _fingerprint(study)
+        return mark[1] > 0 and study.user_attrs.get(ATTR_VIEWS) != list(mark)
 
     def _small_data(self, study: optuna.Study) -> bool:
         from tuner.study import ATTR_DATA
@@ -249,5 +261,9 @@ class DashboardHook:
                 log.warning("refreshing the dashboard views of %s failed: %s: %s", study.study_name,
                             type(exc).__name__, getattr(exc, "message", exc))
                 return
+            from tuner.study import ATTR_VIEWS
+
+            with contextlib.suppress(Exception):  # only saves the next run a render
+                study.set_user_attr(ATTR_VIEWS, list(mark))
             self._last = mark
             self.refreshes += 1  # failed panels were logged by render_dashboard

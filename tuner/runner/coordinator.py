@@ -93,7 +93,8 @@ EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 14
 
 class RunHook(Protocol):
     """Something to do with the study at the start, every ``hook_interval`` seconds and at the
-    end of a run (e.g. refresh the dashboard views stored with it). Errors are logged only."""
+    end of a run that no signal interrupted (e.g. refresh the dashboard views stored with it:
+    Ctrl-C must not wait for that). Errors are logged only."""
 
     def on_start(self, study: optuna.Study) -> None: ...
 
@@ -203,7 +204,8 @@ class Runner:
                     self._update_counts()  # before the display's first line ("12/50 done")
                     with self.display:
                         self._loop()
-                    self._call_hooks("on_end")
+                    if self._signal is None:  # interrupted: exit now; the next run refreshes
+                        self._call_hooks("on_end")
             except StorageError as exc:
                 if self._signal is None:
                     lost = exc
