@@ -305,6 +305,15 @@ def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
 
     allowed = ("study", "data", "model", "space", *_OPTIONAL)
     stray = sorted(set(raw) - set(allowed))
+    loose = [k for k in stray if not isinstance(raw[k], dict)]
+    if loose:  # keys above the first [section] header, e.g. a missing [study] line
+        fits = {name: sum(k in model.model_fields for k in loose) for name, model in _SECTIONS.items()}
+        home = max(fits, key=fits.__getitem__)  # the first of the best: [study] before [schedule]
+        where = (f"they belong under [{home}]" if fits[home] == len(loose)
+                 else f"put them in a section: [{'], ['.join(allowed)}]")
+        raise ConfigError(f"{source}: key(s) {', '.join(loose)} outside any section; {where}",
+                          hint="keys before the first [section] line belong to no section: "
+                               "is a section header missing?")
     if stray:
         raise ConfigError(f"{source}: unknown section(s) [{'], ['.join(stray)}]; "
                           f"allowed sections: [{'], ['.join(allowed)}]")

@@ -230,6 +230,11 @@ def _signed(value: float | None) -> str:
     return f"{value:+.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
 
 
+def _size(value: float | None) -> str:
+    """The size of a change whose direction the sentence says ("0.0301 below")."""
+    return _signed(value) if value is None or not math.isfinite(value) else f"{abs(value):.4f}"
+
+
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
 
 
@@ -241,9 +246,10 @@ def _message(j: Judgement) -> str:
     d, m = _signed(j.delta), _fmt(j.margin)
     if j.verdict == "improvement":
         if j.cause == "data":
-            return (f"{d} above the baseline (margin {m}); the incumbent itself improved by "
-                    f"{_signed(j.drift)} on tonight's data: the data got easier")
-        return (f"{d} above the baseline (margin {m}): tonight's sweep found a better configuration"
+            return (f"{_size(j.delta)} above the baseline (margin {m}); the incumbent itself "
+                    f"improved by {_size(j.drift)} on tonight's data: the data got easier")
+        return (f"{_size(j.delta)} above the baseline (margin {m}): tonight's sweep found a "
+                "better configuration"
                 + (f"; {DIVERGED}" if j.incumbent_diverged else ""))
     if j.verdict == "ok":
         if j.cause == "search":
@@ -255,14 +261,14 @@ def _message(j: Judgement) -> str:
         return (f"{DIVERGED}, so it has no value to compare: data (or code) drift"
                 + (f", although tonight is {d} from the baseline (margin {m})"
                    if j.delta is not None and j.delta >= -j.margin
-                   else f"; tonight is {d} below the baseline (margin {m})"))
+                   else f"; tonight is {_size(j.delta)} below the baseline (margin {m})"))
     if j.cause == "data" and j.delta is not None and j.delta >= -j.margin:
-        return (f"the incumbent lost {_signed(j.drift)} on tonight's data, more than the margin "
+        return (f"the incumbent lost {_size(j.drift)} on tonight's data, more than the margin "
                 f"({m}): data (or code) drift, although tonight is {d} from the baseline")
     if j.cause == "data":
-        return (f"{d} below the baseline (margin {m}), and the incumbent also lost "
-                f"{_signed(j.drift)} on tonight's data: data (or code) drift")
-    return (f"{d} below the baseline (margin {m}); the incumbent could not be re-evaluated, so "
+        return (f"{_size(j.delta)} below the baseline (margin {m}), and the incumbent also lost "
+                f"{_size(j.drift)} on tonight's data: data (or code) drift")
+    return (f"{_size(j.delta)} below the baseline (margin {m}); the incumbent could not be re-evaluated, so "
             "drift and search luck cannot be told apart")
 
 

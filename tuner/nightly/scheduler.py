@@ -46,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -101,12 +102,23 @@ class Scan:
 
 def folder_study_files(folder: Path) -> Iterator[tuple[Path, StudyFile | None, str]]:
     """``(file, study file, "")`` for each ``*.toml`` of ``folder`` that loads, in name order,
-    and ``(file, None, why)`` for each that does not."""
+    and ``(file, None, why)`` for each that does not and may be meant for the scheduler (a
+    broken file without a ``[schedule]`` section, work in progress on an ordinary study, is
+    none of its business)."""
     for file in sorted(folder.glob("*.toml")):
         try:
             yield file, load_study_file(file), ""
         except TunerError as exc:
-            yield file, None, exc.message
+            if _may_have_a_schedule(file):
+                yield file, None, exc.message
+
+
+def _may_have_a_schedule(file: Path) -> bool:
+    """False only for a file that is valid TOML without a ``[schedule]`` table."""
+    try:
+        return "schedule" in tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True
 
 
 def collect_study_files(paths: list[Path]) -> Scan:
@@ -456,11 +468,15 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
 
 
 def describe_config(config: dict[str, Any]) -> str:
-    """``adam, cosine, sqrt scaling, lr 0.0123``."""
+    """``adam, cosine, sqrt batch scaling, lr 0.0123`` (``no batch scaling`` for ``none``)."""
+    from tuner.params import with_defaults
+
+    config = with_defaults(config)
     lr = config.get("lr")
     lr_text = f"lr {lr:.3g}" if isinstance(lr, int | float) else "lr ?"
-    return (f"{config.get('optimizer')}, {config.get('decay', 'constant')}, "
-            f"{config.get('batch_scaling', 'none')} scaling, {lr_text}")
+    rule = config["batch_scaling"]
+    scaling = "no batch scaling" if rule == "none" else f"{rule} batch scaling"
+    return f"{config.get('optimizer')}, {config['decay']}, {scaling}, {lr_text}"
 
 
 def configure_logging() -> None:
