@@ -316,6 +316,10 @@ def test_a_night_without_result_exits_1(sqlite_url, tmp_path):
 def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
     proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", "25.11.2026")
     assert proc.returncode == 2 and "expected a date as YYYY-MM-DD" in proc.stderr
+    # a night in the future would become every later command's "latest night"
+    ahead = (date.today() + timedelta(days=400)).isoformat()
+    proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", ahead)
+    assert proc.returncode == 2 and f"--date {ahead} is after today" in proc.stderr
 
 
 # --- history and trend views --------------------------------------------------------------------
