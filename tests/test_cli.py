@@ -6,6 +6,7 @@ code, no traceback, and never the password."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -307,10 +308,93 @@ def test_show(small):
     assert data["top"][0]["number"] == data["best"]["number"]
 
 
-def test_unknown_study(small):
-    for command in (["show", "gamma"], ["replay", "gamma", "0"], ["delete", "gamma", "--yes"]):
-        assert_user_error(run_tuner(*command, "--storage", small), 2,
-                          "no study named 'gamma' in this storage (studies: alpha, beta)")
+def test_unknown_study_names_the_storage_it_looked_in(small, tmp_path):
+    where = f"in SQLite {Path(small.removeprefix('sqlite:///')).resolve()}"
+    for command in (["show", "gamma"], ["replay", "gamma", "0"], ["delete", "gamma", "--yes"],
+                    ["best", "gamma"], ["export", "gamma"], ["doctor", "gamma"],
+                    ["report", "gamma", "-o", tmp_path / "g.html"]):
+        assert_user_error(run_tuner(*command, "--storage", small, cwd=tmp_path), 2,
+                          f"no study named 'gamma' {where} (studies: alpha, beta)")
+    assert not list(tmp_path.iterdir())
+
+
+# --- tables at a terminal's width -------------------------------------------------------------
+
+
+LONG = "nightly-digits-sweep-2026-11-20"
+
+
+@pytest.fixture(scope="module")
+def long_named(tmp_path_factory):
+    """A SQLite file with one small finished study with a long (night-like) name."""
+    folder = tmp_path_factory.mktemp("long")
+    url = f"sqlite:///{folder / 'long.db'}"
+    study = write_study(folder / "long.toml", name=LONG, n_trials=4, epochs=2)
+    run_tuner("run", study, "--storage", url, "-q", check=True)
+    return url
+
+
+def test_ls_and_show_keep_names_values_and_numbers_whole_at_80_columns(long_named):
+    narrow = tuner_env(COLUMNS="80")
+    [row] = json.loads(run_tuner("ls", "--storage", long_named, "--json", check=True).stdout)
+    out = run_tuner("ls", "--storage", long_named, env=narrow, check=True).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "…" not in out, out
+    assert LONG in out and f"{row['best_value']:.4f}" in out and f"#{row['best_trial']}" in out
+
+    data = json.loads(run_tuner("show", LONG, "--storage", long_named, "--json", check=True).stdout)
+    out = run_tuner("show", LONG, "--storage", long_named, env=narrow, check=True).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "…" not in out, out
+    lines = out.splitlines()
+    for trial in data["top"]:  # each top trial's row: its number and its whole value
+        assert any(re.match(rf"│ +{trial['number']} │ +{trial['value']:.4f} │", line)
+                   for line in lines), (trial, out)
+
+
+def test_wide_tables_leave_out_minor_columns_before_cutting_key_ones():
+    import io
+
+    from rich.console import Console
+
+    from tuner.cli.views import FitTable
+
+    table = FitTable(title="t")
+    table.add_column("date", key=True)
+    table.add_column("best val_accuracy", justify="right", key=True)
+    table.add_column("notes")  # folds
+    for name in ("minor", "less"):
+        table.add_column(name, key=True, drop=1 if name == "less" else 2)
+    table.add_row("2026-11-20", "0.966573", "a long note that can wrap over lines", "x" * 20, "y" * 20)
+    for width, dropped in ((200, []), (80, ["minor"]), (50, ["minor", "less"])):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(table)
+        text = console.file.getvalue()
+        assert "2026-11-20" in text and "0.966573" in text and "…" not in text, text
+        assert table.dropped(console) == dropped
+        assert max(map(len, text.splitlines())) <= width, text
+    console = Console(file=io.StringIO(), width=30, color_system=None)
+    console.print(table)  # too narrow for the key columns: they fold, never "…"
+    assert "…" not in console.file.getvalue()
+
+
+# --- small things -----------------------------------------------------------------------------
+
+
+def test_version_and_short_help():
+    from tuner import __version__
+
+    proc = run_tuner("--version", check=True)
+    assert proc.stdout.strip() == f"tuner {__version__}"
+    assert "tuner [OPTIONS] COMMAND [ARGS]" in run_tuner("-h", check=True).stdout
+    assert "tuner show [OPTIONS]" in run_tuner("show", "-h", check=True).stdout
+
+
+def test_doctor_refuses_a_negative_grace(small):
+    proc = run_tuner("doctor", "alpha", "--grace", "-5", "--storage", small)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Invalid value for '--grace'" in proc.stderr and "greater than or equal to 0" in proc.stderr
+    assert run_tuner("doctor", "alpha", "--grace", "0", "--storage", small).returncode == 0
 
 
 def test_a_study_file_given_for_a_study_name_gets_the_name_as_hint(small, tmp_path):

@@ -703,3 +703,20 @@ def test_keys_the_study_file_left_out_show_the_engine_default():
     row = trial_frame([trial]).iloc[0]
     assert (row.batch_scaling, row.warmup_epochs, row.decay, row.base_batch_size) == (
         "none", 0.0, "constant", 256)
+
+
+def test_report_of_a_multi_objective_study_is_a_clear_error(tmp_path):
+    """A study made with Optuna directly with two objectives has no single best trial for the
+    views to rank by: one error line and a hint (exit 2), no traceback, no file."""
+    url = f"sqlite:///{tmp_path / 'multi.db'}"
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=url, study_name="multi")
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
+    out = tmp_path / "multi.html"
+    proc = run_tuner("report", "multi", "-o", out, "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    first, hint = proc.stderr.strip().splitlines()
+    assert first.startswith("error: study 'multi' is multi-objective (2 objectives: maximize, "
+                            "minimize; not created by tuner)"), first
+    assert "tuner show multi" in hint
+    assert not out.exists() and not list(tmp_path.glob("*.html"))

@@ -415,3 +415,35 @@ def test_a_nights_page_shows_its_verdict_and_follows_the_sweep(tmp_path):
         assert str(later) in dash.text(f"/tuner/studies/{name}")
         # unchanged: served from the cache (the same page, byte for byte)
         assert dash.text(f"/tuner/studies/{name}") == dash.text(f"/tuner/studies/{name}")
+
+
+def test_a_multi_objective_study_is_listed_and_its_page_says_why_it_has_no_views(tmp_path):
+    """The study list shows a multi-objective study made with Optuna directly; its views page
+    (and its report download) explain, with a link to its Pareto front in optuna-dashboard,
+    instead of an internal error."""
+    from tuner.dashboard.server import TunerViews
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'multi.db'}"
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=url, study_name="multi")
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
+    views = TunerViews(open_storage(url, must_exist=True), url)
+
+    def get(path: str) -> tuple[str, str]:
+        seen: dict[str, Any] = {}
+        body = b"".join(views({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
+                              lambda status, headers: seen.update(status=status)))
+        return seen["status"], body.decode()
+
+    status, page = get("/")
+    assert status == "200 OK" and 'href="/tuner/studies/multi"' in page
+    assert "2 objectives (max, min)" in page
+    [row] = views.list_json()
+    assert row["name"] == "multi" and row["views"] == "/tuner/studies/multi"
+    for path in ("/tuner/studies/multi", "/tuner/studies/multi/report.html"):
+        status, page = get(path)
+        assert status == "200 OK", (path, status, page)
+        assert "multi-objective (2 objectives: maximize, minimize" in page
+        assert f'href="/dashboard/studies/{study._study_id}"' in page and "Pareto front" in page
+    status, page = get("/tuner/studies/nope")
+    assert status.startswith("404") and "no study named &#x27;nope&#x27;" in page

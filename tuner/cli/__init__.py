@@ -13,8 +13,9 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.markup import escape
 
 # Importing a command module registers its commands (help lists them in this order).
@@ -42,12 +43,34 @@ for _command in app.registered_commands:
         _command.help = _reflow(_command.callback.__doc__)
 
 
+def version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tuner")
+    except PackageNotFoundError:
+        from tuner import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"tuner {version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _before_any_command() -> None:
+def _before_any_command(
+        _version: Annotated[bool, typer.Option(
+            "--version", callback=_print_version, is_eager=True, expose_value=True,
+            help="Print tuner's version and exit.")] = False) -> None:
     # Runs before every command (click also calls it before `tuner CMD --help` is shown).
     # Command modules import Optuna, NumPy and scikit-learn only when a command runs, so
     # help answers at once.
-    if "--help" in sys.argv[1:]:
+    if {"--help", "-h"} & set(sys.argv[1:]):
         return
     import optuna
 

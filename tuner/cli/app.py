@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 out = Console()
@@ -51,6 +52,30 @@ def open_existing(storage: str | None) -> tuple[Any, str]:
     return open_storage(url, must_exist=True), url
 
 
+def load_existing(name: str, store: Any, url: str) -> tuple[Any, Any]:
+    """:func:`tuner.study.load_study` (the study and its study file), its "no study named ..."
+    error naming the storage it looked in (``in SQLite /abs/tuner.db``, never a password)."""
+    from tuner.errors import StudyNotFoundError
+    from tuner.study import load_study
+
+    try:
+        return load_study(name, store)
+    except StudyNotFoundError as exc:
+        raise name_storage(exc, url) from None
+
+
+def name_storage(exc: Any, url: str) -> Any:
+    """``exc`` (a :class:`~tuner.errors.StudyNotFoundError`) with "in this storage" replaced by
+    the storage's description (:func:`tuner.storage.describe`)."""
+    from tuner.errors import StudyNotFoundError
+    from tuner.storage.urls import describe
+
+    if "in this storage" not in exc.message:
+        return exc
+    return StudyNotFoundError(exc.message.replace("in this storage", f"in {describe(url)}", 1),
+                              hint=exc.hint)
+
+
 def storage_flag(url: str) -> str:
     """:func:`tuner.storage.urls.storage_flag`, imported when used (``--help`` loads no
     storage libraries)."""
@@ -60,13 +85,10 @@ def storage_flag(url: str) -> str:
 
 
 def storage_note(url: str) -> str:
-    """What a hint with :func:`storage_flag` needs said once: how to set ``$TUNER_STORAGE``
-    when the URL has a password (``""`` otherwise)."""
-    from tuner.storage.urls import ENV_VAR, has_password, resolve_url
+    """:func:`tuner.storage.urls.storage_note`, imported when used."""
+    from tuner.storage.urls import storage_note as note
 
-    if url == resolve_url() or not has_password(url):
-        return ""
-    return f"(first `export {ENV_VAR}='<the storage URL, with its password>'`)"
+    return note(url)
 
 
 def warn(text: str) -> None:

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tuner.cli.app import (
     JsonOpt,
@@ -17,6 +16,7 @@ from tuner.cli.app import (
     StudyArg,
     app,
     err,
+    load_existing,
     open_existing,
     out,
     print_json,
@@ -38,16 +38,16 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
            fail_stale: Annotated[bool, typer.Option(
                "--fail-stale", help="Fail stale RUNNING trials now and re-queue them.")] = False,
            grace: Annotated[float | None, typer.Option(
+               min=0,
                help="Seconds without heartbeat after which a RUNNING trial is stale "
                     "\\[default: the study file's reliability.grace_period].")] = None,
            json_out: JsonOpt = False) -> None:
     from optuna.trial import TrialState
 
     from tuner.storage.coordination import fail_stale_trials, heartbeat_ages, runner_lock
-    from tuner.study import load_study
 
     store, url = open_existing(storage)
-    st, sf = load_study(study, store)
+    st, sf = load_existing(study, store, url)
     rel = sf.study.reliability if sf is not None else None
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)
     max_retry = rel.max_retry if rel is not None else 2
@@ -109,6 +109,8 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
 
 
 def _print(report: dict[str, Any], stale: list, flag: str) -> None:
+    from tuner.cli.views import FitTable
+
     orphans = report["runner_alive"] is False
     why = "no runner holds the study's lock" if orphans else \
         f"no heartbeat for > {report['grace_seconds']:g} s"
@@ -122,9 +124,9 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
         out.print(f"[yellow]failed {len(report['failed_now'])} stale trial(s):[/] " + "; ".join(parts),
                   highlight=False)
     if report["running"]:
-        table = Table(title="RUNNING trials", title_justify="left")
+        table = FitTable(title="RUNNING trials", title_justify="left")
         for col in ("trial", "last heartbeat", "status"):
-            table.add_column(col)
+            table.add_column(col, key=True)
         for row in report["running"]:
             status = "[green]alive[/]"
             if row["stale"]:
@@ -132,23 +134,23 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
             table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", status)
         out.print(table)
     if report["retries"]:
-        table = Table(title="retries (original trial -> retries)", title_justify="left")
-        table.add_column("original")
+        table = FitTable(title="retries (original trial -> retries)", title_justify="left")
+        table.add_column("original", key=True)
         table.add_column("retries")
         for root, chain in report["retries"].items():
             table.add_row(f"#{root}", ", ".join(f"#{c['trial']} {c['state']}" for c in chain))
         out.print(table)
     if report["not_retried"]:
-        table = Table(title="failed trials that were not re-queued", title_justify="left")
-        table.add_column("trial")
+        table = FitTable(title="failed trials that were not re-queued", title_justify="left")
+        table.add_column("trial", key=True)
         table.add_column("why")
         for number, reason in report["not_retried"].items():
             table.add_row(f"#{number}", reason)
         out.print(table)
     if report["failures"]:
-        table = Table(title="failed trials by reason", title_justify="left")
+        table = FitTable(title="failed trials by reason", title_justify="left")
         for col in ("reason", "count", "trials"):
-            table.add_column(col)
+            table.add_column(col, key=col == "count")
         for reason, numbers in sorted(report["failures"].items(), key=lambda kv: -len(kv[1])):
             shown = ", ".join(f"#{n}" for n in numbers[:12]) + (" ..." if len(numbers) > 12 else "")
             table.add_row(reason, str(len(numbers)), shown)

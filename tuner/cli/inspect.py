@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tuner.cli.app import JsonOpt, StorageOpt, StudyArg, app, err, open_existing, out, print_json
+from tuner.cli.app import (
+    JsonOpt,
+    StorageOpt,
+    StudyArg,
+    app,
+    err,
+    load_existing,
+    open_existing,
+    out,
+    print_json,
+)
 from tuner.errors import ConfigError, TunerError
 
 if TYPE_CHECKING:
@@ -20,10 +30,8 @@ if TYPE_CHECKING:
 
 
 def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:
-    from tuner.study import load_study
-
     store, url = open_existing(storage)
-    study, sf = load_study(name, store)
+    study, sf = load_existing(name, store, url)
     return study, sf, url
 
 
@@ -37,7 +45,7 @@ def _need_file(sf: StudyFile | None, name: str) -> StudyFile:
 def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     """List studies with trial counts by state, best value and last activity."""
     from tuner import results
-    from tuner.cli.views import fmt
+    from tuner.cli.views import FitTable, fmt
     from tuner.storage import describe
 
     store, url = open_existing(storage)
@@ -48,10 +56,21 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     if not rows:
         out.print(f"no studies in {describe(url)}; start one with: tuner run studies/digits.toml")
         return
-    table = Table(title=f"studies in {describe(url)}", title_justify="left")
-    for col in ("study", "metric", "best", "trial", *[s.lower() for s in results.STATES],
-                "last activity"):
-        table.add_column(col, justify="left" if col in ("study", "metric", "last activity") else "right")
+    table = FitTable(title=f"studies in {describe(url)}", title_justify="left")
+    # a narrow terminal keeps the names, best values and counts whole and leaves out (in this
+    # order) states no study is in, the last activity, the metric, then the other states
+    drops = {"RUNNING": 4, "WAITING": 4, "FAIL": 3, "PRUNED": 3}
+    for state in results.STATES:
+        table.add_column(state.lower(), justify="right", key=True,
+                         drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 0)))
+    state_columns = table.columns
+    table.columns = []
+    table.add_column("study", key=True)
+    table.add_column("metric", drop=5)
+    table.add_column("best", justify="right", key=True)
+    table.add_column("trial", justify="right", key=True)
+    table.columns += state_columns
+    table.add_column("last activity", drop=6)  # folds between the date and the time
     for r in rows:
         shown = ", ".join(d[:3] for d in r.direction.split(",")) or "-"
         table.add_row(r.name, f"{r.metric} ({shown})", fmt(r.best_value),
@@ -169,10 +188,9 @@ def delete(study: StudyArg, storage: StorageOpt = None,
     from tuner.errors import LockHeldError
     from tuner.storage import describe
     from tuner.storage.coordination import delete_study, heartbeat_ages, runner_lock
-    from tuner.study import load_study
 
     store, url = open_existing(storage)
-    st, sf = load_study(study, store)
+    st, sf = load_existing(study, store, url)
     grace = sf.study.reliability.grace if sf is not None else 60.0
     with contextlib.ExitStack() as stack:
         running = []

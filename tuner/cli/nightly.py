@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tuner.cli.app import (
     FileStorageOpt,
@@ -222,7 +221,7 @@ def history(base: Annotated[str, typer.Argument(
                      "itself (then its study.storage counts, as for tuner nightly).",
                 show_default=False)],
             storage: FileStorageOpt = None, json_out: JsonOpt = False) -> None:
-    from tuner.cli.views import fmt
+    from tuner.cli.views import FitTable, fmt
     from tuner.nightly.history import night_history
     from tuner.nightly.nights import verdict_label
     from tuner.storage import describe
@@ -231,19 +230,23 @@ def history(base: Annotated[str, typer.Argument(
     name, store, url, _sf = open_target(target, storage)
     base = name or target
     records = night_history(store, base)
-    if json_out:
-        print_json([r.as_dict() for r in records])
-        return
-    if not records:
+    if not records:  # the same error (exit 2) with --json: nothing on stdout
         file = target if is_study_file(target) else "STUDY_FILE"
         raise TunerError(f"no nights of {base!r} in {describe(url)} (night studies are named "
                          f"{base}-YYYY-MM-DD)", hint=_no_nights_hint(store, base, url, file))
+    if json_out:
+        print_json([r.as_dict() for r in records])
+        return
     metric = records[-1].metric
-    table = Table(title=f"nights of {base} in {describe(url)}", title_justify="left")
-    for col in ("date", f"best {metric}", "trial", "optimizer", "decay", "scaling", "lr",
-                "verdict", "incumbent drift", "complete", "pruned", "fail", "warm start"):
-        table.add_column(col, justify="right" if col in ("trial", "complete", "pruned", "fail")
-                         else "left")
+    table = FitTable(title=f"nights of {base} in {describe(url)}", title_justify="left")
+    # key: never shrinks; drop: left out first (highest) when the terminal is too narrow
+    for col, key, drop in (("date", True, 0), (f"best {metric}", True, 0), ("trial", True, 0),
+                           ("optimizer", True, 3), ("decay", True, 5), ("scaling", True, 6),
+                           ("lr", True, 4), ("verdict", False, 0), ("incumbent drift", True, 2),
+                           ("complete", True, 1), ("pruned", True, 7), ("fail", True, 8),
+                           ("warm start", False, 9)):
+        table.add_column(col, key=key, drop=drop,
+                         justify="right" if col in ("trial", "complete", "pruned", "fail") else "left")
     styles = {"regression": "bold red", "improvement": "green", "ok": "", "no_result": "yellow",
               "ok (search)": "yellow"}
     for r in records:

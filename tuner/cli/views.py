@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from tuner import results
 from tuner.study import (
@@ -33,22 +36,144 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def config_table(params: dict[str, Any], title: str = "configuration") -> Table:
-    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
-    table.add_column("key", style="cyan")
+@dataclass
+class _Col:
+    header: str
+    justify: str
+    key: bool
+    drop: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class FitTable:
+    """A rich :class:`~rich.table.Table` that fits the terminal instead of squeezing every column
+    to ``0.96…``: built for the width it is printed at.
+
+    * ``key`` columns (names, dates, trial numbers, values) never shrink: they are as wide as
+      their longest cell and never wrap (a name longer than the whole terminal folds, never
+      ``…``); their header may wrap.
+    * other columns fold (wrap, then break long words) rather than end in ``…``;
+    * when the columns cannot all fit without cutting words, those with the highest ``drop``
+      (> 0) go first, until the rest fits. ``drop=0`` columns always stay.
+
+    Same interface as ``Table`` for what tuner uses: ``add_column``, ``add_row``,
+    ``row_count``."""
+
+    def __init__(self, **table_kwargs: Any) -> None:
+        self.table_kwargs = table_kwargs
+        self.columns: list[_Col] = []
+        self.rows: list[tuple[Any, ...]] = []
+
+    def add_column(self, header: str = "", *, justify: str = "left", key: bool = False,
+                   drop: int = 0, **kwargs: Any) -> None:
+        self.columns.append(_Col(header, justify, key, drop, kwargs))
+
+    def add_row(self, *cells: Any) -> None:
+        self.rows.append(cells)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def dropped(self, console: Console, width: int | None = None) -> list[str]:
+        """The headers of the columns left out at ``width`` (default: the console's)."""
+        kept = self._fit(console, console.options.update_width(width or console.width))[1]
+        return [c.header for i, c in enumerate(self.columns) if i not in kept]
+
+    def build(self, console: Console, options: ConsoleOptions) -> Table:
+        return self._fit(console, options)[0]
+
+    def _fit(self, console: Console, options: ConsoleOptions) -> tuple[Table, list[int]]:
+        """The table for ``options.max_width`` and the columns it kept. Column widths are set
+        here rather than by rich (which, short of room, narrows every column alike): a key
+        column gets its longest cell, the others at least their longest word and a share of
+        what is left in proportion to what they would need on one line."""
+        unbounded = options.update_width(100_000)  # Measurement.get caps at the width
+        sizes = [self._sizes(console, unbounded, i) for i in range(len(self.columns))]
+        kept = list(range(len(self.columns)))
+        while True:
+            table = self._table(kept)
+            room = options.max_width - _frame_width(table)
+            need = sum(sizes[i][0] for i in kept)
+            droppable = [i for i in kept if self.columns[i].drop > 0]
+            if need <= room or not droppable:
+                break
+            kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
+        if need <= room < sum(sizes[i][1] for i in kept):
+            spare = room - need
+            wanted = {i: sizes[i][1] - sizes[i][0] for i in kept if not self.columns[i].key}
+            total = sum(wanted.values()) or 1
+            extra = {i: spare * w // total for i, w in wanted.items()}
+            for i in sorted(wanted, key=lambda i: -wanted[i])[:spare - sum(extra.values())]:
+                extra[i] += 1  # the rounding remainder
+            for column, i in zip(table.columns, kept, strict=True):
+                column.width = sizes[i][0] + extra.get(i, 0)
+        return table, kept
+
+    def _sizes(self, console: Console, options: ConsoleOptions, i: int) -> tuple[int, int]:
+        """The least and the natural content width of column ``i``: a key column needs its
+        longest cell whole (its header may wrap); another, its longest word."""
+        col = self.columns[i]
+        cells = [console.render_str(c) if isinstance(c, str) else c
+                 for c in (row[i] if i < len(row) else None for row in self.rows) if c is not None]
+        found = [Measurement.get(console, options, c) for c in cells]
+        header = Measurement.get(console, options, Text(col.header))
+        natural = max([m.maximum for m in found] + [header.maximum])
+        if col.key:
+            least = max([m.maximum for m in found] + [header.minimum])
+            return least, natural
+        return max([m.minimum for m in found] + [header.minimum]), natural
+
+    def _table(self, kept: list[int]) -> Table:
+        table = Table(**self.table_kwargs)
+        for i in kept:
+            col = self.columns[i]
+            kwargs = {"overflow": "fold", **col.kwargs}
+            header: Any = col.header
+            if col.key:  # the cells stay on one line (fold only if the terminal is narrower)
+                kwargs["no_wrap"] = True
+                header = Text(col.header, no_wrap=False, overflow="fold")  # the header may wrap
+            table.add_column(header, justify=col.justify, **kwargs)  # type: ignore[arg-type]
+        for row in self.rows:
+            table.add_row(*[row[i] if i < len(row) else None for i in kept])
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.build(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.build(console, options))
+
+
+def _frame_width(table: Table) -> int:
+    """What ``table`` adds to its columns' contents: borders and cell padding."""
+    _top, right, _bottom, left = table.padding
+    n = len(table.columns)
+    pads = (left + right) * n - ((left + right) if not table.pad_edge and n else 0)
+    borders = ((2 if table.show_edge else 0) + max(n - 1, 0)) if table.box else 0
+    return pads + borders
+
+
+def config_table(params: dict[str, Any], title: str = "configuration") -> FitTable:
+    table = FitTable(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column("key", style="cyan", key=True)
     table.add_column("value")
     for key, value in params.items():
         table.add_row(key, fmt(value, 6) if isinstance(value, float) else str(value))
     return table
 
 
-def top_table(study: optuna.Study, study_file: Any, k: int) -> Table:
+def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
     metric, _ = metric_direction(study)
-    table = Table(title=f"top {k} trials", title_justify="left")
-    for col in ("#", metric, "optimizer", "lr (ref)", "peak lr", "batch", "scaling", "warmup",
-                "decay", "extra"):
-        table.add_column(col, justify="right" if col in ("#", metric, "lr (ref)", "peak lr",
-                                                        "batch", "warmup") else "left")
+    table = FitTable(title=f"top {k} trials", title_justify="left")
+    # key: never shrink; drop: left out first (highest) when the terminal is too narrow
+    for col, key, drop in (("#", True, 0), (metric, True, 0), ("optimizer", True, 0),
+                           ("lr (ref)", True, 0), ("peak lr", True, 4), ("batch", True, 2),
+                           ("scaling", False, 3), ("warmup", False, 5), ("decay", False, 1),
+                           ("extra", False, 0)):
+        table.add_column(col, key=key, drop=drop,
+                         justify="right" if col in ("#", metric, "lr (ref)", "peak lr", "batch",
+                                                    "warmup") else "left")
     for trial in results.top_trials(study, k):
         p = resolved_params(trial, study_file)
         searched = flat_params(trial, study_file)  # 'extra' lists what the study file sets
@@ -63,11 +188,12 @@ def top_table(study: optuna.Study, study_file: Any, k: int) -> Table:
     return table
 
 
-def group_table(study: optuna.Study, study_file: Any, key: str) -> Table:
+def group_table(study: optuna.Study, study_file: Any, key: str) -> FitTable:
     metric, _ = metric_direction(study)
-    table = Table(title=f"best {metric} per {key}", title_justify="left")
-    for col in (key, "best", "trial", "median", "IQR", "complete", "pruned", "diverged"):
-        table.add_column(col, justify="left" if col == key else "right")
+    table = FitTable(title=f"best {metric} per {key}", title_justify="left")
+    for col, drop in ((key, 0), ("best", 0), ("trial", 0), ("median", 0), ("IQR", 1),
+                      ("complete", 0), ("pruned", 0), ("diverged", 2)):
+        table.add_column(col, justify="left" if col == key else "right", key=True, drop=drop)
     for g in results.best_by(study, key, study_file):
         table.add_row(str(g.value), fmt(g.best), "-" if g.best_trial < 0 else f"#{g.best_trial}",
                       fmt(g.median), f"{fmt(g.q25)}-{fmt(g.q75)}", str(g.n), str(g.pruned),
@@ -75,11 +201,11 @@ def group_table(study: optuna.Study, study_file: Any, key: str) -> Table:
     return table
 
 
-def importance_table(imp: dict[str, float]) -> Table:
-    table = Table(title="parameter importances (PED-ANOVA)", title_justify="left")
-    table.add_column("parameter")
-    table.add_column("importance", justify="right")
-    table.add_column("")
+def importance_table(imp: dict[str, float]) -> FitTable:
+    table = FitTable(title="parameter importances (PED-ANOVA)", title_justify="left")
+    table.add_column("parameter", key=True)
+    table.add_column("importance", justify="right", key=True)
+    table.add_column("", key=True, drop=1)
     for name, value in imp.items():
         table.add_row(name, f"{value:.3f}", bar(value))
     return table
@@ -129,12 +255,12 @@ def study_report(console: Console, study: optuna.Study, study_file: Any, *, top:
             console.print(importance_table(imp))
 
 
-def plain_top_table(study: optuna.Study, k: int) -> Table:
+def plain_top_table(study: optuna.Study, k: int) -> FitTable:
     """Top trials of a study not made by tuner: number, value and parameters."""
     metric, _ = metric_direction(study)
-    table = Table(title=f"top {k} trials", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column(metric, justify="right")
+    table = FitTable(title=f"top {k} trials", title_justify="left")
+    table.add_column("#", justify="right", key=True)
+    table.add_column(metric, justify="right", key=True)
     table.add_column("parameters")
     for trial in results.top_trials(study, k):
         table.add_row(str(trial.number), fmt(trial.value),
@@ -151,11 +277,11 @@ def pareto_report(console: Console, study: optuna.Study, *, top: int = 10) -> No
     if not front:
         console.print("[yellow]no COMPLETE trial yet[/]")
         return
-    table = Table(title=f"Pareto-optimal trials ({len(front)}, first {min(top, len(front))})",
-                  title_justify="left")
-    table.add_column("#", justify="right")
+    table = FitTable(title=f"Pareto-optimal trials ({len(front)}, first {min(top, len(front))})",
+                     title_justify="left")
+    table.add_column("#", justify="right", key=True)
     for i, direction in enumerate(directions):
-        table.add_column(f"value {i} ({direction[:3]})", justify="right")
+        table.add_column(f"value {i} ({direction[:3]})", justify="right", key=True)
     table.add_column("parameters")
     for trial in front[:top]:
         table.add_row(str(trial.number), *[fmt(v) for v in trial.values],

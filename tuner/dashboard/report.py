@@ -12,6 +12,17 @@ from tuner.dashboard.context import PanelContext
 from tuner.dashboard.html import StudyHeader, study_header, study_page
 from tuner.dashboard.render import RenderedPanel, render_dashboard
 from tuner.dashboard.spec import DashboardSpec, load_dashboard
+from tuner.errors import StudyNotFoundError, TunerError
+
+
+class MultiObjectiveError(TunerError):
+    """The tuner views are for single-objective studies; a multi-objective study (made with
+    Optuna directly) has no single best trial to show. ``study_id``: for a link to
+    optuna-dashboard, which plots its Pareto front."""
+
+    def __init__(self, message: str, *, hint: str | None = None, study_id: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.study_id = study_id
 
 
 @dataclass
@@ -37,7 +48,11 @@ def render_study_view(storage: Any, study_name: str, *, dashboard: str = "study"
     started = time.perf_counter()
     spec = spec or load_dashboard(dashboard, folder)
     if study is None:
-        study, study_file = load_study(study_name, storage)
+        try:
+            study, study_file = load_study(study_name, storage)
+        except StudyNotFoundError as exc:
+            raise _naming_the_storage(exc, storage) from None
+    check_single_objective(study)
     shared: dict[str, Any] = {}
     panels = render_dashboard(spec, study, study_file, storage, shared=shared)
     header = study_header(PanelContext(study, study_file, storage, shared=shared))
@@ -45,6 +60,30 @@ def render_study_view(storage: Any, study_name: str, *, dashboard: str = "study"
                       description=spec.description,
                       note=f"dashboard {spec.name} ({Path(spec.source).name})")
     return StudyView(page, panels, header, spec, time.perf_counter() - started)
+
+
+def check_single_objective(study: Any) -> None:
+    """A :class:`MultiObjectiveError` for a study with several objectives (every view ranks
+    trials by one value)."""
+    directions = [d.name.lower() for d in study.directions]
+    if len(directions) > 1:
+        raise MultiObjectiveError(
+            f"study {study.study_name!r} is multi-objective ({len(directions)} objectives: "
+            f"{', '.join(directions)}; not created by tuner): the tuner views need a single "
+            "objective", hint=f"`tuner show {study.study_name}` lists its Pareto-optimal trials; "
+                              "optuna-dashboard (tuner dashboard) plots its Pareto front",
+            study_id=study._study_id)
+
+
+def _naming_the_storage(exc: StudyNotFoundError, storage: Any) -> StudyNotFoundError:
+    """``exc`` saying which storage it looked in rather than "this storage"."""
+    from tuner.storage.urls import describe
+
+    engine = getattr(getattr(storage, "backend", None), "engine", None)
+    if engine is None or "in this storage" not in exc.message:
+        return exc
+    where = describe(engine.url.render_as_string(hide_password=False))  # describe: no password
+    return StudyNotFoundError(exc.message.replace("in this storage", f"in {where}", 1), hint=exc.hint)
 
 
 def write_report(storage: Any, study_name: str, output: str | Path, *, dashboard: str = "study",

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, quote
 import sqlalchemy
 
 from tuner.dashboard.html import list_page, plotly_js, plotly_version
-from tuner.dashboard.report import render_study_view
+from tuner.dashboard.report import MultiObjectiveError, render_study_view
 from tuner.dashboard.spec import DashboardError, available_dashboards, load_dashboard
 from tuner.errors import StudyNotFoundError, TunerError
 from tuner.jsonsafe import jsonable
@@ -91,6 +91,12 @@ class TunerViews:
         except DashboardNotFoundError as exc:
             page = _error_page("Dashboard not found", exc.message, exc.hint)
             status, body, ctype, headers = "404 Not Found", page, HTML, []
+        except MultiObjectiveError as exc:  # a study the views cannot show: say so, point on
+            link = None if exc.study_id is None else \
+                (f"/dashboard/studies/{exc.study_id}", "its Pareto front in optuna-dashboard")
+            page = _error_page("No tuner views for a multi-objective study", exc.message, exc.hint,
+                               link=link)
+            status, body, ctype, headers = "200 OK", page, HTML, [("Cache-Control", "no-store")]
         except TunerError as exc:
             page = _error_page("Cannot show this page", exc.message, exc.hint)
             status, body, ctype, headers = "500 Internal Server Error", page, HTML, []
@@ -394,14 +400,18 @@ def _path(environ: dict[str, Any]) -> str:
         return raw
 
 
-def _error_page(title: str, message: str, hint: str | None = None) -> str:
+def _error_page(title: str, message: str, hint: str | None = None,
+                link: tuple[str, str] | None = None) -> str:
     hint_html = f"<p class=muted>{html.escape(hint)}</p>" if hint else ""
+    link_html = "" if link is None else \
+        f'<a href="{html.escape(link[0])}">{html.escape(link[1])}</a> · '
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             "<style>body{font:15px system-ui,sans-serif;margin:40px;color:#1d2330}"
             "pre{white-space:pre-wrap;background:#fff7f7;border:1px solid #f1b5b5;padding:10px}"
             ".muted{color:#667085}</style></head>"
             f'<body><h1>{html.escape(title)}</h1><pre id="error">{html.escape(message)}</pre>{hint_html}'
-            '<p><a href="/">all studies</a> · <a href="/dashboard">optuna-dashboard</a></p></body></html>')
+            f'<p>{link_html}<a href="/">all studies</a> · <a href="/dashboard">optuna-dashboard</a></p>'
+            '</body></html>')
 
 
 def make_app(storage: Any, storage_text: str, folder: str | Path | None = None) -> Callable:

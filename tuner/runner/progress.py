@@ -128,8 +128,9 @@ class Display:
             f"best {s.metric} = {s.best_value:.4f} (trial #{s.best_number}): "
             + ", ".join(f"{k}={_short(v)}" for k, v in s.best_params.items()), style="bold cyan")
         jobs = Table(show_header=True, header_style="dim", box=None, padding=(0, 1))
-        for col in ("trial", "configuration", "epoch"):
-            jobs.add_column(col)
+        jobs.add_column("trial", no_wrap=True)
+        jobs.add_column("configuration", overflow="fold")  # wraps, never cut to "beta…"
+        jobs.add_column("epoch", no_wrap=True)
         for number, what, epoch, epochs in s.jobs:
             jobs.add_row(f"#{number}", what, f"{epoch}/{epochs}")
         parts: list[Any] = [head, best]
