@@ -16,6 +16,7 @@ from tuner.data import (
     BUILTIN_DATASETS,
     SPLIT_ARRAYS,
     Dataset,
+    check_dataset_name,
     load_dataset,
     load_splits,
     make_synthetic,
@@ -125,6 +126,66 @@ def test_unreadable_csv(tmp_path):
     path.write_text("")
     with pytest.raises(DataError, match="cannot read CSV file"):
         load_dataset(str(path), target="y")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_empty_csv_says_the_file_is_empty(tmp_path, content):
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match="the file is empty") as info:
+        load_dataset(str(path), target="y")
+    assert "No columns to parse" not in str(info.value)
+
+
+def test_empty_parquet_says_the_file_is_empty(tmp_path):
+    path = tmp_path / "empty.parquet"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.parquet: cannot read PARQUET file: the file is empty"):
+        load_dataset(str(path), target="y")
+
+
+def test_a_short_line_names_the_line_and_its_field_count(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("a,b,c,label\n1.0,2.0,3.0,x\n\n1.0,2.0,y\n4.0,5.0,6.0,y\n1.0,x\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(str(path), target="label")
+    message = str(info.value)
+    assert "line 4 has 3 fields, expected 4" in message, message  # the blank line 3 counts
+    assert "2 lines in all, e.g. lines 4, 6" in message, message
+    assert "non-numeric" not in message and "missing" in info.value.hint
+
+
+def test_a_short_line_with_a_missing_target_is_reported_as_short(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("a,b,label\n1.0,2.0,x\n3.0,4.0\n5.0,6.0,y\n")
+    with pytest.raises(DataError, match="line 3 has 2 fields, expected 3"):
+        load_dataset(str(path), target="label")
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
+    path = tmp_path / "t.csv"
+    frame().to_csv(path, index=False, sep=sep)
+    with pytest.raises(DataError, match="target column 'label' not found") as info:
+        load_dataset(str(path), target="label")
+    assert "does not look comma-separated" in info.value.hint
+    assert name in info.value.hint
+
+
+@pytest.mark.parametrize("name, match", [
+    ("mnist", "unknown dataset 'mnist': not a built-in dataset and not a file"),
+    ("data.xlsx", r"data\.xlsx: unknown data format '\.xlsx'; supported: \.csv"),
+])
+def test_dataset_names_are_checked_without_any_file(name, match):
+    with pytest.raises(DataError, match=match):
+        check_dataset_name(name)
+    with pytest.raises(DataError, match=match.split(": ")[-1] if "xlsx" in name else match):
+        load_dataset(name)  # the same message as when loading
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic", "missing.csv", "sub/x.NPZ", "a.pq"])
+def test_good_dataset_names_pass_the_name_check(name):
+    check_dataset_name(name)  # no file access: a missing file is the loader's business
 
 
 def test_missing_target_column(tmp_path):
@@ -400,6 +461,24 @@ def test_constant_features_keep_std_one_and_no_nan():
     sp = split_dataset(ds)
     assert sp.std[1] == 1.0
     assert np.all(sp.X_train[:, 1] == 0.0) and np.isfinite(sp.X_val).all()
+
+
+@pytest.mark.parametrize("value", [0.1, 0.7, -2.7])
+def test_a_constant_column_with_a_rounding_std_is_treated_as_constant(value):
+    # np.std of a column of 0.1s can be ~1e-17, not 0: dividing by it sent other rows to ~1e15
+    ds = dataset([40, 40], d=3)
+    ids = ds.X.copy()
+    ids[:, 0] = np.arange(len(ids))  # the split depends on y and the seed only: find train rows
+    train = split_dataset(Dataset("ids", ids, ds.y, ds.class_names, ds.feature_names),
+                          standardize=False, dtype="float64").X_train[:, 0].astype(int)
+    assert np.std(np.full(len(train), value)) > 0  # the premise: rounding, not an exact zero
+    ds.X[:, 1] = value + 1.0
+    ds.X[train, 1] = value  # constant on the training rows only
+    sp = split_dataset(ds, dtype="float64")
+    assert sp.std[1] == 1.0 and sp.mean[1] == pytest.approx(value, rel=1e-15)
+    assert np.abs(sp.X_train[:, 1]).max() <= 1e-9
+    for X in (sp.X_val, sp.X_test):
+        np.testing.assert_allclose(X[:, 1], 1.0, rtol=1e-9)  # x - mean, not divided by 1e-17
 
 
 def test_no_standardization_keeps_raw_values():

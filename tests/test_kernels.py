@@ -192,6 +192,28 @@ def test_an_evaluator_is_reused_across_epochs_and_checks_the_weights():
     assert all(v != v for v in empty)  # NaN
 
 
+@pytest.mark.parametrize("bad, label", [(-1, "-1"), (5, "5"), (7, "7")])
+def test_out_of_range_labels_are_refused_before_any_kernel_runs(bad, label):
+    # the kernels do not check bounds: -1 wrapped to the last class, 5 wrote past the buffers
+    X, y, W, _ = problem(40, 6, 5, "float64")
+    y[7] = bad
+    message = rf"label {label} is out of range: labels must be in 0\.\.4 \(n_classes = 5\)"
+    with pytest.raises(ValueError, match=message):
+        BatchLossGrad("softmax", X, y, 5, 8)
+    with pytest.raises(ValueError, match=message):
+        kernels.Evaluator(X, y, "svm", 5)
+    with pytest.raises(ValueError, match=message):
+        kernels.evaluate(np.ascontiguousarray(W.T), X, y, "softmax")
+
+
+def test_labels_must_match_the_rows_of_X():
+    X, y, W, _ = problem(40, 6, 5, "float64")
+    with pytest.raises(ValueError, match=r"labels of shape \(39,\), expected \(40,\)"):
+        BatchLossGrad("softmax", X, y[:-1], 5, 8)
+    with pytest.raises(ValueError, match=r"labels of shape \(39,\), expected \(40,\)"):
+        kernels.Evaluator(X, y[:-1], "softmax", 5)
+
+
 def test_evaluate_breaks_ties_like_argmax():
     X = np.ones((3, 2))
     Wt = np.zeros((4, 2))  # every class scores 0: argmax picks class 0

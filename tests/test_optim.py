@@ -9,7 +9,10 @@ in float64.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -409,3 +412,57 @@ def test_matches_torch_when_installed(case):
         p.grad = torch.from_numpy(g.copy())
         topt.step()
     assert rel_diff(W, p.detach().numpy()) <= 1e-10
+
+
+# --- torch parity without torch: trajectories stored by tests/data/make_torch_reference.py ------
+
+DATA = Path(__file__).parent / "data"
+
+
+def reference_script():
+    """tests/data/make_torch_reference.py as a module (it imports torch only when run)."""
+    spec = importlib.util.spec_from_file_location("make_torch_reference",
+                                                  DATA / "make_torch_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def torch_reference():
+    with np.load(DATA / "torch_reference.npz", allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    return arrays, json.loads(str(arrays.pop("meta")))
+
+
+def test_stored_torch_trajectories_cover_the_torch_cases_and_match_the_script(torch_reference):
+    arrays, meta = torch_reference
+    script = reference_script()
+    assert meta["torch"].startswith("2.13.0")
+    # every case of the live torch test is stored, with the same torch class and arguments
+    for case, (cls, kwargs) in TORCH_CASES.items():
+        stored = meta["cases"][case]
+        assert stored["class"] == cls, case
+        assert stored["kwargs"] == {k: v for k, v in kwargs.items() if k != "lr"}, case
+    # the archive is what the committed script makes (regenerate it after editing the script)
+    assert set(meta["cases"]) == set(script.CASES) == set(CASES)  # every variant tested here
+    W0, grads = script.inputs()
+    np.testing.assert_array_equal(arrays["W0"], W0)
+    np.testing.assert_array_equal(arrays["grads"], grads)
+    for case, (_, _, base) in script.CASES.items():
+        np.testing.assert_array_equal(arrays[f"{case}.lr"], script.lr_sequence(base))
+        assert arrays[f"{case}.W"].shape == (script.STEPS, *script.SHAPE)
+
+
+@pytest.mark.parametrize("case", reference_script().CASES)
+def test_matches_stored_torch_trajectories(case, torch_reference):
+    """Open loop, float64, a changing lr: every step within 1e-12 (relative) of torch 2.13."""
+    arrays, _ = torch_reference
+    name, kwargs, _ = CASES[case]
+    W = arrays["W0"].copy()
+    opt = make_optimizer(name, **kwargs)
+    expected = arrays[f"{case}.W"]
+    for t, (g, lr) in enumerate(zip(arrays["grads"], arrays[f"{case}.lr"], strict=True)):
+        opt.step(W, g, float(lr))  # a Python float, as the schedules give
+        assert rel_diff(W, expected[t]) <= 1e-12, f"{case}: step {t + 1}"
+    assert not np.array_equal(expected[-1], arrays["W0"])  # the trajectory went somewhere

@@ -285,3 +285,36 @@ def test_dimension_suggest_uses_optuna_distributions():
     assert isinstance(dist, optuna.distributions.FloatDistribution) and dist.step == 1.0
     assert Dimension("base_batch_size", "base_batch_size", "fixed", value=64).suggest(trial) == 64
     assert "base_batch_size" not in trial.params
+
+
+def test_a_suggested_configuration_records_its_batch_scaling_rule():
+    """The default rule depends on the optimizer (and was "none" for all before): a trial's
+    stored config names the rule it trained with, so a replay does not depend on the default."""
+    raw = tomllib.loads(FULL.replace('batch_scaling = ["none", "linear", "sqrt"]\n', ""))
+    sf = parse_study_dict(raw, source="full.toml")
+    seen = {}
+    for optimizer in P.OPTIMIZERS:
+        trial = optuna.trial.FixedTrial({**_fixed_choices(sf.space, optimizer)})
+        config = sf.space.suggest(trial)
+        seen[optimizer] = config["batch_scaling"]
+    assert seen == P.BATCH_SCALING_DEFAULTS
+    assert set(P.BATCH_SCALING_DEFAULTS) == set(P.OPTIMIZERS)
+    # a searched or fixed rule is kept as given
+    fixed = parse_study_dict(tomllib.loads(FULL.replace(
+        'batch_scaling = ["none", "linear", "sqrt"]', 'batch_scaling = "none"')), source="f.toml")
+    trial = optuna.trial.FixedTrial(_fixed_choices(fixed.space, "adam"))
+    assert fixed.space.suggest(trial)["batch_scaling"] == "none"
+
+
+def _fixed_choices(space, optimizer):
+    """Optuna params that make ``space`` suggest ``optimizer`` (lowest value of every range,
+    first choice of every other key)."""
+    params = {}
+    for dim in [*space.general.values(), *space.optimizers.get(optimizer, {}).values(),
+                *space.decays.get("constant", {}).values()]:
+        if dim.kind == "choice":
+            params[dim.name] = optimizer if dim.key == "optimizer" else (
+                "constant" if dim.key == "decay" else dim.choices[0])
+        elif dim.kind == "range":
+            params[dim.name] = dim.low
+    return params

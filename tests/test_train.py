@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
+from tuner import params as P
 from tuner.data import load_splits, strip_bias
 from tuner.model import softmax_loss
 from tuner.optim import make_optimizer
 from tuner.schedules import make_schedule
-from tuner.train import fit, make_plan
+from tuner.train import fit, make_plan, milestone_steps
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,8 @@ def test_guard_stops_the_spec_case(digits, dtype, lr):
 
 
 def test_guard_with_mini_batches_records_step_and_epoch(digits):
-    result = fit({"optimizer": "sgd", "lr": 1.05, "reg": 1.0, "batch_size": 64},
+    result = fit({"optimizer": "sgd", "lr": 1.05, "reg": 1.0, "batch_size": 64,
+                  "batch_scaling": "none"},
                  digits.X_train, digits.y_train, digits.X_val, digits.y_val, epochs=50)
     assert result.diverged
     spe = math.ceil(len(digits.y_train) / 64)
@@ -199,7 +201,7 @@ def test_non_finite_weights_are_caught():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = fit({"optimizer": "sgd", "lr": 1e308, "reg": 1.0, "batch_size": 90,
-                      "init_scale": 1.0},
+                      "batch_scaling": "none", "init_scale": 1.0},
                      X, y, X, y, epochs=5, dtype="float64")
     assert result.divergence["reason"] == "non-finite weights"
     assert result.divergence["step"] == 0 and result.history == []
@@ -297,3 +299,55 @@ def test_digits_quality_against_logistic_regression(digits, params, dtype):
     assert not result.diverged
     assert ours >= 0.95
     assert ours >= theirs - 0.02  # within 2 points of the (near-)optimum of the same model class
+
+
+# --- plan edge cases -----------------------------------------------------------------------------
+
+def test_a_warmup_longer_than_training_is_an_error_not_squeezed():
+    params = {"lr": 0.1, "batch_size": 100, "base_batch_size": 256, "batch_scaling": "none",
+              "warmup_epochs": 6.0, "warmup_start_factor": 0.0, "decay": "cosine",
+              "min_lr_factor": 0.0}
+    with pytest.raises(ValueError, match=r"warmup_epochs = 6 \(60 updates\) is longer than "
+                                         r"training: epochs = 5 is 50 updates"):
+        make_plan(params, n_train=1000, epochs=5)
+    X, y = small_problem()
+    with pytest.raises(ValueError, match="warmup_epochs = 4 .* epochs = 3"):
+        fit({**ADAM, "warmup_epochs": 4}, X, y, epochs=3)
+    # all of training as warmup is still allowed (no decay), as the schedules allow it
+    assert make_plan({**params, "warmup_epochs": 5.0}, n_train=1000, epochs=5).warmup_steps == 50
+
+
+@pytest.mark.parametrize("fractions, decay_steps, expected", [
+    ([0.1], 4, [1]),           # round(0.4) = 0 fired at the first decay update
+    ([0.5, 0.75], 1, [1, 1]),  # round(0.5) = 0 (half to even)
+    ([0.5], 5, [3]),           # round(2.5) = 2 (half to even); half up gives 3
+    ([0.5, 0.75], 100, [50, 75]),
+    ([0.25, 0.75], 2, [1, 2]),
+])
+def test_fractional_milestones_round_half_up_and_never_to_zero(fractions, decay_steps, expected):
+    assert milestone_steps(fractions, decay_steps) == expected
+
+
+def test_step_decay_uses_the_peak_lr_before_the_first_milestone():
+    params = {"lr": 0.1, "batch_size": 250, "base_batch_size": 256, "batch_scaling": "none",
+              "warmup_epochs": 0.0, "warmup_start_factor": 0.0, "decay": "step", "gamma": 0.5,
+              "milestones": [0.1, 0.5]}
+    plan = make_plan(params, n_train=1000, epochs=1)  # 4 updates: 0.1 * 4 = 0.4 rounded to 0
+    assert [plan.schedule(t) for t in range(4)] == [0.1, 0.05, 0.025, 0.025]
+
+
+# --- batch-size scaling defaults (spec section 3) ------------------------------------------------
+
+@pytest.mark.parametrize("optimizer, rule, factor", [
+    ("sgd", "linear", 0.25), ("momentum", "linear", 0.25), ("nesterov", "linear", 0.25),
+    ("adagrad", "sqrt", 0.5), ("rmsprop", "sqrt", 0.5), ("adam", "sqrt", 0.5),
+    ("adamw", "sqrt", 0.5),
+])
+def test_batch_scaling_defaults_to_the_spec_rule_per_optimizer(optimizer, rule, factor):
+    resolved = P.resolve({"optimizer": optimizer, "lr": 0.1, "batch_size": 64})
+    assert resolved["batch_scaling"] == rule
+    plan = make_plan(resolved, n_train=6400, epochs=1)  # batch 64 against base 256
+    assert plan.peak_lr == pytest.approx(0.1 * factor)
+    # an explicit rule still wins
+    explicit = P.resolve({"optimizer": optimizer, "lr": 0.1, "batch_scaling": "none"})
+    assert explicit["batch_scaling"] == "none"

@@ -113,11 +113,7 @@ def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None 
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         if not path.suffix and not path.exists():
-            raise DataError(
-                f"unknown dataset {name!r}: not a built-in dataset and not a file",
-                hint=f"use one of {', '.join(BUILTIN_DATASETS)}, 'synthetic', or a path to a "
-                     f"{', '.join(FILE_FORMATS)} file",
-            )
+            check_dataset_name(name)
         raise DataError(f"{path}: unknown data format {path.suffix!r}; "
                         f"supported: {', '.join(FILE_FORMATS)}")
     if not path.exists():
@@ -128,6 +124,26 @@ def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None 
     if fmt == "npz":
         return _load_npz(path)
     return _load_table(path, fmt, target)
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise :class:`DataError` if ``name`` cannot be a dataset whatever the files hold: not a
+    built-in, not ``synthetic`` and not a path with a supported extension (``mnist``,
+    ``data.xlsx``). Needs no file access, so it can run without loading the data (``tuner
+    check --no-data``); :func:`load_dataset` gives the same messages."""
+    if name in BUILTIN_DATASETS or name == "synthetic":
+        return
+    suffix = Path(name).suffix
+    if suffix.lower() in FILE_FORMATS:
+        return
+    if not suffix:
+        raise DataError(
+            f"unknown dataset {name!r}: not a built-in dataset and not a file",
+            hint=f"use one of {', '.join(BUILTIN_DATASETS)}, 'synthetic', or a path to a "
+                 f"{', '.join(FILE_FORMATS)} file",
+        )
+    raise DataError(f"{name}: unknown data format {suffix!r}; "
+                    f"supported: {', '.join(FILE_FORMATS)}")
 
 
 def make_synthetic(*, n: int, d: int, classes: int, difficulty: float = 0.5,
@@ -200,10 +216,13 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
     train_rows = ds.X[train_idx]
     mean = train_rows.mean(axis=0, dtype=np.float64)
     std = train_rows.std(axis=0, dtype=np.float64)
+    # constant on the training rows: exactly (min == max), not std == 0, since a column of
+    # 0.1s has std ~1e-17 from rounding and dividing by it blows other rows up to ~1e15
+    constant = train_rows.min(axis=0) == train_rows.max(axis=0)
     del train_rows
     if not standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
-    std[std == 0] = 1.0
+    std[constant | (std == 0)] = 1.0
 
     def prepare(idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), ds.X.shape[1] + 1), dtype=dt)
@@ -413,23 +432,35 @@ def _check_finite(X: np.ndarray, names: list[str], where: str, row_names: RowNam
 def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     import pandas as pd
 
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: cannot read {fmt.upper()} file: the file is empty (0 bytes)",
+                        hint="expected a header line with the column names, then one row per "
+                             "example" if fmt == "csv" else None)
     try:
         frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError:  # only blank lines: nothing to parse
+        raise DataError(f"{path}: cannot read CSV file: the file is empty (no header line)",
+                        hint="expected a header line with the column names, then one row per "
+                             "example") from None
     except Exception as exc:  # pandas raises many types for unreadable files
         raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
+    separator = _separator_hint(columns) if fmt == "csv" else None
     if target is None:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
-                        f"{', '.join(columns)}")
+                        f"{', '.join(columns)}", hint=separator)
     if target not in columns:
         raise DataError(f"{path}: target column {target!r} not found; "
-                        f"columns: {', '.join(columns)}")
+                        f"columns: {', '.join(columns)}", hint=separator)
     if len(frame) == 0:
         raise DataError(f"{path}: the file has no rows")
+    if fmt == "csv" and frame.iloc[:, -1].isna().any():  # a short line leaves the last column NaN
+        _check_field_counts(path, len(columns))
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+        raise DataError(f"{path}: no feature columns besides the target {target!r}",
+                        hint=separator)
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
         examples = []
@@ -450,6 +481,46 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}")
     return Dataset(name=path.name, X=X, y=y, class_names=class_names,
                    feature_names=list(features.columns))
+
+
+def _separator_hint(columns: list[str]) -> str | None:
+    """A hint when a CSV file parsed as one column looks separated by something else."""
+    if len(columns) != 1:
+        return None
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+        if sep in columns[0]:
+            return (f"the file does not look comma-separated: its header is one column that "
+                    f"contains {name}; save it as CSV with ',' between fields")
+    return None
+
+
+def _check_field_counts(path: Path, expected: int) -> None:
+    """Raise if a data line has fewer fields than the header. pandas fills a short line with
+    NaN (a missing target, or a text value shifted into a numeric column, would be reported
+    instead); a line with too many fields is already a pandas error. Checked by reading the
+    file again, with the csv module (a few seconds for a CIFAR-sized file), only when the last
+    column has missing values, as a short line leaves it."""
+    short: list[tuple[int, int]] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            line = 1
+            for number, record in enumerate(reader):
+                blank = len(record) <= 1 and not "".join(record).strip()
+                if number and not blank and len(record) != expected:
+                    short.append((line, len(record)))
+                line = reader.line_num + 1
+    except (OSError, UnicodeError, csv.Error):
+        return
+    if short:
+        first_line, count = short[0]
+        more = (f" ({len(short)} lines in all, e.g. lines {_first([n for n, _ in short])})"
+                if len(short) > 1 else "")
+        raise DataError(f"{path}: line {first_line} has {count} "
+                        f"{_word(count, 'field', 'fields')}, expected {expected} (one per "
+                        f"column of the header){more}",
+                        hint="every line needs a value for every column; check for missing "
+                             "or extra commas")
 
 
 def _load_npz(path: Path) -> Dataset:

@@ -347,7 +347,7 @@ class BatchLossGrad:
         self.kind = _loss_kind(loss)
         if not X.flags.c_contiguous:
             raise ValueError("X must be C-contiguous")
-        self.X, self.y = _readonly(X), _labels(y)
+        self.X, self.y = _readonly(X), _labels(y, n_classes, len(X))
         d = X.shape[1]
         self.S = np.zeros((PARTS, BLOCK, n_classes), dtype=X.dtype)
         self.G = np.zeros((PARTS, n_classes, d), dtype=X.dtype)
@@ -384,7 +384,8 @@ class Evaluator:
 
     def __init__(self, X: np.ndarray, y: np.ndarray, loss: str, n_classes: int) -> None:
         self.kind = _loss_kind(loss)
-        self.X, self.y = _readonly(np.ascontiguousarray(X)), _labels(y)
+        self.X = _readonly(np.ascontiguousarray(X))
+        self.y = _labels(y, n_classes, len(self.X))
         n, d = self.X.shape
         self.n = n
         self.idx = np.arange(n)
@@ -502,10 +503,23 @@ def _readonly(X: np.ndarray) -> np.ndarray:
     return view
 
 
-def _labels(y: np.ndarray) -> np.ndarray:
+def _labels(y: np.ndarray, n_classes: int, n_rows: int) -> np.ndarray:
     """``y`` as a fresh writable intp array (labels are small): one signature whatever the
-    caller's dtype and flags."""
-    return np.array(y, dtype=np.intp, order="C", copy=True)
+    caller's dtype and flags. The kernels do not check bounds: a label outside ``0..C-1``
+    (a negative one wraps) or a label array shorter than ``X`` would read and write past the
+    score buffers, so both are checked here, once per split."""
+    labels = np.array(y, dtype=np.intp, order="C", copy=True)
+    if labels.ndim != 1 or len(labels) != n_rows:
+        raise ValueError(f"labels of shape {labels.shape}, expected ({n_rows},): one per row of X")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes!r}")
+    if len(labels):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"label {bad} is out of range: labels must be in 0..{n_classes - 1} "
+                             f"(n_classes = {n_classes})")
+    return labels
 
 
 def _check_weights(Wt: np.ndarray, like: Any) -> None:

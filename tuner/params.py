@@ -17,10 +17,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
-DECAYS: tuple[str, ...] = ("constant", "step", "cosine", "linear", "inv_sqrt")
-SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
-LOSSES: tuple[str, ...] = ("softmax", "svm")
+from tuner.model import LOSS_FUNCTIONS
+from tuner.optim import OPTIMIZER_NAMES
+from tuner.schedules import DECAY_TYPES
+from tuner.schedules import SCALING_RULES as _SCALING_EXPONENTS
+
+# The names come from the modules that implement them (numpy-only imports: no numba here, so
+# loading a study file stays fast); tuner.kernels.LOSS_KINDS is checked against LOSSES by
+# tests/test_params.py, as importing the kernels would compile-load numba.
+OPTIMIZERS: tuple[str, ...] = OPTIMIZER_NAMES
+DECAYS: tuple[str, ...] = DECAY_TYPES
+SCALING_RULES: tuple[str, ...] = tuple(_SCALING_EXPONENTS)
+LOSSES: tuple[str, ...] = tuple(LOSS_FUNCTIONS)
+
+#: Recommended batch-size scaling rule per optimizer (spec section 3): linear for the SGD family
+#: (Goyal et al. 2017), sqrt for the adaptive ones (Malladi et al. 2022).
+BATCH_SCALING_DEFAULTS: dict[str, str] = {
+    "sgd": "linear", "momentum": "linear", "nesterov": "linear",
+    "adagrad": "sqrt", "rmsprop": "sqrt", "adam": "sqrt", "adamw": "sqrt",
+}
 
 #: Optimizers whose weight decay is decoupled: the L2 term ``reg`` is not added to their gradient.
 DECOUPLED_DECAY_OPTIMIZERS: frozenset[str] = frozenset({"adamw"})
@@ -131,7 +146,7 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("base_batch_size", "int", "batch size at which lr is the peak lr (spec section 3)",
               default=256, low=1),
     ParamSpec("batch_scaling", "choice", "how the peak lr scales with batch_size/base_batch_size",
-              default="none", choices=SCALING_RULES),
+              default=BATCH_SCALING_DEFAULTS, choices=SCALING_RULES),
     ParamSpec("warmup_epochs", "float", "linear warmup length, in epochs", default=0.0, low=0.0),
     ParamSpec("warmup_start_factor", "float", "warmup starts at this fraction of the peak lr",
               default=0.0, low=0.0, high=1.0),
@@ -198,6 +213,16 @@ GENERAL_KEYS: tuple[str, ...] = tuple(
 )
 
 
+def optimizer_constraint(optimizer: str, key: str, value: Any) -> str | None:
+    """Why ``value`` of ``key`` is not allowed *for this optimizer* although it is in the key's
+    range (``None`` if it is allowed): Nesterov momentum needs ``momentum > 0`` (spec 1.1; torch
+    raises, and so does :class:`tuner.optim.SGD`)."""
+    if optimizer == "nesterov" and key == "momentum" and not value > 0:
+        return (f"{literal(value)} is not allowed for nesterov: Nesterov momentum needs "
+                f"momentum > 0 (momentum = 0 is optimizer 'sgd'); use a number in (0, 1)")
+    return None
+
+
 def keys_for_optimizer(optimizer: str) -> tuple[str, ...]:
     """The optimizer hyperparameters that ``optimizer`` uses."""
     return tuple(k for k in OPTIMIZER_KEYS if optimizer in (PARAMS[k].optimizers or ()))
@@ -252,7 +277,7 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
             value = int(value)
         if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        reason = spec.check(value)
+        reason = spec.check(value) or optimizer_constraint(optimizer, name, value)
         if reason:
             raise ValueError(f"{name}: {reason}")
         resolved[name] = list(value) if spec.kind == "fractions" else value
@@ -263,10 +288,24 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+#: The rule a stored trial configuration *without* ``batch_scaling`` trained with. Trials record
+#: their rule (:meth:`tuner.space.SearchSpace.suggest`) since its default became per-optimizer
+#: (:data:`BATCH_SCALING_DEFAULTS`); a configuration stored before then trained with "none".
+STORED_BATCH_SCALING_DEFAULT = "none"
+
+
+def stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's stored configuration as :func:`tuner.train.fit` must get it to train as the
+    trial did (``tuner replay``, ``best --test``): an older configuration without
+    ``batch_scaling`` gets :data:`STORED_BATCH_SCALING_DEFAULT`, not today's per-optimizer
+    default."""
+    return {"batch_scaling": STORED_BATCH_SCALING_DEFAULT, **config}
+
+
 def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (a trial's stored configuration) with the keys every run has filled in where
     the study file left them out (batch size, scaling rule, warmup, decay, loss): what it
-    trained with, for display."""
-    keys = ("batch_size", "base_batch_size", "batch_scaling", "warmup_epochs", "decay", "loss")
-    return {**{key: PARAMS[key].default for key in keys}, **config}
-
+    trained with, for display. A stored configuration without ``batch_scaling`` predates the
+    per-optimizer default and trained with "none" (:func:`stored_config`)."""
+    keys = ("batch_size", "base_batch_size", "warmup_epochs", "decay", "loss")
+    return {**{key: PARAMS[key].default for key in keys}, **stored_config(config)}

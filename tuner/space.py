@@ -117,12 +117,16 @@ class SearchSpace:
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Define-by-run: suggest one configuration on ``trial``; returns flat training params
-        (engine defaults fill any key the space does not mention)."""
+        (engine defaults fill any key the space does not mention). ``batch_scaling`` is always
+        there: its default depends on the optimizer and has changed (it was ``"none"`` for
+        every optimizer), so a trial records the rule it trains with and replays stay exact."""
         optimizer = self.general["optimizer"].suggest(trial)
         params: dict[str, Any] = {"optimizer": optimizer}
         for key, dim in self.general.items():
             if key != "optimizer" and P.PARAMS[key].applies(optimizer, params.get("decay", "")):
                 params[key] = dim.suggest(trial)
+        if "batch_scaling" not in params:
+            params["batch_scaling"] = P.PARAMS["batch_scaling"].default_for(optimizer)
         for key, dim in self.optimizers.get(optimizer, {}).items():
             params[key] = dim.suggest(trial)
         for key, dim in self.decays.get(params.get("decay", "constant"), {}).items():
@@ -311,11 +315,28 @@ def _conditional(raw: Any, section: str, names: tuple[str, ...], in_play: tuple[
                 raise fail(f"{path}.{key}", f"{key!r} does not apply to {what} {name!r}; "
                                             f"it takes: {', '.join(allowed) or 'no parameters'}")
             group[key] = _dimension(key, f"{name}.{key}", value, f"{path}.{key}", fail)
+            if what == "optimizer":
+                _check_for_optimizer(name, group[key], f"{path}.{key}", fail)
         if "milestones" in group and "step_epochs" in group:
             raise fail(path, "step decay takes either milestones (fractions of the decay length) "
                              "or step_epochs (decay every so many epochs), not both")
         out[name] = group
     return out
+
+
+def _check_for_optimizer(optimizer: str, dim: Dimension, path: str, fail: Any) -> None:
+    """Values in the key's range that this optimizer still refuses (nesterov with momentum 0):
+    every value the dimension can produce is checked, a range by its low end (the lowest)."""
+    if dim.kind == "fixed":
+        values = [(path, dim.value)]
+    elif dim.kind == "choice":
+        values = [(f"{path}[{i}]", v) for i, v in enumerate(dim.choices)]
+    else:
+        values = [(f"{path}.low", dim.low)]
+    for where, value in values:
+        reason = P.optimizer_constraint(optimizer, dim.key, value)
+        if reason:
+            raise fail(where, reason)
 
 
 def _dimension(key: str, name: str, value: Any, path: str, fail: Any) -> Dimension:

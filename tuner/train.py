@@ -86,7 +86,12 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
     batch = min(int(params["batch_size"]), n_train)
     spe = math.ceil(n_train / batch)
     total = epochs * spe
-    warmup = min(total, round(params["warmup_epochs"] * spe))
+    warmup = round(params["warmup_epochs"] * spe)
+    if warmup > total:  # study files are refused earlier (space._check_warmup)
+        raise ValueError(
+            f"warmup_epochs = {params['warmup_epochs']:g} ({warmup} updates) is longer than "
+            f"training: epochs = {epochs} is {total} updates ({spe} per epoch, batch {batch} of "
+            f"{n_train} examples); use warmup_epochs <= epochs")
     peak = scale_lr(params["lr"], batch,  # the batch used: at most the whole training set
                     base_batch_size=int(params["base_batch_size"]), rule=params["batch_scaling"])
     decay = params["decay"]
@@ -96,7 +101,7 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
         if params.get("step_epochs") is not None:
             decay_params["step_size"] = max(1, round(params["step_epochs"] * spe))
         else:
-            decay_params["milestones"] = [round(f * (total - warmup)) for f in params["milestones"]]
+            decay_params["milestones"] = milestone_steps(params["milestones"], total - warmup)
     elif decay in ("cosine", "linear"):
         decay_params["min_lr"] = params["min_lr_factor"] * peak
     elif decay == "inv_sqrt" and params.get("timescale_epochs") is not None:
@@ -104,6 +109,16 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
     schedule = make_schedule(decay, peak_lr=peak, total_steps=total, warmup_steps=warmup,
                              warmup_start_factor=params["warmup_start_factor"], **decay_params)
     return Plan(spe, total, warmup, peak, schedule)
+
+
+def milestone_steps(fractions: Any, decay_steps: int) -> list[int]:
+    """Step-decay milestones as updates of the decay clock ``u``: ``max(1, floor(f*Td + 0.5))``
+    for each fraction ``f`` of the decay length ``Td``. Rounded half up (Python's ``round``
+    rounds half to even), and never 0: a milestone at ``u = 0`` would fire at the first decay
+    update, so the peak lr would never be used. Fractions that land on the same update apply
+    together (``gamma**2`` at once, as torch's MultiStepLR with a repeated milestone); one at
+    ``Td`` or later never fires (the last update has ``u = Td - 1``)."""
+    return [max(1, math.floor(f * decay_steps + 0.5)) for f in fractions]
 
 
 def make_run_optimizer(params: Mapping[str, Any]) -> Optimizer:
