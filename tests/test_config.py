@@ -156,6 +156,17 @@ ERROR_CASES = [
     ("milestones-and-step_epochs", BASE + 'decay = "step"\n[space.decays.step]\n'
      "milestones = [0.5]\nstep_epochs = 2\n", "space.decays.step",
      ["either milestones", "or step_epochs", "not both"]),
+    # nesterov needs momentum > 0 (torch and tuner.optim.SGD raise on every trial otherwise)
+    ("nesterov-momentum-zero-choice", edit('["sgd", "adam"]', '["sgd", "nesterov"]')
+     + "[space.optimizers.nesterov]\nmomentum = [0.0, 0.9]\n",
+     "space.optimizers.nesterov.momentum[0]",
+     ["0.0 is not allowed for nesterov", "momentum > 0", "use a number in (0, 1)"]),
+    ("nesterov-momentum-zero-range", edit('["sgd", "adam"]', '["sgd", "nesterov"]')
+     + "[space.optimizers.nesterov]\nmomentum = {low = 0, high = 0.9}\n",
+     "space.optimizers.nesterov.momentum.low", ["not allowed for nesterov", "momentum > 0"]),
+    ("nesterov-momentum-zero-fixed", edit('["sgd", "adam"]', '"nesterov"')
+     + "[space.optimizers.nesterov]\nmomentum = 0.0\n",
+     "space.optimizers.nesterov.momentum", ["not allowed for nesterov", "momentum > 0"]),
     ("decay-parameter-at-top", BASE + "gamma = 0.5\n", "space.gamma",
      ["decay parameter", "[space.decays.step]"]),
     ("pruner-option-not-applying", edit("n_trials = 5", 'n_trials = 5\n[study.pruner]\n'
@@ -222,6 +233,15 @@ def test_invalid_toml_names_file_and_line(tmp_path):
     message = error_of(path)
     assert message.startswith(f"{path}: invalid TOML")
     assert "line 8" in message
+
+
+def test_keys_above_the_first_section_are_named_with_the_section_they_belong_to(tmp_path):
+    """A missing [study] line: `name` and `n_trials` end up in no section (they were reported
+    as 'unknown section(s) [n_trials], [name]')."""
+    message = error_of(write(tmp_path, BASE.replace("[study]\n", "", 1)))
+    assert "key(s) n_trials, name outside any section; they belong under [study]" in message
+    message = error_of(write(tmp_path, "shuffle = true\n" + BASE))
+    assert "key(s) shuffle outside any section; put them in a section: [study], [data]" in message
 
 
 def test_missing_file(tmp_path):

@@ -561,6 +561,8 @@ def test_the_runner_hook_refreshes_periodically_only_when_trials_finished(tmp_pa
     hook = DashboardHook(folder=str(small))
     hook.on_start(study)
     hook._thread.join(60)
+    # the run that made the study ended normally: its views are current, no render at start
+    assert hook.refreshes == 0 and study.user_attrs["tuner.views_of"] == [12, 12]
     hook.periodic(study)
     hook._thread.join(60)
     assert hook.refreshes == 1 and tuner_graph_object_ids(study) == ["tuner-history"]
@@ -576,6 +578,14 @@ def test_the_runner_hook_refreshes_periodically_only_when_trials_finished(tmp_pa
     hook.on_end(study)
     assert hook.refreshes == 3
     assert "tuner summary" in __import__("optuna_dashboard").get_note(study)
+    # a trial finished after the last render (an interrupted run, another runner): the next
+    # run's start renders again
+    t = study.ask()
+    study.tell(t, 0.25)
+    late = DashboardHook(folder=str(small))
+    late.on_start(study)
+    late._thread.join(60)
+    assert late.refreshes == 1 and study.user_attrs["tuner.views_of"] == [14, 14]
 
 
 def test_the_hook_can_be_turned_off(tmp_path, monkeypatch):

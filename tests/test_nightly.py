@@ -64,7 +64,10 @@ def nightly(path: Path, url: str, day: date = DAY, *args: str, **kwargs: Any) ->
 def add_night(url: str, study_path: Path, day: date,
               trials: list[tuple[dict[str, Any], float, int]]) -> str:
     """A past night built directly: each (config, value, seed) becomes a COMPLETE trial with
-    the ``config`` and ``seed`` attributes the runner stores."""
+    the ``config`` and ``seed`` attributes the runner stores (which always include the
+    batch-scaling rule: the per-optimizer default where the study file fixes none)."""
+    trials = [({"batch_scaling": P.BATCH_SCALING_DEFAULTS[c["optimizer"]], **c}, v, s)
+              for c, v, s in trials]
     sf = night_study_file(load_study_file(study_path), day)
     study = open_study(sf, open_storage(url))
     study.set_user_attr(ATTR_NIGHT, {"base": load_study_file(study_path).study.name,
@@ -191,7 +194,8 @@ def test_warm_start_enqueues_yesterdays_valid_top_k_first(storage_url, tmp_path)
     study = study_of(storage_url, "nt-2026-11-25")
     first_two = sorted(study.trials, key=lambda t: t.number)[:2]
     assert [t.user_attrs["warm_start"]["trial"] for t in first_two] == [0, 4]
-    assert [t.user_attrs["config"] for t in first_two] == [c["adam"], c["sgd"]]
+    assert [t.user_attrs["config"] for t in first_two] == [
+        {**c["adam"], "batch_scaling": "sqrt"}, {**c["sgd"], "batch_scaling": "linear"}]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first_two)
     stored = study.user_attrs[ATTR_WARM_START]
     assert stored["source"] == "nt-2026-11-24" and [e["trial"] for e in stored["enqueued"]] == [0, 4]

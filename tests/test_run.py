@@ -934,7 +934,8 @@ def test_show_reports_pruned_and_diverged_per_group(mixed):
         assert group["n"] == sum(t.state == TrialState.COMPLETE for t in mine)
         assert group["pruned"] == sum(t.state == TrialState.PRUNED for t in mine)
         assert group["diverged"] == sum(bool(t.user_attrs.get("diverged")) for t in mine)
-    assert [g["value"] for g in data["by"]["batch_scaling"]] == ["none"]  # engine default shown
+    # the per-optimizer default (spec section 3), recorded with each trial: linear for SGD
+    assert [g["value"] for g in data["by"]["batch_scaling"]] == ["linear"]
     assert data["best"]["number"] == load(url, "mixed").best_trial.number
     text = tuner("show", "mixed", "--storage", url, check=True).stdout
     for title in ("best trial #", "top 10 trials", "best val_accuracy per optimizer",

@@ -13,10 +13,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuner.data import BUILTIN_DATASETS, FILE_FORMATS
-from tuner.errors import ConfigError
+from tuner.data import BUILTIN_DATASETS, FILE_FORMATS, check_dataset_name
+from tuner.errors import ConfigError, DataError
 
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
 PRUNER_KEYS: dict[str, tuple[str, ...]] = {
@@ -148,6 +148,17 @@ class DataSection(_Section):
     classes: int = Field(10, ge=2)
     difficulty: float = Field(0.5, ge=0.0, le=1.0)
 
+    @field_validator("dataset")
+    @classmethod
+    def _could_be_a_dataset(cls, value: str) -> str:
+        """A name no file could make a dataset (``mnist``, ``data.xlsx``) fails here, without
+        loading anything (``tuner check --no-data`` too)."""
+        try:
+            check_dataset_name(value)
+        except DataError as exc:
+            raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+        return value
+
     @model_validator(mode="after")
     def _keys_apply(self) -> DataSection:
         if self.dataset != "synthetic":
@@ -159,7 +170,6 @@ class DataSection(_Section):
         is_table = kind in ("csv", "parquet")
         if is_table and self.target is None:
             raise ValueError("target (the label column) is required for CSV and Parquet data")
-        # (an unknown format with a target: the data loader names the formats it reads)
         if self.target is not None and (self.is_builtin() or kind == "npz"):
             raise ValueError("target only applies to CSV and Parquet data")
         return self

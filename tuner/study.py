@@ -321,10 +321,14 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def flat_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:
     """The training configuration of a trial as the study file gives it: searched and fixed
-    keys (the ``config`` attribute, or rebuilt); engine defaults are not filled in."""
+    keys (the ``config`` attribute, or rebuilt); engine defaults are not filled in, except the
+    batch-scaling rule of a configuration stored before it was always recorded ("none", what it
+    trained with: :func:`tuner.params.stored_config`)."""
+    from tuner.params import stored_config
+
     config = trial.user_attrs.get("config")
     if config is not None:
-        return dict(config)
+        return stored_config(config)
     if study_file is not None and trial.params:
         try:
             return study_file.space.params_from_optuna(trial.params)
@@ -334,8 +338,8 @@ def flat_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, A
 
 
 def resolved_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:
-    """:func:`flat_params` with the engine's defaults filled in (``batch_scaling = "none"``,
-    ``decay = "constant"``, ...): every key the trial trained with. Falls back to
+    """:func:`flat_params` with the engine's defaults filled in (``decay = "constant"``,
+    ``loss = "softmax"``, ...): every key the trial trained with. Falls back to
     :func:`flat_params` for configurations the catalogue does not accept (foreign studies)."""
     from tuner.params import resolve
 
