@@ -113,6 +113,13 @@ class _Output:
         return getattr(self._stream, name)
 
 
+class _CliFormatter(logging.Formatter):
+    """``warning: text`` / ``error: text``, the form of the CLI's own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
 def main() -> None:
     if not isinstance(sys.stdout, _Output) and sys.stdout is not None:
         sys.stdout = _Output(sys.stdout)
@@ -122,7 +129,10 @@ def main() -> None:
     # workers, dashboards and schedulers on different hosts agree (reference notes 1.2).
     os.environ["TZ"] = "UTC"
     time.tzset()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # log records read like the CLI's own messages ("warning: ..."), not "WARNING tuner.study: ..."
+    handler = logging.StreamHandler()
+    handler.setFormatter(_CliFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     try:
         app()
