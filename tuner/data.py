@@ -222,7 +222,7 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
     del train_rows
     if not standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
-    std[constant | (std == 0)] = 1.0
+    std[constant] = 1.0
 
     def prepare(idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), ds.X.shape[1] + 1), dtype=dt)

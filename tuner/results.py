@@ -34,6 +34,11 @@ class StudyRow:
     best_trial: int | None
     last_activity: datetime | None
 
+    @property
+    def short_directions(self) -> str:
+        """``max``, ``min`` or ``max, min`` (several objectives), for the study lists."""
+        return ", ".join(d[:3] for d in self.direction.split(",")) or "-"
+
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "direction": self.direction, "metric": self.metric,
                 "counts": self.counts, "best_value": self.best_value, "best_trial": self.best_trial,

@@ -127,6 +127,16 @@ def trial_seed(study_seed: int, trial: FrozenTrial) -> int:
     return derive_seed(study_seed, root)
 
 
+def _where(storage: BufferedStorage) -> str:
+    """Which storage, for "no study named ..." (``SQLite /abs/tuner.db``, never a password)."""
+    engine = getattr(getattr(storage, "backend", None), "engine", None)
+    if engine is None:
+        return "this storage"
+    from tuner.storage.urls import describe
+
+    return describe(engine.url.render_as_string(hide_password=False))
+
+
 def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed: int | None = None,
                create: bool = True) -> optuna.Study:
     """Create the study (first use) or load it, and check that it matches the study file."""
@@ -134,7 +144,7 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
     sampler = make_sampler(study_file, study_file.study.seed if sampler_seed is None else sampler_seed)
     existing = _study_names(storage)
     if name not in existing and not create:
-        raise StudyNotFoundError(f"no study named {name!r} in this storage")
+        raise StudyNotFoundError(f"no study named {name!r} in {_where(storage)}")
     if name in existing:
         check_existing_study(study_file, storage)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
@@ -278,7 +288,7 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
             flag = storage_flag(url) + (f" {note}" if (note := storage_note(url)) else "")
             hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
                     f"(latest: {nights[-1]}); every night: tuner history {name}{flag}")
-        raise StudyNotFoundError(f"no study named {name!r} in this storage (studies: {known})",
+        raise StudyNotFoundError(f"no study named {name!r} in {_where(storage)} (studies: {known})",
                                  hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)
     text = study.user_attrs.get(ATTR_CONFIG)

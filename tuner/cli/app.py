@@ -52,30 +52,6 @@ def open_existing(storage: str | None) -> tuple[Any, str]:
     return open_storage(url, must_exist=True), url
 
 
-def load_existing(name: str, store: Any, url: str) -> tuple[Any, Any]:
-    """:func:`tuner.study.load_study` (the study and its study file), its "no study named ..."
-    error naming the storage it looked in (``in SQLite /abs/tuner.db``, never a password)."""
-    from tuner.errors import StudyNotFoundError
-    from tuner.study import load_study
-
-    try:
-        return load_study(name, store)
-    except StudyNotFoundError as exc:
-        raise name_storage(exc, url) from None
-
-
-def name_storage(exc: Any, url: str) -> Any:
-    """``exc`` (a :class:`~tuner.errors.StudyNotFoundError`) with "in this storage" replaced by
-    the storage's description (:func:`tuner.storage.describe`)."""
-    from tuner.errors import StudyNotFoundError
-    from tuner.storage.urls import describe
-
-    if "in this storage" not in exc.message:
-        return exc
-    return StudyNotFoundError(exc.message.replace("in this storage", f"in {describe(url)}", 1),
-                              hint=exc.hint)
-
-
 def storage_flag(url: str) -> str:
     """:func:`tuner.storage.urls.storage_flag`, imported when used (``--help`` loads no
     storage libraries)."""

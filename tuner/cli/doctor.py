@@ -16,7 +16,6 @@ from tuner.cli.app import (
     StudyArg,
     app,
     err,
-    load_existing,
     open_existing,
     out,
     print_json,
@@ -45,9 +44,10 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     from optuna.trial import TrialState
 
     from tuner.storage.coordination import fail_stale_trials, heartbeat_ages, runner_lock
+    from tuner.study import load_study
 
     store, url = open_existing(storage)
-    st, sf = load_existing(study, store, url)
+    st, sf = load_study(study, store)
     rel = sf.study.reliability if sf is not None else None
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)
     max_retry = rel.max_retry if rel is not None else 2

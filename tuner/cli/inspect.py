@@ -16,7 +16,6 @@ from tuner.cli.app import (
     StudyArg,
     app,
     err,
-    load_existing,
     open_existing,
     out,
     print_json,
@@ -30,8 +29,10 @@ if TYPE_CHECKING:
 
 
 def _load(name: str, storage: str | None) -> tuple[optuna.Study, StudyFile | None, str]:
+    from tuner.study import load_study
+
     store, url = open_existing(storage)
-    study, sf = load_existing(name, store, url)
+    study, sf = load_study(name, store)
     return study, sf, url
 
 
@@ -60,20 +61,16 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     # a narrow terminal keeps the names, best values and counts whole and leaves out (in this
     # order) states no study is in, the last activity, the metric, then the other states
     drops = {"RUNNING": 4, "WAITING": 4, "FAIL": 3, "PRUNED": 3}
-    for state in results.STATES:
-        table.add_column(state.lower(), justify="right", key=True,
-                         drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 0)))
-    state_columns = table.columns
-    table.columns = []
     table.add_column("study", key=True)
     table.add_column("metric", drop=5)
     table.add_column("best", justify="right", key=True)
     table.add_column("trial", justify="right", key=True)
-    table.columns += state_columns
+    for state in results.STATES:
+        table.add_column(state.lower(), justify="right", key=True,
+                         drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 0)))
     table.add_column("last activity", drop=6)  # folds between the date and the time
     for r in rows:
-        shown = ", ".join(d[:3] for d in r.direction.split(",")) or "-"
-        table.add_row(r.name, f"{r.metric} ({shown})", fmt(r.best_value),
+        table.add_row(r.name, f"{r.metric} ({r.short_directions})", fmt(r.best_value),
                       "-" if r.best_trial is None else f"#{r.best_trial}",
                       *[str(r.counts[s]) for s in results.STATES],
                       r.last_activity.strftime("%Y-%m-%d %H:%M:%S") if r.last_activity else "-")
@@ -188,9 +185,10 @@ def delete(study: StudyArg, storage: StorageOpt = None,
     from tuner.errors import LockHeldError
     from tuner.storage import describe
     from tuner.storage.coordination import delete_study, heartbeat_ages, runner_lock
+    from tuner.study import load_study
 
     store, url = open_existing(storage)
-    st, sf = load_existing(study, store, url)
+    st, sf = load_study(study, store)
     grace = sf.study.reliability.grace if sf is not None else 60.0
     with contextlib.ExitStack() as stack:
         running = []

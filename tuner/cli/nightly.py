@@ -80,9 +80,10 @@ def nightly(study_file: StudyFileArg,
 
     sf = load_study_file(study_file)
     schedule = schedule_of(sf)
-    day = parse_date(date) if date is not None else today(schedule)
-    if day > today(schedule):  # it would become every later command's "latest night"
-        raise ConfigError(f"--date {day.isoformat()} is after today ({today(schedule).isoformat()} "
+    now = today(schedule)
+    day = parse_date(date) if date is not None else now
+    if day > now:  # it would become every later command's "latest night"
+        raise ConfigError(f"--date {day.isoformat()} is after today ({now.isoformat()} "
                           f"in {schedule.timezone}, the schedule's timezone)",
                           hint="a night can be run on its day or later (a missed night: its date)")
     url = resolve_url(storage, sf.study.storage)

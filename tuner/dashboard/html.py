@@ -233,9 +233,8 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
             title = html.escape(str(v.get("message", "")), quote=True)
             verdict = (f'<span style="color:{color};font-weight:600" title="{title}">'
                        f"{html.escape(verdict_label(nights[r.name]))}</span>")
-        directions = ", ".join(d[:3] for d in r.direction.split(",")) or "-"  # max, min
         body.append(f'<tr data-study="{name}"><td><a href="/tuner/studies/{q}">{name}</a></td>'
-                    f"<td>{html.escape(r.metric)} ({html.escape(directions)})</td>"
+                    f"<td>{html.escape(r.metric)} ({html.escape(r.short_directions)})</td>"
                     f'<td class="num best">{best}</td><td class=num>{trial}</td>{counts}'
                     f'<td class="verdict">{verdict}</td><td>{last}</td><td>{views}{optuna_link}</td></tr>')
     table = (f'<table class="list" id="studies"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'

@@ -12,7 +12,7 @@ from tuner.dashboard.context import PanelContext
 from tuner.dashboard.html import StudyHeader, study_header, study_page
 from tuner.dashboard.render import RenderedPanel, render_dashboard
 from tuner.dashboard.spec import DashboardSpec, load_dashboard
-from tuner.errors import StudyNotFoundError, TunerError
+from tuner.errors import TunerError
 
 
 class MultiObjectiveError(TunerError):
@@ -48,10 +48,7 @@ def render_study_view(storage: Any, study_name: str, *, dashboard: str = "study"
     started = time.perf_counter()
     spec = spec or load_dashboard(dashboard, folder)
     if study is None:
-        try:
-            study, study_file = load_study(study_name, storage)
-        except StudyNotFoundError as exc:
-            raise _naming_the_storage(exc, storage) from None
+        study, study_file = load_study(study_name, storage)
     check_single_objective(study)
     shared: dict[str, Any] = {}
     panels = render_dashboard(spec, study, study_file, storage, shared=shared)
@@ -73,17 +70,6 @@ def check_single_objective(study: Any) -> None:
             "objective", hint=f"`tuner show {study.study_name}` lists its Pareto-optimal trials; "
                               "optuna-dashboard (tuner dashboard) plots its Pareto front",
             study_id=study._study_id)
-
-
-def _naming_the_storage(exc: StudyNotFoundError, storage: Any) -> StudyNotFoundError:
-    """``exc`` saying which storage it looked in rather than "this storage"."""
-    from tuner.storage.urls import describe
-
-    engine = getattr(getattr(storage, "backend", None), "engine", None)
-    if engine is None or "in this storage" not in exc.message:
-        return exc
-    where = describe(engine.url.render_as_string(hide_password=False))  # describe: no password
-    return StudyNotFoundError(exc.message.replace("in this storage", f"in {where}", 1), hint=exc.hint)
 
 
 def write_report(storage: Any, study_name: str, output: str | Path, *, dashboard: str = "study",
