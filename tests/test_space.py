@@ -318,3 +318,25 @@ def _fixed_choices(space, optimizer):
         elif dim.kind == "range":
             params[dim.name] = dim.low
     return params
+
+
+def test_warmup_from_the_unscaled_lr_is_searchable_with_the_batch_size():
+    """Goyal et al.'s warmup from the unscaled lr, with ``batch_size`` searched: each trial's
+    plan starts its warmup at ``lr`` and reaches ``lr * kappa`` (linear rule)."""
+    from tuner.train import make_plan
+
+    raw = tomllib.loads(FULL.replace("warmup_start_factor = [0.0, 0.1]",
+                                     "warmup_from_unscaled = [true, false]"))
+    space = parse_study_dict(raw, source="full.toml").space
+    assert space.general["warmup_from_unscaled"].kind == "choice"
+    seen = set()
+    for _, config in sample(space, 200, optuna.samplers.RandomSampler(seed=5)):
+        P.resolve(config)  # valid for the engine
+        seen.add(config["warmup_from_unscaled"])
+        if config["warmup_from_unscaled"] and config["warmup_epochs"] >= 1:
+            plan = make_plan(P.resolve(config), n_train=1437, epochs=10)
+            assert plan.schedule(0) == pytest.approx(min(config["lr"], plan.peak_lr))
+    assert seen == {True, False}
+    with pytest.raises(Exception, match="warmup_from_unscaled"):
+        parse_study_dict(tomllib.loads(FULL.replace("warmup_start_factor = [0.0, 0.1]",
+                                                    'warmup_from_unscaled = "yes"')), source="f")

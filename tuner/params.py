@@ -150,6 +150,9 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("warmup_epochs", "float", "linear warmup length, in epochs", default=0.0, low=0.0),
     ParamSpec("warmup_start_factor", "float", "warmup starts at this fraction of the peak lr",
               default=0.0, low=0.0, high=1.0),
+    ParamSpec("warmup_from_unscaled", "bool",
+              "warmup starts no lower than the unscaled lr (Goyal et al. gradual warmup): "
+              "start factor max(warmup_start_factor, min(1, lr / peak lr))", default=False),
     ParamSpec("decay", "choice", "learning-rate decay after warmup (spec section 2)",
               default="constant", choices=DECAYS),
     ParamSpec("loss", "choice", "softmax cross-entropy or multiclass hinge (CS231n)",

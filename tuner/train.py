@@ -107,8 +107,21 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
     elif decay == "inv_sqrt" and params.get("timescale_epochs") is not None:
         decay_params["timescale"] = max(1.0, params["timescale_epochs"] * spe)
     schedule = make_schedule(decay, peak_lr=peak, total_steps=total, warmup_steps=warmup,
-                             warmup_start_factor=params["warmup_start_factor"], **decay_params)
+                             warmup_start_factor=warmup_start_factor(params, peak), **decay_params)
     return Plan(spe, total, warmup, peak, schedule)
+
+
+def warmup_start_factor(params: Mapping[str, Any], peak_lr: float) -> float:
+    """The warmup's start factor ``s0`` (spec section 2: warmup runs from ``s0 * a0`` to ``a0``).
+
+    ``warmup_start_factor`` as given, or with ``warmup_from_unscaled`` at least the unscaled
+    lr's share of the peak, ``lr / a0 = kappa**-p`` (spec section 3, Goyal et al.: the warmup
+    starts from the lr at ``base_batch_size``, ``s0 = 1/kappa`` under the linear rule). Capped at
+    1: a batch below ``base_batch_size`` has a peak below ``lr``, and its warmup is flat."""
+    s0 = float(params["warmup_start_factor"])
+    if params.get("warmup_from_unscaled"):
+        s0 = max(s0, min(1.0, float(params["lr"]) / peak_lr))
+    return s0
 
 
 def milestone_steps(fractions: Any, decay_steps: int) -> list[int]:
