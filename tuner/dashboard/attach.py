@@ -225,7 +225,10 @@ class DashboardHook:
                 text = study.user_attrs.get(ATTR_CONFIG)
                 if text and self._small_data(study):
                     study_reference(study, StudyFile.from_json(text))
-                if not self._stale(study):
+                mark = _fingerprint(study)
+                if not self._stale(study, mark):
+                    with self._lock:
+                        self._last = mark  # current: the first periodic tick needs no render
                     return
             self._refresh(study, force=False)
         except Exception as exc:  # never let views break a run
@@ -233,13 +236,12 @@ class DashboardHook:
                         type(exc).__name__, exc)
 
     @staticmethod
-    def _stale(study: optuna.Study) -> bool:
-        """Whether the stored views predate the study's trials: a run that ended normally left
-        them current, and rendering them again would only slow the next run's first seconds
-        (the render shares the runner's process)."""
+    def _stale(study: optuna.Study, mark: tuple[int, int]) -> bool:
+        """Whether the stored views predate the study's trials (``mark``, its fingerprint): a
+        run that ended normally left them current, and rendering them again would only slow
+        the next run's first seconds (the render shares the runner's process)."""
         from tuner.study import ATTR_VIEWS
 
-        mark = _fingerprint(study)
         return mark[1] > 0 and study.user_attrs.get(ATTR_VIEWS) != list(mark)
 
     def _small_data(self, study: optuna.Study) -> bool:
