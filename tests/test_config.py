@@ -371,6 +371,9 @@ def test_train_config_sources(tmp_path):
     assert sources["lr"] == "--set"
     assert sources["batch_size"] == "default: first choice"
     assert sources["beta1"] == "engine default"
+    assert params["batch_scaling"] == "sqrt" and sources["batch_scaling"] == "engine default for adam"
+    assert resolve_train_config(sf, {"optimizer": "sgd", "lr": 0.1, "batch_scaling": "none"})[1][
+        "batch_scaling"] == "--set"
     params, sources = resolve_train_config(sf, {})
     assert params["lr"] == pytest.approx((1e-3 * 0.5) ** 0.5)  # geometric middle of a log range
     assert sources["lr"] == "default: middle of the range"

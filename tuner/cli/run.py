@@ -196,6 +196,8 @@ def resolve_train_config(sf: StudyFile, overrides: dict[str, Any]) -> tuple[dict
     for key in params:
         if key not in chooser.sources:
             chooser.sources[key] = "study file (fixed)"
+    if "batch_scaling" not in sf.space.general:  # suggest() records the optimizer's default
+        chooser.sources["batch_scaling"] = f"engine default for {params['optimizer']}"
     for key, value in overrides.items():
         params[key] = value
         chooser.sources[key] = "--set"
