@@ -576,6 +576,10 @@ def test_the_runner_hook_refreshes_periodically_only_when_trials_finished(tmp_pa
     hook._thread.join(60)
     assert hook.refreshes == 1  # nothing finished since: no re-render
     hook.on_end(study)
+    assert hook.refreshes == 1  # nor at the end
+    t = study.ask()
+    study.tell(t, 0.75)
+    hook.on_end(study)
     assert hook.refreshes == 2
     assert "tuner summary" in __import__("optuna_dashboard").get_note(study)
     # a trial finished after the last render (an interrupted run, another runner): the next
@@ -585,7 +589,7 @@ def test_the_runner_hook_refreshes_periodically_only_when_trials_finished(tmp_pa
     late = DashboardHook(folder=str(small))
     late.on_start(study)
     late._thread.join(60)
-    assert late.refreshes == 1 and study.user_attrs["tuner.views_of"] == [14, 14]
+    assert late.refreshes == 1 and study.user_attrs["tuner.views_of"] == [15, 15]
 
 
 def test_the_hook_can_be_turned_off(tmp_path, monkeypatch):
@@ -597,6 +601,17 @@ def test_the_hook_can_be_turned_off(tmp_path, monkeypatch):
     hook.periodic(study)
     hook.on_end(study)
     assert hook._thread is None and hook.refreshes == 0
+
+
+def test_the_hook_loads_no_plotting_library_until_it_renders():
+    """`tuner run` builds its DashboardHook before any trial: the package and the hook's module
+    import neither plotly nor pandas (1.5 s), and the built-in panels register on first lookup."""
+    code = ("import sys, tuner.dashboard, tuner.dashboard.attach; "
+            "print(sorted({'plotly', 'pandas'} & set(sys.modules))); "
+            "from tuner.dashboard import panel_names; print('history' in panel_names(), "
+            "'nightly_trend' in panel_names())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split("\n")[:2] == ["[]", "True True"], proc.stdout
 
 
 # --- tuner report -----------------------------------------------------------------------------

@@ -8,15 +8,27 @@ for optuna-dashboard (:mod:`tuner.dashboard.attach`), and written as a self-cont
 (``tuner report``).
 """
 
-from tuner.dashboard import panels as _panels  # noqa: F401  (registers the built-in panels)
-from tuner.dashboard.attach import DashboardHook, attach_views, refresh_study_views
-from tuner.dashboard.context import ATTR_REFERENCE, PanelContext
-from tuner.dashboard.registry import get_panel, panel, panel_names, register_panel, unregister_panel
-from tuner.dashboard.render import RenderedPanel, check_panels, render_dashboard
-from tuner.dashboard.spec import DashboardError, DashboardSpec, PanelSpec, load_dashboard, parse_dashboard
-from tuner.nightly import panels as _nightly_panels  # noqa: F401  (registers the nightly panels)
+import importlib
+from typing import Any
 
-__all__ = ["ATTR_REFERENCE", "DashboardError", "DashboardHook", "DashboardSpec", "PanelContext",
-           "PanelSpec", "RenderedPanel", "attach_views", "check_panels", "get_panel", "load_dashboard",
-           "panel", "panel_names", "parse_dashboard", "refresh_study_views", "register_panel",
-           "render_dashboard", "unregister_panel"]
+#: public name -> the module that defines it; imported on first use (PEP 562), so importing
+#: the package (or :mod:`tuner.dashboard.attach` for the runner's hook) loads neither plotly
+#: nor pandas
+_EXPORTS = {
+    "ATTR_REFERENCE": "context", "PanelContext": "context",
+    "DashboardHook": "attach", "attach_views": "attach", "refresh_study_views": "attach",
+    "get_panel": "registry", "panel": "registry", "panel_names": "registry",
+    "register_panel": "registry", "unregister_panel": "registry",
+    "RenderedPanel": "render", "check_panels": "render", "render_dashboard": "render",
+    "DashboardError": "spec", "DashboardSpec": "spec", "PanelSpec": "spec",
+    "load_dashboard": "spec", "parse_dashboard": "spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuner.dashboard' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tuner.dashboard.{module}"), name)

@@ -21,14 +21,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
 
-from tuner.dashboard.render import RenderedPanel, render_dashboard
 from tuner.dashboard.spec import load_dashboard
 from tuner.storage import rdb_backend
+
+if TYPE_CHECKING:  # rendering imports plotly: only when views are rendered
+    from tuner.dashboard.render import RenderedPanel
 
 log = logging.getLogger("tuner.dashboard")
 
@@ -144,6 +146,8 @@ def refresh_study_views(study: optuna.Study, study_file: Any = None, *, dashboar
 
         text = study.user_attrs.get(ATTR_CONFIG)
         study_file = StudyFile.from_json(text) if text else None
+    from tuner.dashboard.render import render_dashboard
+
     started = time.perf_counter()
     spec = load_dashboard(dashboard, folder)
     panels = render_dashboard(spec, study, study_file, study._storage, compute_reference=compute_reference)
@@ -169,8 +173,8 @@ class DashboardHook:
       were rendered (an interrupted run, other runners), refresh the views;
     * ``periodic``: refresh in a background thread when trials finished since the last refresh
       (the runner's loop is never blocked by rendering);
-    * ``on_end``: wait for a background refresh, then refresh once more (not after a signal:
-      Ctrl-C does not wait for a render).
+    * ``on_end``: wait for a background refresh, then refresh once more if trials finished
+      since the last one (not after a signal: Ctrl-C does not wait for a render).
 
     ``TUNER_DASHBOARD_VIEWS=0`` turns it off; ``TUNER_DASHBOARDS`` picks the dashboards folder.
     Failures are logged, never raised: views must not stop a study.
@@ -204,7 +208,9 @@ class DashboardHook:
         thread = self._thread
         if thread is not None:
             thread.join(self.end_timeout)
-        self._refresh(study, force=True, compute_reference=thread is None or not thread.is_alive())
+        # views rendered (or found current at the start) for exactly these trials stay: a run
+        # that had nothing to do renders nothing
+        self._refresh(study, compute_reference=thread is None or not thread.is_alive())
 
     # ---------------------------------------------------------------------------------------
 
@@ -230,7 +236,7 @@ class DashboardHook:
                     with self._lock:
                         self._last = mark  # current: the first periodic tick needs no render
                     return
-            self._refresh(study, force=False)
+            self._refresh(study)
         except Exception as exc:  # never let views break a run
             log.warning("refreshing the dashboard views of %s failed: %s: %s", study.study_name,
                         type(exc).__name__, exc)
@@ -250,11 +256,11 @@ class DashboardHook:
         size = study.user_attrs.get(ATTR_DATA) or {}
         return size.get("n_train", 0) * size.get("n_features", 0) <= self.MAX_REFERENCE_CELLS
 
-    def _refresh(self, study: optuna.Study, *, force: bool, compute_reference: bool = True) -> None:
+    def _refresh(self, study: optuna.Study, *, compute_reference: bool = True) -> None:
         compute_reference = compute_reference and self._small_data(study)
         with self._lock:
             mark = _fingerprint(study)
-            if not force and mark == self._last:
+            if mark == self._last:
                 return
             try:
                 self.last_stats = refresh_study_views(study, dashboard=self.dashboard, folder=self.folder,

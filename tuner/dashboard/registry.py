@@ -2,9 +2,10 @@
 
 A builder takes a :class:`~tuner.dashboard.context.PanelContext` (``ctx.study``,
 ``ctx.study_file``, ``ctx.storage``, ``ctx.options``) and returns a plotly ``Figure``, a markdown
-string, or ``None`` (nothing to show yet). The built-in panels register themselves when
-:mod:`tuner.dashboard.panels` is imported; anything else (the nightly panels, a user's own) can be
-added at any time with :func:`register_panel`, before a dashboard that names it is rendered.
+string, or ``None`` (nothing to show yet). The built-in panels (:mod:`tuner.dashboard.panels`,
+:mod:`tuner.nightly.panels`) register themselves when first looked up, so what only needs the
+package (the runner's hook) does not import plotly; anything else (a user's own) can be added
+at any time with :func:`register_panel`, before a dashboard that names it is rendered.
 Unknown names in a dashboard file are reported when it is rendered, not when it is loaded.
 """
 
@@ -33,6 +34,19 @@ class PanelInfo:
 
 _PANELS: dict[str, PanelInfo] = {}
 _LOCK = threading.Lock()
+_BUILTINS = ("tuner.dashboard.panels", "tuner.nightly.panels")
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import the built-in panel modules once (they register their panels)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        import importlib
+
+        for module in _BUILTINS:
+            importlib.import_module(module)
+        _builtins_loaded = True
 
 
 def register_panel(name: str, builder: Builder, *, title: str | None = None, description: str = "",
@@ -74,10 +88,12 @@ def unregister_panel(name: str) -> None:
 
 
 def get_panel(name: str) -> PanelInfo | None:
+    _load_builtins()
     with _LOCK:
         return _PANELS.get(name)
 
 
 def panel_names() -> list[str]:
+    _load_builtins()
     with _LOCK:
         return sorted(_PANELS)
