@@ -314,6 +314,25 @@ def test_in_memory_sqlite_is_refused_at_once(url):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("url", ["postgresql+psycopg://tuner:s3cr3t@127.0.0.1:5432",
+                                 "postgresql://tuner:s3cr3t@127.0.0.1/"])
+def test_a_postgres_url_without_a_database_is_refused(url):
+    """libpq would pick a database itself (the user's name, here ``postgres``'s own) and the
+    first command would create the tables there."""
+    from tuner.errors import StorageError
+
+    with pytest.raises(StorageError, match="names no database") as info:
+        open_storage(url)
+    assert "s3cr3t" not in str(info.value) + info.value.hint and "/tuner" in info.value.hint
+
+
+def test_a_folder_as_the_sqlite_file_is_a_clear_error(tmp_path):
+    from tuner.errors import StorageError
+
+    with pytest.raises(StorageError, match="is a folder, not a database file"):
+        open_storage(f"sqlite:///{tmp_path}")
+
+
 def test_an_empty_storage_flag_is_an_error_not_the_default(monkeypatch):
     """``--storage "$TUNER_STORAGE"`` pasted from a hint, with the variable unset, must not
     open ./tuner.db instead of the study's database."""

@@ -336,7 +336,7 @@ def run(study_file: StudyFileArg,
                     "best": None if best is None else {"number": best.number, "value": best.value,
                                                        "config": best.user_attrs.get("config")}})
     else:
-        _print_run_end(result, sf, url, top)
+        _print_run_end(result, sf, url, top, getattr(runner, "storage", None))
     raise typer.Exit(result.exit_code)
 
 
@@ -356,7 +356,9 @@ def with_cli_overrides(sf: StudyFile, **overrides: Any) -> StudyFile:
         raise
 
 
-def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
+def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any = None) -> None:
+    """The run's last line, then the study report (read through ``storage``, the runner's,
+    when it opened one)."""
     from tuner.cli.views import study_report
     from tuner.storage import describe, open_storage
     from tuner.storage.resilience import Resilient
@@ -406,7 +408,7 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int) -> None:
     def render() -> str:  # rendered whole, so a dropped connection mid-way prints nothing twice
         buffer = Console(file=io.StringIO(), width=out.width, force_terminal=out.is_terminal,
                          color_system=out.color_system)
-        study, stored = load_study(result.study_name, open_storage(url))
+        study, stored = load_study(result.study_name, storage or open_storage(url))
         study_report(buffer, study, stored or sf, top=top)
         flag = escape(storage_flag(url))
         note = escape(storage_note(url))

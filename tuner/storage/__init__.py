@@ -53,6 +53,9 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
             raise StorageError(f"no database at {path} (from {mask_url(url)})",
                                hint="run a study first (tuner run studies/digits.toml) or pass "
                                     "--storage / TUNER_STORAGE")
+        if path is not None and path.is_dir():
+            raise StorageError(f"{path} (from {mask_url(url)}) is a folder, not a database file",
+                               hint=f"name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
         if path is not None and not path.parent.is_dir():
             raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}

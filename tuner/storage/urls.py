@@ -40,8 +40,13 @@ def normalize_url(url: str) -> str:
         raise StorageError(f"{_scrub_free_text(url)} is an in-memory SQLite database: a study there would "
                            "be lost when the command ends",
                            hint="use a file, e.g. sqlite:///tuner.db (the default), or PostgreSQL")
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        if not parsed.database and "dbname" not in parsed.query:  # libpq would pick one itself
+            raise StorageError(f"{mask_url(url)} names no database",
+                               hint="add one after the host, e.g. "
+                                    "postgresql+psycopg://USER:PASS@HOST:5432/tuner")
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 
 
