@@ -779,3 +779,62 @@ def test_a_night_lock_whose_connection_was_cut_is_noticed(pg_url: str):
         _keep_the_night(lock)
     other.release()
     lock.release()
+
+
+# --- a database the user may not write -----------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _as_nobody(*args: str, cwd: str, home: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    from conftest import tuner_env
+
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           sys.executable, "-m", "tuner", *args], cwd=cwd,
+                          env=tuner_env(HOME=home), capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def read_only_db():
+    """A tuner SQLite file (with a finished study) in a folder that only root may write; the
+    commands run as ``nobody`` (root writes anything, so root cannot see the error)."""
+    import shutil
+    import tempfile
+
+    from conftest import REPO, run_tuner, write_study
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    folder = tempfile.mkdtemp(prefix="tuner-ro-", dir="/tmp")
+    home = tempfile.mkdtemp(prefix="tuner-ro-home-", dir="/tmp")  # numba's cache, if it needs one
+    os.chmod(folder, 0o755)
+    os.chmod(home, 0o777)
+    try:
+        study = write_study(__import__("pathlib").Path(folder) / "s.toml", name="ro",
+                            n_trials=1, epochs=1)
+        os.chmod(study, 0o644)
+        url = f"sqlite:///{folder}/ro.db"
+        run_tuner("run", study, "--storage", url, "-q", check=True)
+        probe = _as_nobody("--version", cwd=folder, home=home)
+        if probe.returncode != 0:
+            pytest.skip(f"user nobody cannot run tuner from {REPO}: {probe.stderr[-200:]}")
+        yield folder, url, str(study), home
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_read_only_sqlite_database_is_one_clear_error(read_only_db):
+    folder, url, study, home = read_only_db
+    before = sorted(os.listdir(folder))
+    for args in (("run", study, "--storage", url, "-n", "2"), ("ls", "--storage", url),
+                 ("show", "ro", "--storage", url), ("delete", "ro", "-y", "--storage", url)):
+        proc = _as_nobody(*args, cwd=folder, home=home)
+        assert proc.returncode == 3, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "read-only" in proc.stderr and "writable" in proc.stderr, (args, proc.stderr)
+    assert sorted(os.listdir(folder)) == before  # no lock folder, nothing else written
+    assert len(optuna.load_study(study_name="ro", storage=url).trials) == 1

@@ -146,3 +146,25 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if not _read_only_database(exc):
+            raise  # a bug in tuner: the traceback is what a report needs
+        from tuner.storage import READ_ONLY_HINT
+
+        err.print(f"[bold red]error:[/] the SQLite database is read-only: "
+                  f"{escape(_read_only_database(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"  [dim]hint:[/] {escape(READ_ONLY_HINT)}", highlight=False, soft_wrap=True)
+        sys.exit(3)  # StorageError's code
+
+
+def _read_only_database(exc: BaseException | None) -> str:
+    """SQLite's "attempt to write a readonly database" anywhere in ``exc``'s chain (a command
+    that only meant to read, or whose file became read-only mid-run), else ``""``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        if "readonly database" in text.lower():
+            return text.split("[SQL:")[0].strip()
+        exc = exc.__cause__ or exc.__context__
+    return ""

@@ -4,9 +4,11 @@ errors that say which database could not be reached and what to try, never a pas
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -58,6 +60,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
                                hint=f"name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
         if path is not None and not path.parent.is_dir():
             raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
+        if path is not None and not must_exist:
+            _refuse_a_read_only_file(path, url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         engine_kwargs = {
@@ -71,12 +75,17 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
                              "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                              "keepalives_count": 3},
         }
+    sqlite = parsed.get_backend_name() == "sqlite"
     try:
-        with warnings.catch_warnings(), _schema_lock(url, engine_kwargs):
+        # a command that only reads a SQLite file that has the tables creates nothing: no
+        # schema lock (its lock file) and no journal-mode change, so a read-only copy works
+        reading = must_exist and sqlite and _refuse_a_foreign_database(url, engine_kwargs)
+        with warnings.catch_warnings(), (
+                contextlib.nullcontext() if reading else _schema_lock(url, engine_kwargs)):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if must_exist or parsed.get_backend_name() == "sqlite":
+            if (must_exist or sqlite) and not reading:
                 _refuse_a_foreign_database(url, engine_kwargs)
-            if parsed.get_backend_name() == "sqlite" and sqlite_path(url) is not None:
+            if sqlite and sqlite_path(url) is not None and not reading:
                 _enable_wal(sqlite_path(url))
             callback = RetryCallback(max_retry=max_retry) if heartbeat_interval else None
             backend = RDBStorage(url, engine_kwargs=engine_kwargs,
@@ -86,18 +95,34 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
         raise
     except Exception as exc:  # driver, SQLAlchemy and Optuna raise many types here
         raise storage_error(exc, url) from None
-    if parsed.get_backend_name() == "sqlite":
+    if sqlite:
         sqlalchemy.event.listen(backend.engine, "connect", _sqlite_pragmas)
         backend.engine.dispose()  # reconnect with the pragmas
     return BufferedStorage(backend)
 
 
-def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> None:
+def _refuse_a_read_only_file(path: Path, url: str) -> None:
+    """Commands that write need the file and its folder writable: SQLite writes its
+    ``-wal``/``-shm`` files and tuner its ``.locks`` folder beside the database."""
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"{path} (from {mask_url(url)}) is read-only",
+                           hint=READ_ONLY_HINT)
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write in {path.parent}, the folder of {describe(url)}",
+                           hint=READ_ONLY_HINT)
+
+
+READ_ONLY_HINT = ("make the file and its folder writable (SQLite writes <file>-wal and "
+                  "<file>-shm beside it), or use a copy in a writable folder")
+
+
+def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> bool:
     """Never add Optuna's tables to another application's database (``--storage`` pointing at
     the wrong one): a database with tables, none of them Optuna's, is an error for every
     command on SQLite (a file belongs to one application; WAL mode would change it too) and for
     the commands that only read on PostgreSQL (where a shared database may be deliberate). An
-    empty one is fine (a dashboard may start before the first run)."""
+    empty one is fine (a dashboard may start before the first run). Returns whether Optuna's
+    tables are there."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
@@ -108,6 +133,7 @@ def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> None:
         raise StorageError(f"{describe(url)} is not a tuner database: it has tables ({shown}) "
                            "but none of Optuna's", hint="check --storage / TUNER_STORAGE (a "
                            "study's first `tuner run` creates the tables in an empty database)")
+    return "studies" in tables
 
 
 @contextlib.contextmanager
@@ -198,6 +224,8 @@ def storage_error(exc: BaseException, url: str) -> StorageError:
                                   "connection failed", "is the server running")):
         return StorageError(f"cannot connect to {where}: {text}",
                             hint=f"is the server running and reachable? the URL was {masked}")
+    if "readonly database" in lowered:
+        return StorageError(f"{where} is read-only: {text}", hint=READ_ONLY_HINT)
     if isinstance(root, RuntimeError) and "upgrade" in lowered:
         return StorageError(f"{where} was written by an older Optuna schema: {text}",
                             hint=f"run `optuna storage upgrade --storage '{masked}'` (back it up first)")
