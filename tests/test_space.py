@@ -335,8 +335,31 @@ def test_warmup_from_the_unscaled_lr_is_searchable_with_the_batch_size():
         seen.add(config["warmup_from_unscaled"])
         if config["warmup_from_unscaled"] and config["warmup_epochs"] >= 1:
             plan = make_plan(P.resolve(config), n_train=1437, epochs=10)
-            assert plan.schedule(0) == pytest.approx(min(config["lr"], plan.peak_lr))
+            unscaled = config["lr"] if config["lr"] < plan.peak_lr else 0.0
+            assert plan.schedule(0) == pytest.approx(unscaled)
     assert seen == {True, False}
     with pytest.raises(Exception, match="warmup_from_unscaled"):
         parse_study_dict(tomllib.loads(FULL.replace("warmup_start_factor = [0.0, 0.1]",
                                                     'warmup_from_unscaled = "yes"')), source="f")
+
+
+@pytest.mark.parametrize("space, expected", [
+    ('batch_size = [16, 512]\nbase_batch_size = 128',
+     ["space.batch_size: 512 is larger than the training set (240"]),
+    ('base_batch_size = 256', ["space.base_batch_size: 256 is larger than the training set"]),
+    ('', ["space.base_batch_size: 256 (the default) is larger than the training set"]),
+    ('batch_scaling = "none"', []),  # no scaling: base_batch_size is not used
+    ('base_batch_size = 64\nwarmup_from_unscaled = true',
+     ["space.warmup_from_unscaled: true does nothing without a warmup"]),
+    ('base_batch_size = 64\nwarmup_from_unscaled = true\nwarmup_epochs = [0, 1]', []),
+    ('base_batch_size = 64', []),
+])
+def test_space_warnings_on_a_small_training_set(space, expected):
+    from tuner.study import space_warnings
+
+    text = ('[study]\nname = "w"\nn_trials = 5\n[data]\ndataset = "digits"\n[model]\nepochs = 5\n'
+            f'[space]\noptimizer = "sgd"\nlr = 0.1\n{space}\n')
+    warnings = space_warnings(parse_study_dict(tomllib.loads(text), source="w.toml"), 240)
+    assert len(warnings) == len(expected), warnings
+    for text, fragment in zip(warnings, expected, strict=True):
+        assert text.startswith("w.toml: ") and fragment in text, text

@@ -6,6 +6,8 @@ process failed is not overwritten. Also pins the Optuna internals it relies on."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -786,10 +788,7 @@ def test_a_night_lock_whose_connection_was_cut_is_noticed(pg_url: str):
 NOBODY = 65534
 
 
-def _as_nobody(*args: str, cwd: str, home: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
+def _as_nobody(*args: str, cwd: str, home: str) -> subprocess.CompletedProcess[str]:
     from conftest import tuner_env
 
     return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",

@@ -136,8 +136,8 @@ def test_batch_scaling_and_warmup_plan():
 @pytest.mark.parametrize("batch, rule, start_lr, peak", [
     (1024, "linear", 0.1, 0.4),    # Goyal: s0 = 1/kappa, from lr to kappa*lr
     (1024, "sqrt", 0.1, 0.2),      # s0 = kappa**-0.5
-    (1024, "none", 0.1, 0.1),      # nothing to warm up from: flat
-    (64, "linear", 0.025, 0.025),  # a peak below lr: s0 capped at 1, flat at the peak
+    (1024, "none", 0.0, 0.1),      # the peak is lr: the usual warmup from warmup_start_factor
+    (64, "linear", 0.0, 0.025),    # a peak below lr: the same
 ])
 def test_warmup_from_the_unscaled_lr(batch, rule, start_lr, peak):
     params = {"lr": 0.1, "batch_size": batch, "base_batch_size": 256, "batch_scaling": rule,
@@ -152,6 +152,7 @@ def test_warmup_from_the_unscaled_lr(batch, rule, start_lr, peak):
     # a start factor above the unscaled lr's share wins: the warmup never starts lower
     plan = make_plan({**params, "warmup_start_factor": 0.9}, n_train=10_240, epochs=5)
     assert plan.schedule(0) == pytest.approx(max(0.9 * peak, start_lr))
+    assert plan.schedule(warm - 1) < peak
     # off (the default): from warmup_start_factor * peak, as before
     off = {k: v for k, v in params.items() if k != "warmup_from_unscaled"}
     assert make_plan(off, n_train=10_240, epochs=5).schedule(0) == 0.0

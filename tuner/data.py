@@ -39,6 +39,7 @@ import numpy as np
 from numpy.lib.npyio import NpzFile
 
 from tuner.errors import DataError
+from tuner.params import literal
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
 FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
@@ -195,7 +196,7 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
     for label, count in enumerate(counts):
         if count < need:
             raise DataError(
-                f"{ds.name}: class {ds.class_names[label]!r} has {count} example(s); a stratified "
+                f"{ds.name}: class {literal(ds.class_names[label])} has {count} example(s); a stratified "
                 f"train/validation/test split needs at least {need} per class",
                 hint="add examples of that class or drop it" + (
                     ", or set data.test_size = 0 (no test split)" if n_test and count >= need - 1
@@ -338,7 +339,7 @@ def _check_left_for_validation(ds: Dataset, counts: np.ndarray, left: np.ndarray
     if len(short):
         label = short[0]
         raise DataError(
-            f"{ds.name}: class {ds.class_names[label]!r} has {counts[label]} example(s) and the "
+            f"{ds.name}: class {literal(ds.class_names[label])} has {counts[label]} example(s) and the "
             f"stratified test split leaves {left[label]}, too few to split into train and "
             f"validation",
             hint="add examples of that class, drop it, or lower test_size",
@@ -365,7 +366,7 @@ def _load_builtin(name: str) -> Dataset:
 def _encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
     classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
-        found = f" ({classes[0]!r})" if len(classes) else ""
+        found = f" ({literal(classes[0])})" if len(classes) else ""
         raise DataError(f"{where} has {len(classes)} class{found}; a classifier needs at least 2")
     return y.astype(np.intp), [str(c) for c in classes]
 
@@ -422,7 +423,7 @@ def _check_finite(X: np.ndarray, names: list[str], where: str, row_names: RowNam
         for c in cols[:5]:
             rows = np.flatnonzero(bad[:, c])
             count = f"{len(rows)} {_word(len(rows), 'value', 'values')}"
-            details.append(f"{names[c]!r} ({count}, in {row_names(rows)})")
+            details.append(f"{literal(names[c])} ({count}, in {row_names(rows)})")
         more = f" and {len(cols) - 5} more column(s)" if len(cols) > 5 else ""
         raise DataError(f"{where}: missing or infinite feature values in "
                         f"{', '.join(details)}{more}",
@@ -467,7 +468,7 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
         for c in non_numeric[:5]:
             sample = features[c].dropna()
             bad = sample[pd.to_numeric(sample, errors="coerce").isna()]
-            examples.append(f"{c!r} (e.g. {bad.iloc[0]!r})" if len(bad) else repr(c))
+            examples.append(f"{c!r} (e.g. {literal(bad.iloc[0])})" if len(bad) else repr(c))
         raise DataError(f"{path}: non-numeric feature column(s): {', '.join(examples)}",
                         hint="encode them as numbers or drop them; only the target may be text")
     labels = frame[target]

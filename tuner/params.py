@@ -43,8 +43,15 @@ DECOUPLED_DECAY_OPTIMIZERS: frozenset[str] = frozenset({"adamw"})
 
 def literal(value: Any) -> str:
     """A value as messages show it: ``true``/``false`` for booleans (as a study file spells
-    them), else Python's ``repr``."""
-    return str(value).lower() if isinstance(value, bool) else repr(value)
+    them), NumPy scalars as the Python value they hold (``1``, not ``np.int64(1)``), lists
+    element by element, else Python's ``repr``."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,8 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("warmup_start_factor", "float", "warmup starts at this fraction of the peak lr",
               default=0.0, low=0.0, high=1.0),
     ParamSpec("warmup_from_unscaled", "bool",
-              "warmup starts no lower than the unscaled lr (Goyal et al. gradual warmup): "
-              "start factor max(warmup_start_factor, min(1, lr / peak lr))", default=False),
+              "warmup starts no lower than the unscaled lr where scaling raised the peak above "
+              "it (Goyal et al. gradual warmup)", default=False),
     ParamSpec("decay", "choice", "learning-rate decay after warmup (spec section 2)",
               default="constant", choices=DECAYS),
     ParamSpec("loss", "choice", "softmax cross-entropy or multiclass hinge (CS231n)",

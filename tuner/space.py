@@ -356,7 +356,7 @@ def _dimension(key: str, name: str, value: Any, path: str, fail: Any) -> Dimensi
             raise fail(path, "an empty list of choices; give at least one value")
         checked = tuple(_scalar(spec, v, f"{path}[{i}]", fail) for i, v in enumerate(value))
         if len(set(checked)) != len(checked):
-            raise fail(path, f"duplicate choices in {value!r}")
+            raise fail(path, f"duplicate choices in {P.literal(value)}")
         if len(checked) == 1:
             return Dimension(key, name, "fixed", value=checked[0])
         return Dimension(key, name, "choice", choices=checked)

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
+from tuner import params as P
 from tuner.config import METRICS, StudyFile
 from tuner.data import Splits, load_splits
 from tuner.errors import ConfigError, DataError, StudyNotFoundError
@@ -90,21 +91,47 @@ def load_data(study_file: StudyFile) -> Splits:
 def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
     """Warnings about a valid study file whose search space probably does not do what was
     meant on a training set of ``n_train`` examples (``tuner check``, start of ``tuner run``):
-    a batch size larger than the training set trains with one full batch per epoch (and its
-    peak lr is scaled for that batch), the same configuration as ``batch_size = n_train``."""
-    dim = study_file.space.general.get("batch_size")
-    if dim is None:
-        return []
-    sizes = ([dim.value] if dim.kind == "fixed" else list(dim.choices) if dim.kind == "choice"
-             else [dim.low, dim.high])
-    too_big = sorted({int(b) for b in sizes if int(b) > n_train})
-    if not too_big:
-        return []
-    what = "up to " + str(int(dim.high)) if dim.kind == "range" else ", ".join(map(str, too_big))
-    return [f"{study_file.source}: space.batch_size: {what} is larger than the training set "
-            f"({n_train} examples): such a trial makes one full-batch update per epoch, the same "
-            f"as batch_size = {n_train} (its peak lr is scaled for the batch used), so the sampler "
-            f"spends trials on duplicates; keep batch_size <= {n_train}"]
+
+    * a batch size larger than the training set trains with one full batch per epoch (and its
+      peak lr is scaled for that batch), the same configuration as ``batch_size = n_train``;
+    * a ``base_batch_size`` larger than the training set: every batch is below it, so scaling
+      can only lower the learning rate, and ``lr`` is the rate of a batch that cannot exist;
+    * ``warmup_from_unscaled = true`` with no warmup does nothing."""
+    general = study_file.space.general
+    where = study_file.source
+    found: list[str] = []
+    dim = general.get("batch_size")
+    if dim is not None:
+        too_big = sorted({int(b) for b in _extremes(dim) if int(b) > n_train})
+        if too_big:
+            what = ("up to " + str(int(dim.high)) if dim.kind == "range"
+                    else ", ".join(map(str, too_big)))
+            found.append(
+                f"{where}: space.batch_size: {what} is larger than the training set ({n_train} "
+                f"examples): such a trial makes one full-batch update per epoch, the same as "
+                f"batch_size = {n_train} (its peak lr is scaled for the batch used), so the "
+                f"sampler spends trials on duplicates; keep batch_size <= {n_train}")
+    base = general.get("base_batch_size")
+    base_value = base.value if base is not None else P.PARAMS["base_batch_size"].default
+    rules = _extremes(general["batch_scaling"]) if "batch_scaling" in general else ["default"]
+    if base_value > n_train and any(rule != "none" for rule in rules):
+        found.append(
+            f"{where}: space.base_batch_size: {base_value}"
+            f"{'' if base is not None else ' (the default)'} is larger than the training set "
+            f"({n_train} examples): every batch is smaller, so batch scaling only lowers the "
+            f"learning rate below lr; set base_batch_size to a batch size you train with")
+    unscaled, warmup = general.get("warmup_from_unscaled"), general.get("warmup_epochs")
+    if (unscaled is not None and unscaled.kind == "fixed" and unscaled.value
+            and (warmup is None or (warmup.kind == "fixed" and not warmup.value))):
+        found.append(f"{where}: space.warmup_from_unscaled: true does nothing without a warmup "
+                     f"(warmup_epochs is 0)")
+    return found
+
+
+def _extremes(dim: Any) -> list[Any]:
+    """The values a dimension can take, or a range's two ends."""
+    return ([dim.value] if dim.kind == "fixed" else list(dim.choices) if dim.kind == "choice"
+            else [dim.low, dim.high])
 
 
 def data_summary(splits: Splits) -> dict[str, Any]:

@@ -114,13 +114,15 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
 def warmup_start_factor(params: Mapping[str, Any], peak_lr: float) -> float:
     """The warmup's start factor ``s0`` (spec section 2: warmup runs from ``s0 * a0`` to ``a0``).
 
-    ``warmup_start_factor`` as given, or with ``warmup_from_unscaled`` at least the unscaled
-    lr's share of the peak, ``lr / a0 = kappa**-p`` (spec section 3, Goyal et al.: the warmup
-    starts from the lr at ``base_batch_size``, ``s0 = 1/kappa`` under the linear rule). Capped at
-    1: a batch below ``base_batch_size`` has a peak below ``lr``, and its warmup is flat."""
+    ``warmup_start_factor``; with ``warmup_from_unscaled``, where scaling raised the peak above
+    the unscaled ``lr``, at least the unscaled lr's share of the peak, ``lr / a0 = kappa**-p``
+    (spec section 3, Goyal et al.: the warmup starts from the lr at ``base_batch_size``,
+    ``s0 = 1/kappa`` under the linear rule). A peak at or below ``lr`` (rule ``none``, a batch
+    up to ``base_batch_size``) has nothing to warm up from and keeps ``warmup_start_factor``."""
     s0 = float(params["warmup_start_factor"])
-    if params.get("warmup_from_unscaled"):
-        s0 = max(s0, min(1.0, float(params["lr"]) / peak_lr))
+    lr = float(params["lr"])
+    if params.get("warmup_from_unscaled") and lr < peak_lr:
+        s0 = max(s0, lr / peak_lr)
     return s0
 
 

@@ -250,7 +250,7 @@ def train(study_file: StudyFileArg,
         for col in ("key", "value", "from"):
             shown.add_column(col, style="cyan" if col == "key" else ("dim" if col == "from" else None))
         for key, value in params.items():
-            shown.add_row(key, fmt(value, 6) if isinstance(value, float) else str(value), sources[key])
+            shown.add_row(key, fmt(value, 6), sources[key])
         out.print(shown)
         out.print(f"plan: {plan.total_steps} updates ({plan.steps_per_epoch}/epoch), "
                   f"{plan.warmup_steps} warmup, peak lr {plan.peak_lr:.4g} "

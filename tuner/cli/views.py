@@ -159,7 +159,7 @@ def config_table(params: dict[str, Any], title: str = "configuration") -> FitTab
     table.add_column("key", style="cyan", key=True)
     table.add_column("value")
     for key, value in params.items():
-        table.add_row(key, fmt(value, 6) if isinstance(value, float) else str(value))
+        table.add_row(key, fmt(value, 6))
     return table
 
 

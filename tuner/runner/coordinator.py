@@ -274,6 +274,11 @@ class Runner:
             self._owner_lock = runner_lock(self.storage, self.sf.study.name,
                                            what=f"study {self.sf.study.name!r} on {describe(self.url)}")
             self._owner_lock.acquire()
+        splits = None
+        if not self.resilient.call("look the study up", self._study_exists):
+            # a new study: data that cannot load (a missing file, one class) must not leave an
+            # empty study behind; an existing one loads its data only if it has trials left
+            splits = load_data(self.sf)
         self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
                                          sampler_seed=0)
         self.study_id = self.study._study_id
@@ -293,7 +298,8 @@ class Runner:
         self.workers += [Worker(self._ctx, i, self.blas_threads)
                          for i in range(len(self.workers), wanted)]
         self.snap.workers = len(self.workers)
-        splits = load_data(self.sf)
+        if splits is None:
+            splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
         for text in space_warnings(self.sf, self.n_train):
@@ -311,6 +317,13 @@ class Runner:
         self._claimer = threading.Thread(target=self._claimer_loop, name="tuner-claimer",
                                          daemon=True)
         self._claimer.start()
+
+    def _study_exists(self) -> bool:
+        try:
+            self.storage.get_study_id_from_name(self.sf.study.name)
+        except KeyError:
+            return False
+        return True
 
     def _recover_orphans(self, by: str = "a stopped runner") -> None:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
