@@ -113,6 +113,10 @@ def test_same_night_twice_is_one_study_with_an_exact_budget(storage_url, tmp_pat
     assert done(study) == 5 and len(study.trials) == 5
     assert study.user_attrs[ATTR_NIGHT]["base"] == "nt"
     assert study.user_attrs[ATTR_VERDICT]["verdict"] == "ok"
+    # --n-trials replaces the night's budget: one more trial, in the same study
+    third = json.loads(nightly(path, storage_url, DAY, "-n", "6", "--json", check=True).stdout)
+    assert third["n_trials"] == 6 and third["study"] == "nt-2026-11-25"
+    assert done(study_of(storage_url, "nt-2026-11-25")) == 6
 
 
 def test_two_concurrent_nightly_runs_of_the_same_night(storage_url, tmp_path):
@@ -324,6 +328,10 @@ def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
     ahead = (date.today() + timedelta(days=400)).isoformat()
     proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", ahead)
     assert proc.returncode == 2 and f"--date {ahead} is after today" in proc.stderr
+    for option, fragment in ((("-n", "0"), "--n-trials 0: must be greater than or equal to 1"),
+                             (("--timeout", "-1"), "--timeout -1.0: must be greater than 0")):
+        proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, *option)
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
 
 
 # --- history and trend views --------------------------------------------------------------------

@@ -279,13 +279,16 @@ class StudyFile(BaseModel):
         blob = json.loads(text)
         return parse_study_dict(blob["raw"], source=blob["source"], base_dir=blob.get("base_dir"))
 
-    def with_overrides(self, **study_overrides: Any) -> StudyFile:
-        """A copy with ``[study]`` keys replaced (``--study-name``, ``--n-trials``, ...)."""
-        given = {k: v for k, v in study_overrides.items() if v is not None}
+    def with_overrides(self, *, section: str = "study", **overrides: Any) -> StudyFile:
+        """A copy with keys of ``[section]`` replaced (``--study-name``, ``--n-trials``, ...),
+        validated like the file's own (a bad value raises :class:`ConfigError` naming
+        ``section.key``). ``None`` values are not overrides."""
+        given = {k: v for k, v in overrides.items() if v is not None}
         raw = json.loads(json.dumps(self.raw))
-        raw.setdefault("study", {}).update(given)
+        raw.setdefault(section, {}).update(given)
         parsed = parse_study_dict(raw, source=self.source, base_dir=self.base_dir)
-        return parsed.model_copy(update={"overrides": {**self.overrides, **given}})
+        named = given if section == "study" else {f"{section}.{k}": v for k, v in given.items()}
+        return parsed.model_copy(update={"overrides": {**self.overrides, **named}})
 
 
 _SECTIONS = {"study": StudySection, "data": DataSection, "model": ModelSection,

@@ -68,10 +68,18 @@ def nightly(study_file: StudyFileArg,
                 "--date", help="The night, YYYY-MM-DD \\[default: today in the schedule's "
                                "timezone].")] = None,
             storage: FileStorageOpt = None,
+            n_trials: Annotated[int | None, typer.Option(
+                "--n-trials", "-n", help="This night's target of finished trials \\[default: "
+                                         "the file's schedule.n_trials, else study.n_trials].",
+                show_default=False)] = None,
+            timeout: Annotated[float | None, typer.Option(
+                help="Stop starting this night's trials after this many seconds \\[default: "
+                     "the file's schedule.timeout, else none].", show_default=False)] = None,
             workers: Annotated[int, typer.Option(
                 "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
             json_out: JsonOpt = False) -> None:
+    from tuner.cli.run import with_cli_overrides
     from tuner.cli.views import fmt
     from tuner.config import load_study_file
     from tuner.nightly.nights import parse_date, schedule_of, today
@@ -79,6 +87,8 @@ def nightly(study_file: StudyFileArg,
     from tuner.storage import resolve_url
 
     sf = load_study_file(study_file)
+    has_schedule = sf.schedule is not None
+    sf = with_cli_overrides(sf, section="schedule", n_trials=n_trials, timeout=timeout)
     schedule = schedule_of(sf)
     now = today(schedule)
     day = parse_date(date) if date is not None else now
@@ -88,7 +98,7 @@ def nightly(study_file: StudyFileArg,
                           hint="a night can be run on its day or later (a missed night: its date)")
     url = resolve_url(storage, sf.study.storage)
     say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
-    if sf.schedule is None and not json_out:
+    if not has_schedule and not json_out:
         err.print(f"note: {escape(str(study_file))} has no \\[schedule] section; using its defaults "
                   "(see docs/nightly.md)")
     if threading.current_thread() is threading.main_thread():

@@ -343,15 +343,15 @@ def run(study_file: StudyFileArg,
 CLI_OPTIONS = {"name": "--study-name", "n_trials": "--n-trials", "timeout": "--timeout"}
 
 
-def with_cli_overrides(sf: StudyFile, **overrides: Any) -> StudyFile:
-    """``sf`` with command-line values for ``[study]`` keys, validated like the study file's
+def with_cli_overrides(sf: StudyFile, *, section: str = "study", **overrides: Any) -> StudyFile:
+    """``sf`` with command-line values for ``[section]`` keys, validated like the study file's
     own (``--timeout -5`` or ``--n-trials 0`` is an error naming the option)."""
     try:
-        return sf.with_overrides(**overrides)
+        return sf.with_overrides(section=section, **overrides)
     except ConfigError as exc:
         for key, option in CLI_OPTIONS.items():
-            if overrides.get(key) is not None and f": study.{key}:" in exc.message:
-                reason = exc.message.split(f": study.{key}:", 1)[1].split("\n")[0].strip()
+            if overrides.get(key) is not None and f": {section}.{key}:" in exc.message:
+                reason = exc.message.split(f": {section}.{key}:", 1)[1].split("\n")[0].strip()
                 raise ConfigError(f"{option} {overrides[key]}: {reason}") from None
         raise
 

@@ -62,6 +62,9 @@ class WarmStart:
         if self.k == 0:
             return ["warm start: off (schedule.warm_start = 0)"]
         if self.source is None:
+            if self.resumed:
+                return ["warm start: none (when this night first ran, no earlier night had a "
+                        "COMPLETE trial)"]
             return ["warm start: no earlier night with a COMPLETE trial; starting cold"]
         again = " (done by the first run of this night)" if self.resumed else ""
         out = [f"warm start from {self.source}{again}: {len(self.enqueued)} of its top "
