@@ -8,7 +8,9 @@ as :class:`~tuner.errors.ConfigError`. ``docs/study-files.md`` documents every k
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuner.data import BUILTIN_DATASETS, FILE_FORMATS, check_dataset_name
 from tuner.errors import ConfigError, DataError
+from tuner.params import literal
 
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
 PRUNER_KEYS: dict[str, tuple[str, ...]] = {
@@ -61,9 +64,10 @@ class PrunerConfig(_Section):
         allowed = PRUNER_KEYS[self.type]
         stray = sorted(k for k in self.model_fields_set if k != "type" and k not in allowed)
         if stray:
-            verb = "does" if len(stray) == 1 else "do"
-            raise ValueError(f"{', '.join(stray)} {verb} not apply to pruner {self.type!r}; "
-                             f"it takes: {', '.join(allowed) or 'no options'}")
+            takes = f"it takes: {', '.join(allowed) or 'no options'}"
+            if len(stray) == 1:
+                raise ValueError(f"{stray[0]}: does not apply to pruner {self.type!r}; {takes}")
+            raise ValueError(f"{', '.join(stray)} do not apply to pruner {self.type!r}; {takes}")
         return self
 
 
@@ -90,7 +94,7 @@ class ReliabilityConfig(_Section):
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> ReliabilityConfig:
         if self.grace <= self.heartbeat_interval:
-            raise ValueError(f"grace_period ({self.grace}) must be longer than heartbeat_interval "
+            raise ValueError(f"grace_period: {self.grace} must be longer than heartbeat_interval "
                              f"({self.heartbeat_interval})")
         return self
 
@@ -164,14 +168,15 @@ class DataSection(_Section):
         if self.dataset != "synthetic":
             stray = sorted(set(SYNTHETIC_KEYS) & self.model_fields_set)
             if stray:
-                verb = "applies" if len(stray) == 1 else "apply"
-                raise ValueError(f"{', '.join(stray)} {verb} only to dataset = \"synthetic\"")
+                if len(stray) == 1:
+                    raise ValueError(f"{stray[0]}: applies only to dataset = \"synthetic\"")
+                raise ValueError(f"{', '.join(stray)} apply only to dataset = \"synthetic\"")
         kind = FILE_FORMATS.get(Path(self.dataset).suffix.lower())
         is_table = kind in ("csv", "parquet")
         if is_table and self.target is None:
-            raise ValueError("target (the label column) is required for CSV and Parquet data")
+            raise ValueError("target: the label column is required for CSV and Parquet data")
         if self.target is not None and (self.is_builtin() or kind == "npz"):
-            raise ValueError("target only applies to CSV and Parquet data")
+            raise ValueError("target: only applies to CSV and Parquet data")
         return self
 
     def is_builtin(self) -> bool:
@@ -228,12 +233,12 @@ class ScheduleSection(_Section):
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {self.timezone!r}; use an IANA name such as "
+            raise ValueError(f"timezone: unknown timezone {self.timezone!r}; use an IANA name such as "
                              "'UTC' or 'Europe/Berlin'") from None
         try:
             cron_trigger(self.cron, self.timezone)
         except ValueError as exc:
-            raise ValueError(f"invalid cron expression {self.cron!r} ({exc}); use five fields: "
+            raise ValueError(f"cron: invalid cron expression {self.cron!r} ({exc}); use five fields: "
                              "minute hour day-of-month month day-of-week, e.g. '0 2 * * *' "
                              "(or six, with seconds first)") from None
         return self
@@ -368,13 +373,23 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def _format_validation_error(source: str, section: str, model: type[BaseModel],
                              exc: ValidationError) -> str:
+    """One line per error: ``FILE: section.key: what is wrong (got VALUE)``. Unknown keys come
+    first (a typo also makes the key it meant "missing"), with the closest allowed key."""
     lines = []
-    for err in exc.errors():
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for err in errors:
         loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        # a section-wide check names its key first ("target: ..."): report it at that key
+        named = re.match(r"([a-z_]+): (.*)", msg, re.DOTALL)
+        if named and named.group(1) in _allowed_keys(model, loc):
+            loc, msg = (*loc, named.group(1)), named.group(2)
         key = ".".join(str(p) for p in (section, *loc))
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
-            lines.append(f"{source}: {key}: unknown key; allowed keys: {', '.join(allowed)}")
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            meant = f"did you mean {close[0]}? " if close else ""
+            lines.append(f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {key}: required key is missing")
         elif err["type"] in ("model_type", "dict_type"):
@@ -382,12 +397,11 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
             lines.append(f"{source}: {key}: must be a table ([{key}]) with keys: "
                          f"{', '.join(allowed)} (got {err.get('input')!r})")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "string_pattern_mismatch":
                 msg = ("must start with a letter or digit and contain only letters, digits, "
                        "'_', '.' and '-'")
             msg = msg.replace("Input should be", "must be")
             shown = err.get("input")
-            got = "" if isinstance(shown, dict) or shown is None else f" (got {shown!r})"
+            got = "" if isinstance(shown, dict) or shown is None else f" (got {literal(shown)})"
             lines.append(f"{source}: {key}: {msg}{got}")
     return "\n".join(lines)
