@@ -72,6 +72,8 @@ ERROR_CASES = [
      ["unknown key", "allowed keys: name, metric, n_trials"]),
     ("misspelt-study-key", edit("n_trials = 5", "n_trial = 5"), "study.n_trial",
      ["unknown key; did you mean n_trials? allowed keys: name"]),
+    ("fractional-count", edit('dataset = "digits"', 'dataset = "digits"\nval_size = 1.5'),
+     "data.val_size", ["neither a fraction (below 1) nor a count of examples", "(got 1.5)"]),
     ("unknown-space-key", BASE + "learning_rate = 0.1\n", "space.learning_rate",
      ["unknown key", "allowed keys: optimizer, lr, batch_size"]),
     ("unknown-model-key", edit("epochs = 5", "epochs = 5\nlayers = 2"), "model.layers",

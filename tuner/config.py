@@ -152,6 +152,14 @@ class DataSection(_Section):
     classes: int = Field(10, ge=2)
     difficulty: float = Field(0.5, ge=0.0, le=1.0)
 
+    @field_validator("val_size", "test_size")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value >= 1 and not float(value).is_integer():
+            raise ValueError("neither a fraction (below 1) nor a count of examples (a whole "
+                             "number >= 1); use e.g. 0.2 or 300")
+        return value
+
     @field_validator("dataset")
     @classmethod
     def _could_be_a_dataset(cls, value: str) -> str:

@@ -326,6 +326,9 @@ def strip_bias(X: np.ndarray) -> np.ndarray:
 def _count(size: float, n: int, name: str) -> int:
     if size < 0:
         raise DataError(f"{name} must be >= 0, got {size!r}")
+    if size >= 1 and not float(size).is_integer():
+        raise DataError(f"{name}={size!r} is neither a fraction (below 1) nor a count of "
+                        "examples (a whole number >= 1)")
     count = int(round(size * n)) if size < 1 else int(size)
     if count >= n:
         raise DataError(f"{name}={size!r} would take {count} of the {n} examples")

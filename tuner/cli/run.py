@@ -36,7 +36,7 @@ LARGE_DATA = 5_000_000  # n*d above which `check` does not generate synthetic da
 
 @app.command()
 def check(study_file: StudyFileArg,
-          samples: Annotated[int, typer.Option(help="How many sampled configurations to show.")] = 5,
+          samples: Annotated[int, typer.Option(min=0, help="How many sampled configurations to show.")] = 5,
           data: Annotated[bool, typer.Option(help="Also load and split the data.")] = True,
           json_out: JsonOpt = False) -> None:
     """Validate a study file and show its search space and sample configurations.
