@@ -117,6 +117,11 @@ def tuner_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def flat(text: str) -> str:
+    """``text`` with every run of whitespace (line wraps included) as one space."""
+    return " ".join(text.split())
+
+
 def run_tuner(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
               timeout: float = 300, check: bool | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m tuner ARGS`` as a real subprocess and capture its output."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import STUDIES, PrivatePostgres, run_tuner, tuner_env, write_study
+from conftest import STUDIES, PrivatePostgres, flat, run_tuner, tuner_env, write_study
 
 MY_COMMANDS = ("check", "train", "run", "ls", "show", "export", "delete", "replay", "best")
 SECRET = "s3cret-Pa55-word"
@@ -266,7 +266,8 @@ def test_ls(small, tmp_path):
         assert row["last_activity"] and row["direction"] == "maximize"
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     optuna.storages.RDBStorage(empty).engine.dispose()  # a database without studies
-    assert "no studies in SQLite" in run_tuner("ls", "--storage", empty, check=True).stdout
+    shown = flat(run_tuner("ls", "--storage", empty, check=True).stdout)
+    assert "no studies in SQLite" in shown and f"digits.toml --storage {empty}" in shown
     assert json.loads(run_tuner("ls", "--storage", empty, "--json", check=True).stdout) == []
 
 
@@ -587,6 +588,7 @@ def test_right_password_works(password_server):
     url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:{password_server}/postgres"
     proc = run_tuner("ls", "--storage", url, check=True)
     assert "no studies in PostgreSQL postgres@127.0.0.1" in proc.stdout
+    assert 'tuner run studies/digits.toml --storage "$TUNER_STORAGE"' in flat(proc.stdout)
     assert_secret_hidden(proc)
 
 

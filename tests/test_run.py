@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from tuner.runner.coordinator import SAME_SIGNAL_S
 
-from conftest import STUDIES, run_tuner, tuner_env, write_study
+from conftest import STUDIES, flat, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,11 +48,6 @@ def states(url: str, name: str) -> Counter:
 def finished(url: str, name: str) -> int:
     c = states(url, name)
     return c["COMPLETE"] + c["PRUNED"]
-
-
-def flat(text: str) -> str:
-    """``text`` with every run of whitespace (line wraps included) as one space."""
-    return " ".join(text.split())
 
 
 def assert_clean(proc: subprocess.CompletedProcess) -> None:

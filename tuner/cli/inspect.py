@@ -48,6 +48,7 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     from tuner import results
     from tuner.cli.views import FitTable, fmt
     from tuner.storage import describe
+    from tuner.storage.urls import storage_flag, storage_note
 
     store, url = open_existing(storage)
     rows = results.list_studies(store)
@@ -55,7 +56,10 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
         print_json([r.as_dict() for r in rows])
         return
     if not rows:
-        out.print(f"no studies in {describe(url)}; start one with: tuner run studies/digits.toml")
+        note = storage_note(url)
+        out.print(escape(f"no studies in {describe(url)}; start one with: tuner run "
+                         f"studies/digits.toml{storage_flag(url)}{' ' + note if note else ''}"),
+                  highlight=False, soft_wrap=True)
         return
     table = FitTable(title=f"studies in {describe(url)}", title_justify="left")
     # a narrow terminal keeps the names, best values and counts whole and leaves out (in this
@@ -68,7 +72,7 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     for state in results.STATES:
         table.add_column(state.lower(), justify="right", key=True,
                          drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 0)))
-    table.add_column("last activity", drop=6)  # folds between the date and the time
+    table.add_column("last activity (UTC)", drop=6)  # folds between the date and the time
     for r in rows:
         table.add_row(r.name, f"{r.metric} ({r.short_directions})", fmt(r.best_value),
                       "-" if r.best_trial is None else f"#{r.best_trial}",
