@@ -620,7 +620,8 @@ warmup_epochs = [0, 2]
 decay = ["constant", "step"]
 
 [space.decays.step]
-gamma = {low = 0.1, high = 0.5}'''
+gamma = {low = 0.1, high = 0.5}
+milestones = [0.5, 0.75]  # a list-valued parameter (exported as JSON text in tables)'''
 MIXED_STUDY = '''[study.sampler]
 type = "random"
 
@@ -841,9 +842,8 @@ def test_export_table_round_trip(mixed, tmp_path, fmt):
             assert row["value"] == t.value  # exact: floats survive the round trip
         config = t.user_attrs["config"]
         for key, value in config.items():
-            if isinstance(value, list):
-                continue
-            assert row[f"param.{key}"] == value, key
+            cell = json.loads(row[f"param.{key}"]) if isinstance(value, list) else row[f"param.{key}"]
+            assert cell == value, key
         assert row["attr.seed"] == t.user_attrs["seed"]
         assert row["attr.peak_lr"] == t.user_attrs["peak_lr"]
         assert (row.get("attr.diverged") in (True,)) == bool(t.user_attrs.get("diverged"))
@@ -863,8 +863,8 @@ def test_export_json_round_trip_with_curves(mixed, tmp_path):
         assert record["value"] == t.value
         assert record["curve"] == t.user_attrs["curve"]
         assert record["intermediate_values"] == {str(k): v for k, v in t.intermediate_values.items()}
-        assert {k[len("param."):]: v for k, v in record.items() if k.startswith("param.")} == {
-            k: v for k, v in t.user_attrs["config"].items() if not isinstance(v, list)}
+        assert {k[len("param."):]: v for k, v in record.items() if k.startswith("param.")} == \
+            t.user_attrs["config"]
         if t.user_attrs.get("diverged"):
             assert record["attr.divergence_reason"] == t.user_attrs["divergence_reason"]
 

@@ -3,6 +3,7 @@ scaling rule, importances and exports. Shared by the CLI, the dashboards and nig
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import warnings
@@ -201,8 +202,15 @@ def importances(study: optuna.Study) -> dict[str, float]:
             return {}
 
 
+def table_cell(value: Any) -> Any:
+    """A record's value as a CSV or Parquet cell: lists as JSON text (``"[0.5, 0.75]"``)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
 def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = False) -> dict[str, Any]:
-    """A flat, JSON-friendly description of a trial for exports and ``--json`` output."""
+    """A flat, JSON-friendly description of a trial for exports and ``--json`` output (a
+    list-valued parameter, step decay's ``milestones``, stays a list: :func:`table_cell`
+    writes it into a table)."""
     record: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name,
@@ -214,8 +222,7 @@ def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = F
     }
     if trial.values and len(trial.values) > 1:  # a multi-objective study (not made by tuner)
         record.update({f"value.{i}": v for i, v in enumerate(trial.values)})
-    record.update({f"param.{k}": v for k, v in flat_params(trial, study_file).items()
-                   if not isinstance(v, list | dict)})
+    record.update({f"param.{k}": v for k, v in flat_params(trial, study_file).items()})
     for key, value in trial.user_attrs.items():
         if key in ("config", "curve") or isinstance(value, list | dict):
             continue

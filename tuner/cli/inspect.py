@@ -157,12 +157,15 @@ def export(study: StudyArg, storage: StorageOpt = None,
     if fmt == "json":
         data: bytes = json.dumps({"study": study, "trials": records}, indent=1,
                                  default=str).encode()
-    elif fmt == "csv":
-        data = pd.DataFrame.from_records(records).to_csv(index=False).encode()
     else:
-        buffer = io.BytesIO()
-        pd.DataFrame.from_records(records).to_parquet(buffer, index=False)
-        data = buffer.getvalue()
+        table = pd.DataFrame.from_records(
+            [{k: results.table_cell(v) for k, v in r.items()} for r in records])
+        if fmt == "csv":
+            data = table.to_csv(index=False).encode()
+        else:
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            data = buffer.getvalue()
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
