@@ -46,6 +46,14 @@ def test_help_lists_every_command_with_one_sentence():
         assert summary.count(". ") == 0, (command, summary)  # one sentence
 
 
+def test_help_cuts_no_word_at_80_columns():
+    """rich ends a word wider than its help column with an ellipsis: the storage URL's format
+    was cut to 'postgresql+psycopg://USER:PASS@HO…' in a terminal of 80 columns."""
+    for command in ("", *MY_COMMANDS):
+        text = run_tuner(*command.split(), "--help", env=tuner_env(COLUMNS="80"), check=True).stdout
+        assert "…" not in text, (command, [line for line in text.splitlines() if "…" in line])
+
+
 def test_help_imports_no_numerics_or_storage_libraries():
     """Command modules import their heavy dependencies when a command runs, so `tuner --help`
     starts in a fraction of a second (benchmarks/startup.py measures it)."""

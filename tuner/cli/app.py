@@ -29,7 +29,9 @@ for _console in (out, err):
     if not _console.is_terminal and "COLUMNS" not in os.environ:
         _console.width = 200  # piped or logged: rich's 80 columns would cut values to "0.95…"
 
-_STORAGE_HELP = "Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST:PORT/DB "
+# no word longer than the narrowest help column at 80 columns (rich cuts it with an ellipsis)
+_STORAGE_HELP = ("Database URL: sqlite:///PATH, or postgresql+psycopg:// followed by "
+                 "USER:PASS@HOST:PORT/DB ")
 StorageOpt = Annotated[str | None, typer.Option(
     "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
     help=_STORAGE_HELP + "\\[default: sqlite:///tuner.db]")]
