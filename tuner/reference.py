@@ -18,8 +18,8 @@ def logistic_regression_accuracy(X_train: np.ndarray, y_train: np.ndarray,
 
     BLAS runs on one thread: lbfgs makes many small products, and OpenBLAS's threads wait for
     a core whenever anything else runs (a study's workers, the dashboard). Measured on 2 cores
-    with one busy: digits 0.04 s on one thread against 0.6-2.6 s on two, 49,000 x 3,072 4.7 s
-    against 14 s."""
+    (benchmarks/reference.py): digits 0.04-0.07 s on one thread against 0.5-0.7 s on two;
+    49,000 x 3,072 4.0 s against 7.1 s with one core busy, 3.9 s against 3.4 s idle."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
