@@ -614,6 +614,20 @@ def test_the_hook_loads_no_plotting_library_until_it_renders():
     assert proc.stdout.split("\n")[:2] == ["[]", "True True"], proc.stdout
 
 
+def test_a_panel_registered_under_a_built_in_name_replaces_it_before_any_lookup():
+    """The built-ins load lazily: a user's replacement registered first must still win, and
+    the other built-ins must still be there."""
+    code = ("from tuner.dashboard.registry import get_panel, panel_names, register_panel, "
+            "unregister_panel\n"
+            "def mine(ctx): return 'mine'\n"
+            "register_panel('history', mine, replace=True)\n"
+            "unregister_panel('importances')\n"
+            "print(get_panel('history').builder is mine, 'summary' in panel_names(), "
+            "'importances' in panel_names())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["True", "True", "False"], proc.stdout + proc.stderr
+
+
 # --- tuner report -----------------------------------------------------------------------------
 
 

@@ -349,6 +349,9 @@ def test_warmup_from_the_unscaled_lr_is_searchable_with_the_batch_size():
     ('base_batch_size = 256', ["space.base_batch_size: 256 is larger than the training set"]),
     ('', ["space.base_batch_size: 256 (the default) is larger than the training set"]),
     ('batch_scaling = "none"', []),  # no scaling: base_batch_size is not used
+    ('base_batch_size = [64, 512]', ["space.base_batch_size: 512 is larger than the training"]),
+    ('base_batch_size = {low = 64, high = 512}', ["space.base_batch_size: up to 512 is larger"]),
+    ('base_batch_size = [64, 128]', []),
     ('base_batch_size = 64\nwarmup_from_unscaled = true',
      ["space.warmup_from_unscaled: true does nothing without a warmup"]),
     ('base_batch_size = 64\nwarmup_from_unscaled = true\nwarmup_epochs = [0, 1]', []),

@@ -837,3 +837,20 @@ def test_a_read_only_sqlite_database_is_one_clear_error(read_only_db):
         assert "read-only" in proc.stderr and "writable" in proc.stderr, (args, proc.stderr)
     assert sorted(os.listdir(folder)) == before  # no lock folder, nothing else written
     assert len(optuna.load_study(study_name="ro", storage=url).trials) == 1
+
+
+def test_a_read_only_file_in_a_writable_folder_can_be_read(read_only_db):
+    """Commands that only read take no schema lock (no ``.locks`` folder appears) and leave
+    the file alone; SQLite itself only needs its -wal/-shm files beside it."""
+    import shutil
+
+    folder, url, study, home = read_only_db
+    shutil.rmtree(f"{folder}/ro.db.locks", ignore_errors=True)
+    os.chmod(folder, 0o777)
+    os.chmod(f"{folder}/ro.db", 0o444)
+    shown = _as_nobody("ls", "--storage", url, cwd=folder, home=home)
+    assert shown.returncode == 0 and "ro" in shown.stdout, shown.stderr
+    assert _as_nobody("show", "ro", "--storage", url, cwd=folder, home=home).returncode == 0
+    assert not os.path.exists(f"{folder}/ro.db.locks")
+    refused = _as_nobody("run", study, "--storage", url, "-n", "2", cwd=folder, home=home)
+    assert refused.returncode == 3 and f"{folder}/ro.db (from {url}) is read-only" in refused.stderr

@@ -265,7 +265,8 @@ class StudyFile(BaseModel):
     raw: dict[str, Any] = Field(repr=False)
     source: str = "<memory>"
     base_dir: str | None = None
-    #: ``[study]`` keys the command line set (``--study-name`` ...): errors name the option
+    #: keys the command line set (``--study-name`` ...; ``schedule.n_trials`` for another
+    #: section than [study]): errors name the option
     overrides: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @property
@@ -297,6 +298,8 @@ class StudyFile(BaseModel):
         validated like the file's own (a bad value raises :class:`ConfigError` naming
         ``section.key``). ``None`` values are not overrides."""
         given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
         raw = json.loads(json.dumps(self.raw))
         raw.setdefault(section, {}).update(given)
         parsed = parse_study_dict(raw, source=self.source, base_dir=self.base_dir)
@@ -390,7 +393,7 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
         msg = err["msg"].removeprefix("Value error, ")
         # a section-wide check names its key first ("target: ..."): report it at that key
         named = re.match(r"([a-z_]+): (.*)", msg, re.DOTALL)
-        if named and named.group(1) in _allowed_keys(model, loc):
+        if named and isinstance(err.get("input"), dict) and named.group(1) in _allowed_keys(model, loc):
             loc, msg = (*loc, named.group(1)), named.group(2)
         key = ".".join(str(p) for p in (section, *loc))
         if err["type"] == "extra_forbidden":

@@ -3,11 +3,14 @@ softmax classifier is compared with."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
 
 from tuner.data import Splits, strip_bias
+
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def logistic_regression_accuracy(X_train: np.ndarray, y_train: np.ndarray,
@@ -25,7 +28,9 @@ def logistic_regression_accuracy(X_train: np.ndarray, y_train: np.ndarray,
     from threadpoolctl import threadpool_limits
 
     model = LogisticRegression(max_iter=max_iter)
-    with warnings.catch_warnings(), threadpool_limits(1):
+    # the limit is process-wide: two fits in two threads (the runner's hook, the dashboard)
+    # must not restore each other's BLAS setting out of order
+    with _ONE_AT_A_TIME, warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(strip_bias(X_train), y_train)
         return {name: float(model.score(strip_bias(X), y)) for name, (X, y) in evals.items()}

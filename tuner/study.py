@@ -112,14 +112,17 @@ def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
                 f"batch_size = {n_train} (its peak lr is scaled for the batch used), so the "
                 f"sampler spends trials on duplicates; keep batch_size <= {n_train}")
     base = general.get("base_batch_size")
-    base_value = base.value if base is not None else P.PARAMS["base_batch_size"].default
+    bases = _extremes(base) if base is not None else [P.PARAMS["base_batch_size"].default]
     rules = _extremes(general["batch_scaling"]) if "batch_scaling" in general else ["default"]
-    if base_value > n_train and any(rule != "none" for rule in rules):
+    too_big = sorted({int(b) for b in bases if int(b) > n_train})
+    if too_big and any(rule != "none" for rule in rules):
+        what = ("up to " + str(int(base.high)) if base is not None and base.kind == "range"
+                else ", ".join(map(str, too_big)))
         found.append(
-            f"{where}: space.base_batch_size: {base_value}"
-            f"{'' if base is not None else ' (the default)'} is larger than the training set "
-            f"({n_train} examples): every batch is smaller, so batch scaling only lowers the "
-            f"learning rate below lr; set base_batch_size to a batch size you train with")
+            f"{where}: space.base_batch_size: {what}{'' if base is not None else ' (the default)'}"
+            f" is larger than the training set ({n_train} examples): every batch is smaller, so "
+            f"batch scaling only lowers the learning rate below lr; set base_batch_size to a "
+            f"batch size you train with")
     unscaled, warmup = general.get("warmup_from_unscaled"), general.get("warmup_epochs")
     if (unscaled is not None and unscaled.kind == "fixed" and unscaled.value
             and (warmup is None or (warmup.kind == "fixed" and not warmup.value))):

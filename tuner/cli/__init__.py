@@ -158,13 +158,17 @@ def main() -> None:
 
 
 def _read_only_database(exc: BaseException | None) -> str:
-    """SQLite's "attempt to write a readonly database" anywhere in ``exc``'s chain (a command
-    that only meant to read, or whose file became read-only mid-run), else ``""``."""
+    """The message of SQLite's SQLITE_READONLY error behind ``exc`` (through ``raise ... from``
+    and SQLAlchemy's ``.orig``: a command that only meant to read, or a file that became
+    read-only mid-run), else ``""``. Only an explicit cause counts: a bug raised while such an
+    error was being handled keeps its traceback."""
+    import sqlite3
+
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        text = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        if "readonly database" in text.lower():
-            return text.split("[SQL:")[0].strip()
-        exc = exc.__cause__ or exc.__context__
+        if (isinstance(exc, sqlite3.OperationalError)
+                and str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")):
+            return " ".join(str(exc).split())
+        exc = getattr(exc, "orig", None) or exc.__cause__
     return ""

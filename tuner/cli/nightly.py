@@ -87,8 +87,8 @@ def nightly(study_file: StudyFileArg,
     from tuner.storage import resolve_url
 
     sf = load_study_file(study_file)
-    has_schedule = sf.schedule is not None
-    sf = with_cli_overrides(sf, section="schedule", n_trials=n_trials, timeout=timeout)
+    # validated like the file's [schedule] keys (errors name the option), passed on as values
+    with_cli_overrides(sf, section="schedule", n_trials=n_trials, timeout=timeout)
     schedule = schedule_of(sf)
     now = today(schedule)
     day = parse_date(date) if date is not None else now
@@ -98,14 +98,15 @@ def nightly(study_file: StudyFileArg,
                           hint="a night can be run on its day or later (a missed night: its date)")
     url = resolve_url(storage, sf.study.storage)
     say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
-    if not has_schedule and not json_out:
+    if sf.schedule is None and not json_out:
         err.print(f"note: {escape(str(study_file))} has no \\[schedule] section; using its defaults "
                   "(see docs/nightly.md)")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = run_night(sf, day=day, storage_url=url, workers=workers,
-                           quiet=quiet or json_out, console=err, say=say)
+                           quiet=quiet or json_out, console=err, say=say, n_trials=n_trials,
+                           timeout=timeout)
     except _Terminated:
         err.print("terminated (SIGTERM) outside the sweep; no trial was running. Rerun to resume.")
         raise typer.Exit(143) from None

@@ -35,18 +35,31 @@ class PanelInfo:
 _PANELS: dict[str, PanelInfo] = {}
 _LOCK = threading.Lock()
 _BUILTINS = ("tuner.dashboard.panels", "tuner.nightly.panels")
+_LOAD_LOCK = threading.RLock()
 _builtins_loaded = False
+_loading = False
 
 
 def _load_builtins() -> None:
-    """Import the built-in panel modules once (they register their panels)."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        import importlib
+    """Import the built-in panel modules once (they register their panels), before any
+    lookup or (re-, un-)registration, so a user's panel named like a built-in replaces it
+    whenever it is registered. Other threads wait for the load; the modules' own
+    registrations (same thread, during the load) pass straight through."""
+    global _builtins_loaded, _loading
+    if _builtins_loaded:
+        return
+    with _LOAD_LOCK:
+        if _builtins_loaded or _loading:
+            return
+        _loading = True
+        try:
+            import importlib
 
-        for module in _BUILTINS:
-            importlib.import_module(module)
-        _builtins_loaded = True
+            for module in _BUILTINS:
+                importlib.import_module(module)
+            _builtins_loaded = True
+        finally:
+            _loading = False
 
 
 def register_panel(name: str, builder: Builder, *, title: str | None = None, description: str = "",
@@ -60,6 +73,7 @@ def register_panel(name: str, builder: Builder, *, title: str | None = None, des
         raise ValueError(f"panel name {name!r}: use letters, digits, '_', '-' or '.'")
     if not callable(builder):
         raise TypeError(f"panel {name!r}: builder must be callable, got {type(builder).__name__}")
+    _load_builtins()
     info = PanelInfo(name, builder, title or name.replace("_", " ").capitalize(), description,
                      dict(options) if options is not None else None)
     with _LOCK:
@@ -83,6 +97,7 @@ def panel(name: str, **kwargs: Any) -> Callable[[Builder], Builder]:
 
 
 def unregister_panel(name: str) -> None:
+    _load_builtins()
     with _LOCK:
         _PANELS.pop(name, None)
 

@@ -59,32 +59,42 @@ class NightResult:
 
 
 def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, quiet: bool = False,
-              console: Any = None, say: Callable[[str], None] | None = None) -> NightResult:
+              console: Any = None, say: Callable[[str], None] | None = None,
+              n_trials: int | None = None, timeout: float | None = None) -> NightResult:
     """Run (or resume) the night ``day`` of study file ``sf``; see the module docs. ``say``
-    receives progress lines (warm start, verdict)."""
+    receives progress lines (warm start, verdict). ``n_trials`` / ``timeout`` replace the
+    file's nightly budget for this run (``tuner nightly --n-trials``); the warm start still
+    takes the file's top-k, so a short first try does not shorten the night's warm start."""
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
+    from tuner.study import load_data
 
     say = say or (lambda _line: None)
     schedule = schedule_of(sf)
     base = sf.study.name
-    night_sf = night_study_file(sf, day)
+    file_night_sf = night_study_file(sf, day)
+    night_sf = file_night_sf if n_trials is None else file_night_sf.with_overrides(n_trials=n_trials)
     name = night_name(base, day)
     storage = open_storage(storage_url)
     lock = NamedLock(storage, f"nightly:{name}", what=f"the nightly sweep {name!r}")
     lock.acquire()
     try:
+        try:
+            storage.get_study_id_from_name(name)
+        except KeyError:  # a new night: data that cannot load must not leave an empty night
+            load_data(night_sf)
         study = open_study(night_sf, storage)
         if ATTR_NIGHT not in study.user_attrs:
             study.set_user_attr(ATTR_NIGHT, {"base": base, "date": day.isoformat(),
                                              "timezone": schedule.timezone, "cron": schedule.cron,
                                              "source": sf.source})
         warm = warm_start(study, night_sf, storage, base=base, day=day,
-                          k=min(schedule.warm_start, night_sf.study.n_trials))
+                          k=min(schedule.warm_start, file_night_sf.study.n_trials))
         for line in warm.lines():
             say(line)
         runner = Runner(night_sf, storage_url=storage_url, workers=workers,
-                        timeout=schedule.timeout, quiet=quiet, console=console,
+                        timeout=timeout if timeout is not None else schedule.timeout,
+                        quiet=quiet, console=console,
                         hooks=[DashboardHook(dashboard="nightly")])
         result = runner.run()
         counts = {state.name: n for state, n in result.counts.items()}

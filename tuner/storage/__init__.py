@@ -90,7 +90,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
             callback = RetryCallback(max_retry=max_retry) if heartbeat_interval else None
             backend = RDBStorage(url, engine_kwargs=engine_kwargs,
                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                 heartbeat_stale_trial_callback=callback)
+                                 heartbeat_stale_trial_callback=callback,
+                                 skip_table_creation=bool(reading))
     except StorageError:
         raise
     except Exception as exc:  # driver, SQLAlchemy and Optuna raise many types here
@@ -122,10 +123,11 @@ def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> bool:
     command on SQLite (a file belongs to one application; WAL mode would change it too) and for
     the commands that only read on PostgreSQL (where a shared database may be deliberate). An
     empty one is fine (a dashboard may start before the first run). Returns whether Optuna's
-    tables are there."""
+    tables are there and complete (their schema version stamped)."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
+        complete = "studies" in tables and "alembic_version" in tables and _stamped(engine)
     finally:
         engine.dispose()
     if tables and "studies" not in tables:
@@ -133,7 +135,13 @@ def _refuse_a_foreign_database(url: str, engine_kwargs: dict[str, Any]) -> bool:
         raise StorageError(f"{describe(url)} is not a tuner database: it has tables ({shown}) "
                            "but none of Optuna's", hint="check --storage / TUNER_STORAGE (a "
                            "study's first `tuner run` creates the tables in an empty database)")
-    return "studies" in tables
+    return complete
+
+
+def _stamped(engine: sqlalchemy.Engine) -> bool:
+    """Whether Optuna finished creating its tables: it stamps the schema version last."""
+    with engine.connect() as conn:
+        return conn.execute(sqlalchemy.text("SELECT count(*) FROM alembic_version")).scalar() > 0
 
 
 @contextlib.contextmanager
