@@ -225,14 +225,18 @@ class DashboardHook:
         try:
             if reference_only:
                 from tuner.config import StudyFile
-                from tuner.dashboard.context import study_reference
+                from tuner.dashboard.context import ATTR_REFERENCE, study_reference
                 from tuner.study import ATTR_CONFIG
 
-                text = study.user_attrs.get(ATTR_CONFIG)
+                attrs = study.user_attrs
+                text = attrs.get(ATTR_CONFIG)
+                new_reference = False
                 if text and self._small_data(study):
+                    new_reference = ATTR_REFERENCE not in attrs
                     study_reference(study, StudyFile.from_json(text))
                 mark = _fingerprint(study)
-                if not self._stale(study, mark):
+                # views stored without the reference this run just computed are not current
+                if not (new_reference and mark[1] > 0) and not self._stale(study, mark):
                     with self._lock:
                         self._last = mark  # current: the first periodic tick needs no render
                     return

@@ -41,7 +41,8 @@ def normalize_url(url: str) -> str:
                            "be lost when the command ends",
                            hint="use a file, e.g. sqlite:///tuner.db (the default), or PostgreSQL")
     if parsed.get_backend_name() == "postgresql":
-        if not parsed.database and "dbname" not in parsed.query:  # libpq would pick one itself
+        # libpq would pick one itself (the user's name), unless a service file names it
+        if not parsed.database and not {"dbname", "service"} & set(parsed.query):
             raise StorageError(f"{mask_url(url)} names no database",
                                hint="add one after the host, e.g. "
                                     "postgresql+psycopg://USER:PASS@HOST:5432/tuner")
