@@ -658,6 +658,8 @@ BUILTIN = {
     "history": (history, "Optimization history", {}),
 }
 
-for _name, (_fn, _title, _options) in BUILTIN.items():
-    register_panel(_name, _fn, title=_title, description=" ".join((_fn.__doc__ or "").split()),
-                   options=_options)
+def register() -> None:
+    """Register the built-in panels (called once by the registry, on its first use)."""
+    for name, (fn, title, options) in BUILTIN.items():
+        register_panel(name, fn, title=title, description=" ".join((fn.__doc__ or "").split()),
+                       options=options)

@@ -3,8 +3,8 @@
 A builder takes a :class:`~tuner.dashboard.context.PanelContext` (``ctx.study``,
 ``ctx.study_file``, ``ctx.storage``, ``ctx.options``) and returns a plotly ``Figure``, a markdown
 string, or ``None`` (nothing to show yet). The built-in panels (:mod:`tuner.dashboard.panels`,
-:mod:`tuner.nightly.panels`) register themselves when first looked up, so what only needs the
-package (the runner's hook) does not import plotly; anything else (a user's own) can be added
+:mod:`tuner.nightly.panels`) are registered on the registry's first use, so what only needs
+the package (the runner's hook) does not import plotly; anything else (a user's own) can be added
 at any time with :func:`register_panel`, before a dashboard that names it is rendered.
 Unknown names in a dashboard file are reported when it is rendered, not when it is loaded.
 """
@@ -41,10 +41,11 @@ _loading = False
 
 
 def _load_builtins() -> None:
-    """Import the built-in panel modules once (they register their panels), before any
-    lookup or (re-, un-)registration, so a user's panel named like a built-in replaces it
-    whenever it is registered. Other threads wait for the load; the modules' own
-    registrations (same thread, during the load) pass straight through."""
+    """Register the built-in panels once (each module's ``register()``), before any lookup or
+    (re-, un-)registration, so a user's panel named like a built-in replaces it whenever it is
+    registered. Importing those modules registers nothing, so an import elsewhere never
+    waits for this lock while holding its module's import lock. Other threads wait for the
+    load; the built-ins' own registrations (same thread, during the load) pass through."""
     global _builtins_loaded, _loading
     if _builtins_loaded:
         return
@@ -56,7 +57,7 @@ def _load_builtins() -> None:
             import importlib
 
             for module in _BUILTINS:
-                importlib.import_module(module)
+                importlib.import_module(module).register()
             _builtins_loaded = True
         finally:
             _loading = False

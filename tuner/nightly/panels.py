@@ -7,12 +7,16 @@ from tuner.nightly.figures import choices_figure, trend_figure, verdict_markdown
 
 _OPTIONS = {"base": (str, ""), "last": (int, 0)}
 
-register_panel("nightly_trend", trend_figure, title="Best value per night",
-               description="Best value per night with the baseline band, the incumbent re-trained "
-                           "on each night's data and verdict markers.", options=_OPTIONS)
-register_panel("nightly_choices", choices_figure, title="Chosen configuration per night",
-               description="Optimizer, decay, batch-size scaling rule and learning rate of each "
-                           "night's best trial.", options=_OPTIONS)
-register_panel("nightly_verdicts", verdict_markdown, title="Verdict",
-               description="The night's regression verdict with its numbers, and its warm start.",
-               options=_OPTIONS)
+
+def register() -> None:
+    """Register the nightly panels (called once by the registry, on its first use)."""
+    register_panel("nightly_trend", trend_figure, title="Best value per night",
+                   description="Best value per night with the baseline band, the incumbent "
+                               "re-trained on each night's data and verdict markers.",
+                   options=_OPTIONS)
+    register_panel("nightly_choices", choices_figure, title="Chosen configuration per night",
+                   description="Optimizer, decay, batch-size scaling rule and learning rate of "
+                               "each night's best trial.", options=_OPTIONS)
+    register_panel("nightly_verdicts", verdict_markdown, title="Verdict",
+                   description="The night's regression verdict with its numbers, and its warm "
+                               "start.", options=_OPTIONS)
