@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuner.data import BUILTIN_DATASETS, FILE_FORMATS, check_dataset_name
+from tuner.data import BUILTIN_DATASETS, FILE_FORMATS, check_dataset_name, split_size_problem
 from tuner.errors import ConfigError, DataError
 from tuner.params import literal
 
@@ -155,9 +155,9 @@ class DataSection(_Section):
     @field_validator("val_size", "test_size")
     @classmethod
     def _fraction_or_count(cls, value: float) -> float:
-        if value >= 1 and not float(value).is_integer():
-            raise ValueError("neither a fraction (below 1) nor a count of examples (a whole "
-                             "number >= 1); use e.g. 0.2 or 300")
+        problem = split_size_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; use e.g. 0.2 or 300")
         return value
 
     @field_validator("dataset")

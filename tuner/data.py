@@ -323,12 +323,19 @@ def strip_bias(X: np.ndarray) -> np.ndarray:
     return X[:, :-1]
 
 
+def split_size_problem(size: float) -> str | None:
+    """Why ``size`` (``val_size``/``test_size``) is not a fraction or a count, else ``None``."""
+    if size >= 1 and not float(size).is_integer():
+        return "neither a fraction (below 1) nor a count of examples (a whole number >= 1)"
+    return None
+
+
 def _count(size: float, n: int, name: str) -> int:
     if size < 0:
         raise DataError(f"{name} must be >= 0, got {size!r}")
-    if size >= 1 and not float(size).is_integer():
-        raise DataError(f"{name}={size!r} is neither a fraction (below 1) nor a count of "
-                        "examples (a whole number >= 1)")
+    problem = split_size_problem(size)
+    if problem:
+        raise DataError(f"{name}={size!r} is {problem}")
     count = int(round(size * n)) if size < 1 else int(size)
     if count >= n:
         raise DataError(f"{name}={size!r} would take {count} of the {n} examples")

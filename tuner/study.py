@@ -137,6 +137,15 @@ def _extremes(dim: Any) -> list[Any]:
             else [dim.low, dim.high])
 
 
+def study_exists(storage: BufferedStorage, name: str) -> bool:
+    """Whether a study named ``name`` is in ``storage``."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
 def data_summary(splits: Splits) -> dict[str, Any]:
     """Sizes of the study's split (stored as ``tuner.data``; views need ``n_train`` to rebuild
     each trial's learning-rate schedule without loading the data)."""

@@ -147,12 +147,13 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:
-        if not _read_only_database(exc):
+        read_only = _read_only_database(exc)
+        if not read_only:
             raise  # a bug in tuner: the traceback is what a report needs
         from tuner.storage import READ_ONLY_HINT
 
-        err.print(f"[bold red]error:[/] the SQLite database is read-only: "
-                  f"{escape(_read_only_database(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] the SQLite database is read-only: {escape(read_only)}",
+                  highlight=False, soft_wrap=True)
         err.print(f"  [dim]hint:[/] {escape(READ_ONLY_HINT)}", highlight=False, soft_wrap=True)
         sys.exit(3)  # StorageError's code
 

@@ -67,7 +67,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     takes the file's top-k, so a short first try does not shorten the night's warm start."""
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
-    from tuner.study import load_data
+    from tuner.study import load_data, study_exists
 
     say = say or (lambda _line: None)
     schedule = schedule_of(sf)
@@ -79,10 +79,9 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     lock = NamedLock(storage, f"nightly:{name}", what=f"the nightly sweep {name!r}")
     lock.acquire()
     try:
-        try:
-            storage.get_study_id_from_name(name)
-        except KeyError:  # a new night: data that cannot load must not leave an empty night
-            load_data(night_sf)
+        # a new night: data that cannot load must not leave an empty night (the runner gets
+        # the loaded splits)
+        splits = None if study_exists(storage, name) else load_data(night_sf)
         study = open_study(night_sf, storage)
         if ATTR_NIGHT not in study.user_attrs:
             study.set_user_attr(ATTR_NIGHT, {"base": base, "date": day.isoformat(),
@@ -94,7 +93,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
             say(line)
         runner = Runner(night_sf, storage_url=storage_url, workers=workers,
                         timeout=timeout if timeout is not None else schedule.timeout,
-                        quiet=quiet, console=console,
+                        quiet=quiet, console=console, splits=splits,
                         hooks=[DashboardHook(dashboard="nightly")])
         result = runner.run()
         counts = {state.name: n for state, n in result.counts.items()}

@@ -47,6 +47,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyFile
+from tuner.data import Splits
 from tuner.errors import StorageError, TunerError
 from tuner.kernels import engine_id
 from tuner.params import with_defaults
@@ -75,6 +76,7 @@ from tuner.study import (
     load_data,
     open_study,
     space_warnings,
+    study_exists,
     trial_seed,
 )
 from tuner.train import make_plan
@@ -134,11 +136,13 @@ class Runner:
     def __init__(self, study_file: StudyFile, *, storage_url: str, workers: int = 1,
                  timeout: float | None = None, quiet: bool = False, live: bool | None = None,
                  console: Any = None, max_outage: float | None = None, prefetch: bool = True,
-                 hooks: list[RunHook] | None = None, hook_interval: float = 300.0) -> None:
+                 hooks: list[RunHook] | None = None, hook_interval: float = 300.0,
+                 splits: Splits | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.sf = study_file
         self.url = storage_url
+        self._splits = splits  # already loaded by the caller (tuner nightly), else loaded here
         self.n_workers = workers
         self.timeout = timeout if timeout is not None else study_file.study.timeout
         self.prefetch = prefetch
@@ -274,8 +278,9 @@ class Runner:
             self._owner_lock = runner_lock(self.storage, self.sf.study.name,
                                            what=f"study {self.sf.study.name!r} on {describe(self.url)}")
             self._owner_lock.acquire()
-        splits = None
-        if not self.resilient.call("look the study up", self._study_exists):
+        splits, self._splits = self._splits, None
+        if splits is None and not self.resilient.call("look the study up", study_exists,
+                                                      self.storage, self.sf.study.name):
             # a new study: data that cannot load (a missing file, one class) must not leave an
             # empty study behind; an existing one loads its data only if it has trials left
             splits = load_data(self.sf)
@@ -317,13 +322,6 @@ class Runner:
         self._claimer = threading.Thread(target=self._claimer_loop, name="tuner-claimer",
                                          daemon=True)
         self._claimer.start()
-
-    def _study_exists(self) -> bool:
-        try:
-            self.storage.get_study_id_from_name(self.sf.study.name)
-        except KeyError:
-            return False
-        return True
 
     def _recover_orphans(self, by: str = "a stopped runner") -> None:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
