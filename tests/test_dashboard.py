@@ -414,6 +414,132 @@ def test_unknown_or_mistyped_options_are_errors(real):
         render_dashboard(spec, real["study"], real["sf"], real["storage"])
 
 
+# What a new user wrote (each was accepted and drew a wrong or empty view, or failed inside the
+# panel), and the one error each now is: the file, the panel's number and type, the option, the
+# value and what is allowed, before any panel is built.
+BAD_VALUES = [
+    ({"type": "learning_curves", "top_k": -4}, "option top_k must be an integer >= 1, got -4"),
+    ({"type": "learning_curves", "top_k": 0}, "option top_k must be an integer >= 1, got 0"),
+    ({"type": "learning_curves", "max_points": 1}, "option max_points must be an integer >= 2, got 1"),
+    ({"type": "group_best", "keys": ["optimiser"]},
+     "option keys must be a non-empty list of distinct names among optimizer, lr, batch_size, "
+     "base_batch_size, batch_scaling, warmup_epochs, decay, reg, loss, got ['optimiser']: "
+     "'optimiser' is not among them (did you mean 'optimizer'?)"),
+    ({"type": "group_best", "keys": []}, "option keys must be a non-empty list .*, got []: it is empty"),
+    ({"type": "scaling_rules", "rules": ["linear", "sqr"]},
+     "option rules must be a non-empty list of distinct names among none, linear, sqrt, got "
+     "['linear', 'sqr']: 'sqr' is not among them (did you mean 'sqrt'?)"),
+    ({"type": "scaling_rules", "rules": ["sqrt", "sqrt"]},
+     "option rules must be .*, got ['sqrt', 'sqrt']: 'sqrt' appears more than once"),
+    ({"type": "summary", "groups": ["optimizers"]},
+     "option groups must be a list of distinct names among optimizer, .*, got ['optimizers']: "
+     "'optimizers' is not among them (did you mean 'optimizer'?)"),
+    ({"type": "summary", "top_k": -1},
+     "option top_k must be an integer >= 0 (0: no top-trials table), got -1"),
+    ({"type": "effective_lr", "max_points": -5}, "option max_points must be an integer >= 1, got -5"),
+    ({"type": "reference_gap", "by": "nonsense"},
+     "option by must be one of optimizer, lr, batch_size, base_batch_size, batch_scaling, "
+     "warmup_epochs, decay, reg, loss, got 'nonsense'"),
+    ({"type": "reference_gap", "by": "optimiser"},
+     "option by must be one of .*, got 'optimiser': did you mean 'optimizer'?"),
+    ({"type": "lr_schedule", "lr_axis": "logarithmic"},
+     "option lr_axis must be one of auto, linear, log, got 'logarithmic'"),
+    ({"type": "lr_schedule", "top_k": 0}, "option top_k must be an integer >= 1, got 0"),
+    ({"type": "lr_schedule", "points": 0}, "option points must be an integer >= 2, got 0"),
+    ({"type": "importances", "top": 0}, "option top must be an integer >= 1, got 0"),
+    ({"type": "nightly_trend", "last": -2}, "option last must be an integer >= 0 (0: every night), got -2"),
+    ({"type": "nightly_choices", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
+    ({"type": "nightly_verdicts", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
+]
+
+
+@pytest.mark.parametrize(("entry", "message"), BAD_VALUES,
+                         ids=[f"{e['type']}.{k}={v}" for e, _ in BAD_VALUES
+                              for k, v in e.items() if k != "type"])
+def test_option_values_out_of_range_or_unknown_are_errors(entry, message):
+    spec = parse_dashboard({"panel": [{"type": "history"}, entry]}, name="x", source="bd/study.toml")
+    with pytest.raises(DashboardError) as info:
+        check_panels(spec)
+    pattern = ".*".join(map(re.escape, message.split(".*")))  # the whole message, ".*": anything
+    assert re.fullmatch(f"bd/study.toml: panel 2 \\({entry['type']!r}\\): {pattern}", info.value.message), \
+        info.value.message
+    assert info.value.hint is None  # "registered panels: ..." is for unknown panel types
+
+
+def test_every_allowed_value_error_is_raised_before_any_panel_is_built(real, tmp_path):
+    """The values are checked with the dashboard file, as unknown options are: `tuner report`
+    writes nothing and says what is wrong (exit 2), where it used to draw "the top -4 trials"
+    or show a KeyError in the panel."""
+    spec = parse_dashboard({"panel": [{"type": "history"}, {"type": "reference_gap", "by": "nonsense"},
+                                      {"type": "learning_curves", "top_k": -4}]},
+                           name="x", source="bd/study.toml")
+    with pytest.raises(DashboardError) as info:
+        render_dashboard(spec, real["study"], real["sf"], real["storage"])
+    assert info.value.message == (
+        "bd/study.toml: panel 2 ('reference_gap'): option by must be one of optimizer, lr, batch_size, "
+        "base_batch_size, batch_scaling, warmup_epochs, decay, reg, loss, got 'nonsense'; "
+        "bd/study.toml: panel 3 ('learning_curves'): option top_k must be an integer >= 1, got -4")
+    folder = tmp_path / "bd"
+    folder.mkdir()
+    (folder / "study.toml").write_text('[[panel]]\ntype = "history"\n\n'
+                                       '[[panel]]\ntype = "scaling_rules"\nrules = ["linear", "sqr"]\n')
+    out = tmp_path / "x.html"
+    proc = run_tuner("report", STUDY_NAME, "--dashboards", folder, "-o", out, "--storage", real["url"])
+    assert proc.returncode == 2 and not out.exists(), proc.stdout + proc.stderr
+    assert (f"error: {folder / 'study.toml'}: panel 2 ('scaling_rules'): option rules must be a non-empty "
+            "list of distinct names among none, linear, sqrt, got ['linear', 'sqr']: 'sqr' is not among "
+            "them (did you mean 'sqrt'?)") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_smallest_allowed_values_are_honoured(real):
+    spec = parse_dashboard({"panel": [
+        {"type": "summary", "top_k": 0, "groups": []},
+        {"type": "learning_curves", "top_k": 1, "max_points": 3},
+        {"type": "summary", "groups": ["batch_size", "loss"]},
+        {"type": "reference_gap", "by": "decay"},
+    ]}, name="x")
+    out = render_dashboard(spec, real["study"], real["sf"], real["storage"])
+    assert [p.error for p in out] == [None] * len(out)
+    assert "**Best trial #" in out[0].markdown
+    assert not re.search(r"\| top \d+ \|", out[0].markdown) and "| best val_accuracy |" not in out[0].markdown
+    curves = out[1].figure.data
+    assert {t.meta[0] for t in curves} == {top(real, 1)[0].number}
+    assert all(len(t.x) == 3 for t in curves)  # max_points below 20 is no longer raised to 20
+    assert "| batch_size | best" in out[2].markdown and "| loss | best" in out[2].markdown
+    decays = {t.params.get("decay") for t in complete(real)}
+    assert set(out[3].figure.data[0].y) == decays
+
+
+def test_a_panels_own_allowed_values_are_checked_and_its_declaration_too(real):
+    from tuner.dashboard import Allowed
+
+    seen = []
+    register_panel("bins_for_test", lambda ctx: seen.append(ctx.options) or None,
+                   options={"bins": (int, 30, Allowed(low=1, high=500)),
+                            "by": (str, "optimizer", Allowed(names=("optimizer", "decay")))})
+    try:
+        for entry, message in (({"bins": 0}, "option bins must be an integer in 1..500, got 0"),
+                               ({"bins": 501}, "option bins must be an integer in 1..500, got 501"),
+                               ({"by": "lr"}, "option by must be one of optimizer, decay, got 'lr'")):
+            spec = parse_dashboard({"panel": [{"type": "bins_for_test", **entry}]}, name="x", source="a.toml")
+            where = "a.toml: panel 1 ('bins_for_test')"
+            with pytest.raises(DashboardError, match=re.escape(f"{where}: {message}")):
+                render_dashboard(spec, real["study"], real["sf"], real["storage"])
+        spec = parse_dashboard({"panel": [{"type": "bins_for_test", "bins": 500, "by": "decay"}]}, name="x")
+        render_dashboard(spec, real["study"], real["sf"], real["storage"])
+        assert seen == [{"bins": 500, "by": "decay"}]
+    finally:
+        unregister_panel("bins_for_test")
+    with pytest.raises(ValueError, match="the default 0 is not an integer >= 1"):
+        register_panel("bad_default_for_test", lambda ctx: None, options={"n": (int, 0, Allowed(low=1))})
+    with pytest.raises(TypeError, match="must be an Allowed"):
+        register_panel("bad_default_for_test", lambda ctx: None, options={"n": (int, 0, (1, 2))})
+    from tuner.dashboard import get_panel
+
+    assert get_panel("bad_default_for_test") is None
+
+
 @pytest.mark.parametrize(("raw", "message"), [
     ({}, "no \\[\\[panel\\]\\] entries"),
     ({"panel": [{"title": "x"}]}, "missing type"),

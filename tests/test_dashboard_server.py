@@ -447,3 +447,39 @@ def test_a_multi_objective_study_is_listed_and_its_page_says_why_it_has_no_views
         assert f'href="/dashboard/studies/{study._study_id}"' in page and "Pareto front" in page
     status, page = get("/tuner/studies/nope")
     assert status.startswith("404") and "no study named &#x27;nope&#x27;" in page
+
+
+def test_a_sweeps_base_name_is_a_404_that_points_to_its_nights(tmp_path):
+    """`/tuner/studies/nt` for a nightly sweep `nt` (whose studies are `nt-YYYY-MM-DD`) said
+    only "no study named 'nt'"; it now says it is a sweep and links to its latest night (the
+    report download to the latest night's report). Other unknown names are unchanged."""
+    from tuner.dashboard.server import TunerViews
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    path = nightly_file(tmp_path / "n.toml")
+    config = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "constant"}
+    for back in (2, 1, 0):
+        add_night(url, path, DAY - timedelta(days=back), [(config, 0.95, 1)])
+    views = TunerViews(open_storage(url, must_exist=True), url)
+
+    def get(path: str) -> tuple[str, str]:
+        seen: dict[str, Any] = {}
+        body = b"".join(views({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
+                              lambda status, headers: seen.update(status=status)))
+        return seen["status"], body.decode()
+
+    latest = f"nt-{DAY}"
+    for path, href in (("/tuner/studies/nt", f"/tuner/studies/{latest}"),
+                       ("/tuner/studies/nt/", f"/tuner/studies/{latest}"),
+                       ("/tuner/studies/nt/report.html", f"/tuner/studies/{latest}/report.html")):
+        status, page = get(path)
+        assert status.startswith("404"), (path, status)
+        assert "no study named &#x27;nt&#x27;" in page
+        assert (f"&#x27;nt&#x27; is a nightly sweep; its nights are the studies nt-YYYY-MM-DD "
+                f"(3 nights, latest: {latest}; all of them are in the study list)") in page, page
+        assert f'<a href="{href}">its latest night, {latest}</a>' in page
+        assert get(href)[0] == "200 OK"
+    status, page = get("/tuner/studies/nope")
+    assert status.startswith("404") and "no study named &#x27;nope&#x27;" in page
+    assert "nightly sweep" not in page and "latest night" not in page

@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "ATTR_REFERENCE": "context", "PanelContext": "context",
     "DashboardHook": "attach", "attach_views": "attach", "refresh_study_views": "attach",
-    "get_panel": "registry", "panel": "registry", "panel_names": "registry",
+    "Allowed": "registry", "get_panel": "registry", "panel": "registry", "panel_names": "registry",
     "register_panel": "registry", "unregister_panel": "registry",
     "RenderedPanel": "render", "check_panels": "render", "render_dashboard": "render",
     "DashboardError": "spec", "DashboardSpec": "spec", "PanelSpec": "spec",

@@ -19,13 +19,18 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuner.dashboard.context import REFERENCE_MODEL, PanelContext
-from tuner.dashboard.registry import register_panel
+from tuner import params as P
+from tuner.dashboard.context import FRAME_PARAMS, REFERENCE_MODEL, PanelContext
+from tuner.dashboard.registry import Allowed, register_panel
 
 log = logging.getLogger("tuner.dashboard")
 
 SUMMARY_HEADING = "### tuner summary"
 GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
+#: what trials can be grouped by (summary ``groups``, group_best ``keys``, reference_gap ``by``):
+#: the parameters of the trial table
+GROUPABLE: tuple[str, ...] = FRAME_PARAMS
+LR_AXES = ("auto", "linear", "log")
 OPTIMIZER_COLORS = {"sgd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#2ca02c",
                     "adagrad": "#d62728", "rmsprop": "#9467bd", "adam": "#8c564b",
                     "adamw": "#e377c2"}
@@ -224,7 +229,7 @@ def learning_curves(ctx: PanelContext) -> go.Figure:
     top = ctx.top(k)
     if top.empty:
         return empty_figure(title, "no COMPLETE trial yet")
-    budget = max(20, min(budget, 40_000 // max(len(top), 1)))
+    budget = min(budget, max(20, 40_000 // len(top)))  # many curves: fewer points each, >= 20
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("validation accuracy", "validation loss"))
     seen: set[str] = set()
@@ -257,17 +262,11 @@ def learning_curves(ctx: PanelContext) -> go.Figure:
 def lr_schedule(ctx: PanelContext) -> go.Figure:
     """The actual learning rate of every update of the top-k trials (warmup and decay as
     trained), above their loss curves on the same step axis."""
-    from tuner import params as P
     from tuner.train import make_plan
 
     k = ctx.option("top_k", 5, int)
     points = ctx.option("points", 400, int)
     axis = ctx.option("lr_axis", "auto", str)
-    if axis not in ("auto", "linear", "log"):
-        from tuner.dashboard.spec import DashboardError
-
-        raise DashboardError(f"{ctx.where}: option lr_axis must be \"auto\", \"linear\" or \"log\", "
-                             f"got {axis!r}")
     train_loss = ctx.option("train_loss", True, bool)
     title = f"Learning-rate schedule and loss of the top {k} trials"
     top = ctx.top(k)
@@ -641,22 +640,31 @@ def generated_at() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+AT_LEAST_1 = Allowed(low=1)
+GROUPS = Allowed(names=GROUPABLE, min_items=1)
+# each panel's options: name -> (type, default, the values allowed), checked when a dashboard file
+# is checked (tuner.dashboard.render.check_panels), before any panel is built
 BUILTIN = {
-    "summary": (summary, "Summary", {"top_k": (int, 5), "groups": (list, ["optimizer"])}),
-    "learning_curves": (learning_curves, "Learning curves of the top-k trials",
-                        {"top_k": (int, 10), "max_points": (int, 200)}),
-    "lr_schedule": (lr_schedule, "Learning-rate schedules over loss curves",
-                    {"top_k": (int, 5), "points": (int, 400), "lr_axis": (str, "auto"),
-                     "train_loss": (bool, True)}),
-    "group_best": (group_best, "Best value per optimizer, decay and scaling rule",
-                   {"keys": (list, list(GROUP_KEYS))}),
-    "scaling_rules": (scaling_rules, "Linear vs sqrt scaling at each batch size",
-                      {"rules": (list, ["linear", "sqrt"])}),
-    "effective_lr": (effective_lr, "Effective LR vs batch size", {"max_points": (int, 5000)}),
-    "reference_gap": (reference_gap, "Gap to LogisticRegression", {"by": (str, "optimizer")}),
-    "importances": (importances, "Parameter importances", {"top": (int, 20)}),
+    "summary": (summary, "Summary", {
+        "top_k": (int, 5, Allowed(low=0, note="0: no top-trials table")),
+        "groups": (list, ["optimizer"], Allowed(names=GROUPABLE, note="[]: no per-group table"))}),
+    "learning_curves": (learning_curves, "Learning curves of the top-k trials", {
+        "top_k": (int, 10, AT_LEAST_1), "max_points": (int, 200, Allowed(low=2))}),
+    "lr_schedule": (lr_schedule, "Learning-rate schedules over loss curves", {
+        "top_k": (int, 5, AT_LEAST_1), "points": (int, 400, Allowed(low=2)),
+        "lr_axis": (str, "auto", Allowed(names=LR_AXES)), "train_loss": (bool, True)}),
+    "group_best": (group_best, "Best value per optimizer, decay and scaling rule", {
+        "keys": (list, list(GROUP_KEYS), GROUPS)}),
+    "scaling_rules": (scaling_rules, "Linear vs sqrt scaling at each batch size", {
+        "rules": (list, ["linear", "sqrt"], Allowed(names=P.SCALING_RULES, min_items=1))}),
+    "effective_lr": (effective_lr, "Effective LR vs batch size", {
+        "max_points": (int, 5000, AT_LEAST_1)}),
+    "reference_gap": (reference_gap, "Gap to LogisticRegression", {
+        "by": (str, "optimizer", Allowed(names=GROUPABLE))}),
+    "importances": (importances, "Parameter importances", {"top": (int, 20, AT_LEAST_1)}),
     "history": (history, "Optimization history", {}),
 }
+
 
 def register() -> None:
     """Register the built-in panels (called once by the registry, on its first use)."""

@@ -11,7 +11,7 @@ import optuna
 import plotly.graph_objects as go
 
 from tuner.dashboard.context import PanelContext, _is_kind, _kind_name
-from tuner.dashboard.registry import get_panel, panel_names
+from tuner.dashboard.registry import allowed_of, get_panel, panel_names
 from tuner.dashboard.spec import DashboardError, DashboardSpec, PanelSpec
 
 log = logging.getLogger("tuner.dashboard")
@@ -35,13 +35,16 @@ class RenderedPanel:
 
 
 def check_panels(spec: DashboardSpec) -> None:
-    """Every panel named in ``spec`` is registered and its options are known and typed;
-    otherwise a :class:`DashboardError` that names the file, the panel and the choices."""
+    """Every panel named in ``spec`` is registered and its options are known, typed and
+    allowed (:class:`~tuner.dashboard.registry.Allowed`); otherwise a :class:`DashboardError`
+    that names the file, the panel, the option, the value and the choices."""
     problems = []
+    unknown_type = False
     for p in spec.panels:
         info = get_panel(p.type)
         if info is None:
             problems.append(f"{p.where(spec.source)}: unknown panel type {p.type!r}")
+            unknown_type = True
             continue
         if info.options is None:
             continue
@@ -50,12 +53,17 @@ def check_panels(spec: DashboardSpec) -> None:
                 valid = ", ".join(sorted(info.options)) or "none"
                 problems.append(f"{p.where(spec.source)}: unknown option {key!r} (options: {valid}; "
                                 f"every panel also takes title, width, height, attach)")
-            elif not _is_kind(value, info.options[key][0]):
+                continue
+            kind, allowed = info.options[key][0], allowed_of(info.options[key])
+            if not _is_kind(value, kind):
                 problems.append(f"{p.where(spec.source)}: option {key} must be "
-                                f"{_kind_name(info.options[key][0])}, got {value!r}")
+                                f"{_kind_name(kind)}, got {value!r}")
+            elif allowed is not None and (why := allowed.problem(value)) is not None:
+                problems.append(f"{p.where(spec.source)}: option {key} must be "
+                                f"{allowed.describe(kind)}, got {value!r}" + (f": {why}" if why else ""))
     if problems:
-        raise DashboardError("; ".join(problems),
-                             hint=f"registered panels: {', '.join(panel_names())}")
+        raise DashboardError("; ".join(problems), hint=f"registered panels: {', '.join(panel_names())}"
+                             if unknown_type else None)
 
 
 def render_dashboard(spec: DashboardSpec, study: optuna.Study, study_file: Any, storage: Any, *,

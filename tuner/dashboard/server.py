@@ -62,6 +62,15 @@ class DashboardNotFoundError(DashboardError):
     """A ``?dashboard=`` value that is not the name of a dashboard in the server's folders."""
 
 
+class SweepNotStudyError(StudyNotFoundError):
+    """A study page asked for by a nightly sweep's base name, which is no study: ``link`` is
+    the same page of its latest night."""
+
+    def __init__(self, message: str, *, hint: str, link: tuple[str, str]) -> None:
+        super().__init__(message, hint=hint)
+        self.link = link
+
+
 class TunerViews:
     """The WSGI application of the tuner routes."""
 
@@ -86,7 +95,8 @@ class TunerViews:
         try:
             status, body, ctype, headers = self._route(path, environ)
         except StudyNotFoundError as exc:
-            page = _error_page("Study not found", exc.message)
+            page = _error_page("Study not found", exc.message, exc.hint,
+                               link=exc.link if isinstance(exc, SweepNotStudyError) else None)
             status, body, ctype, headers = "404 Not Found", page, HTML, []
         except DashboardNotFoundError as exc:
             page = _error_page("Dashboard not found", exc.message, exc.hint)
@@ -126,15 +136,18 @@ class TunerViews:
             rest = path[len("/tuner/studies/"):]
             query = parse_qs(environ.get("QUERY_STRING", ""))
             dashboard = (query.get("dashboard") or [None])[0]
-            if rest.endswith("/report.html"):
-                name = rest[: -len("/report.html")]
-                dashboard = dashboard or self.default_dashboard(name)
-                page = self.study_html(name, dashboard, plotly="inline")
-                filename = quote(f"{name}-{dashboard}.html", safe="")
-                return "200 OK", page, HTML, [
-                    ("Content-Disposition", f"attachment; filename*=UTF-8''{filename}")]
-            name = rest.rstrip("/")
-            return "200 OK", self.study_html(name, dashboard), HTML, [("Cache-Control", "no-store")]
+            report = rest.endswith("/report.html")
+            name = rest[: -len("/report.html")] if report else rest.rstrip("/")
+            try:
+                if report:
+                    dashboard = dashboard or self.default_dashboard(name)
+                    page = self.study_html(name, dashboard, plotly="inline")
+                    filename = quote(f"{name}-{dashboard}.html", safe="")
+                    return "200 OK", page, HTML, [
+                        ("Content-Disposition", f"attachment; filename*=UTF-8''{filename}")]
+                return "200 OK", self.study_html(name, dashboard), HTML, [("Cache-Control", "no-store")]
+            except StudyNotFoundError as exc:
+                raise self._sweep_hint(name, exc, report) from None
         return "404 Not Found", _error_page("Not found", f"no page at {path}"), HTML, []
 
     def _send(self, start_response: StartResponse, status: str, body: Any, ctype: str, method: str,
@@ -270,6 +283,28 @@ class TunerViews:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
             return view.html
+
+    def _sweep_hint(self, name: str, exc: StudyNotFoundError, report: bool) -> StudyNotFoundError:
+        """``exc`` (no study ``name``), or when ``name`` is a nightly sweep's base name, the
+        same error pointing to its nights (as ``tuner report`` / ``tuner show`` hint), with a
+        link to the same page of its latest night."""
+        from tuner.study import _nights_of
+
+        try:
+            nights = _nights_of(name, self.storage) if name else []
+        except Exception as lookup:  # the hint is a courtesy: never hide the 404 behind it
+            log.warning("looking up the nights of %r: %s", name, self._scrubbed(lookup))
+            return exc
+        if not nights:
+            return exc
+        latest = nights[-1]
+        href = f"/tuner/studies/{quote(latest, safe='')}" + ("/report.html" if report else "")
+        count = f"{len(nights)} night{'s' if len(nights) > 1 else ''}"
+        return SweepNotStudyError(
+            exc.message, hint=f"{name!r} is a nightly sweep; its nights are the studies "
+                              f"{name}-YYYY-MM-DD ({count}, latest: {latest}; all of them are in "
+                              "the study list)",
+            link=(href, f"its latest night, {latest}"))
 
     def dashboard_file(self, name: str) -> Path:
         """The file of the dashboard called ``name`` in the server's folders. The one check of

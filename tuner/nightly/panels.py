@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from tuner.dashboard.registry import register_panel
+from tuner.dashboard.registry import Allowed, register_panel
 from tuner.nightly.figures import choices_figure, trend_figure, verdict_markdown
 
-_OPTIONS = {"base": (str, ""), "last": (int, 0)}
+# base: the sweep whose nights are shown ("": the night's own sweep; any name is a sweep name);
+# last: how many of its latest nights are shown
+_OPTIONS = {"base": (str, ""), "last": (int, 0, Allowed(low=0, note="0: every night"))}
 
 
 def register() -> None:
