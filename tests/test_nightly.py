@@ -326,6 +326,31 @@ def test_a_night_without_result_exits_1(sqlite_url, tmp_path):
     assert summary["stopped"] == "fail_fast" and summary["verdict"]["verdict"] == "no_result"
 
 
+def test_a_night_without_result_shows_its_baseline_sensibly(sqlite_url, tmp_path):
+    """Every trial failed (NO_RESULT) after three nights: no "trial #None" and no blank
+    median, in the printed verdict and in the dashboard's / report's verdict table."""
+    path = nightly_file(tmp_path / "f.toml", n_trials=3)
+    config = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "constant"}
+    for back, value in ((3, 0.9638), (2, 0.9666), (1, 0.9610)):
+        add_night(sqlite_url, path, DAY - timedelta(days=back), [(config, value, 1)])
+    proc = nightly(path, sqlite_url, DAY, "--quiet", env=tuner_env(TUNER_INJECT_FAULT="exception"))
+    assert proc.returncode == 1, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "tonight's best val_accuracy: none (no COMPLETE trial)" in out, out
+    assert ("(3 night(s): 2026-11-22, 2026-11-23, 2026-11-24): median 0.9638, best 0.9666, "
+            "spread (scaled MAD) 0.0042, margin 0.0100 (tolerance 0.0100)") in out, out
+    assert "#None" not in out and "median -" not in out
+    verdict = study_of(sqlite_url, f"nt-{DAY}").user_attrs[ATTR_VERDICT]
+    assert verdict["verdict"] == "no_result" and verdict["baseline"]["level"] == pytest.approx(0.9638)
+    storage = open_storage(sqlite_url)
+    study = optuna.load_study(study_name=f"nt-{DAY}", storage=storage)
+    text = verdict_markdown(SimpleNamespace(study=study, study_file=None, storage=storage, options={}))
+    assert "| tonight's best | – (no COMPLETE trial) |" in text, text
+    assert "| baseline: median of 3 nights | 0.9638 |" in text, text
+    assert "| available tonight − baseline | – (nothing to compare: tonight has no result) |" in text
+    assert "#None" not in text
+
+
 def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
     proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", "25.11.2026")
     assert proc.returncode == 2 and "expected a date as YYYY-MM-DD" in proc.stderr
@@ -337,6 +362,22 @@ def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
                              (("--timeout", "-1"), "--timeout -1.0: must be greater than 0")):
         proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, *option)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+
+
+def test_a_broken_nightly_dashboard_file_is_reported_once(sqlite_url, tmp_path):
+    """A broken ``nightly.toml`` in ``$TUNER_DASHBOARDS``: the night runs and gets its verdict,
+    and the error is printed once (every refresh of the views, during the sweep and after the
+    verdict, used to print it again)."""
+    dashboards = tmp_path / "dashboards"
+    dashboards.mkdir()
+    (dashboards / "nightly.toml").write_text('[[panel]\ntype = "nightly_trend"\n')
+    path = nightly_file(tmp_path / "n.toml", n_trials=3)
+    proc = nightly(path, sqlite_url, DAY, "--quiet", env=tuner_env(TUNER_DASHBOARDS=str(dashboards)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("invalid TOML") == 1, proc.stderr
+    assert (f"warning: the dashboard views of nt-{DAY} will not be stored (the night runs without "
+            f"them): DashboardError: {dashboards / 'nightly.toml'}: invalid TOML") in proc.stderr
+    assert study_of(sqlite_url, f"nt-{DAY}").user_attrs[ATTR_VERDICT]["verdict"] == "ok"
 
 
 # --- history and trend views --------------------------------------------------------------------
@@ -399,6 +440,25 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
                             storage=sqlite_url, options={"base": "nt"})
     assert [t.name for t in trend_figure(other).data] == [t.name for t in trend.data]
     assert "is not a night of a nightly sweep" in verdict_markdown(other)
+
+
+def test_history_shows_the_incumbent_drift_signed_as_tuner_nightly_does(sqlite_url, tmp_path):
+    """One format for the drift column: signed, four decimals (``tuner nightly`` prints
+    ``drift +0.0000``); it mixed ``0.0000`` and ``-0.04457``."""
+    path = nightly_file(tmp_path / "h.toml")
+    config = {"optimizer": "adam", "lr": 0.01, "batch_size": 64, "decay": "constant"}
+    for back, drift in ((3, None), (2, 0.0), (1, -0.04457), (0, 0.0123)):
+        name = add_night(sqlite_url, path, DAY - timedelta(days=back), [(config, 0.95, 1)])
+        verdict = {"verdict": "ok", "drift": drift, "incumbent": None if drift is None else {}}
+        study_of(sqlite_url, name).set_user_attr(ATTR_VERDICT, verdict)
+    proc = run_tuner("history", "nt", "--storage", sqlite_url, check=True,
+                     env=tuner_env(COLUMNS="250"))
+    drifts = {day: next(line for line in proc.stdout.splitlines() if day in line)
+              for day in ("2026-11-22", "2026-11-23", "2026-11-24", "2026-11-25")}
+    assert "+0.0000" in drifts["2026-11-23"], proc.stdout
+    assert "-0.0446" in drifts["2026-11-24"] and "-0.04457" not in proc.stdout, proc.stdout
+    assert "+0.0123" in drifts["2026-11-25"], proc.stdout
+    assert "0.0000" not in drifts["2026-11-22"], proc.stdout
 
 
 # --- hints and study files carry the storage ---------------------------------------------------

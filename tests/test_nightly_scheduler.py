@@ -231,6 +231,47 @@ def test_a_broken_file_in_a_folder_does_not_stop_the_scheduler(sqlite_url, tmp_p
     assert explicit.returncode == 2 and "study file not found" in explicit.stderr
 
 
+def test_a_duplicate_study_name_or_an_empty_folder_does_not_stop_the_scheduler(sqlite_url, tmp_path):
+    """Two files of a folder naming the same study at start: the first (path order) is
+    scheduled, the other logged once as an error (not again at every rescan), the other sweeps
+    scheduled, as a rescan does. A folder with nothing to schedule yet is waited on (as one with
+    only broken files is), not exit 2: under a restart policy that was a restart loop."""
+    folder = tmp_path / "sched"
+    folder.mkdir()
+    nightly_file(folder / "a.toml", name="nd")
+    (folder / "b.toml").write_text((folder / "a.toml").read_text())
+    nightly_file(folder / "c.toml", name="other-sweep")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc, log = start_scheduler(tmp_path, str(folder), str(empty), "--storage", sqlite_url,
+                                "--no-catch-up", "--rescan-interval", "1")
+    try:
+        wait_for("both sweeps to be scheduled", lambda: "scheduled other-sweep" in log.read_text()
+                 and "scheduled nd " in log.read_text(), proc, log)
+        time.sleep(3.5)  # a few rescans
+    finally:
+        text = stop(proc, log)
+    assert proc.returncode == 0, text
+    assert f"scheduled nd ({folder / 'a.toml'})" in text
+    duplicate = (f"ERROR {folder / 'b.toml'} names its study 'nd' like {folder / 'a.toml'}, which "
+                 "is scheduled; not scheduling it")
+    assert text.count(duplicate) == 1, text
+    assert "both name their study" not in text and "loads again" not in text, text
+
+    # only an empty folder: the service runs, says so, and schedules a file once it appears
+    proc, log = start_scheduler(tmp_path, str(empty), "--storage", sqlite_url, "--no-catch-up",
+                                "--rescan-interval", "1")
+    try:
+        wait_for("the warning", lambda: "no study file can be scheduled yet" in log.read_text(),
+                 proc, log)
+        nightly_file(empty / "late.toml", name="late")
+        wait_for("the new file to be scheduled", lambda: "scheduled late" in log.read_text(),
+                 proc, log)
+    finally:
+        text = stop(proc, log)
+    assert proc.returncode == 0, text
+
+
 def test_the_storage_password_never_reaches_a_childs_command_line(pg_url, tmp_path):
     secret = "TopS3cretPw"
     url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)

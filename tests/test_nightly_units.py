@@ -28,6 +28,7 @@ from tuner.nightly.nights import (
 )
 from tuner.nightly.regression import EXIT_CODES, _message, judge, noise_margin
 from tuner.nightly.scheduler import (
+    Scan,
     SchedulerService,
     catch_up,
     collect_study_files,
@@ -158,12 +159,45 @@ def test_edge_cases_first_night_no_result_and_unknown_cause():
     assert (judge("maximize", 0.9, [], RULE).verdict, judge("maximize", 0.9, [], RULE).cause) == \
         ("ok", "no_baseline")
     assert judge("maximize", None, [0.9], RULE).verdict == "no_result"
+    # no result tonight: the baseline it would have been compared with is still computed
+    none = judge("maximize", None, [0.9638, 0.9666, 0.9610], RULE)
+    assert (none.verdict, none.level, none.delta) == ("no_result", pytest.approx(0.9638), None)
+    assert none.spread == pytest.approx(1.4826 * 0.0028) and none.margin == pytest.approx(0.0083, abs=1e-4)
+    assert judge("maximize", None, [], RULE).level is None
     assert EXIT_CODES["no_result"] == 1
     unknown = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9)
     assert (unknown.verdict, unknown.cause) == ("regression", "unknown")
     diverged = judge("maximize", 0.5, [0.9, 0.9], RULE, incumbent_stored=0.9,
                      incumbent_diverged=True)
     assert (diverged.verdict, diverged.cause) == ("regression", "data")
+
+
+def test_a_no_result_verdict_stored_without_baseline_numbers_reads_sensibly():
+    """A no_result verdict stored before such verdicts kept the baseline's numbers: no
+    "trial #None", and the median says why it is missing rather than "-"."""
+    from types import SimpleNamespace
+
+    from tuner.nightly.figures import verdict_markdown
+    from tuner.nightly.regression import Verdict
+
+    stored = {"verdict": "no_result", "cause": None, "message": "tonight has no COMPLETE trial: "
+              "nothing to compare", "metric": "val_accuracy", "direction": "maximize",
+              "tonight": None, "tonight_trial": None, "incumbent": None, "delta": None,
+              "drift": None, "available": None, "computed_at": "2026-11-28T02:00:00+00:00",
+              "baseline": {"nights": [{"night": f"nd-2026-11-2{d}", "date": f"2026-11-2{d}",
+                                       "best": v, "trial": 0, "value": v}
+                                      for d, v in ((5, 0.9638), (6, 0.9666), (7, 0.9610))],
+                           "level": None, "best": 0.9666, "spread": None, "margin": None,
+                           "tolerance": 0.01, "spread_factor": 2.0, "baseline_nights": 3}}
+    lines = Verdict.from_dict(stored).lines()
+    assert lines[0] == "tonight's best val_accuracy: none (no COMPLETE trial)"
+    assert lines[1].endswith("best 0.9666 (median, spread and margin not computed: tonight has "
+                             "no result) (tolerance 0.0100)"), lines
+    study = SimpleNamespace(study_name="nd-2026-11-28", user_attrs={ATTR_VERDICT: stored})
+    text = verdict_markdown(SimpleNamespace(study=study, study_file=None, storage=None, options={}))
+    assert "#None" not in text and "| tonight's best | – (no COMPLETE trial) |" in text, text
+    assert "| baseline: median of 3 nights | – (not computed: tonight has no result) |" in text
+    assert "| baseline best | 0.9666 |" in text
 
 
 def test_an_incumbent_that_diverges_on_tonights_data_is_said_to_have_diverged(monkeypatch):
@@ -433,6 +467,36 @@ def test_map_config_follows_fixed_and_searched_keys():
     assert reasons == ["warmup_epochs is searched tonight but the configuration has no value for it"]
 
 
+def test_map_config_gives_every_reason_the_deciding_key_first():
+    """Every reason a configuration cannot be enqueued, the optimizer's (which decides which
+    other keys apply) first; what follows from the optimizer change alone is not a reason."""
+    adamw = {"optimizer": "adamw", "lr": 0.01, "batch_size": 64, "batch_scaling": "sqrt",
+             "decay": "cosine", "beta1": 0.9, "weight_decay": 0.01}
+
+    def space(**changes):
+        raw = _raw(space={**SPACE, "optimizer": ["sgd", "adam", "adamw"], **changes})
+        raw["model"]["reg"] = {"low": 1e-6, "high": 1e-2, "log": True}  # not used by adamw
+        return parse_study_dict(raw).space
+
+    assert map_config(space(), adamw)[1] == []
+    # sgd fixed tonight: it has reg (searched), adamw has none, but the reason is the optimizer
+    assert map_config(space(optimizer="sgd"), adamw)[1] == [
+        "optimizer is fixed to 'sgd' tonight (was 'adamw')"]
+    assert map_config(space(optimizer="adam"), adamw)[1] == [
+        "optimizer is fixed to 'adam' tonight (was 'adamw')"]
+    # the optimizer, lr and batch_size all changed: all three, the optimizer first
+    changed = space(optimizer=["sgd", "adam"], lr={"low": 1e-3, "high": 5e-3, "log": True},
+                    batch_size=128)
+    assert map_config(changed, adamw)[1] == [
+        "optimizer='adamw' is not one of 'sgd', 'adam'",
+        "lr=0.01 is outside log float [0.001, 0.005]",
+        "batch_size is fixed to 128 tonight (was 64)"]
+    assert map_config(space(lr=0.5, batch_size=128, decay="constant"), adamw)[1] == [
+        "decay is fixed to 'constant' tonight (was 'cosine')",
+        "lr is fixed to 0.5 tonight (was 0.01)",
+        "batch_size is fixed to 128 tonight (was 64)"]
+
+
 # --- the [schedule] section --------------------------------------------------------------------
 
 def test_schedule_section_validation(tmp_path):
@@ -455,9 +519,34 @@ def test_collect_study_files_from_a_folder(tmp_path):
     assert scan.broken == {}
     with pytest.raises(ConfigError, match="no \\[schedule\\] section"):
         collect_study_files([tmp_path / "b.toml"])
-    (tmp_path / "c.toml").write_text(_toml(name="a", schedule='cron = "0 4 * * *"'))
-    with pytest.raises(ConfigError, match="both name their study 'a'"):
-        collect_study_files([tmp_path])
+    # an empty folder, or one with nothing scheduled, is no error: the service waits for files
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert collect_study_files([empty]) == Scan([], [], {}, {})
+    (empty / "plain.toml").write_text(_toml(name="p"))  # an ordinary study: not scheduled
+    assert collect_study_files([empty]) == Scan([], [empty / "plain.toml"], {}, {})
+
+
+def test_a_duplicate_study_name_in_a_folder_skips_that_file_not_the_service(tmp_path):
+    """Two folder files naming the same study: the first in path order is scheduled, the other
+    is reported (the same text a rescan logs, so it is not logged again), the rest scheduled;
+    two such files named explicitly are an error (each must be scheduled)."""
+    folder = tmp_path / "sched"
+    folder.mkdir()
+    for name, study in (("b.toml", "nd"), ("a.toml", "nd"), ("c.toml", "other")):
+        (folder / name).write_text(_toml(name=study, schedule='cron = "0 3 * * *"'))
+    scan = collect_study_files([folder])
+    assert [(p.name, sf.study.name) for p, sf in scan.files] == [("a.toml", "nd"), ("c.toml", "other")]
+    assert scan.duplicates == {folder / "b.toml": (
+        f"{folder / 'b.toml'} names its study 'nd' like {folder / 'a.toml'}, which is scheduled; "
+        "not scheduling it (their nights would be the same studies)")}
+    assert scan.broken == {}
+    # a file given explicitly comes first; the same file through its folder counts once
+    scan = collect_study_files([folder / "b.toml", folder])
+    assert [p.name for p, _ in scan.files] == ["b.toml", "c.toml"]
+    assert list(scan.duplicates) == [folder / "a.toml"]
+    with pytest.raises(ConfigError, match="both name their study 'nd'"):
+        collect_study_files([folder / "a.toml", folder / "b.toml"])
 
 
 def test_a_broken_folder_file_is_skipped_and_scheduled_once_fixed(sqlite_url, tmp_path):
@@ -492,7 +581,7 @@ def test_a_broken_folder_file_is_skipped_and_scheduled_once_fixed(sqlite_url, tm
         assert service.rescan() == []  # scheduled once
         # a new file naming a scheduled study is refused, not scheduled twice
         (tmp_path / "copy.toml").write_text(_toml(name="b", schedule='cron = "0 5 * * *"'))
-        assert service.rescan() == [] and "copy.toml" in str(service._broken)
+        assert service.rescan() == [] and "copy.toml" in str(service._refused)
     finally:
         service.stop()
 

@@ -148,7 +148,9 @@ def nightly(study_file: StudyFileArg,
                   "down is caught up once on start; a cron fire during a running night of the "
                   "same file runs when it ends. Each night runs as `tuner nightly` in a "
                   "subprocess; SIGTERM is forwarded so no trial is left RUNNING. Folders are "
-                  "rescanned every minute: a broken file is skipped until it loads.")
+                  "rescanned every minute: a broken file is skipped until it loads, a file "
+                  "naming the study of a file before it is skipped, and a folder with nothing "
+                  "to schedule yet is waited on.")
 def scheduler(paths: Annotated[list[Path], typer.Argument(
                   help="Study files and/or folders (their *.toml files with a \\[schedule] "
                        "section).", show_default=False)],
@@ -186,6 +188,8 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     for path, message in scan.broken.items():
         log.error("skipping %s: cannot load it (%s); it is scheduled once it loads (folders are "
                   "rescanned every %.0f s)", path, message, rescan)
+    for message in scan.duplicates.values():
+        log.error("%s", message)
     sweeps = make_sweeps(scan.files, storage=storage, cron=cron)
     clock = None
     if now is not None:
@@ -198,7 +202,7 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     service = SchedulerService(sweeps, workers=workers, catch_up=catch_up, clock=clock,
                                storage_override=storage, cron=cron,
                                folders=[p for p in paths if p.is_dir()], rescan_interval=rescan,
-                               broken=scan.broken)
+                               broken=scan.broken, refused=scan.duplicates)
     stop = threading.Event()
     received: list[str] = []
 
@@ -236,6 +240,7 @@ def history(base: Annotated[str, typer.Argument(
     from tuner.cli.views import FitTable, fmt
     from tuner.nightly.history import night_history
     from tuner.nightly.nights import verdict_label
+    from tuner.nightly.regression import signed
     from tuner.storage import describe
 
     target = base
@@ -279,7 +284,7 @@ def history(base: Annotated[str, typer.Argument(
                       fmt(r.choice("lr"), 3) if r.choice("lr") is not None else "-",
                       f"[{style}]{verdict}[/]" if style else verdict,
                       ("diverged" if (v.get("incumbent") or {}).get("diverged")
-                       else fmt(v.get("drift")) if v.get("drift") is not None else "-"),
+                       else signed(v.get("drift"))),  # as tuner nightly prints it
                       str(r.counts.get("COMPLETE", 0)), str(r.counts.get("PRUNED", 0)),
                       str(r.counts.get("FAIL", 0)), warm_text)
     out.print(table)

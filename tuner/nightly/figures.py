@@ -240,18 +240,31 @@ def verdict_markdown(ctx: Any) -> str:
         return (f"_No verdict for `{study.study_name}` yet: the night is running or was "
                 "interrupted (rerun `tuner nightly` to resume it)._")
     v, b, inc = verdict, verdict.get("baseline") or {}, verdict.get("incumbent") or {}
+    no_result = v.get("verdict") == "no_result"
+    if _num(v.get("tonight")) is None:
+        tonight = ["| tonight's best | – (no COMPLETE trial) |" if no_result
+                   else f"| tonight's best | {_f(v.get('tonight'))} |"]
+    else:
+        trial = f" (trial #{v['tonight_trial']})" if v.get("tonight_trial") is not None else ""
+        tonight = [f"| tonight's best{trial} | {_f(v.get('tonight'))} |"]
     lines = [f"### Nightly verdict for `{study.study_name}`: **{verdict_label(v, upper=True)}**",
              "", str(v.get("message", "")), "",
-             f"| {v.get('metric', 'value')} | value |", "|---|---|",
-             f"| tonight's best (trial #{v.get('tonight_trial')}) | {_f(v.get('tonight'))} |"]
+             f"| {v.get('metric', 'value')} | value |", "|---|---|", *tonight]
     nights = b.get("nights") or []
     if nights:
-        lines += [f"| baseline: median of {len(nights)} nights | {_f(b.get('level'))} |",
+        # a no_result verdict stored before it kept the baseline's numbers has none of them
+        why = " (not computed: tonight has no result)" if no_result else ""
+        lines += [f"| baseline: median of {len(nights)} nights | "
+                  f"{_f(b.get('level'))}{why if b.get('level') is None else ''} |",
                   f"| baseline best | {_f(b.get('best'))} |",
-                  f"| spread (1.4826 × median absolute deviation) | {_f(b.get('spread'))} |",
+                  f"| spread (1.4826 × median absolute deviation) | "
+                  f"{_f(b.get('spread'))}{why if b.get('spread') is None else ''} |",
                   f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
-                  f"{b.get('spread_factor')} × spread, capped) | {_f(b.get('margin'))} |",
-                  f"| available tonight − baseline | {_f(v.get('delta'), signed=True)} |"]
+                  f"{b.get('spread_factor')} × spread, capped) | "
+                  f"{_f(b.get('margin'))}{why if b.get('margin') is None else ''} |",
+                  "| available tonight − baseline | "
+                  + ("– (nothing to compare: tonight has no result)" if no_result
+                     else _f(v.get("delta"), signed=True)) + " |"]
     if inc:
         again = (_f(inc.get("tonight")) if inc.get("tonight") is not None
                  else (inc.get("error") or "–"))

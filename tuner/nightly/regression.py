@@ -47,7 +47,8 @@ checked in this order:
 - ``regression`` when available < level - margin: tonight's sweep found nothing as good *and*
   the incumbent lost on tonight's data too. Cause ``data``, or ``unknown`` when the incumbent
   could not be re-evaluated (no stored configuration).
-- ``no_result`` when tonight has no COMPLETE trial.
+- ``no_result`` when tonight has no COMPLETE trial (the baseline's level, spread and margin
+  are still computed and stored: the numbers tonight would have been compared with).
 
 The first night (no baseline) is ``ok`` with cause ``no_baseline``.
 """
@@ -132,14 +133,15 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
     candidates = [v for v in (tonight, incumbent_tonight) if v is not None and math.isfinite(v)]
     available = (max if sign > 0 else min)(candidates) if candidates else None
     diverged = incumbent_diverged and incumbent_stored is not None
-    if tonight is None:
-        return Judgement("no_result", None, None, None, None, None, None, drift, available, diverged)
-    if not baseline:
+    level = statistics.median(baseline) if baseline else None
+    spread = robust_spread(baseline) if baseline else None
+    margin = noise_margin(level, spread, rule) if level is not None and spread is not None else None
+    if tonight is None:  # nothing to compare, but what it would have been compared with
+        return Judgement("no_result", None, level, spread, margin, None, None, drift, available,
+                         diverged)
+    if level is None or spread is None or margin is None:
         return Judgement("ok", "no_baseline", None, None, None, None, None, drift, available,
                          diverged)
-    level = statistics.median(baseline)
-    spread = robust_spread(baseline)
-    margin = noise_margin(level, spread, rule)
     sweep_delta = sign * (tonight - level)
     delta = sign * (available - level)
     tol = rule.tolerance
@@ -193,18 +195,26 @@ class Verdict:
     def lines(self) -> list[str]:
         f = _fmt
         out = []
-        trial = f" (trial #{self.tonight_trial})" if self.tonight_trial is not None else ""
-        out.append(f"tonight's best {self.metric}: {f(self.tonight)}{trial}")
+        if self.tonight is None:
+            out.append(f"tonight's best {self.metric}: none (no COMPLETE trial)")
+        else:
+            trial = f" (trial #{self.tonight_trial})" if self.tonight_trial is not None else ""
+            out.append(f"tonight's best {self.metric}: {f(self.tonight)}{trial}")
         b = self.baseline
         if b.get("nights"):
             dates = ", ".join(n["date"] for n in b["nights"])
-            out.append(f"baseline ({len(b['nights'])} night(s): {dates}): median {f(b['level'])}, "
-                       f"best {f(b['best'])}, spread (scaled MAD) {f(b['spread'])}, margin "
-                       f"{f(b['margin'])} (tolerance {f(b['tolerance'])})")
+            if b.get("level") is None:  # stored before no_result verdicts kept the numbers
+                numbers = (f"best {f(b.get('best'))} (median, spread and margin not computed: "
+                           "tonight has no result)")
+            else:
+                numbers = (f"median {f(b['level'])}, best {f(b.get('best'))}, spread (scaled MAD) "
+                           f"{f(b.get('spread'))}, margin {f(b.get('margin'))}")
+            out.append(f"baseline ({len(b['nights'])} night(s): {dates}): {numbers} (tolerance "
+                       f"{f(b.get('tolerance'))})")
         inc = self.incumbent
         if inc:
             if inc.get("tonight") is not None:
-                again = f"{f(inc['tonight'])} (drift {_signed(self.drift)})"
+                again = f"{f(inc['tonight'])} (drift {signed(self.drift)})"
             elif inc.get("diverged"):
                 again = inc.get("error") or "diverged"
             else:
@@ -224,7 +234,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _signed(value: float | None) -> str:
+def signed(value: float | None) -> str:
+    """A signed difference as every nightly output shows it (``+0.0000``, ``-0.0446``)."""
     if value is None:
         return "-"
     return f"{value:+.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "+inf")
@@ -232,7 +243,7 @@ def _signed(value: float | None) -> str:
 
 def _size(value: float | None) -> str:
     """The size of a change whose direction the sentence says ("0.0301 below")."""
-    return _signed(value) if value is None or not math.isfinite(value) else f"{abs(value):.4f}"
+    return signed(value) if value is None or not math.isfinite(value) else f"{abs(value):.4f}"
 
 
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
@@ -243,7 +254,7 @@ def _message(j: Judgement) -> str:
         return "tonight has no COMPLETE trial: nothing to compare"
     if j.cause == "no_baseline":
         return "no earlier night to compare with (first night)"
-    d, m = _signed(j.delta), _fmt(j.margin)
+    d, m = signed(j.delta), _fmt(j.margin)
     if j.verdict == "improvement":
         if j.cause == "data":
             return (f"{_size(j.delta)} above the baseline (margin {m}); the incumbent itself "
@@ -253,7 +264,7 @@ def _message(j: Judgement) -> str:
                 + (f"; {DIVERGED}" if j.incumbent_diverged else ""))
     if j.verdict == "ok":
         if j.cause == "search":
-            return (f"search shortfall: tonight's sweep is {_signed(j.sweep_delta)} from the baseline "
+            return (f"search shortfall: tonight's sweep is {signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
                     "data (search luck, not a regression; if it recurs, raise the nightly budget)")
         return f"within the margin of the baseline ({d}, margin {m})"

@@ -91,10 +91,11 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                           k=min(schedule.warm_start, file_night_sf.study.n_trials))
         for line in warm.lines():
             say(line)
+        views = _nightly_views_enabled(name)
         runner = Runner(night_sf, storage_url=storage_url, workers=workers,
                         timeout=timeout if timeout is not None else schedule.timeout,
                         quiet=quiet, console=console, splits=splits,
-                        hooks=[DashboardHook(dashboard="nightly")])
+                        hooks=[DashboardHook(dashboard="nightly")] if views else [])
         result = runner.run()
         counts = {state.name: n for state, n in result.counts.items()}
         verdict = None
@@ -106,7 +107,8 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                                   rule=schedule.regression)
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
-            _attach_nightly_views(study, night_sf)
+            if views:
+                _attach_nightly_views(study, night_sf)
         best = None
         if verdict is not None and verdict.tonight_trial is not None:
             trial = next(t for t in study.get_trials(deepcopy=False)
@@ -135,17 +137,38 @@ def _keep_the_night(lock: NamedLock) -> None:
                             "verdict") from None
 
 
+def _nightly_views_enabled(name: str) -> bool:
+    """Whether the night's views are stored with its study (the runner's dashboard hook while
+    the sweep runs, :func:`_attach_nightly_views` after the verdict): not with
+    ``TUNER_DASHBOARD_VIEWS=0``, nor when the ``nightly`` dashboard file (``$TUNER_DASHBOARDS``)
+    is broken. That is checked once, here, and said once: every refresh would fail with the same
+    error (a broken view must not fail the night)."""
+    import os
+
+    from tuner.dashboard.attach import ENV_VIEWS
+
+    if os.environ.get(ENV_VIEWS, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        from tuner.dashboard.render import check_panels
+        from tuner.dashboard.spec import load_dashboard
+
+        check_panels(load_dashboard("nightly"))
+    except Exception as exc:
+        logging.getLogger("tuner.nightly").warning(
+            "the dashboard views of %s will not be stored (the night runs without them): %s: %s",
+            name, type(exc).__name__, getattr(exc, "message", exc))
+        return False
+    return True
+
+
 def _attach_nightly_views(study: Any, night_sf: StudyFile) -> None:
     """Store the night's views with its study for optuna-dashboard, now that the verdict
     exists: ``dashboards/nightly.toml``, i.e. the trend, choices and verdict and (included) every
     study view (learning curves, LR schedules, reference gap, ...). A view that fails to render
     must not fail the night."""
-    import os
-
     from tuner.dashboard.attach import refresh_study_views
 
-    if os.environ.get("TUNER_DASHBOARD_VIEWS", "1") == "0":
-        return
     try:
         refresh_study_views(study, night_sf, dashboard="nightly")
     except Exception as exc:  # a broken view must not fail the night

@@ -26,9 +26,12 @@ Design:
   its first night runs at its cron time (so a first ``docker compose up`` does not start a
   sweep at once).
 - **Folders**: a ``*.toml`` of a folder argument that fails to load is logged and skipped, not
-  fatal (one broken file must not stop every other sweep, or a container restart loop); folders
-  are rescanned every minute, so a file that was fixed (or added) is scheduled once it loads.
-  A study file named explicitly must load, or the service does not start.
+  fatal (one broken file must not stop every other sweep, or a container restart loop); so is
+  one that names its study like a file scheduled before it (files in path order: the first is
+  scheduled). A folder with nothing to schedule yet (empty, or only broken files) is not fatal
+  either: the service runs and waits. Folders are rescanned every minute, so a file that was
+  fixed (or added) is scheduled once it loads. A study file named explicitly must load and be
+  schedulable, or the service does not start.
 - **Shutdown** (SIGTERM/SIGINT): no new night starts; running nights get SIGTERM (their running
   trials are failed and re-queued; ``tuner nightly`` resumes them next time); the service waits
   for them, then exits 0. Nothing is left RUNNING.
@@ -48,7 +51,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -93,11 +96,21 @@ class Sweep:
 @dataclass
 class Scan:
     """What :func:`collect_study_files` found: the study files to schedule, the folder files
-    without a ``[schedule]`` section, and the folder files that failed to load (path -> error)."""
+    without a ``[schedule]`` section, the folder files that failed to load (path -> error) and
+    the folder files that load but are not scheduled because a file before them names the same
+    study (path -> message)."""
 
     files: list[tuple[Path, StudyFile]]
     unscheduled: list[Path]
     broken: dict[Path, str]
+    duplicates: dict[Path, str] = field(default_factory=dict)
+
+
+def duplicate_message(file: Path, name: str, scheduled: Path) -> str:
+    """The error logged for a folder file that names its study like a scheduled file (at start
+    and by a rescan: the same text, so a rescan does not log it again)."""
+    return (f"{file} names its study {name!r} like {scheduled}, which is scheduled; not "
+            "scheduling it (their nights would be the same studies)")
 
 
 def folder_study_files(folder: Path) -> Iterator[tuple[Path, StudyFile | None, str]]:
@@ -125,10 +138,15 @@ def collect_study_files(paths: list[Path]) -> Scan:
     """Study files to schedule: every given file (it must load and have a ``[schedule]``
     section, else :class:`ConfigError`) and every ``*.toml`` of a given folder that has one. A
     folder file that fails to load is returned in ``broken``, not raised: one broken file must
-    not stop the other sweeps."""
+    not stop the other sweeps. Two files naming the same study cannot both be scheduled (their
+    nights would be the same studies): the given files come first (two of them naming the same
+    study is a :class:`ConfigError`), then each folder's files in path order; a folder file
+    whose study is taken is returned in ``duplicates``. A folder with nothing to schedule is
+    not an error (the service waits for files to appear)."""
     if not paths:
         raise ConfigError("give at least one study file or folder, e.g. tuner scheduler studies/")
-    found: list[tuple[Path, StudyFile]] = []
+    explicit: list[tuple[Path, StudyFile]] = []
+    in_folders: list[tuple[Path, StudyFile]] = []
     skipped: list[Path] = []
     broken: dict[Path, str] = {}
     for path in paths:
@@ -137,22 +155,40 @@ def collect_study_files(paths: list[Path]) -> Scan:
                 if sf is None:
                     broken[file] = error
                 else:
-                    (found.append((file, sf)) if sf.schedule is not None else skipped.append(file))
+                    (in_folders.append((file, sf)) if sf.schedule is not None
+                     else skipped.append(file))
         else:
             sf = load_study_file(path)
             if sf.schedule is None:
                 raise ConfigError(f"{path}: no [schedule] section, so it has no cron time",
                                   hint="add [schedule] with cron = \"0 2 * * *\" (see docs/nightly.md)")
-            found.append((path, sf))
-    if not found and not broken:
-        raise ConfigError(f"no study file with a [schedule] section in {', '.join(map(str, paths))}")
+            explicit.append((path, sf))
+    found: list[tuple[Path, StudyFile]] = []
     names: dict[str, Path] = {}
-    for path, sf in found:
-        other = names.setdefault(sf.study.name, path)
-        if other != path:
+    seen: set[Path] = set()
+    duplicates: dict[Path, str] = {}
+    for path, sf in explicit:
+        if path.resolve() in seen:
+            continue
+        other = names.get(sf.study.name)
+        if other is not None:
             raise ConfigError(f"{path} and {other} both name their study {sf.study.name!r}; "
-                              "their nights would be the same studies")
-    return Scan(found, skipped, broken)
+                              "their nights would be the same studies",
+                              hint="give each study file its own [study] name")
+        names[sf.study.name] = path
+        seen.add(path.resolve())
+        found.append((path, sf))
+    for path, sf in in_folders:
+        if path.resolve() in seen:  # also given explicitly, or a folder given twice
+            continue
+        other = names.get(sf.study.name)
+        if other is not None:
+            duplicates[path] = duplicate_message(path, sf.study.name, other)
+            continue
+        names[sf.study.name] = path
+        seen.add(path.resolve())
+        found.append((path, sf))
+    return Scan(found, skipped, broken, duplicates)
 
 
 def make_sweeps(files: list[tuple[Path, StudyFile]], *, storage: str | None = None,
@@ -202,13 +238,15 @@ class SchedulerService:
     """Runs ``sweeps`` at their cron times until :meth:`stop`. ``clock`` is *now* for the
     catch-up decision (tests inject a fake clock); ``python`` runs ``-m tuner nightly``;
     ``folders`` are rescanned every ``rescan_interval`` seconds for study files that were fixed
-    or added (``broken``: the folder files that failed to load at start, already logged)."""
+    or added (``broken``: the folder files that failed to load at start; ``refused``: those that
+    load but were not scheduled, e.g. a duplicate study name; both already logged)."""
 
     def __init__(self, sweeps: list[Sweep], *, workers: int = 1, catch_up: bool = True,
                  clock: Callable[[], datetime] | None = None, python: str | None = None,
                  storage_override: str | None = None, cron: str | None = None,
                  folders: list[Path] | None = None, rescan_interval: float = RESCAN_INTERVAL_S,
-                 broken: dict[Path, str] | None = None) -> None:
+                 broken: dict[Path, str] | None = None,
+                 refused: dict[Path, str] | None = None) -> None:
         self.sweeps = {s.id: s for s in sweeps}
         self.workers = workers
         self.catch_up = catch_up
@@ -218,7 +256,8 @@ class SchedulerService:
         self.cron = cron
         self.folders = list(folders or [])
         self.rescan_interval = rescan_interval
-        self._broken: dict[Path, str] = dict(broken or {})
+        self._broken: dict[Path, str] = dict(broken or {})  # fails to load: path -> error
+        self._refused: dict[Path, str] = dict(refused or {})  # loads, not scheduled: -> why
         self._lock = threading.Lock()
         self._pending: dict[str, date] = {}  # catch-up nights, taken by the job's first run
         self._running: dict[str, date] = {}  # sweep id -> the night running now
@@ -281,6 +320,7 @@ class SchedulerService:
         scheduled = {s.path.resolve() for s in self.sweeps.values()}
         names = {s.base: s.path for s in self.sweeps.values()}
         broken: dict[Path, str] = {}
+        refused: dict[Path, str] = {}
         added: list[Sweep] = []
         for folder in self.folders:
             for file, sf, error in folder_study_files(folder):
@@ -296,23 +336,22 @@ class SchedulerService:
                 if file.resolve() in scheduled or sf.schedule is None:
                     continue
                 if sf.study.name in names:
-                    message = (f"{file} names its study {sf.study.name!r} like {names[sf.study.name]}, "
-                               "which is scheduled; not scheduling it")
-                    broken[file] = message
-                    if self._broken.get(file) != message:
+                    message = duplicate_message(file, sf.study.name, names[sf.study.name])
+                    refused[file] = message
+                    if self._refused.get(file) != message:
                         log.error("%s", message)
                     continue
                 try:
                     sweep = make_sweeps([(file, sf)], storage=self.storage_override, cron=self.cron)[0]
                 except TunerError as exc:
-                    broken[file] = exc.message
-                    if self._broken.get(file) != exc.message:
-                        log.error("%s: %s", file, exc.message)
+                    refused[file] = f"{file}: {exc.message}"
+                    if self._refused.get(file) != refused[file]:
+                        log.error("%s", refused[file])
                     continue
                 self._add(sweep)
                 names[sweep.base] = file
                 added.append(sweep)
-        self._broken = broken
+        self._broken, self._refused = broken, refused
         return added
 
     def stop(self, why: str = "stop requested", timeout: float = STOP_TIMEOUT_S) -> None:

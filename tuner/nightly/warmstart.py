@@ -21,6 +21,7 @@ Rules (``docs/nightly.md``):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -115,34 +116,69 @@ class _ConfigTrial:
         return self._take(name, low)
 
 
+SELECTORS = ("optimizer", "decay")  # keys that decide which other keys apply
+
+
 def map_config(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Tonight's Optuna parameters for a previous night's training configuration, and the
-    reasons it is not a configuration of tonight's space (empty: it can be enqueued)."""
+    reasons it is not a configuration of tonight's space (empty: it can be enqueued).
+
+    Every reason is given, one per key, in catalogue order with the optimizer and the decay
+    first: they decide which other keys apply. When one of them cannot be kept (fixed to
+    another value tonight, or no longer set), what follows from that alone is not repeated: the
+    keys only one of the two optimizers (decays) uses (``reg`` for ``adamw`` -> ``sgd``), and
+    the optimizer's own defaults (``batch_scaling``) when tonight's space does not set them."""
     trial = _ConfigTrial(config)
     try:
-        space.suggest(trial)
+        rebuilt = space.suggest(trial)
     except (ValueError, KeyError) as exc:
         return {}, [str(exc)]
-    if trial.missing:
-        return trial.params, [f"{key} is searched tonight but the configuration has no value for it"
-                              for key in trial.missing]
-    reasons = space.check_optuna_params(trial.params)
-    if reasons:
-        return trial.params, reasons
-    rebuilt = space.params_from_optuna(trial.params)
+    reasons: dict[str, str] = {}  # training key -> why
+    for key in trial.missing:
+        reasons.setdefault(key, f"{key} is searched tonight but the configuration has no value "
+                                "for it")
+    by_name = {d.name: d for d in space.dimensions()}
+    for name, value in trial.params.items():  # as SearchSpace.check_optuna_params words them
+        dim = by_name[name]
+        if not dim.contains(value):
+            where = "not" if dim.kind == "choice" else "outside"
+            reasons.setdefault(name.rsplit(".", 1)[-1],
+                               f"{name}={P.literal(value)} is {where} {dim.describe()}")
     try:
         old, new = P.resolve(config), P.resolve(rebuilt)
     except ValueError as exc:
-        return trial.params, [f"the configuration is not valid tonight: {exc}"]
+        return trial.params, _ordered(reasons) or [f"the configuration is not valid tonight: {exc}"]
     fixed = {d.key: d.value for d in space.dimensions() if d.kind == "fixed"}
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            if key in fixed:
-                reasons.append(f"{key} is fixed to {new.get(key)!r} tonight (was {old.get(key)!r})")
-            else:
-                reasons.append(f"{key} would be {new.get(key)!r} tonight (was {old.get(key)!r}): "
-                               "tonight's space no longer sets it")
-    return trial.params, reasons
+    inherited: set[str] = set()  # "no longer sets it": tonight's default, not tonight's choice
+    for key in set(old) | set(new):
+        if key in reasons or old.get(key) == new.get(key):
+            continue
+        if key in fixed:
+            reasons[key] = (f"{key} is fixed to {P.literal(new.get(key))} tonight (was "
+                            f"{P.literal(old.get(key))})")
+        else:
+            inherited.add(key)
+            reasons[key] = (f"{key} would be {P.literal(new.get(key))} tonight (was "
+                            f"{P.literal(old.get(key))}): tonight's space no longer sets it")
+    if any(key in reasons for key in SELECTORS):
+        def selectors(c: dict[str, Any]) -> tuple[Any, Any]:
+            return (c.get("optimizer"), c.get("decay", P.PARAMS["decay"].default))
+
+        was, now = selectors(old), selectors(new)
+        for key in [k for k in reasons if k not in SELECTORS and k in P.PARAMS]:
+            spec = P.PARAMS[key]
+            follows = (spec.applies(*was) != spec.applies(*now)
+                       or (key in inherited and was[0] != now[0]
+                           and isinstance(spec.default, Mapping)))
+            if follows:
+                del reasons[key]
+    return trial.params, _ordered(reasons)
+
+
+def _ordered(reasons: dict[str, str]) -> list[str]:
+    """The reasons, the optimizer's and the decay's first, then in catalogue order."""
+    order = {key: i for i, key in enumerate((*SELECTORS, *(k for k in P.PARAMS if k not in SELECTORS)))}
+    return [reasons[k] for k in sorted(reasons, key=lambda k: (order.get(k, len(order)), k))]
 
 
 def _key(params: dict[str, Any]) -> str:
