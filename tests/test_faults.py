@@ -717,6 +717,7 @@ def test_doctor_reports_and_fails_stale_trials(tmp_path):
     # Within the grace period, but no runner holds the SQLite study's lock: every RUNNING
     # trial is an orphan (doctor called them "alive" until their heartbeats aged).
     report = run_tuner("doctor", "faults", "--storage", url, "--json")
+    copy_of = _copy(url, tmp_path / "copy.db")  # as the runner left it
     assert report.returncode == 1
     data = json.loads(report.stdout)
     assert data["runner_alive"] is False
@@ -733,6 +734,30 @@ def test_doctor_reports_and_fails_stale_trials(tmp_path):
     trials = read_trials(url, "faults")
     assert counts(trials)[TrialState.RUNNING] == 0
     assert any(t.state == TrialState.WAITING for t in trials)
+    _delete_with_fresh_heartbeats_is_not_refused(tmp_path, copy_of)
+
+
+def _copy(url: str, copy: Path) -> Path:
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    return copy
+
+
+def _delete_with_fresh_heartbeats_is_not_refused(tmp_path: Path, copy: Path) -> None:
+    """`tuner delete` on a copy of the killed runner's SQLite study, its heartbeats made fresh:
+    no runner holds the lock, so nothing is running and the delete goes ahead."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{copy}")
+    with engine.begin() as conn:
+        beat = models.TrialHeartbeatModel
+        assert conn.execute(sqlalchemy.update(beat).values(heartbeat=sqlalchemy.func.now())).rowcount
+    engine.dispose()
+    proc = run_tuner("delete", "faults", "--storage", f"sqlite:///{copy}", "--yes")
+    assert proc.returncode == 0 and "deleted study 'faults'" in proc.stderr, proc.stderr
 
 
 # --- 6. soak ---------------------------------------------------------------------------------

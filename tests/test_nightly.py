@@ -30,7 +30,7 @@ from tuner.storage import open_storage
 from tuner.storage.coordination import NamedLock
 from tuner.study import load_data, open_study
 
-from conftest import run_tuner, tuner_env, write_study
+from conftest import flat, run_tuner, tuner_env, write_study
 
 DAY = date(2026, 11, 25)
 POLL_DEADLINE_S = 120.0
@@ -117,6 +117,26 @@ def test_same_night_twice_is_one_study_with_an_exact_budget(storage_url, tmp_pat
     third = json.loads(nightly(path, storage_url, DAY, "-n", "6", "--json", check=True).stdout)
     assert third["n_trials"] == 6 and third["study"] == "nt-2026-11-25"
     assert done(study_of(storage_url, "nt-2026-11-25")) == 6
+
+
+def test_a_finished_night_is_re_judged_with_an_edited_file(sqlite_url, tmp_path):
+    """A finished night samples nothing more, so an edited choice list does not stop its
+    verdict from being recomputed; a night with trials left is refused with a hint that fits
+    nightly sweeps (not `tuner run --study-name`)."""
+    path = nightly_file(tmp_path / "n.toml", n_trials=3)
+    nightly(path, sqlite_url, DAY, check=True)
+    text = path.read_text().replace('["sgd", "momentum", "adam"]', '["sgd", "adam"]')
+    path.write_text(text)
+    again = nightly(path, sqlite_url, DAY, check=True)
+    assert "3/3 trials done" in again.stdout
+    more = nightly(path, sqlite_url, DAY, "-n", "4")
+    assert more.returncode == 2, more.stdout + more.stderr
+    shown = flat(more.stderr)
+    assert "space.optimizer: choices ['sgd', 'adam'] differ" in shown
+    assert (f"tuner delete nt-2026-11-25 --storage {sqlite_url}, then tuner nightly {path} "
+            f"--date 2026-11-25 --storage {sqlite_url}") in shown
+    assert "--study-name" not in shown
+    assert done(study_of(sqlite_url, "nt-2026-11-25")) == 3
 
 
 def test_two_concurrent_nightly_runs_of_the_same_night(storage_url, tmp_path):
@@ -486,6 +506,7 @@ def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_pa
     by_base = run_tuner("report", "nt", *storage, "-o", tmp_path / "base.html", cwd=tmp_path,
                         check=True)
     assert "wrote" in by_base.stdout and f"nt-{DAY}" in (tmp_path / "base.html").read_text()
+    assert f"nt is a nightly sweep: reporting its latest night, nt-{DAY}" in flat(by_base.stderr)
     show = run_tuner("show", "nt", *storage, cwd=tmp_path)
     assert show.returncode == 2 and "Traceback" not in show.stderr, show.stderr
     assert (f"'nt' is a nightly sweep; its nights are the studies nt-YYYY-MM-DD (latest: nt-{DAY})"

@@ -229,7 +229,12 @@ beta1 = [0.8, 0.9]'''
     assert proc.returncode == 2, proc.stderr
     assert f"{cut}: space.optimizer: choices ['sgd', 'adam'] differ from the ['sgd', 'momentum', " \
            "'adam'] the study's trials used" in flat(proc.stderr)
-    assert f"tuner run {cut} --study-name NEW" in flat(proc.stderr)
+    assert f"tuner run {cut} --study-name NEW --storage {sqlite_url}" in flat(proc.stderr)
+    # a study that has spent its budget samples nothing from the edited space: no refusal
+    spent = write_study(tmp_path / "cut.toml", name="edit", n_trials=2, epochs=1,
+                        space=space.replace('["sgd", "momentum", "adam"]', '["sgd", "adam"]'))
+    proc = tuner("run", spent, "--storage", sqlite_url, check=True)
+    assert "reached its target of 2 trials" in flat(proc.stdout + proc.stderr)
     for old, new, key in (('["sgd", "momentum", "adam"]', '["adam", "momentum", "sgd"]',
                            "space.optimizer"),
                           ("[64, 128]", "[64, 128, 256]", "space.batch_size"),
@@ -671,6 +676,8 @@ def test_a_space_where_everything_diverges(sqlite_url, tmp_path):
                         model="reg = 1.0")
     proc = tuner("run", study, "--storage", sqlite_url, check=True)
     assert "no COMPLETE trial yet" in proc.stdout
+    assert "3 of 3 pruned trial(s) diverged" in flat(proc.stdout)
+    assert "learning rates tried are too large for this data; lower space.lr" in flat(proc.stdout)
     trials = load(sqlite_url, "boom").trials
     assert len(trials) == 3
     assert all(t.state == TrialState.PRUNED and t.user_attrs["diverged"] for t in trials)
@@ -818,6 +825,27 @@ def test_replay_of_an_unknown_trial(mixed):
     url, _ = mixed
     proc = tuner("replay", "mixed", 999, "--storage", url)
     assert proc.returncode == 2 and "study 'mixed' has no trial #999" in flat(proc.stderr)
+
+
+def test_replay_and_best_retrain_under_the_file_each_trial_ran_with(sqlite_url, tmp_path):
+    """A study run again with an edited [model] (more epochs): its new trials trained for 3
+    epochs, so replay and best --test retrain them for 3 epochs, the old ones for 1."""
+    space = 'optimizer = "adam"\nlr = {low = 1e-3, high = 1e-2, log = true}\nbatch_size = 128'
+    study = write_study(tmp_path / "e.toml", name="e", n_trials=2, epochs=1, space=space)
+    tuner("run", study, "--storage", sqlite_url, "-q", check=True)
+    write_study(study, name="e", n_trials=4, epochs=3, space=space)
+    proc = tuner("run", study, "--storage", sqlite_url, "-q", check=True)
+    assert "model.epochs: 1 -> 3" in flat(proc.stderr)
+    trials = load(sqlite_url, "e").trials
+    assert [len(t.user_attrs["curve"]["epoch"]) for t in trials] == [1, 1, 3, 3]
+    for trial in trials[1:3]:
+        data = json.loads(tuner("replay", "e", trial.number, "--storage", sqlite_url, "--json",
+                                check=True).stdout)
+        assert data["match"] is True and data["epochs"] == len(trial.user_attrs["curve"]["epoch"])
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    data = json.loads(tuner("best", "e", "--storage", sqlite_url, "--test", "--json",
+                            check=True).stdout)
+    assert data["trial"] == best.number and data["epochs"] == len(best.user_attrs["curve"]["epoch"])
 
 
 def _expected_rows(url: str) -> dict[int, optuna.trial.FrozenTrial]:

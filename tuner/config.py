@@ -29,6 +29,11 @@ PRUNER_KEYS: dict[str, tuple[str, ...]] = {
     "successive_halving": ("min_resource", "reduction_factor"),
     "hyperband": ("min_resource", "reduction_factor"),
 }
+SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
+    "tpe": ("n_startup_trials", "group"),
+    "random": (),
+    "qmc": (),
+}
 SYNTHETIC_KEYS: tuple[str, ...] = ("n", "d", "classes", "difficulty")
 
 
@@ -47,6 +52,10 @@ class SamplerConfig(_Section):
     n_startup_trials: int = Field(10, ge=0)
     group: bool = False
 
+    @model_validator(mode="after")
+    def _keys_apply(self) -> SamplerConfig:
+        return _keys_of_type(self, "sampler", SAMPLER_KEYS)
+
 
 class PrunerConfig(_Section):
     """``[study.pruner]``. Steps are epochs; no trial is pruned inside its own warmup."""
@@ -61,14 +70,19 @@ class PrunerConfig(_Section):
 
     @model_validator(mode="after")
     def _keys_apply(self) -> PrunerConfig:
-        allowed = PRUNER_KEYS[self.type]
-        stray = sorted(k for k in self.model_fields_set if k != "type" and k not in allowed)
-        if stray:
-            takes = f"it takes: {', '.join(allowed) or 'no options'}"
-            if len(stray) == 1:
-                raise ValueError(f"{stray[0]}: does not apply to pruner {self.type!r}; {takes}")
-            raise ValueError(f"{', '.join(stray)} do not apply to pruner {self.type!r}; {takes}")
-        return self
+        return _keys_of_type(self, "pruner", PRUNER_KEYS)
+
+
+def _keys_of_type(section: Any, what: str, keys_by_type: dict[str, tuple[str, ...]]) -> Any:
+    """``section`` (a sampler or pruner) sets only the options its ``type`` takes."""
+    allowed = keys_by_type[section.type]
+    stray = sorted(k for k in section.model_fields_set if k != "type" and k not in allowed)
+    if stray:
+        takes = f"it takes: {', '.join(allowed) or 'no options'}"
+        if len(stray) == 1:
+            raise ValueError(f"{stray[0]}: does not apply to {what} {section.type!r}; {takes}")
+        raise ValueError(f"{', '.join(stray)} do not apply to {what} {section.type!r}; {takes}")
+    return section
 
 
 class ReliabilityConfig(_Section):
@@ -367,6 +381,23 @@ def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
                      base_dir=base_dir)
 
 
+def key_home(key: str, section: str) -> str | None:
+    """Where a key written in the wrong section belongs ("it belongs in [space]", "set it per
+    optimizer in [space.optimizers.adam], ..."), or ``None`` if no section takes it."""
+    from tuner import params as P
+
+    if key in P.OPTIMIZER_KEYS:
+        where = ", ".join(f"[space.optimizers.{o}]" for o in sorted(P.PARAMS[key].optimizers or ()))
+        return f"{key!r} is an optimizer hyperparameter; set it per optimizer in {where}"
+    if key in P.DECAY_KEYS:
+        where = ", ".join(f"[space.decays.{d}]" for d in sorted(P.PARAMS[key].decays or ()))
+        return f"{key!r} is a decay parameter; set it per decay in {where}"
+    homes = [name for name, model in _SECTIONS.items() if name != section and key in model.model_fields]
+    if section != "space" and key in P.GENERAL_KEYS and not homes:
+        homes.append("space")
+    return f"it belongs in [{homes[0]}]" if homes else None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) section at ``loc``, for 'unknown key' messages."""
     current: Any = model
@@ -398,9 +429,12 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
         key = ".".join(str(p) for p in (section, *loc))
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
+            home = key_home(str(loc[-1]), section) if len(loc) == 1 else None
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            meant = f"did you mean {close[0]}? " if close else ""
-            lines.append(f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")
+            meant = f"{home}; " if home else f"did you mean {close[0]}? " if close else ""
+            lines.append(f"{source}: {key}: unknown key in [{section}]; {meant}allowed keys: "
+                         f"{', '.join(allowed)}" if home else
+                         f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {key}: required key is missing")
         elif err["type"] in ("model_type", "dict_type"):

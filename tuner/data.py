@@ -95,6 +95,24 @@ class Splits:
                 f"train/val/test = {len(self.y_train)}/{len(self.y_val)}/{len(self.y_test)}")
 
 
+def data_file(name: str, base_dir: Path | None = None) -> Path:
+    """The file a ``dataset`` names (relative to ``base_dir`` unless it exists as given), checked
+    to exist and to be in a supported format, without reading it."""
+    path = Path(name).expanduser()
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = base_dir / path
+    if path.suffix.lower() not in FILE_FORMATS:
+        if not path.suffix and not path.exists():
+            check_dataset_name(name)
+        raise DataError(f"{path}: unknown data format {path.suffix!r}; "
+                        f"supported: {', '.join(FILE_FORMATS)}")
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    return path
+
+
 def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None = None,
                  n: int = 51000, d: int = 3072, classes: int = 10, difficulty: float = 0.5,
                  seed: int = 0) -> Dataset:
@@ -108,20 +126,8 @@ def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None 
         return _load_builtin(name)
     if name == "synthetic":
         return make_synthetic(n=n, d=d, classes=classes, difficulty=difficulty, seed=seed)
-    path = Path(name).expanduser()
-    if not path.is_absolute() and base_dir is not None and not path.exists():
-        path = base_dir / path
-    suffix = path.suffix.lower()
-    if suffix not in FILE_FORMATS:
-        if not path.suffix and not path.exists():
-            check_dataset_name(name)
-        raise DataError(f"{path}: unknown data format {path.suffix!r}; "
-                        f"supported: {', '.join(FILE_FORMATS)}")
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    fmt = FILE_FORMATS[suffix]
+    path = data_file(name, base_dir)
+    fmt = FILE_FORMATS[path.suffix.lower()]
     if fmt == "npz":
         return _load_npz(path)
     return _load_table(path, fmt, target)

@@ -17,6 +17,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import BufferedStorage
+from tuner.storage.buffered import earliest_with_value
 from tuner.study import ATTR_METRIC, flat_params, is_multi_objective, resolved_params
 
 GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
@@ -92,12 +93,8 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
             value = hi if direction_name == "maximize" else lo
             if len(objectives) > 1:
                 value = None  # multi-objective: no single best value
-            best_number = None
-            if value is not None:
-                best_number = conn.execute(sqlalchemy.select(sqlalchemy.func.min(trials.c.number))
-                                           .join(values, values.c.trial_id == trials.c.trial_id)
-                                           .where(trials.c.study_id == sid, values.c.value == value,
-                                                  trials.c.state == TrialState.COMPLETE)).scalar()
+            earliest = earliest_with_value(conn, sid, value)
+            best_number = None if earliest is None else earliest[1]
             metric = _json(metrics.get(sid)) or ("value" if len(objectives) <= 1
                                                  else f"{len(objectives)} objectives")
             stamp = last.get(sid)
@@ -178,7 +175,9 @@ def best_by(study: optuna.Study, key: str, study_file: Any = None) -> list[Group
         q = _quartiles(vals)
         out.append(GroupStats(key, value, len(done), best.value, best.number, statistics.median(vals),
                               q[0], q[1], len(halted), diverged))
-    out.sort(key=lambda g: (math.isnan(g.best), -g.best if maximize else g.best))
+    # equal bests: the group whose best trial came first, as the best trial is the earliest
+    out.sort(key=lambda g: (math.isnan(g.best), -g.best if maximize else g.best, g.best_trial,
+                            str(g.value)))
     return out
 
 

@@ -251,6 +251,7 @@ def _values(dim: Dimension | None) -> tuple[Any, ...]:
 def build_space(raw: dict[str, Any], model: ModelSection, *, source: str) -> SearchSpace:
     """Compile ``[space]`` (plus the searchable keys of ``[model]``) into a :class:`SearchSpace`,
     raising :class:`ConfigError` with the file and key path on any mistake."""
+    from tuner.config import key_home  # (config imports this module lazily, too)
 
     def fail(path: str, message: str) -> ConfigError:
         return ConfigError(f"{source}: {path}: {message}")
@@ -263,14 +264,12 @@ def build_space(raw: dict[str, Any], model: ModelSection, *, source: str) -> Sea
         path = f"space.{key}"
         if key in ("optimizers", "decays"):
             continue
-        if key in P.OPTIMIZER_KEYS:
-            where = ", ".join(f"[space.optimizers.{o}]" for o in sorted(P.PARAMS[key].optimizers or ()))
-            raise fail(path, f"{key!r} is an optimizer hyperparameter; set it per optimizer in {where}")
-        if key in P.DECAY_KEYS:
-            where = ", ".join(f"[space.decays.{d}]" for d in sorted(P.PARAMS[key].decays or ()))
-            raise fail(path, f"{key!r} is a decay parameter; set it per decay in {where}")
+        if key in P.OPTIMIZER_KEYS or key in P.DECAY_KEYS:
+            raise fail(path, key_home(key, "space"))
         if key not in general_keys:
-            raise fail(path, f"unknown key; allowed keys: {', '.join(allowed_top)}")
+            home = key_home(key, "space")
+            raise fail(path, f"unknown key{f' in [space]; {home}' if home else ''}; allowed keys: "
+                             f"{', '.join(allowed_top)}")
         general[key] = _dimension(key, key, value, path, fail)
     for key in MODEL_LEVEL_KEYS:
         value = getattr(model, key)

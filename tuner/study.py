@@ -2,14 +2,20 @@
 
 Each study stores its study file (``tuner.config``), search-space fingerprint and metric as
 study user attributes, so any command (``replay``, ``best --test``, ``show``, the dashboard) can
-rebuild the data and training setup from the database alone.
+rebuild the data and training setup from the database alone. A study run again with an edited
+file (other ``[data]`` or ``[model]`` settings) also stores that file, as
+``tuner.file.<digest>``, and each trial names the one it trained under (its ``training``
+attribute): :func:`trial_study_file`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import __version__
 from tuner import params as P
 from tuner.config import METRICS, StudyFile
-from tuner.data import Splits, load_splits
+from tuner.data import Splits, data_file, load_splits
 from tuner.errors import ConfigError, DataError, StudyNotFoundError
 from tuner.storage import BufferedStorage
 
@@ -32,6 +38,8 @@ ATTR_VERSION = "tuner.version"
 ATTR_DATA = "tuner.data"
 ATTR_RUNS = "tuner.runs"
 ATTR_VIEWS = "tuner.views_of"  # [trials, finished trials] when the stored views were rendered
+ATTR_FILE_PREFIX = "tuner.file."  # + training_digest(): an edited study file the study ran with
+ATTR_TRAINING = "training"  # trial attribute: training_digest() of the file the trial trained under
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -81,10 +89,27 @@ def load_data(study_file: StudyFile) -> Splits:
         source.update(n=d.n, d=d.d, classes=d.classes, difficulty=d.difficulty)
     if d.target is not None:
         source["target"] = d.target
-    try:
+    with _naming_the_study_file(study_file):
         return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
                            dtype=study_file.model.dtype, standardize=d.standardize, **source)
-    except DataError as exc:  # name the study file and section, as config errors do
+
+
+def check_data_file(study_file: StudyFile) -> None:
+    """That the study's data file (if it names one) exists and has a supported format, without
+    reading it (``tuner check --no-data``)."""
+    d = study_file.data
+    if d.is_builtin() or d.dataset == "synthetic":
+        return
+    with _naming_the_study_file(study_file):
+        data_file(d.dataset, Path(study_file.base_dir) if study_file.base_dir else None)
+
+
+@contextlib.contextmanager
+def _naming_the_study_file(study_file: StudyFile) -> Iterator[None]:
+    """Data errors name the study file and section, as config errors do."""
+    try:
+        yield
+    except DataError as exc:
         raise DataError(f"{study_file.source}: [data]: {exc.message}", hint=exc.hint) from None
 
 
@@ -166,6 +191,17 @@ def trial_seed(study_seed: int, trial: FrozenTrial) -> int:
     return derive_seed(study_seed, root)
 
 
+def _storage_flag(storage: BufferedStorage, *, note: bool = True) -> str:
+    """`` --storage URL`` (and, with ``note``, how to set ``$TUNER_STORAGE`` for a URL with a
+    password) for a follow-up command hint about ``storage``; ``""`` where the command finds it
+    by itself."""
+    from tuner.storage.urls import storage_flag, storage_note
+
+    url = storage.backend.engine.url.render_as_string(hide_password=False)
+    told = storage_note(url) if note else ""
+    return storage_flag(url) + (f" {told}" if told else "")
+
+
 def _where(storage: BufferedStorage) -> str:
     """Which storage, for "no study named ..." (``SQLite /abs/tuner.db``, never a password)."""
     engine = getattr(getattr(storage, "backend", None), "engine", None)
@@ -177,15 +213,16 @@ def _where(storage: BufferedStorage) -> str:
 
 
 def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed: int | None = None,
-               create: bool = True) -> optuna.Study:
-    """Create the study (first use) or load it, and check that it matches the study file."""
+               create: bool = True, edited_hint: str | None = None) -> optuna.Study:
+    """Create the study (first use) or load it, and check that it matches the study file
+    (:func:`check_existing_study`)."""
     name = study_file.study.name
     sampler = make_sampler(study_file, study_file.study.seed if sampler_seed is None else sampler_seed)
     existing = _study_names(storage)
     if name not in existing and not create:
         raise StudyNotFoundError(f"no study named {name!r} in {_where(storage)}")
     if name in existing:
-        check_existing_study(study_file, storage)
+        check_existing_study(study_file, storage, edited_hint=edited_hint)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=make_pruner(study_file), direction=study_file.direction,
                                 load_if_exists=True)
@@ -202,16 +239,41 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
             log.warning("%s differs from the file study %r was created with (%s): its new trials "
                         "join the old ones in one study (to compare them apart, run with "
                         "--study-name NEW)", study_file.source, name, shown)
+            key = ATTR_FILE_PREFIX + training_digest(study_file)
+            if (training_digest(StudyFile.from_json(attrs[ATTR_CONFIG])) != key[len(ATTR_FILE_PREFIX):]
+                    and key not in attrs):
+                study.set_user_attr(key, study_file.to_json())
     return study
 
 
-def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> None:
+def training_digest(study_file: StudyFile) -> str:
+    """A short digest of what trains a trial besides its configuration: the ``[data]`` and
+    ``[model]`` sections as written, and the folder data paths are relative to."""
+    raw = study_file.public_raw()
+    blob = json.dumps({"data": raw.get("data", {}), "model": raw.get("model", {}),
+                       "base_dir": study_file.base_dir}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def trial_study_file(study: optuna.Study, trial: FrozenTrial, study_file: StudyFile) -> StudyFile:
+    """The study file ``trial`` trained under: ``study_file`` (the one the study was created
+    with), or the edited one a later run stored (``model.epochs``, the data, ... may differ)."""
+    digest = trial.user_attrs.get(ATTR_TRAINING)
+    if digest is None or digest == training_digest(study_file):
+        return study_file
+    text = study.user_attrs.get(ATTR_FILE_PREFIX + digest)
+    return StudyFile.from_json(text) if text else study_file
+
+
+def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
+                         edited_hint: str | None = None) -> None:
     """Refuse to run ``study_file`` on the existing study of the same name when that would go
     wrong: a study not created by tuner that already has trials (its trials would count toward
     the budget and could be reported as the best), a multi-objective study, one that optimizes
     in the other direction or another metric, or one whose trials used parameter distributions
     Optuna would refuse next to the file's search space (e.g. a choice list that was edited:
-    every new trial would fail)."""
+    every new trial would fail; ``edited_hint`` says what to do then), unless the study has
+    spent its budget."""
     from tuner.storage import describe
 
     name = study_file.study.name
@@ -221,8 +283,10 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> Non
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
     attrs = storage.get_study_user_attrs(study_id)
     source = study_file.source
-    hint = (f"run this study file under a new name: tuner run {source} --study-name NEW "
-            f"(or delete the old study first: tuner delete {name})")
+    flag = _storage_flag(storage, note=False)
+    note = _storage_flag(storage)[len(flag):]
+    hint = (f"run this study file under a new name: tuner run {source} --study-name NEW{flag} "
+            f"(or delete the old study first: tuner delete {name}{flag}){note}")
     named_by = f"--study-name {name}" if "name" in study_file.overrides else f"{source}: study.name"
     prefix = f"{named_by}: a study named {name!r} already exists in {where}"
     if len(directions) != 1:
@@ -240,6 +304,11 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> Non
     if directions[0] != direction:
         raise ConfigError(f"{prefix} and is set to {directions[0]}, but study.metric = "
                           f"{metric!r} is to {direction}", hint=hint)
+    from tuner.storage.coordination import state_counts
+
+    counts = state_counts(storage, study_id)
+    if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= study_file.study.n_trials:
+        return  # its budget is spent: no trial will be sampled from this search space
     problems = study_file.space.incompatible_with(_stored_distributions(storage, study_id))
     if problems:
         model_keys = tuple(study_file.raw.get("model", {}))
@@ -247,8 +316,9 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage) -> Non
                           for param, why in problems)
         raise ConfigError(f"{source}: {lines}: the study {name!r} in {where} cannot take this "
                           "search space (its trials would all fail)",
-                          hint=f"run the edited file as a new study: tuner run {source} "
-                               f"--study-name NEW (or restore the old values)")
+                          hint=edited_hint or f"run the edited file as a new study: tuner run "
+                                              f"{source} --study-name NEW{flag} (or restore the "
+                                              f"old values){note}")
 
 
 def _count_trials(storage: BufferedStorage, study_id: int) -> int:
@@ -320,13 +390,10 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
             in_file = _name_in_file(name)
             hint = ("this command takes a study's name (study.name in its file), not the file"
                     + (f": {in_file}" if in_file else ""))
-        elif nights := _nights_of(name, storage):
-            from tuner.storage.urls import storage_flag, storage_note
-
-            url = storage.backend.engine.url.render_as_string(hide_password=False)
-            flag = storage_flag(url) + (f" {note}" if (note := storage_note(url)) else "")
+        elif nights := nights_of(name, storage):
             hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
-                    f"(latest: {nights[-1]}); every night: tuner history {name}{flag}")
+                    f"(latest: {nights[-1]}); every night: tuner history {name}"
+                    f"{_storage_flag(storage)}")
         raise StudyNotFoundError(f"no study named {name!r} in {_where(storage)} (studies: {known})",
                                  hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -342,7 +409,7 @@ def _study_names(storage: BufferedStorage) -> set[str]:
     return {s.study_name for s in storage.get_all_studies()}
 
 
-def _nights_of(base: str, storage: BufferedStorage) -> list[str]:
+def nights_of(base: str, storage: BufferedStorage) -> list[str]:
     """The names of the night studies of nightly sweep ``base``, oldest first."""
     from tuner.nightly.nights import list_nights  # (nightly builds on this module)
 

@@ -100,12 +100,16 @@ def report(study: Annotated[str, typer.Argument(
     from tuner.cli.nightly import open_target
     from tuner.dashboard.attach import attach_views
     from tuner.dashboard.report import write_report
+    from tuner.study import nights_of
 
     name, store, url, sf = open_target(study, storage)
     study = name or study
     if sf is not None and sf.schedule is not None or (
-            sf is None and _study_id(store, study) is None and _is_sweep(store, study)):
-        study = _latest_night(store, url, study)
+            sf is None and _study_id(store, study) is None and nights_of(study, store)):
+        base, study = study, _latest_night(store, url, study)
+        err.print(f"{escape(base)} is a nightly sweep: reporting its latest night, "
+                  f"{escape(study)} (another night: tuner report {escape(base)}-YYYY-MM-DD)",
+                  highlight=False)
     path = output or Path(f"{study}.html")
     if not path.parent.is_dir():
         raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -133,14 +137,14 @@ def report(study: Annotated[str, typer.Argument(
 
 def _latest_night(storage: Any, url: str, base: str) -> str:
     """The latest night of the sweep ``base`` (a study file with a [schedule] names its sweep)."""
-    from tuner.nightly.nights import list_nights
     from tuner.storage import describe
+    from tuner.study import nights_of
 
-    nights = list_nights(storage, base)
+    nights = nights_of(base, storage)
     if not nights:
         raise TunerError(f"no nights of {base!r} in {describe(url)} yet (night studies are named "
                          f"{base}-YYYY-MM-DD)", hint="run one with: tuner nightly STUDY_FILE")
-    return nights[-1].name
+    return nights[-1]
 
 
 def _study_id(storage: Any, name: str) -> int | None:
@@ -148,13 +152,6 @@ def _study_id(storage: Any, name: str) -> int | None:
         return storage.get_study_id_from_name(name)
     except KeyError:
         return None
-
-
-def _is_sweep(storage: Any, base: str) -> bool:
-    """Whether ``base`` names a nightly sweep with at least one night in the storage."""
-    from tuner.nightly.nights import list_nights
-
-    return bool(list_nights(storage, base))
 
 
 def _default_dashboard(storage: Any, study: str) -> str:

@@ -207,7 +207,11 @@ def delete(study: StudyArg, storage: StorageOpt = None,
                 stack.enter_context(lock)
             except LockHeldError:
                 running.append(f"a runner holds its lock ({lock.holder})")
-        live = [age for age in heartbeat_ages(store, st._study_id).values() if age <= grace]
+        # with SQLite, holding the runner lock means no runner is left: a fresh heartbeat is
+        # that of a runner killed a moment ago (its trials are orphans `doctor` fails)
+        sqlite = store.backend.engine.dialect.name == "sqlite"
+        live = [] if sqlite and not running else [
+            age for age in heartbeat_ages(store, st._study_id).values() if age <= grace]
         if live:
             running.append(f"{len(live)} RUNNING trial(s) with a heartbeat in the last {grace:g} s")
         if running and not force:
@@ -240,7 +244,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     trial must diverge at the same update."""
     from tuner.cli.views import fmt
     from tuner.kernels import engine_id
-    from tuner.study import flat_params, load_data
+    from tuner.study import flat_params, load_data, trial_study_file
     from tuner.train import fit
 
     st, sf, _ = _load(study, storage)
@@ -248,6 +252,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     frozen = next((t for t in st.get_trials(deepcopy=False) if t.number == trial), None)
     if frozen is None:
         raise TunerError(f"study {study!r} has no trial #{trial}")
+    sf = trial_study_file(st, frozen, sf)
     stored = frozen.user_attrs.get("curve")
     if stored is None or "seed" not in frozen.user_attrs:
         raise TunerError(f"trial #{trial} has no stored learning curve or seed to compare with "
@@ -256,7 +261,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     params = flat_params(frozen, sf)
     epochs_done = len(stored["epoch"])
     diverged = bool(frozen.user_attrs.get("diverged"))
-    # The trial's own schedule spans model.epochs (total updates fix the decay); a pruned trial
+    # The trial's own schedule spans its model.epochs (total updates fix the decay); a pruned trial
     # stopped early, so the replay stops after the same number of epochs (a diverged one stops
     # by itself).
     result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
@@ -319,7 +324,13 @@ def best(study: StudyArg, storage: StorageOpt = None,
     from tuner.cli.views import fmt
     from tuner.model import evaluate
     from tuner.reference import logistic_regression_accuracy
-    from tuner.study import flat_params, is_multi_objective, load_data, metric_direction
+    from tuner.study import (
+        flat_params,
+        is_multi_objective,
+        load_data,
+        metric_direction,
+        trial_study_file,
+    )
     from tuner.train import fit
 
     st, sf, _ = _load(study, storage)
@@ -336,7 +347,7 @@ def best(study: StudyArg, storage: StorageOpt = None,
     summary = {"study": study, "trial": trial.number, metric: trial.value, "config": params,
                "peak_lr": trial.user_attrs.get("peak_lr")}
     if test:
-        sf = _need_file(sf, study)
+        sf = trial_study_file(st, trial, _need_file(sf, study))
         splits = load_data(sf)
         if len(splits.y_test) == 0:
             raise TunerError(f"study {study!r} has no test split (data.test_size = 0 in its study "
@@ -354,6 +365,7 @@ def best(study: StudyArg, storage: StorageOpt = None,
             X, y, {"test": (splits.X_test, splits.y_test)})["test"]
         summary["n_train"] = len(y)
         summary["n_test"] = len(splits.y_test)
+        summary["epochs"] = sf.model.epochs
     if json_out:
         print_json(summary)
         return
@@ -364,7 +376,8 @@ def best(study: StudyArg, storage: StorageOpt = None,
     out.print(config_table(params, title="configuration"))
     if test:
         gap = summary["test_accuracy"] - summary["reference_test_accuracy"]
-        out.print(f"retrained on train+validation ({summary['n_train']} examples): test accuracy "
+        out.print(f"retrained on train+validation ({summary['n_train']} examples, "
+                  f"{summary['epochs']} epochs): test accuracy "
                   f"[bold]{summary['test_accuracy']:.4f}[/] on {summary['n_test']} examples")
         out.print(f"scikit-learn LogisticRegression, same data: test accuracy "
                   f"{summary['reference_test_accuracy']:.4f} (gap {gap:+.4f})")

@@ -288,10 +288,10 @@ class TunerViews:
         """``exc`` (no study ``name``), or when ``name`` is a nightly sweep's base name, the
         same error pointing to its nights (as ``tuner report`` / ``tuner show`` hint), with a
         link to the same page of its latest night."""
-        from tuner.study import _nights_of
+        from tuner.study import nights_of
 
         try:
-            nights = _nights_of(name, self.storage) if name else []
+            nights = nights_of(name, self.storage) if name else []
         except Exception as lookup:  # the hint is a courtesy: never hide the 404 behind it
             log.warning("looking up the nights of %r: %s", name, self._scrubbed(lookup))
             return exc

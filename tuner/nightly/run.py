@@ -31,6 +31,7 @@ from tuner.nightly.regression import EXIT_NO_RESULT, Verdict, check_night
 from tuner.nightly.warmstart import WarmStart, warm_start
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import NamedLock
+from tuner.storage.urls import storage_flag
 from tuner.study import flat_params, open_study
 
 INTERRUPTED = ("SIGINT", "SIGTERM")
@@ -82,7 +83,11 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         # a new night: data that cannot load must not leave an empty night (the runner gets
         # the loaded splits)
         splits = None if study_exists(storage, name) else load_data(night_sf)
-        study = open_study(night_sf, storage)
+        flag = storage_flag(storage_url)
+        study = open_study(night_sf, storage, edited_hint=(
+            f"the night ran trials with the search space it started with: finish it with those "
+            f"values, or delete the night and run it again: tuner delete {name}{flag}, then "
+            f"tuner nightly {sf.source} --date {day.isoformat()}{flag}"))
         if ATTR_NIGHT not in study.user_attrs:
             study.set_user_attr(ATTR_NIGHT, {"base": base, "date": day.isoformat(),
                                              "timezone": schedule.timezone, "cron": schedule.cron,

@@ -71,12 +71,14 @@ from tuner.storage.coordination import (
 from tuner.storage.resilience import Resilient, first_line
 from tuner.study import (
     ATTR_DATA,
+    ATTR_TRAINING,
     data_summary,
     derive_seed,
     load_data,
     open_study,
     space_warnings,
     study_exists,
+    training_digest,
     trial_seed,
 )
 from tuner.train import make_plan
@@ -149,6 +151,7 @@ class Runner:
         self.metric = study_file.study.metric
         self.rel = study_file.study.reliability
         self.engine = engine_id()  # stored with each trial (what an exact replay needs)
+        self.training = training_digest(study_file)  # which study file a trial trained under, for replays
         self._shutting_down = False
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
@@ -603,7 +606,7 @@ class Runner:
         attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
                  "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                  "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id(),
-                 "engine": self.engine}
+                 "engine": self.engine, ATTR_TRAINING: self.training}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.storage.flush(trial._trial_id)

@@ -108,6 +108,17 @@ class BufferedStorage(_CachedStorage):
                 self._listings.clear()
         return study_id
 
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        """The best COMPLETE trial; among trials with the same value, the earliest (lowest
+        number). Optuna's query returns any of them, and PostgreSQL a different one from call
+        to call: ``tuner ls``, ``show``, ``best`` and the views must name the same trial."""
+        best = super().get_best_trial(study_id)
+        with self.backend.engine.connect() as conn:
+            earliest = earliest_with_value(conn, study_id, best.value)
+        if earliest is None or earliest[1] == best.number:
+            return best
+        return self.get_trial(earliest[0])
+
     # --- which trials are ours ----------------------------------------------------------
 
     def owned_trial_ids(self) -> list[int]:
@@ -491,6 +502,21 @@ def rdb_backend(storage: Any) -> RDBStorage | None:
 
 class _AlreadyWritten(Exception):
     """A retried write found that its earlier attempt had committed (ends the transaction)."""
+
+
+def earliest_with_value(conn: sqlalchemy.Connection, study_id: int,
+                        value: float | None) -> tuple[int, int] | None:
+    """``(trial_id, number)`` of the lowest-numbered COMPLETE trial of the study whose (first)
+    value is ``value``: tuner's tie rule for "the best trial"."""
+    if value is None:
+        return None
+    trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
+    row = conn.execute(sqlalchemy.select(trials.c.trial_id, trials.c.number)
+                       .join(values, values.c.trial_id == trials.c.trial_id)
+                       .where(trials.c.study_id == study_id, trials.c.state == TrialState.COMPLETE,
+                              values.c.objective == 0, values.c.value == value)
+                       .order_by(trials.c.number).limit(1)).first()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def utcnow() -> datetime:

@@ -127,8 +127,10 @@ def scrub(text: str, url: str) -> str:
 
 def _scrub_free_text(text: str) -> str:
     """Mask ``user:PASSWORD@`` in any URL in ``text``, up to the host's (last) ``@``, and the
-    value of any ``password=`` / ``sslpassword=`` (URL query or libpq ``key=value`` string)."""
-    text = re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", text)
+    value of any ``password=`` / ``sslpassword=`` (URL query or libpq ``key=value`` string).
+    The user part is found after ``/`` or at the start of a word, so malformed URLs
+    (``postgresql//u:p@h``, ``postgresql:/u:p@h``, ``u:p@h/db``) are masked too."""
+    text = re.sub(r"""((?:^|[/\s'"(=])[^:/@\s'"]*:)[^/\s]*@""", r"\1***@", text)
     return re.sub(r"(\b[\w-]*(?:pass|secret|token)[\w-]*=)('[^']*'|[^&\s'\"]+)", r"\1***",
                   text, flags=re.IGNORECASE)
 
