@@ -521,7 +521,9 @@ def test_bad_storage_urls(tmp_path):
     # malformed URLs (no "://") still have their password masked
     for broken in (f"postgresql+psycopg//alice:{SECRET}@127.0.0.1:5999/db",
                    f"postgresql+psycopg:/alice:{SECRET}@127.0.0.1:5999/db",
-                   f"alice:{SECRET}@127.0.0.1:5999/db"):
+                   f"alice:{SECRET}@127.0.0.1:5999/db",
+                   f"postgresql+psycopg:/alice:{SECRET}/x@127.0.0.1:5999/db",  # unescaped /
+                   f"postgresql+psycopg://alice:x/{SECRET}@y@127.0.0.1:5999/db"):  # and @
         proc = run_tuner("ls", "--storage", broken)
         assert proc.returncode == 3 and "alice:***@127.0.0.1:5999" in proc.stderr, proc.stderr
         assert_secret_hidden(proc)
@@ -569,6 +571,18 @@ def test_follow_up_hints_never_print_a_masked_password():
     assert storage_flag(query) == ' --storage "$TUNER_STORAGE"'
     plain = "postgresql+psycopg://tuner@db.example.com:5432/tuner"
     assert storage_flag(plain) == f" --storage {plain}" and storage_note(plain) == ""
+
+
+def test_an_invalid_tuner_storage_does_not_break_a_run_given_storage(tmp_path):
+    """--storage overrides a broken $TUNER_STORAGE: resuming a study (whose hints name the
+    storage) must not trip over the variable."""
+    study = write_study(tmp_path / "s.toml", n_trials=1, epochs=1,
+                        space='optimizer = "sgd"\nlr = 0.1\nbatch_size = 128')
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    env = tuner_env(TUNER_STORAGE="postgresql+psycopg://u@db.example.com")
+    for n in ("1", "2"):  # create, then resume
+        proc = run_tuner("run", study, "--storage", url, "-n", n, "-q", env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_run_options_are_validated_like_the_study_file(tmp_path):

@@ -466,3 +466,18 @@ def test_docs_examples_are_valid(tmp_path):
     assert complete
     for block in complete:
         parse_study_dict(tomllib.loads(block), source="docs")
+
+
+def test_a_study_stored_with_tpe_keys_for_another_sampler_still_loads(tmp_path):
+    """Studies stored before TPE-only options were refused for random/qmc samplers keep
+    loading (show, replay, warm start): the options never applied and are dropped."""
+    import json
+
+    from tuner.config import StudyFile
+
+    sf = load_study_file(write(tmp_path, edit("n_trials = 5", "n_trials = 5\n[study.sampler]\n"
+                                                               "type = 'random'")))
+    blob = json.loads(sf.to_json())
+    blob["raw"]["study"]["sampler"].update(n_startup_trials=5, group=True)
+    loaded = StudyFile.from_json(json.dumps(blob))
+    assert loaded.study.sampler.type == "random" and "group" not in loaded.raw["study"]["sampler"]

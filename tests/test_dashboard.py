@@ -214,7 +214,7 @@ def test_group_best_matches_the_trials_and_results_best_by(real, panels):
         best_tr = [t for t in fig.data if list(t.meta or ()) == [key, "best"]][0]
         box = [t for t in fig.data if list(t.meta or ()) == [key, "spread"]][0]
         expected = {str(g.value): g for g in results.best_by(real["plain"], key, real["sf"]) if g.n > 0}
-        assert set(best_tr.x) == set(expected)
+        assert list(best_tr.x) == list(expected)  # the order of `tuner show`, ties included
         assert list(best_tr.y) == sorted(best_tr.y, reverse=True)  # best group first
         for i, label in enumerate(best_tr.x):
             group = [t.value for t in complete(real) if str(t.user_attrs["config"][key]) == label]
@@ -716,6 +716,29 @@ def test_the_runner_hook_refreshes_periodically_only_when_trials_finished(tmp_pa
     late.on_start(study)
     late._thread.join(60)
     assert late.refreshes == 1 and study.user_attrs["tuner.views_of"] == [15, 15]
+
+
+def test_the_hook_warns_once_about_a_broken_dashboard_file(tmp_path, caplog):
+    """A dashboard file that breaks while a study runs: one warning, not one per refresh; a
+    different failure is warned about again."""
+    url, _ = make_study(tmp_path, name="broken", n_trials=4)
+    study, _ = load_study("broken", open_storage(url))
+    folder = tmp_path / "dashboards"
+    folder.mkdir()
+    (folder / "study.toml").write_text('[[panel]]\ntype = "histroy"\n')
+    hook = DashboardHook(folder=str(folder))
+    with caplog.at_level("WARNING", logger="tuner"):
+        for value in (0.1, 0.2, 0.3):
+            trial = study.ask()
+            study.tell(trial, value)
+            hook._refresh(study)
+        (folder / "study.toml").write_text('[[panel]]\ntype = "sumary"\n')
+        trial = study.ask()
+        study.tell(trial, 0.4)
+        hook._refresh(study)
+    warned = [r.getMessage() for r in caplog.records if "refreshing the dashboard views" in r.getMessage()]
+    assert len(warned) == 2 and "histroy" in warned[0] and "sumary" in warned[1], warned
+    assert hook.refreshes == 0
 
 
 def test_the_hook_can_be_turned_off(tmp_path, monkeypatch):

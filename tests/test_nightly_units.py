@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuner.config import RegressionRule, load_study_file, parse_study_dict
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, TunerError
 from tuner.nightly.cron import _weekdays, cron_trigger, last_fire_time, night_of
 from tuner.nightly.figures import date_axis, log_ticks, verdict_key
 from tuner.nightly.nights import (
@@ -34,6 +34,7 @@ from tuner.nightly.scheduler import (
     collect_study_files,
     due_night,
     make_sweeps,
+    start_sweeps,
 )
 from tuner.nightly.warmstart import map_config
 from tuner.storage import open_storage
@@ -537,16 +538,37 @@ def test_a_duplicate_study_name_in_a_folder_skips_that_file_not_the_service(tmp_
         (folder / name).write_text(_toml(name=study, schedule='cron = "0 3 * * *"'))
     scan = collect_study_files([folder])
     assert [(p.name, sf.study.name) for p, sf in scan.files] == [("a.toml", "nd"), ("c.toml", "other")]
-    assert scan.duplicates == {folder / "b.toml": (
+    assert scan.refused == {folder / "b.toml": (
         f"{folder / 'b.toml'} names its study 'nd' like {folder / 'a.toml'}, which is scheduled; "
         "not scheduling it (their nights would be the same studies)")}
     assert scan.broken == {}
     # a file given explicitly comes first; the same file through its folder counts once
     scan = collect_study_files([folder / "b.toml", folder])
     assert [p.name for p, _ in scan.files] == ["b.toml", "c.toml"]
-    assert list(scan.duplicates) == [folder / "a.toml"]
+    assert list(scan.refused) == [folder / "a.toml"]
     with pytest.raises(ConfigError, match="both name their study 'nd'"):
         collect_study_files([folder / "a.toml", folder / "b.toml"])
+
+
+def test_a_folder_file_whose_storage_cannot_be_opened_is_refused_not_fatal(tmp_path, monkeypatch):
+    """At start, a folder file with a study.storage that loads but cannot be used (a PostgreSQL
+    URL without a database) is refused and named, like a rescan does; the other files are
+    scheduled. Given by name, it is an error."""
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    folder = tmp_path / "sched"
+    folder.mkdir()
+    (folder / "a.toml").write_text(_toml(name="a", schedule='cron = "0 3 * * *"'))
+    bad = _toml(name="b", schedule='cron = "0 3 * * *"').replace(
+        'n_trials = 4', 'n_trials = 4\nstorage = "postgresql+psycopg://u@db.example.com"')
+    (folder / "b.toml").write_text(bad)
+    scan = collect_study_files([folder])
+    sweeps = start_sweeps(scan, [folder])
+    assert [s.base for s in sweeps] == ["a"]
+    assert list(scan.refused) == [folder / "b.toml"]
+    assert scan.refused[folder / "b.toml"].startswith(f"{folder / 'b.toml'}: ")
+    assert "names no database" in scan.refused[folder / "b.toml"]
+    with pytest.raises(TunerError, match="names no database"):
+        start_sweeps(collect_study_files([folder / "b.toml"]), [folder / "b.toml"])
 
 
 def test_a_broken_folder_file_is_skipped_and_scheduled_once_fixed(sqlite_url, tmp_path):

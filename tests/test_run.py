@@ -172,8 +172,8 @@ def test_an_existing_non_tuner_study_is_never_taken_over(sqlite_url, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"{study}: study.name: a study named 'digits' already exists in SQLite" in flat(proc.stderr)
     assert "was not created by tuner (2 trial(s), minimize)" in flat(proc.stderr)
-    assert f"tuner run {study} --study-name NEW (or delete the old study first: tuner delete " \
-           "digits)" in flat(proc.stderr)
+    assert (f"tuner run {study} --study-name NEW --storage {sqlite_url} (or delete the old study "
+            f"first: tuner delete digits --storage {sqlite_url})") in flat(proc.stderr)
     # named on the command line: the error names the option, not the file's key
     proc = tuner("run", study, "--storage", sqlite_url, "--study-name", "wrongway")
     assert proc.returncode == 2 and "--study-name wrongway: a study named 'wrongway' already " \

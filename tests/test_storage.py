@@ -854,3 +854,30 @@ def test_a_read_only_file_in_a_writable_folder_can_be_read(read_only_db):
     assert not os.path.exists(f"{folder}/ro.db.locks")
     refused = _as_nobody("run", study, "--storage", url, "-n", "2", cwd=folder, home=home)
     assert refused.returncode == 3 and f"{folder}/ro.db (from {url}) is read-only" in refused.stderr
+
+
+def test_equal_best_values_name_the_earliest_trial_everywhere(storage_url, monkeypatch):
+    """Among trials with the best value, the best trial is the earliest, for `study.best_trial`
+    (show, best), `tuner ls` and the per-group tables (groups with equal bests: the one whose
+    best trial came first)."""
+    from tuner import results
+
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="ties", storage=storage, direction="maximize")
+    dist = {"optimizer": CategoricalDistribution(["sgd", "adam", "rmsprop"])}
+    for optimizer, value in (("adam", 0.5), ("rmsprop", 0.9), ("sgd", 0.9), ("adam", 0.9),
+                             ("sgd", 0.7)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optimizer": optimizer}, distributions=dist, value=value,
+            user_attrs={"config": {"optimizer": optimizer}}))
+    for _ in range(3):
+        assert optuna.load_study(study_name="ties", storage=storage).best_trial.number == 1
+    # the database's query may return any of the tied trials (PostgreSQL: differently from
+    # call to call); say it returned #3
+    third = study.trials[3]._trial_id
+    monkeypatch.setattr(storage.backend, "_get_best_trial_id", lambda *_: third)
+    assert storage.get_best_trial(study._study_id).number == 1
+    (row,) = results.list_studies(storage)
+    assert (row.best_value, row.best_trial) == (0.9, 1)
+    groups = results.best_by(study, "optimizer")
+    assert [(g.value, g.best_trial) for g in groups] == [("rmsprop", 1), ("sgd", 2), ("adam", 3)]

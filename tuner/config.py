@@ -305,7 +305,13 @@ class StudyFile(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> StudyFile:
         blob = json.loads(text)
-        return parse_study_dict(blob["raw"], source=blob["source"], base_dir=blob.get("base_dir"))
+        raw = blob["raw"]
+        sampler = raw.get("study", {}).get("sampler")
+        if isinstance(sampler, dict):  # a study stored before TPE-only keys were refused for
+            takes = SAMPLER_KEYS.get(sampler.get("type", "tpe"), ())  # other samplers (they
+            for key in [k for k in sampler if k != "type" and k not in takes]:  # never applied)
+                del sampler[key]
+        return parse_study_dict(raw, source=blob["source"], base_dir=blob.get("base_dir"))
 
     def with_overrides(self, *, section: str = "study", **overrides: Any) -> StudyFile:
         """A copy with keys of ``[section]`` replaced (``--study-name``, ``--n-trials``, ...),
@@ -395,7 +401,7 @@ def key_home(key: str, section: str) -> str | None:
     homes = [name for name, model in _SECTIONS.items() if name != section and key in model.model_fields]
     if section != "space" and key in P.GENERAL_KEYS and not homes:
         homes.append("space")
-    return f"it belongs in [{homes[0]}]" if homes else None
+    return f"it belongs in [{'] or ['.join(homes)}]" if homes else None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

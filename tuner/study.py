@@ -239,10 +239,10 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
             log.warning("%s differs from the file study %r was created with (%s): its new trials "
                         "join the old ones in one study (to compare them apart, run with "
                         "--study-name NEW)", study_file.source, name, shown)
-            key = ATTR_FILE_PREFIX + training_digest(study_file)
-            if (training_digest(StudyFile.from_json(attrs[ATTR_CONFIG])) != key[len(ATTR_FILE_PREFIX):]
-                    and key not in attrs):
-                study.set_user_attr(key, study_file.to_json())
+        digest = training_digest(study_file)
+        if (digest != training_digest(StudyFile.from_json(attrs[ATTR_CONFIG]))
+                and ATTR_FILE_PREFIX + digest not in attrs):
+            study.set_user_attr(ATTR_FILE_PREFIX + digest, study_file.to_json())
     return study
 
 
@@ -262,7 +262,11 @@ def trial_study_file(study: optuna.Study, trial: FrozenTrial, study_file: StudyF
     if digest is None or digest == training_digest(study_file):
         return study_file
     text = study.user_attrs.get(ATTR_FILE_PREFIX + digest)
-    return StudyFile.from_json(text) if text else study_file
+    if text is None:
+        log.warning("trial #%d trained under a study file %r does not hold; using the file it "
+                    "was created with", trial.number, study.study_name)
+        return study_file
+    return StudyFile.from_json(text)
 
 
 def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,

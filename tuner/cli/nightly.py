@@ -178,7 +178,7 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
         collect_study_files,
         configure_logging,
         log,
-        make_sweeps,
+        start_sweeps,
     )
 
     configure_logging()
@@ -188,9 +188,16 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     for path, message in scan.broken.items():
         log.error("skipping %s: cannot load it (%s); it is scheduled once it loads (folders are "
                   "rescanned every %.0f s)", path, message, rescan)
-    for message in scan.duplicates.values():
+    for message in scan.refused.values():
         log.error("%s", message)
-    sweeps = make_sweeps(scan.files, storage=storage, cron=cron)
+    if cron is not None:  # a bad --cron is an error, not a reason to refuse every file
+        from tuner.nightly.cron import cron_trigger
+
+        try:
+            cron_trigger(cron, "UTC")
+        except ValueError as exc:
+            raise ConfigError(f"--cron {cron!r}: {exc}") from None
+    sweeps = start_sweeps(scan, paths, storage=storage, cron=cron)
     clock = None
     if now is not None:
         try:
@@ -202,7 +209,7 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     service = SchedulerService(sweeps, workers=workers, catch_up=catch_up, clock=clock,
                                storage_override=storage, cron=cron,
                                folders=[p for p in paths if p.is_dir()], rescan_interval=rescan,
-                               broken=scan.broken, refused=scan.duplicates)
+                               broken=scan.broken, refused=scan.refused)
     stop = threading.Event()
     received: list[str] = []
 

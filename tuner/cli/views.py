@@ -236,10 +236,11 @@ def study_report(console: Console, study: optuna.Study, study_file: Any, *, top:
         stopped = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
         diverged = sum(1 for t in stopped if t.user_attrs.get("diverged"))
         if diverged:
+            advice = (": the learning rates tried are too large for this data; lower space.lr "
+                      "(or its range), add warmup, or try adaptive optimizers (adam, adagrad, "
+                      "rmsprop)") if diverged == len(stopped) else ""
             console.print(f"[yellow]{diverged} of {len(stopped)} pruned trial(s) diverged[/] (loss "
-                          "not finite or blowing up): the learning rates tried are too large for "
-                          "this data; lower space.lr (or its range), add warmup, or try adaptive "
-                          "optimizers (adam, adagrad, rmsprop)", highlight=False)
+                          f"not finite or blowing up){advice}", highlight=False)
         return
     foreign = study_file is None and ATTR_METRIC not in study.user_attrs
     if foreign:  # made with Optuna directly: no training configuration to break down

@@ -192,6 +192,7 @@ class DashboardHook:
         self.enabled = os.environ.get(ENV_VIEWS, "1").strip().lower() not in ("0", "false", "no", "off")
         self._thread: threading.Thread | None = None
         self._last: tuple[int, int] | None = None
+        self._last_error: str | None = None  # the last refresh's failure, warned about once
         self._lock = threading.Lock()
         self.refreshes = 0
         self.last_stats: dict[str, Any] | None = None
@@ -270,9 +271,12 @@ class DashboardHook:
                 self.last_stats = refresh_study_views(study, dashboard=self.dashboard, folder=self.folder,
                                                       compute_reference=compute_reference)
             except Exception as exc:
-                log.warning("refreshing the dashboard views of %s failed: %s: %s", study.study_name,
-                            type(exc).__name__, getattr(exc, "message", exc))
+                text = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+                if text != self._last_error:  # a broken dashboard file: said once, not each refresh
+                    log.warning("refreshing the dashboard views of %s failed: %s", study.study_name, text)
+                    self._last_error = text
                 return
+            self._last_error = None
             from tuner.study import ATTR_VIEWS
 
             with contextlib.suppress(Exception):  # only saves the next run a render

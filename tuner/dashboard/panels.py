@@ -129,7 +129,9 @@ def group_stats(ctx: PanelContext, key: str) -> pd.DataFrame:
     out = stats.join(stopped, how="outer")
     out[["n", "pruned", "diverged"]] = out[["n", "pruned", "diverged"]].fillna(0).astype(int)
     out["best_trial"] = out["best_trial"].fillna(-1).astype(int)
-    out = out.sort_values("best", ascending=not ctx.maximize, na_position="last", kind="stable")
+    # equal bests: the group whose best trial came first (as `tuner show` orders them)
+    out = out.sort_values(["best", "best_trial"], ascending=[not ctx.maximize, True],
+                          na_position="last", kind="stable")
     out.index.name = key
     cache[key] = out
     return out

@@ -97,13 +97,13 @@ class Sweep:
 class Scan:
     """What :func:`collect_study_files` found: the study files to schedule, the folder files
     without a ``[schedule]`` section, the folder files that failed to load (path -> error) and
-    the folder files that load but are not scheduled because a file before them names the same
-    study (path -> message)."""
+    the folder files that load but are not scheduled (path -> message): a file before them
+    names the same study, or their sweep cannot be made (:func:`start_sweeps`)."""
 
     files: list[tuple[Path, StudyFile]]
     unscheduled: list[Path]
     broken: dict[Path, str]
-    duplicates: dict[Path, str] = field(default_factory=dict)
+    refused: dict[Path, str] = field(default_factory=dict)
 
 
 def duplicate_message(file: Path, name: str, scheduled: Path) -> str:
@@ -141,7 +141,7 @@ def collect_study_files(paths: list[Path]) -> Scan:
     not stop the other sweeps. Two files naming the same study cannot both be scheduled (their
     nights would be the same studies): the given files come first (two of them naming the same
     study is a :class:`ConfigError`), then each folder's files in path order; a folder file
-    whose study is taken is returned in ``duplicates``. A folder with nothing to schedule is
+    whose study is taken is returned in ``refused``. A folder with nothing to schedule is
     not an error (the service waits for files to appear)."""
     if not paths:
         raise ConfigError("give at least one study file or folder, e.g. tuner scheduler studies/")
@@ -205,6 +205,24 @@ def make_sweeps(files: list[tuple[Path, StudyFile]], *, storage: str | None = No
             raise ConfigError(f"--cron {expr!r}: {exc}") from None
         sweeps.append(Sweep(path, sf, trigger, expr, schedule.timezone,
                             resolve_url(storage, sf.study.storage)))
+    return sweeps
+
+
+def start_sweeps(scan: Scan, paths: list[Path], *, storage: str | None = None,
+                 cron: str | None = None) -> list[Sweep]:
+    """Sweeps for the files of the start-up ``scan`` of ``paths``. A folder file whose sweep
+    cannot be made (its ``study.storage`` is no URL tuner can open) is refused and logged, as a
+    rescan does, so it cannot stop the service; for a file given by name it is an error."""
+    given = {p.resolve() for p in paths if not p.is_dir()}
+    sweeps = []
+    for path, sf in scan.files:
+        try:
+            sweeps += make_sweeps([(path, sf)], storage=storage, cron=cron)
+        except TunerError as exc:
+            if path.resolve() in given:
+                raise
+            scan.refused[path] = f"{path}: {exc.message}"
+            log.error("%s", scan.refused[path])
     return sweeps
 
 

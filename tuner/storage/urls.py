@@ -103,9 +103,11 @@ def has_password(url: str) -> bool:
 
 
 def _ambiguous(url: str) -> bool:
-    """More than one ``@`` before the host: make_url would take the rest of the password for
-    the host name (an unescaped ``@`` in the password)."""
-    return url.partition("://")[2].split("/", 1)[0].count("@") > 1
+    """More than one ``@`` in a server URL (before its query): make_url would take part of the
+    password for the host name (an unescaped ``@`` in the password)."""
+    if url.startswith("sqlite"):
+        return False  # a file path may hold any number of '@'
+    return url.partition("://")[2].split("?", 1)[0].count("@") > 1
 
 
 def scrub(text: str, url: str) -> str:
@@ -125,12 +127,26 @@ def scrub(text: str, url: str) -> str:
     return _scrub_free_text(text)
 
 
+_TOKEN = re.compile(r"""[^\s'"<>()]+@[^\s'"<>()]*""")
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]*(?::/+|//+)")  # postgresql://, also postgresql:/ and //
+
+
+def _mask_userinfo(token: str) -> str:
+    """``token`` (a URL, maybe malformed) with everything between the user's ``:`` and the
+    last ``@`` masked: ``postgresql:/u:se/cr@t@h/db`` -> ``postgresql:/u:***@h/db``."""
+    before, _, after = token.rpartition("@")
+    scheme = _SCHEME.search(before)
+    start = scheme.end() if scheme else 0
+    user, colon, _ = before[start:].partition(":")
+    return f"{before[:start]}{user}:***@{after}" if colon else token
+
+
 def _scrub_free_text(text: str) -> str:
-    """Mask ``user:PASSWORD@`` in any URL in ``text``, up to the host's (last) ``@``, and the
-    value of any ``password=`` / ``sslpassword=`` (URL query or libpq ``key=value`` string).
-    The user part is found after ``/`` or at the start of a word, so malformed URLs
-    (``postgresql//u:p@h``, ``postgresql:/u:p@h``, ``u:p@h/db``) are masked too."""
-    text = re.sub(r"""((?:^|[/\s'"(=])[^:/@\s'"]*:)[^/\s]*@""", r"\1***@", text)
+    """Mask ``user:PASSWORD@`` in any URL in ``text`` (the password runs to the last ``@`` of
+    the URL, so one with an unescaped ``@`` or ``/`` is masked whole, as are malformed URLs:
+    ``postgresql//u:p@h``, ``postgresql:/u:p@h``, ``u:p@h/db``), and the value of any
+    ``password=`` / ``sslpassword=`` (URL query or libpq ``key=value`` string)."""
+    text = _TOKEN.sub(lambda m: _mask_userinfo(m.group(0)), text)
     return re.sub(r"(\b[\w-]*(?:pass|secret|token)[\w-]*=)('[^']*'|[^&\s'\"]+)", r"\1***",
                   text, flags=re.IGNORECASE)
 
@@ -166,16 +182,25 @@ def storage_flag(url: str) -> str:
     ``url`` by itself ($TUNER_STORAGE or the default ./tuner.db). A URL with a password is never
     printed, and a masked one (``:***@``) could not be pasted: the hint then reads
     ``--storage "$TUNER_STORAGE"`` (see :func:`storage_note`)."""
-    if url == resolve_url():
+    if _found_by_itself(url):
         return ""
     if has_password(url):
         return f' --storage "${ENV_VAR}"'
     return f" --storage {shlex.quote(url)}"
 
 
+def _found_by_itself(url: str) -> bool:
+    """Whether a command without --storage would open ``url`` ($TUNER_STORAGE or the default;
+    not when $TUNER_STORAGE is itself invalid: it was overridden with --storage)."""
+    try:
+        return url == resolve_url()
+    except StorageError:
+        return False
+
+
 def storage_note(url: str) -> str:
     """What a hint with :func:`storage_flag` needs said once: how to set ``$TUNER_STORAGE``
     when the URL has a password (``""`` otherwise)."""
-    if url == resolve_url() or not has_password(url):
+    if _found_by_itself(url) or not has_password(url):
         return ""
     return f"(first `export {ENV_VAR}='<the storage URL, with its password>'`)"
