@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # The tuner image: one image for every role (schema init, workers, dashboard, scheduler,
-# nightly CronJob); the role is the command, e.g. `docker run IMAGE run studies/digits.toml`.
+# nightly CronJob); the role is the command, e.g.
+# `docker run -v tuner-data:/data IMAGE run studies/digits.toml --storage sqlite:////data/tuner.db`
+# (the image's user can write in /data only; docker-compose.yml points every role at PostgreSQL).
 # Used by docker-compose.yml and deploy/k8s/. Guide: docs/deploy.md
 #
 #   docker build -t tuner:latest .

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,8 +121,17 @@ def fresh_pg() -> str | None:
                                                         database=name).render_as_string(False))
 
 
+def drop_pg(url: str) -> None:
+    """Drop a database made by :func:`fresh_pg` (the benchmark leaves nothing behind)."""
+    name = sqlalchemy.engine.make_url(url).database
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--study", default=str(REPO / "studies" / "digits.toml"))
     parser.add_argument("--configs", default=",".join(CONFIGS),
@@ -152,8 +162,12 @@ def main() -> None:
     for workers in (1, 2):
         url = fresh_pg() if f"pg{workers}" in configs else None
         if url is not None:
-            rows.append((f"tuner run, PostgreSQL, {workers} worker(s)",
-                         run_tuner(study(f"pg{workers}"), url, workers)))
+            try:
+                rows.append((f"tuner run, PostgreSQL, {workers} worker(s)",
+                             run_tuner(study(f"pg{workers}"), url, workers)))
+            finally:
+                drop_pg(url)
+    shutil.rmtree(tmp, ignore_errors=True)
     plain_rate = None
     if "plain" in configs:
         plain = rows[0][1]

@@ -213,9 +213,12 @@ def test_train_rejects_a_non_positive_epoch_count(tmp_path):
 
 def test_train_reports_divergence(tmp_path):
     study = write_study(tmp_path / "s.toml")
-    proc = run_tuner("train", study, "--set", "optimizer=sgd", "--set", "lr=1e4", "--set", "reg=1.0",
-                     "--epochs", "2", check=True)
-    assert "diverged at update" in proc.stdout
+    args = ("train", study, "--set", "optimizer=sgd", "--set", "lr=1e4", "--set", "reg=1.0",
+            "--epochs", "2")
+    proc = run_tuner(*args)
+    assert proc.returncode == 1 and "diverged at update" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_tuner(*args, "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["divergence"]["step"] >= 1
 
 
 @pytest.mark.parametrize("sets, fragments", [
@@ -228,6 +231,9 @@ def test_train_reports_divergence(tmp_path):
     (["lr=0.1", "lr=0.2"], ["--set lr is given twice; keep one"]),
     (["optimizer=sgd", "adam.beta1=0.8"], ["--set optimizer=sgd but a --set key names adam"]),
     (["sgd.speed=1"], ["--set sgd.speed: unknown training parameter", "e.g. adam.beta1, step.gamma"]),
+    (["optimizer=adamw", "reg=5"], ["--set reg=5: adamw decays the weights itself",
+                                    "hint: set its decoupled decay instead: --set "
+                                    "adamw.weight_decay=..."]),
 ])
 def test_train_bad_set(tmp_path, sets, fragments):
     study = write_study(tmp_path / "s.toml")

@@ -814,6 +814,8 @@ def test_k8s_manifests_parse_and_match_the_compose_file():
     config = next(d for d in docs["configmap.yaml"] if d["kind"] == "ConfigMap")
     documented = read_env_file(ENV_EXAMPLE)
     assert set(config["data"]) - {"TZ"} <= set(documented), "the same variables as compose"
+    for key, value in config["data"].items():  # ... and the same defaults
+        assert key == "TZ" or value == documented[key], (key, value, documented[key])
     assert config["data"]["TZ"] == "UTC"
     by_component = {"init-job.yaml": "init", "worker-job.yaml": "worker", "dashboard.yaml": "dashboard"}
     containers = {}

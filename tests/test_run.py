@@ -8,6 +8,7 @@ assertions check what is really stored."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from optuna.trial import TrialState
 
 from tuner.runner.coordinator import SAME_SIGNAL_S
 
-from conftest import STUDIES, flat, run_tuner, tuner_env, write_study
+from conftest import STUDIES, descendants, flat, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -825,6 +826,30 @@ def test_replay_of_an_unknown_trial(mixed):
     url, _ = mixed
     proc = tuner("replay", "mixed", 999, "--storage", url)
     assert proc.returncode == 2 and "study 'mixed' has no trial #999" in flat(proc.stderr)
+
+
+def test_ctrl_c_while_workers_start_prints_no_traceback(sqlite_url, tmp_path):
+    """Ctrl-C reaches the whole foreground process group: workers still importing their
+    libraries ignore it (the runner stops them), so no KeyboardInterrupt traceback."""
+    study = write_study(tmp_path / "s.toml", name="early", n_trials=50)
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(study), "--storage",
+                             sqlite_url, "--workers", "2"], env=tuner_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    def spawned_workers() -> int:  # processes started by multiprocessing's spawn
+        found = 0
+        for pid in descendants(proc.pid):
+            with contextlib.suppress(OSError):
+                found += b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return found
+
+    deadline = time.monotonic() + 60
+    while spawned_workers() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # while they import numpy and numba
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err
+    assert proc.returncode == 130, out + err
 
 
 def test_replay_and_best_retrain_under_the_file_each_trial_ran_with(sqlite_url, tmp_path):

@@ -196,9 +196,11 @@ def importances(study: optuna.Study) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return dict(optuna.importance.get_param_importances(study))
+            found = optuna.importance.get_param_importances(study)
         except (ValueError, RuntimeError):
             return {}
+    # equal importances (often 0.0) in name order: the same table on every call
+    return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def table_cell(value: Any) -> Any:

@@ -224,6 +224,13 @@ def resolve_train_config(sf: StudyFile, overrides: dict[str, Any]) -> tuple[dict
     for one, other in (("step_epochs", "milestones"), ("milestones", "step_epochs")):
         if one in overrides and other not in overrides:  # either replaces the other
             params.pop(other, None)
+    if "reg" in overrides and params.get("optimizer") in P.DECOUPLED_DECAY_OPTIMIZERS:
+        # the engine drops reg there (a study's model.reg serves every optimizer), but a reg
+        # asked for by name would silently do nothing
+        raise ConfigError(f"--set reg={overrides['reg']}: {params['optimizer']} decays the "
+                          f"weights itself and adds no reg to its gradient",
+                          hint=f"set its decoupled decay instead: --set "
+                               f"{params['optimizer']}.weight_decay=...")
     try:
         resolved = P.resolve(params)
     except ValueError as exc:
@@ -245,7 +252,7 @@ def train(study_file: StudyFileArg,
     """Train one configuration of a study file and show its learning curve.
 
     Reports validation and test accuracy beside scikit-learn's LogisticRegression on the same
-    split. Nothing is stored."""
+    split. Nothing is stored. Exit code 1 if the training diverged."""
     from tuner.cli.views import fmt
     from tuner.config import load_study_file
     from tuner.model import evaluate
@@ -296,7 +303,7 @@ def train(study_file: StudyFileArg,
             _, summary[f"{name}_accuracy"] = evaluate(result.W, X, y, params["loss"])
     if json_out:
         print_json(summary)
-        return
+        raise typer.Exit(1 if result.diverged else 0)
     names = {"val": "validation", "test": "test"}
     if result.diverged:
         d = result.divergence
@@ -306,6 +313,7 @@ def train(study_file: StudyFileArg,
         out.print(f"{shown[0].upper()}{shown[1:]} ({result.wall_time:.2f} s)")
     out.print("reference (scikit-learn LogisticRegression, same split): "
               + ", ".join(f"{names[k]} {v:.4f}" for k, v in reference.items()))
+    raise typer.Exit(1 if result.diverged else 0)  # a script can tell a diverged run
 
 
 @app.command()

@@ -4,7 +4,9 @@ trials ("jobs") it holds."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,7 +61,7 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, args=(child, blas_threads),
                                    daemon=True, name=f"tuner-worker-{index}")
-        with _main_module_hidden():
+        with _main_module_hidden(), _sigint_ignored_by_children():
             self.process.start()
         child.close()
         self.current: Job | None = None
@@ -87,6 +89,21 @@ class Worker:
             self.process.kill()
             self.process.join(1.0)
         self.conn.close()
+
+
+@contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """A process started inside ignores SIGINT from its first instruction (an ignored signal
+    survives exec, and Python keeps it ignored), so a Ctrl-C while it still imports numba prints
+    no traceback: the runner stops its workers itself. (Main thread only: the runner's.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
