@@ -5,6 +5,7 @@ and a bad storage. On SQLite and on the real PostgreSQL server."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -417,6 +418,14 @@ def test_a_nights_page_shows_its_verdict_and_follows_the_sweep(tmp_path):
         assert dash.text(f"/tuner/studies/{name}") == dash.text(f"/tuner/studies/{name}")
 
 
+def wsgi_get(app: Any, path: str) -> tuple[str, str]:
+    """``GET path`` on a WSGI ``app`` in this process: (status, body)."""
+    seen: dict[str, Any] = {}
+    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
+                        lambda status, headers: seen.update(status=status)))
+    return seen["status"], body.decode()
+
+
 def test_a_multi_objective_study_is_listed_and_its_page_says_why_it_has_no_views(tmp_path):
     """The study list shows a multi-objective study made with Optuna directly; its views page
     (and its report download) explain, with a link to its Pareto front in optuna-dashboard,
@@ -429,11 +438,7 @@ def test_a_multi_objective_study_is_listed_and_its_page_says_why_it_has_no_views
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
     views = TunerViews(open_storage(url, must_exist=True), url)
 
-    def get(path: str) -> tuple[str, str]:
-        seen: dict[str, Any] = {}
-        body = b"".join(views({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
-                              lambda status, headers: seen.update(status=status)))
-        return seen["status"], body.decode()
+    get = functools.partial(wsgi_get, views)
 
     status, page = get("/")
     assert status == "200 OK" and 'href="/tuner/studies/multi"' in page
@@ -463,11 +468,7 @@ def test_a_sweeps_base_name_is_a_404_that_points_to_its_nights(tmp_path):
         add_night(url, path, DAY - timedelta(days=back), [(config, 0.95, 1)])
     views = TunerViews(open_storage(url, must_exist=True), url)
 
-    def get(path: str) -> tuple[str, str]:
-        seen: dict[str, Any] = {}
-        body = b"".join(views({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
-                              lambda status, headers: seen.update(status=status)))
-        return seen["status"], body.decode()
+    get = functools.partial(wsgi_get, views)
 
     latest = f"nt-{DAY}"
     for path, href in (("/tuner/studies/nt", f"/tuner/studies/{latest}"),

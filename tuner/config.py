@@ -306,10 +306,12 @@ class StudyFile(BaseModel):
     def from_json(cls, text: str) -> StudyFile:
         blob = json.loads(text)
         raw = blob["raw"]
+        # a study stored before TPE-only keys were refused for the other samplers: drop them
+        # (they never applied)
         sampler = raw.get("study", {}).get("sampler")
-        if isinstance(sampler, dict):  # a study stored before TPE-only keys were refused for
-            takes = SAMPLER_KEYS.get(sampler.get("type", "tpe"), ())  # other samplers (they
-            for key in [k for k in sampler if k != "type" and k not in takes]:  # never applied)
+        if isinstance(sampler, dict):
+            takes = SAMPLER_KEYS.get(sampler.get("type", "tpe"), ())
+            for key in [k for k in sampler if k != "type" and k not in takes]:
                 del sampler[key]
         return parse_study_dict(raw, source=blob["source"], base_dir=blob.get("base_dir"))
 

@@ -191,15 +191,15 @@ def trial_seed(study_seed: int, trial: FrozenTrial) -> int:
     return derive_seed(study_seed, root)
 
 
-def _storage_flag(storage: BufferedStorage, *, note: bool = True) -> str:
-    """`` --storage URL`` (and, with ``note``, how to set ``$TUNER_STORAGE`` for a URL with a
-    password) for a follow-up command hint about ``storage``; ``""`` where the command finds it
-    by itself."""
+def _storage_flag(storage: BufferedStorage) -> tuple[str, str]:
+    """For a follow-up command hint about ``storage``: `` --storage URL`` (``""`` where the
+    command finds it by itself) and, for a URL with a password, `` (first `export ...`)``, said
+    once at the end of the hint (else ``""``)."""
     from tuner.storage.urls import storage_flag, storage_note
 
     url = storage.backend.engine.url.render_as_string(hide_password=False)
-    told = storage_note(url) if note else ""
-    return storage_flag(url) + (f" {told}" if told else "")
+    note = storage_note(url)
+    return storage_flag(url), f" {note}" if note else ""
 
 
 def _where(storage: BufferedStorage) -> str:
@@ -263,8 +263,8 @@ def trial_study_file(study: optuna.Study, trial: FrozenTrial, study_file: StudyF
         return study_file
     text = study.user_attrs.get(ATTR_FILE_PREFIX + digest)
     if text is None:
-        log.warning("trial #%d trained under a study file %r does not hold; using the file it "
-                    "was created with", trial.number, study.study_name)
+        log.warning("trial #%d trained under a study file that study %r does not hold; using "
+                    "the file it was created with", trial.number, study.study_name)
         return study_file
     return StudyFile.from_json(text)
 
@@ -287,8 +287,7 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
     attrs = storage.get_study_user_attrs(study_id)
     source = study_file.source
-    flag = _storage_flag(storage, note=False)
-    note = _storage_flag(storage)[len(flag):]
+    flag, note = _storage_flag(storage)
     hint = (f"run this study file under a new name: tuner run {source} --study-name NEW{flag} "
             f"(or delete the old study first: tuner delete {name}{flag}){note}")
     named_by = f"--study-name {name}" if "name" in study_file.overrides else f"{source}: study.name"
@@ -397,7 +396,7 @@ def load_study(name: str, storage: BufferedStorage) -> tuple[optuna.Study, Study
         elif nights := nights_of(name, storage):
             hint = (f"{name!r} is a nightly sweep; its nights are the studies {name}-YYYY-MM-DD "
                     f"(latest: {nights[-1]}); every night: tuner history {name}"
-                    f"{_storage_flag(storage)}")
+                    f"{''.join(_storage_flag(storage))}")
         raise StudyNotFoundError(f"no study named {name!r} in {_where(storage)} (studies: {known})",
                                  hint=hint)
     study = optuna.load_study(study_name=name, storage=storage)

@@ -199,7 +199,8 @@ def delete(study: StudyArg, storage: StorageOpt = None,
     grace = sf.study.reliability.grace if sf is not None else 60.0
     with contextlib.ExitStack() as stack:
         running = []
-        if store.backend.engine.dialect.name == "sqlite":
+        sqlite = store.backend.engine.dialect.name == "sqlite"
+        if sqlite:
             # one runner owns a SQLite study, holding this lock; holding it ourselves also keeps
             # a runner from starting while we delete
             lock = runner_lock(store, study)
@@ -209,7 +210,6 @@ def delete(study: StudyArg, storage: StorageOpt = None,
                 running.append(f"a runner holds its lock ({lock.holder})")
         # with SQLite, holding the runner lock means no runner is left: a fresh heartbeat is
         # that of a runner killed a moment ago (its trials are orphans `doctor` fails)
-        sqlite = store.backend.engine.dialect.name == "sqlite"
         live = [] if sqlite and not running else [
             age for age in heartbeat_ages(store, st._study_id).values() if age <= grace]
         if live:

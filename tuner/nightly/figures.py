@@ -252,16 +252,16 @@ def verdict_markdown(ctx: Any) -> str:
              f"| {v.get('metric', 'value')} | value |", "|---|---|", *tonight]
     nights = b.get("nights") or []
     if nights:
-        # a no_result verdict stored before it kept the baseline's numbers has none of them
-        why = " (not computed: tonight has no result)" if no_result else ""
-        lines += [f"| baseline: median of {len(nights)} nights | "
-                  f"{_f(b.get('level'))}{why if b.get('level') is None else ''} |",
+        def number(key: str) -> str:
+            # a no_result verdict stored before it kept the baseline's numbers has none of them
+            why = " (not computed: tonight has no result)" if no_result and b.get(key) is None else ""
+            return f"{_f(b.get(key))}{why}"
+
+        lines += [f"| baseline: median of {len(nights)} nights | {number('level')} |",
                   f"| baseline best | {_f(b.get('best'))} |",
-                  f"| spread (1.4826 × median absolute deviation) | "
-                  f"{_f(b.get('spread'))}{why if b.get('spread') is None else ''} |",
+                  f"| spread (1.4826 × median absolute deviation) | {number('spread')} |",
                   f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
-                  f"{b.get('spread_factor')} × spread, capped) | "
-                  f"{_f(b.get('margin'))}{why if b.get('margin') is None else ''} |",
+                  f"{b.get('spread_factor')} × spread, capped) | {number('margin')} |",
                   "| available tonight − baseline | "
                   + ("– (nothing to compare: tonight has no result)" if no_result
                      else _f(v.get("delta"), signed=True)) + " |"]

@@ -148,11 +148,9 @@ def _nightly_views_enabled(name: str) -> bool:
     ``TUNER_DASHBOARD_VIEWS=0``, nor when the ``nightly`` dashboard file (``$TUNER_DASHBOARDS``)
     is broken. That is checked once, here, and said once: every refresh would fail with the same
     error (a broken view must not fail the night)."""
-    import os
+    from tuner.dashboard.attach import views_enabled
 
-    from tuner.dashboard.attach import ENV_VIEWS
-
-    if os.environ.get(ENV_VIEWS, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not views_enabled():
         return False
     try:
         from tuner.dashboard.render import check_panels
