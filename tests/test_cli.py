@@ -37,8 +37,10 @@ def test_help_lists_every_command_with_one_sentence():
     proc = run_tuner("--help", check=True)
     for command in MY_COMMANDS:
         assert f" {command} " in proc.stdout
+    assert "<bool>" not in proc.stdout  # a flag takes no value: no type label
     for command in MY_COMMANDS:
         text = run_tuner(command, "--help", check=True).stdout
+        assert "<bool>" not in text, command
         lines = [line.strip(" │") for line in text.splitlines()]
         usage = next(i for i, line in enumerate(lines) if line.startswith("Usage:"))
         summary = next(line for line in lines[usage + 1:] if line)

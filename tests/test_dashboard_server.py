@@ -335,6 +335,11 @@ def test_a_broken_dashboard_file_stops_the_server_at_start(study_url, tmp_path):
     (tmp_path / "study.toml").write_text("[[panel]\n")
     proc = run_tuner("dashboard", "--storage", study_url, "--dashboards", tmp_path, "--port", "0", timeout=60)
     assert proc.returncode == 2 and "invalid TOML" in proc.stderr
+    # a panel option out of its range is refused at start too (it was shown on the page)
+    (tmp_path / "study.toml").write_text('[[panel]]\ntype = "learning_curves"\ntop_k = 0\n')
+    proc = run_tuner("dashboard", "--storage", study_url, "--dashboards", tmp_path, "--port", "0", timeout=60)
+    assert proc.returncode == 2 and "option top_k must be" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "serving" not in proc.stdout
 
 
 def test_list_panels(study_url):

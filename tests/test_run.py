@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -508,7 +509,8 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "study 'msgs' on SQLite" in err and ": 2/6 trials done, 2 worker(s)" in flat(err)
-    assert "interrupted by SIGINT: running trials were marked FAIL and re-queued" in flat(err)
+    assert re.search(r"interrupted by SIGINT: trials? #\d+(, #\d+)? (was|were) marked FAIL and "
+                     r"re-queued", flat(err)), err
     assert "(2/6 done: 2 complete" in flat(err)
 
     big = write_study(tmp_path / "b.toml", name="big", n_trials=6, epochs=1,
@@ -522,6 +524,7 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "(0/6 done)" in flat(err) and "done: )" not in err, err
+    assert "interrupted by SIGINT: no trial was training; run the same command" in flat(err), err
 
     fresh = write_study(tmp_path / "f.toml", name="fresh", n_trials=6, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
@@ -591,7 +594,10 @@ def test_one_signal_delivered_twice_is_one_interruption(sqlite_url, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     text = flat(err)
-    assert "interrupted by SIGINT: running trials were marked FAIL and re-queued" in text, err
+    failed = [t.number for t in load(sqlite_url, "once").trials if t.state == TrialState.FAIL]
+    assert (f"interrupted by SIGINT: {'trial' if len(failed) == 1 else 'trials'} "
+            f"{', '.join(f'#{n}' for n in failed)} {'was' if len(failed) == 1 else 'were'} marked "
+            "FAIL and re-queued") in text, err
     assert "twice" not in text
     counts = states(sqlite_url, "once")
     assert counts["RUNNING"] == 0 and counts["FAIL"] >= 1 and counts["WAITING"] >= counts["FAIL"]
@@ -612,6 +618,21 @@ def test_the_live_panel_tells_training_from_claimed_and_other_runners_trials():
     console.print(Display(snap, console=console, live=False)._render())
     text = console.export_text()
     assert "training 2 · next 2 · 1 in other runners" in text and "running 5" not in text
+
+
+def test_the_live_panel_header_wraps_between_items_at_80_columns():
+    """The header was a grid: at 80 columns each cell wrapped into a column of single words."""
+    from rich.console import Console
+
+    from tuner.runner.progress import Display, Snapshot
+
+    snap = Snapshot(study="s", storage="SQLite x", metric="val_accuracy", n_trials=300, workers=2,
+                    complete=250, pruned=40, failed=1, elsewhere=3, training=2, queued_here=2)
+    console = Console(record=True, width=80)
+    console.print(Display(snap, console=console, live=False)._render())
+    lines = [line.strip("│ ") for line in console.export_text().splitlines()]
+    assert "290/300 done  complete 250  pruned 40  failed 1" in lines, lines
+    assert any(line.startswith("training 2 · next 2 · 3 in other runners  elapsed") for line in lines)
 
 
 # --- pruning and divergence -----------------------------------------------------------------
@@ -884,6 +905,9 @@ def test_export_table_round_trip(mixed, tmp_path, fmt):
     proc = tuner("export", "mixed", "--storage", url, "--format", fmt, "--output", out, check=True)
     assert f"wrote 16 trials to {out}" in flat(proc.stderr)
     frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+    # grouped: the trial's fields, its parameters (gamma: step decay's only), its attributes
+    groups = [c.startswith("param.") + 2 * c.startswith("attr.") for c in frame.columns]
+    assert groups == sorted(groups) and "param.gamma" in frame.columns, list(frame.columns)
     expected = _expected_rows(url)
     assert sorted(frame["number"]) == sorted(expected)
     for row in frame.to_dict("records"):
@@ -900,6 +924,16 @@ def test_export_table_round_trip(mixed, tmp_path, fmt):
         assert row["attr.seed"] == t.user_attrs["seed"]
         assert row["attr.peak_lr"] == t.user_attrs["peak_lr"]
         assert (row.get("attr.diverged") in (True,)) == bool(t.user_attrs.get("diverged"))
+
+
+def test_export_columns_keep_a_parameter_only_later_trials_have_with_the_parameters():
+    from tuner.results import record_columns
+
+    records = [{"number": 0, "state": "COMPLETE", "param.optimizer": "adam", "attr.seed": 1},
+               {"number": 1, "state": "PRUNED", "param.optimizer": "momentum", "attr.seed": 2,
+                "param.momentum": 0.9, "attr.pruned_at_epoch": 3}]
+    assert record_columns(records) == ["number", "state", "param.optimizer", "param.momentum",
+                                       "attr.seed", "attr.pruned_at_epoch"]
 
 
 def test_export_json_round_trip_with_curves(mixed, tmp_path):

@@ -208,6 +208,17 @@ def table_cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | dict) else value
 
 
+def record_columns(records: list[dict[str, Any]]) -> list[str]:
+    """The columns of a table of :func:`trial_record` s: the trial's own fields, then values,
+    parameters and attributes, each group in order of first appearance (a parameter that only
+    later trials have, such as ``momentum``, sits with the parameters, not after the
+    attributes)."""
+    groups = ("value.", "param.", "attr.")
+    seen = dict.fromkeys(key for record in records for key in record)
+    return sorted(seen, key=lambda key: next((i + 1 for i, prefix in enumerate(groups)
+                                              if key.startswith(prefix)), 0))
+
+
 def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = False) -> dict[str, Any]:
     """A flat, JSON-friendly description of a trial for exports and ``--json`` output (a
     list-valued parameter, step decay's ``milestones``, stays a list: :func:`table_cell`

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 # Importing a command module registers its commands (help lists them in this order).
 from tuner.cli import run
@@ -25,7 +26,7 @@ from tuner.cli import doctor
 from tuner.cli import nightly  # noqa: F401, I001
 from tuner.cli import dashboard  # noqa: F401, I001  (tuner dashboard, tuner report)
 from tuner.cli import admin  # noqa: F401, I001  (tuner init)
-from tuner.cli.app import app, err
+from tuner.cli.app import Command, app, err
 from tuner.errors import TunerError
 
 
@@ -38,7 +39,9 @@ def _reflow(doc: str) -> str:
                         for paragraph in _inspect.cleandoc(doc).split("\n\n"))
 
 
-for _command in app.registered_commands:
+for _command in app.registered_commands:  # flags without a "<bool>" label in help
+    if _command.cls in (None, TyperCommand):
+        _command.cls = Command
     if _command.help is None and _command.callback is not None and _command.callback.__doc__:
         _command.help = _reflow(_command.callback.__doc__)
 

@@ -10,8 +10,33 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
+
+
+def _flags_take_no_value(command: TyperCommand | TyperGroup, ctx: Any) -> None:
+    """typer 0.29 labels every flag ``<bool>`` in help, as if it took a value: a flag takes
+    none, so it gets an empty label."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """A tuner command: flags are shown without a value label."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_take_no_value(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_take_no_value(self, ctx)
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=_Group,
     name="tuner",
     help="Find the optimizer, learning rate, warmup, decay and batch-size scaling rule that train "
          "a linear classifier best, with Optuna, stored in SQLite or PostgreSQL.\n\n"

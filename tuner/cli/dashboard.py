@@ -41,6 +41,7 @@ def dashboard(study_file: Annotated[Path | None, typer.Argument(
     from tuner.cli.nightly import open_target
     from tuner.dashboard import panel_names
     from tuner.dashboard.registry import get_panel
+    from tuner.dashboard.render import check_panels
     from tuner.dashboard.server import create_server, listen_addresses, make_app, run_server, url_for
     from tuner.dashboard.spec import available_dashboards, load_dashboard
     from tuner.storage import describe
@@ -53,8 +54,8 @@ def dashboard(study_file: Annotated[Path | None, typer.Argument(
             out.print(text + (f" [dim]options: {options}[/]" if options else ""), highlight=False)
         return
     found = available_dashboards(dashboards)
-    for name in found:  # fail now on a broken file, not at the first page view
-        load_dashboard(name, dashboards)
+    for name in found:  # fail now on a broken file or a bad panel option, not at a page view
+        check_panels(load_dashboard(name, dashboards))
     _name, store, url, _sf = open_target(None if study_file is None else str(study_file), storage)
     wsgi_app = make_app(store, describe(url), dashboards)
     server = create_server(wsgi_app, host, port, threads)

@@ -159,7 +159,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
                                  default=str).encode()
     else:
         table = pd.DataFrame.from_records(
-            [{k: results.table_cell(v) for k, v in r.items()} for r in records])
+            [{k: results.table_cell(v) for k, v in r.items()} for r in records],
+            columns=results.record_columns(records))
         if fmt == "csv":
             data = table.to_csv(index=False).encode()
         else:

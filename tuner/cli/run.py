@@ -405,8 +405,11 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
     if result.reason == "fail_fast" and str(result.fail_fast_error).startswith("worker process died"):
         messages["fail_fast"] = (f"stopped early: every trial killed its worker process "
                                  f"({result.fail_fast_error}; out of memory? see `dmesg`)")
-    reason = messages.get(result.reason, f"interrupted by {result.reason}: running trials were "
-                                         "marked FAIL and re-queued; run the same command to continue")
+    stopped = ", ".join(f"#{n}" for n in result.interrupted)
+    reason = messages.get(result.reason, f"interrupted by {result.reason}: " + (
+        f"{'trial' if len(result.interrupted) == 1 else 'trials'} {stopped} "
+        f"{'was' if len(result.interrupted) == 1 else 'were'} marked FAIL and re-queued"
+        if stopped else "no trial was training") + "; run the same command to continue")
     if result.reason in ("SIGINT", "SIGTERM") and (result.hurried or result.unsaved
                                                     or result.claim_abandoned):
         left = ", ".join(f"#{n}" for n in result.unsaved)

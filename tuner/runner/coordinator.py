@@ -123,6 +123,7 @@ class RunResult:
     db_retries: int = 0
     fail_fast_error: str | None = None
     unsaved: list[int] = field(default_factory=list)  # left RUNNING (clean-up skipped or failed)
+    interrupted: list[int] = field(default_factory=list)  # training when stopped: FAIL, re-queued
     hurried: bool = False  # a second signal skipped the clean-up
     claim_abandoned: bool = False  # a claim in progress was left: its trial may stay RUNNING
 
@@ -169,6 +170,7 @@ class Runner:
         self._signal_at = 0.0
         self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
         self._unsaved_finished = 0     # ... of which training had finished (results lost)
+        self._interrupted: list[int] = []  # trials the shutdown failed and re-queued
         self._claim_abandoned = False
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
@@ -256,7 +258,8 @@ class Runner:
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
                          counts, best, self.resilient.retries, error,
-                         unsaved=sorted(set(self._unsaved)), hurried=self._hurry,
+                         unsaved=sorted(set(self._unsaved)), interrupted=sorted(self._interrupted),
+                         hurried=self._hurry,
                          claim_abandoned=self._claim_abandoned)
 
     # --- setup ---------------------------------------------------------------------------
@@ -806,6 +809,11 @@ class Runner:
         self._release_claim(trial_id)
         self.snap.failed += 1
 
+    def _fail_interrupted(self, job: Job, reason: str) -> None:
+        """Fail and re-queue a trial the shutdown stopped mid-training."""
+        self._fail(job.trial_id, job.number, reason, retry=True)
+        self._interrupted.append(job.number)
+
     def _unclaim(self, job: Job) -> None:
         """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
         self.resilient.call(f"re-queue trial {job.number}", self._put_back, job.trial_id)
@@ -967,8 +975,7 @@ class Runner:
         for worker in self.workers:
             for job in worker.jobs():
                 if job.started:
-                    write("fail", lambda j=job: self._fail(j.trial_id, j.number, reason, retry=True),
-                          job)
+                    write("fail", lambda j=job: self._fail_interrupted(j, reason), job)
                 else:
                     write("re-queue", lambda j=job: self._unclaim(j), job)
             worker.current = worker.queued = None

@@ -115,15 +115,14 @@ class Display:
     def _render(self) -> Panel:
         s = self.snap
         elapsed = time.monotonic() - s.started
-        head = Table.grid(padding=(0, 2))
-        head.add_row(
+        head = _packed([
             Text(f"{s.done}/{s.n_trials} done", style="bold"),
             Text(f"complete {s.complete}", style="green"),
             Text(f"pruned {s.pruned}", style="yellow"),
             Text(f"failed {s.failed}", style="red" if s.failed else "dim"),
             Text(_running_text(s)),
             Text(f"elapsed {_fmt_seconds(elapsed)}  ETA {_fmt_seconds(s.eta_seconds())}"),
-        )
+        ], self.console.width - 4)  # inside the panel's border and padding
         best = Text("best: -") if s.best_value is None else Text(
             f"best {s.metric} = {s.best_value:.4f} (trial #{s.best_number}): "
             + ", ".join(f"{k}={_short(v)}" for k, v in s.best_params.items()), style="bold cyan")
@@ -140,6 +139,22 @@ class Display:
             parts.append(Text(s.note, style="dim"))
         return Panel(Group(*parts), title=f"tuner run: {s.study}", subtitle=s.storage,
                      border_style="blue")
+
+
+def _packed(items: list[Text], width: int, gap: str = "  ") -> Text:
+    """``items`` on as few lines of ``width`` columns as they fit, never cut inside an item (a
+    grid squeezed into 80 columns wrapped each cell into a narrow column of words)."""
+    out, used = Text(), 0
+    for item in items:
+        if used and used + len(gap) + len(item) > width:
+            out.append("\n")
+            used = 0
+        elif used:
+            out.append(gap)
+            used += len(gap)
+        out.append_text(item)
+        used += len(item)
+    return out
 
 
 def _running_text(s: Snapshot) -> str:
