@@ -3,6 +3,7 @@ fake clock, warm-start mapping across search-space changes, and the [schedule] s
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -604,6 +605,60 @@ def test_a_broken_folder_file_is_skipped_and_scheduled_once_fixed(sqlite_url, tm
         # a new file naming a scheduled study is refused, not scheduled twice
         (tmp_path / "copy.toml").write_text(_toml(name="b", schedule='cron = "0 5 * * *"'))
         assert service.rescan() == [] and "copy.toml" in str(service._refused)
+    finally:
+        service.stop()
+
+
+def _next_fire(service: SchedulerService, job: str) -> tuple[int, int]:
+    fire = service.scheduler.get_job(job).trigger.get_next_fire_time(None, datetime.now(UTC))
+    return fire.hour, fire.minute
+
+
+def test_a_rescan_follows_edited_removed_and_renamed_folder_files(sqlite_url, tmp_path, caplog):
+    """The cron time of a folder file was read once at start (an edit needed a restart), and a
+    deleted file stayed scheduled, so a copy refused for its study name never took its place."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "a.toml").write_text(_toml(name="n", schedule='cron = "0 3 * * *"'))
+    (folder / "b.toml").write_text(_toml(name="n", schedule='cron = "0 5 * * *"'))  # a copy
+    (folder / "c.toml").write_text(_toml(name="c", schedule='cron = "0 1 * * *"'))
+    given = tmp_path / "given.toml"
+    given.write_text(_toml(name="g", schedule='cron = "0 6 * * *"'))
+    scan = collect_study_files([folder, given])
+    assert set(scan.refused) == {folder / "b.toml"}
+    service = SchedulerService(make_sweeps(scan.files, storage=sqlite_url), catch_up=False,
+                               folders=[folder], refused=scan.refused, given=[given],
+                               storage_override=sqlite_url)
+    caplog.set_level(logging.INFO, logger="tuner.scheduler")
+    try:
+        service.start()
+        assert _next_fire(service, "nightly:n") == (3, 0)
+        (folder / "a.toml").write_text(_toml(name="n", schedule='cron = "30 4 * * *"'))
+        assert service.rescan() == []
+        assert _next_fire(service, "nightly:n") == (4, 30)
+        assert "rescheduled n" in caplog.text and "was '0 3 * * *' UTC" in caplog.text
+        assert service.sweeps["nightly:n"].cron == "30 4 * * *"
+        # a.toml removed: unscheduled, and the refused copy takes its study name
+        (folder / "a.toml").unlink()
+        added = service.rescan()
+        assert [(s.base, s.path.name) for s in added] == [("n", "b.toml")]
+        assert _next_fire(service, "nightly:n") == (5, 0)
+        assert "unscheduled n" in caplog.text and "its file is gone" in caplog.text
+        assert service._refused == {}
+        # c.toml now names another study: the old one is unscheduled, the new one scheduled
+        (folder / "c.toml").write_text(_toml(name="c2", schedule='cron = "0 1 * * *"'))
+        assert [s.base for s in service.rescan()] == ["c2"]
+        assert service.scheduler.get_job("nightly:c") is None and "nightly:c" not in service.sweeps
+        # c.toml loses its [schedule]: unscheduled
+        (folder / "c.toml").write_text(_toml(name="c2"))
+        assert service.rescan() == [] and service.scheduler.get_job("nightly:c2") is None
+        assert "no [schedule] section any more" in caplog.text
+        # a broken scheduled file stays scheduled (its nights say why), a given file is read once
+        (folder / "b.toml").write_text("[study\n")
+        given.unlink()
+        assert service.rescan() == []
+        assert {j.id for j in service.scheduler.get_jobs() if j.id != "rescan"} == {"nightly:n", "nightly:g"}
+        service._job("nightly:gone")  # a fire racing an unschedule does nothing
     finally:
         service.stop()
 

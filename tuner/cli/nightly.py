@@ -149,7 +149,8 @@ def nightly(study_file: StudyFileArg,
                   "same file runs when it ends. Each night runs as `tuner nightly` in a "
                   "subprocess; SIGTERM is forwarded so no trial is left RUNNING. Folders are "
                   "rescanned every minute: a broken file is skipped until it loads, a file "
-                  "naming the study of a file before it is skipped, and a folder with nothing "
+                  "naming the study of a file before it is skipped, an edited cron is "
+                  "rescheduled, a removed file is unscheduled, and a folder with nothing "
                   "to schedule yet is waited on.")
 def scheduler(paths: Annotated[list[Path], typer.Argument(
                   help="Study files and/or folders (their *.toml files with a \\[schedule] "
@@ -209,7 +210,8 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
     service = SchedulerService(sweeps, workers=workers, catch_up=catch_up, clock=clock,
                                storage_override=storage, cron=cron,
                                folders=[p for p in paths if p.is_dir()], rescan_interval=rescan,
-                               broken=scan.broken, refused=scan.refused)
+                               broken=scan.broken, refused=scan.refused,
+                               given=[p for p in paths if not p.is_dir()])
     stop = threading.Event()
     received: list[str] = []
 

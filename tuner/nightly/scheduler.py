@@ -29,9 +29,11 @@ Design:
   fatal (one broken file must not stop every other sweep, or a container restart loop); so is
   one that names its study like a file scheduled before it (files in path order: the first is
   scheduled). A folder with nothing to schedule yet (empty, or only broken files) is not fatal
-  either: the service runs and waits. Folders are rescanned every minute, so a file that was
-  fixed (or added) is scheduled once it loads. A study file named explicitly must load and be
-  schedulable, or the service does not start.
+  either: the service runs and waits. Folders are rescanned every minute: a file that was
+  fixed (or added) is scheduled once it loads; one whose cron or timezone was edited is
+  rescheduled; one that was removed, lost its ``[schedule]`` or names another study now is
+  unscheduled (which frees its study name for a copy that was refused). A study file named
+  explicitly must load and be schedulable, or the service does not start; it is read once.
 - **Shutdown** (SIGTERM/SIGINT): no new night starts; running nights get SIGTERM (their running
   trials are failed and re-queued; ``tuner nightly`` resumes them next time); the service waits
   for them, then exits 0. Nothing is left RUNNING.
@@ -41,6 +43,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +59,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
@@ -255,16 +259,18 @@ def due_night(sweep: Sweep, now: datetime) -> date:
 class SchedulerService:
     """Runs ``sweeps`` at their cron times until :meth:`stop`. ``clock`` is *now* for the
     catch-up decision (tests inject a fake clock); ``python`` runs ``-m tuner nightly``;
-    ``folders`` are rescanned every ``rescan_interval`` seconds for study files that were fixed
-    or added (``broken``: the folder files that failed to load at start; ``refused``: those that
-    load but were not scheduled, e.g. a duplicate study name; both already logged)."""
+    ``folders`` are rescanned every ``rescan_interval`` seconds (:meth:`rescan`; ``broken``: the
+    folder files that failed to load at start; ``refused``: those that load but were not
+    scheduled, e.g. a duplicate study name; both already logged; ``given``: files named
+    explicitly, read once at start, whose sweeps a rescan leaves alone)."""
 
     def __init__(self, sweeps: list[Sweep], *, workers: int = 1, catch_up: bool = True,
                  clock: Callable[[], datetime] | None = None, python: str | None = None,
                  storage_override: str | None = None, cron: str | None = None,
                  folders: list[Path] | None = None, rescan_interval: float = RESCAN_INTERVAL_S,
                  broken: dict[Path, str] | None = None,
-                 refused: dict[Path, str] | None = None) -> None:
+                 refused: dict[Path, str] | None = None,
+                 given: list[Path] | None = None) -> None:
         self.sweeps = {s.id: s for s in sweeps}
         self.workers = workers
         self.catch_up = catch_up
@@ -276,6 +282,7 @@ class SchedulerService:
         self.rescan_interval = rescan_interval
         self._broken: dict[Path, str] = dict(broken or {})  # fails to load: path -> error
         self._refused: dict[Path, str] = dict(refused or {})  # loads, not scheduled: -> why
+        self._given = {p.resolve() for p in given or []}
         self._lock = threading.Lock()
         self._pending: dict[str, date] = {}  # catch-up nights, taken by the job's first run
         self._running: dict[str, date] = {}  # sweep id -> the night running now
@@ -330,47 +337,96 @@ class SchedulerService:
                  following.isoformat() if following else "never")
 
     def rescan(self) -> list[Sweep]:
-        """Look at the folders again: schedule study files that load now and were not scheduled
-        (fixed or new), log files that broke. Returns the sweeps added."""
+        """Look at the folders again. A scheduled folder file that is gone, lost its
+        ``[schedule]`` section or names another study now is unscheduled (a night running goes
+        on); one whose cron, timezone or storage changed is rescheduled. Then study files that
+        load now and are not scheduled (fixed, new, or a copy whose study name is free again) are
+        scheduled, and files that broke are logged. Returns the sweeps added."""
         with self._lock:
             if self._stopping:
                 return []
+        current = {file.resolve(): (file, sf, error) for folder in self.folders
+                   for file, sf, error in folder_study_files(folder)}
+        for sweep in list(self.sweeps.values()):
+            if sweep.path.resolve() not in self._given:
+                self._reconcile(sweep, current.get(sweep.path.resolve()))
         scheduled = {s.path.resolve() for s in self.sweeps.values()}
         names = {s.base: s.path for s in self.sweeps.values()}
         broken: dict[Path, str] = {}
         refused: dict[Path, str] = {}
         added: list[Sweep] = []
-        for folder in self.folders:
-            for file, sf, error in folder_study_files(folder):
-                if sf is None:
-                    broken[file] = error
-                    if self._broken.get(file) != error:
-                        what = ("its nights will fail until it is fixed" if file.resolve() in scheduled
-                                else "skipped until it is fixed")
-                        log.error("%s: cannot load it (%s); %s", file, error, what)
-                    continue
-                if file in self._broken:
-                    log.info("%s loads again", file)
-                if file.resolve() in scheduled or sf.schedule is None:
-                    continue
-                if sf.study.name in names:
-                    message = duplicate_message(file, sf.study.name, names[sf.study.name])
-                    refused[file] = message
-                    if self._refused.get(file) != message:
-                        log.error("%s", message)
-                    continue
-                try:
-                    sweep = make_sweeps([(file, sf)], storage=self.storage_override, cron=self.cron)[0]
-                except TunerError as exc:
-                    refused[file] = f"{file}: {exc.message}"
-                    if self._refused.get(file) != refused[file]:
-                        log.error("%s", refused[file])
-                    continue
-                self._add(sweep)
-                names[sweep.base] = file
-                added.append(sweep)
+        for file, sf, error in current.values():
+            if sf is None:
+                broken[file] = error
+                if self._broken.get(file) != error:
+                    what = ("its nights will fail until it is fixed" if file.resolve() in scheduled
+                            else "skipped until it is fixed")
+                    log.error("%s: cannot load it (%s); %s", file, error, what)
+                continue
+            if file in self._broken:
+                log.info("%s loads again", file)
+            if file.resolve() in scheduled or sf.schedule is None:
+                continue
+            if sf.study.name in names:
+                message = duplicate_message(file, sf.study.name, names[sf.study.name])
+                refused[file] = message
+                if self._refused.get(file) != message:
+                    log.error("%s", message)
+                continue
+            try:
+                sweep = make_sweeps([(file, sf)], storage=self.storage_override, cron=self.cron)[0]
+            except TunerError as exc:
+                refused[file] = f"{file}: {exc.message}"
+                if self._refused.get(file) != refused[file]:
+                    log.error("%s", refused[file])
+                continue
+            self._add(sweep)
+            names[sweep.base] = file
+            added.append(sweep)
         self._broken, self._refused = broken, refused
         return added
+
+    def _reconcile(self, sweep: Sweep, now: tuple[Path, StudyFile | None, str] | None) -> None:
+        """Bring a folder file's sweep in line with the file as it is ``now`` (``None``: gone;
+        a file that fails to load keeps its schedule, and :meth:`rescan` logs it)."""
+        if now is None:
+            self._remove(sweep, "its file is gone")
+            return
+        _file, sf, _error = now
+        if sf is None:
+            return
+        if sf.schedule is None:
+            self._remove(sweep, "its file has no [schedule] section any more")
+            return
+        if sf.study.name != sweep.base:
+            self._remove(sweep, f"its file names its study {sf.study.name!r} now")
+            return
+        try:
+            new = make_sweeps([(sweep.path, sf)], storage=self.storage_override, cron=self.cron)[0]
+        except TunerError:  # (its study.storage cannot be used): its nights say why
+            return
+        self.sweeps[sweep.id] = new
+        if (new.cron, new.timezone) != (sweep.cron, sweep.timezone):
+            self.scheduler.reschedule_job(sweep.id, trigger=new.trigger)
+            following = new.trigger.get_next_fire_time(None, datetime.now(UTC))
+            log.info("rescheduled %s (%s): cron '%s' %s, was '%s' %s; next night at %s", new.base,
+                     new.path, new.cron, new.timezone, sweep.cron, sweep.timezone,
+                     following.isoformat() if following else "never")
+        if new.storage_url != sweep.storage_url:
+            log.info("%s (%s): its nights now use %s", new.base, new.path,
+                     describe(new.storage_url))
+
+    def _remove(self, sweep: Sweep, why: str) -> None:
+        """Unschedule ``sweep`` (a night of it that is running goes on to its end)."""
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(sweep.id)
+        with self._lock:
+            self.sweeps.pop(sweep.id, None)
+            self._pending.pop(sweep.id, None)
+            self._deferred.pop(sweep.id, None)
+            running = self._running.get(sweep.id)
+        log.info("unscheduled %s (%s): %s%s", sweep.base, sweep.path, why,
+                 f"; its night of {running} goes on" if running else "")
 
     def stop(self, why: str = "stop requested", timeout: float = STOP_TIMEOUT_S) -> None:
         """Start nothing new, SIGTERM the running nights, wait for them (their trials are
@@ -412,7 +468,9 @@ class SchedulerService:
     def _job(self, sweep_id: str) -> None:
         """A fire of ``sweep_id``'s trigger (or its catch-up): run the night, unless a night of
         the same file is running; then defer it (coalesced) to when that one ends."""
-        sweep = self.sweeps[sweep_id]
+        sweep = self.sweeps.get(sweep_id)
+        if sweep is None:  # unscheduled by a rescan as it fired
+            return
         with self._lock:
             day = self._pending.pop(sweep_id, None)
             if day is None:
