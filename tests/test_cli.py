@@ -81,7 +81,7 @@ def test_check_shows_the_space_and_samples():
     assert "digits: 64 features, 10 classes, train/val/test = 1079/359/359" in out
     assert "search space" in out and "4 sampled configurations" in out
     for row in ("adam.beta1", "optimizer == adam", "adamw.weight_decay", "optimizer == adamw",
-                "step.gamma", "decay == step", "optimizer not in adamw", "log float [0.0001, 3]"):
+                "step.gamma", "decay == step", "optimizer is not adamw", "log float [0.0001, 3]"):
         assert row in out, row
 
 
@@ -342,6 +342,20 @@ def test_show(small):
     assert data["top"][0]["number"] == data["best"]["number"]
 
 
+def test_show_breaks_down_a_searched_loss(tmp_path):
+    """A searched loss was in neither the top trials nor a per-loss table."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    study = write_study(tmp_path / "l.toml", name="losses", n_trials=4, epochs=1,
+                        model='loss = ["softmax", "svm"]', extra_study='[study.sampler]\ntype = "random"')
+    run_tuner("run", study, "--storage", url, "-q", check=True)
+    data = json.loads(run_tuner("show", "losses", "--storage", url, "--json", check=True).stdout)
+    assert set(data["by"]) == {"optimizer", "decay", "batch_scaling", "loss"}
+    assert sum(g["n"] + g["pruned"] for g in data["by"]["loss"]) == 4
+    out = run_tuner("show", "losses", "--storage", url, env=tuner_env(COLUMNS="200"), check=True).stdout
+    assert "best val_accuracy per loss" in out
+    assert re.search(r"loss=(softmax|svm)", out), out
+
+
 def test_unknown_study_names_the_storage_it_looked_in(small, tmp_path):
     where = f"in SQLite {Path(small.removeprefix('sqlite:///')).resolve()}"
     for command in (["show", "gamma"], ["replay", "gamma", "0"], ["delete", "gamma", "--yes"],
@@ -407,6 +421,8 @@ def test_wide_tables_leave_out_minor_columns_before_cutting_key_ones():
         assert "2026-11-20" in text and "0.966573" in text and "…" not in text, text
         assert table.dropped(console) == dropped
         assert max(map(len, text.splitlines())) <= width, text
+        flat = " ".join(text.split())
+        assert (f"not shown at {width} columns: {', '.join(dropped)}" in flat) == bool(dropped), text
     console = Console(file=io.StringIO(), width=30, color_system=None)
     console.print(table)  # too narrow for the key columns: they fold, never "…"
     assert "…" not in console.file.getvalue()

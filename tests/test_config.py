@@ -297,6 +297,20 @@ def test_val_loss_is_minimized(tmp_path):
     assert sf.direction == "minimize"
 
 
+def test_val_loss_cannot_rank_trials_of_different_losses(tmp_path):
+    """Cross-entropy and hinge values were ranked together (the best 'val_loss' was whichever
+    loss is smaller by nature); one loss, or val_accuracy, is fine."""
+    text = edit("n_trials = 5", 'n_trials = 5\nmetric = "val_loss"')
+    message = error_of(write(tmp_path, text.replace("epochs = 5", 'epochs = 5\nloss = ["softmax", "svm"]')))
+    assert "study.toml: study.metric = \"val_loss\" with model.loss = ['softmax', 'svm']" in message
+    assert "different scales" in message
+    message = error_of(write(tmp_path, text + 'loss = ["svm", "softmax"]\n'))
+    assert "with space.loss = ['softmax', 'svm']" in message
+    assert load_study_file(write(tmp_path, text.replace("epochs = 5", 'epochs = 5\nloss = ["svm"]')))
+    both = BASE.replace("epochs = 5", 'epochs = 5\nloss = ["softmax", "svm"]')
+    assert load_study_file(write(tmp_path, both)).direction == "maximize"
+
+
 def test_with_overrides_revalidates(tmp_path):
     sf = load_study_file(write(tmp_path, BASE))
     other = sf.with_overrides(name="other", n_trials=9, timeout=None)

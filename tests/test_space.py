@@ -229,7 +229,7 @@ def test_reg_is_never_suggested_for_adamw():
 def test_rows_say_when_each_parameter_applies():
     rows = {name: (when, values) for name, when, values in
             load_study_file(STUDIES / "digits.toml").space.rows()}
-    assert rows["reg"][0] == "optimizer not in adamw"
+    assert rows["reg"][0] == "optimizer is not adamw"
     assert rows["momentum.momentum"][0] == "optimizer == momentum"
     assert rows["adam.beta1"] == ("optimizer == adam", "float [0.8, 0.95]")
     assert rows["adamw.weight_decay"] == ("optimizer == adamw", "log float [0.0001, 1]")

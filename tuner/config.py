@@ -384,9 +384,27 @@ def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(source, name, model, exc)) from None
     space = build_space(raw["space"], sections["model"], source=source)
+    _check_metric_compares_like_with_like(sections["study"].metric, space, raw, source)
     return StudyFile(study=sections["study"], data=sections["data"], model=sections["model"],
                      space=space, schedule=sections.get("schedule"), raw=raw, source=source,
                      base_dir=base_dir)
+
+
+def _check_metric_compares_like_with_like(metric: str, space: Any, raw: dict[str, Any],
+                                          source: str) -> None:
+    """A loss metric cannot rank trials trained with different losses: softmax cross-entropy
+    and the multiclass hinge loss are on different scales."""
+    loss = space.general.get("loss")
+    losses = sorted(set(loss.choices)) if loss is not None and loss.kind == "choice" else []
+    if metric != "val_loss" or len(losses) < 2:
+        return
+    where = "model.loss" if "loss" in raw.get("model", {}) else "space.loss"
+    raise ConfigError(f"{source}: study.metric = \"val_loss\" with {where} = {losses}: "
+                      "the softmax and hinge losses are on different scales, so their values "
+                      "cannot rank trials against each other (the sampler, the pruner and the "
+                      "best trial would)",
+                      hint=f'use metric = "val_accuracy" to compare the losses, or set {where} '
+                           "to one of them")
 
 
 def key_home(key: str, section: str) -> str | None:

@@ -223,7 +223,7 @@ class SearchSpace:
     def rows(self) -> list[tuple[str, str, str]]:
         """(parameter, applies when, values) rows for display."""
         decoupled = sorted(set(self.optimizer_choices) & P.DECOUPLED_DECAY_OPTIMIZERS)
-        reg_when = f"optimizer not in {', '.join(decoupled)}" if decoupled else "always"
+        reg_when = (f"optimizer is not {' or '.join(decoupled)}" if decoupled else "always")
         out = [(d.name, reg_when if k == "reg" else "always", d.describe())
                for k, d in self.general.items()]
         for opt, group in self.optimizers.items():

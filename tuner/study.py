@@ -319,7 +319,7 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
                           for param, why in problems)
         raise ConfigError(f"{source}: {lines}: the study {name!r} in {where} cannot take this "
                           "search space (its trials would all fail)",
-                          hint=edited_hint or f"run the edited file as a new study: tuner run "
+                          hint=edited_hint or f"run this file as a new study: tuner run "
                                               f"{source} --study-name NEW{flag} (or restore the "
                                               f"old values){note}")
 

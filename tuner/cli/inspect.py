@@ -87,7 +87,7 @@ def show(study: StudyArg, storage: StorageOpt = None,
          json_out: JsonOpt = False) -> None:
     """Best trial, top trials, best per optimizer / decay / scaling rule, importances."""
     from tuner import results
-    from tuner.cli.views import study_report
+    from tuner.cli.views import group_keys, study_report
     from tuner.storage import describe
     from tuner.study import is_multi_objective, metric_direction
 
@@ -107,7 +107,7 @@ def show(study: StudyArg, storage: StorageOpt = None,
             "study": study, "metric": metric, "direction": direction, "counts": counts, "best": best,
             "top": [results.trial_record(t, sf) for t in results.top_trials(st, top)],
             "by": {key: [g.as_dict() for g in results.best_by(st, key, sf)]
-                   for key in results.GROUP_KEYS},
+                   for key in group_keys(sf)},
             "importances": results.importances(st),
             **({"pareto_front": [results.trial_record(t, sf) for t in st.best_trials]}
                if is_multi_objective(st) else {}),

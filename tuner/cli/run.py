@@ -41,7 +41,8 @@ def check(study_file: StudyFileArg,
           json_out: JsonOpt = False) -> None:
     """Validate a study file and show its search space and sample configurations.
 
-    Nothing is trained or stored; the data is loaded and split unless --no-data."""
+    Nothing is trained or stored; the data is loaded and split unless --no-data (a large
+    synthetic set is described, not generated)."""
     from tuner.cli.views import fmt
     from tuner.config import load_study_file
 
@@ -76,7 +77,8 @@ def check(study_file: StudyFileArg,
     for row in sf.space.rows():
         table.add_row(*row)
     out.print(table)
-    sample_table = Table(title=f"{len(configs)} sampled configurations (random)", title_justify="left")
+    sample_table = Table(title=f"{len(configs)} sampled configuration{'' if len(configs) == 1 else 's'}"
+                               " (random)", title_justify="left")
     for col in ("#", "configuration"):
         sample_table.add_column(col)
     for i, config in enumerate(configs):
@@ -281,7 +283,9 @@ def train(study_file: StudyFileArg,
         out.print(shown)
         out.print(f"plan: {plan.total_steps} updates ({plan.steps_per_epoch}/epoch), "
                   f"{plan.warmup_steps} warmup, peak lr {plan.peak_lr:.4g} "
-                  f"({params['batch_scaling']} scaling of lr {params['lr']:.4g})")
+                  + (f"({params['batch_scaling']} scaling of lr {params['lr']:.4g} at batch "
+                     f"{params['base_batch_size']} to batch {params['batch_size']})"
+                     if params["batch_scaling"] != "none" else "(not scaled: batch_scaling = none)"))
         out.print(f"[dim]{'epoch':>5} {'train_loss':>10} {'val_loss':>9} {'val_acc':>8} {'lr':>10}[/]")
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:

@@ -55,7 +55,8 @@ class FitTable:
       ``…``); their header may wrap.
     * other columns fold (wrap, then break long words) rather than end in ``…``;
     * when the columns cannot all fit without cutting words, those with the highest ``drop``
-      (> 0) go first, until the rest fits. ``drop=0`` columns always stay.
+      (> 0) go first, until the rest fits. ``drop=0`` columns always stay. A caption under the
+      table names the columns left out (a reader must not take a missing column for none).
 
     Same interface as ``Table`` for what tuner uses: ``add_column``, ``add_row``,
     ``row_count``."""
@@ -100,6 +101,12 @@ class FitTable:
             if need <= room or not droppable:
                 break
             kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
+        hidden = [" ".join(self.columns[i].header.split()) or "(untitled)"
+                  for i in range(len(self.columns)) if i not in kept]
+        if hidden:
+            table.caption = (f"not shown at {options.max_width} columns: {', '.join(hidden)} "
+                             "(widen the terminal, or use --json)")
+            table.caption_justify, table.caption_style = "left", "dim"
         if need <= room < sum(sizes[i][1] for i in kept):
             spare = room - need
             wanted = {i: sizes[i][1] - sizes[i][0] for i in kept if not self.columns[i].key}
@@ -164,6 +171,18 @@ def config_table(params: dict[str, Any], title: str = "configuration") -> FitTab
     return table
 
 
+def searched_keys(study_file: Any) -> set[str]:
+    """The training keys the study file searches (a choice or a range, not a fixed value)."""
+    space = getattr(study_file, "space", None)
+    return {key for key, dim in (space.general if space else {}).items() if dim.kind != "fixed"}
+
+
+def group_keys(study_file: Any) -> tuple[str, ...]:
+    """The keys ``tuner show`` breaks the best value down by: optimizer, decay and scaling rule,
+    and the loss when the study searches it."""
+    return results.GROUP_KEYS + (("loss",) if "loss" in searched_keys(study_file) else ())
+
+
 def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
     metric, _ = metric_direction(study)
     table = FitTable(title=f"top {k} trials", title_justify="left")
@@ -175,11 +194,11 @@ def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
         table.add_column(col, key=key, drop=drop,
                          justify="right" if col in ("#", metric, "lr (ref)", "peak lr", "batch",
                                                     "warmup") else "left")
+    shown = {"optimizer", "lr", "batch_size", "batch_scaling", "warmup_epochs", "decay",
+             "base_batch_size"} | ({"loss"} - searched_keys(study_file))
     for trial in results.top_trials(study, k):
         p = resolved_params(trial, study_file)
         searched = flat_params(trial, study_file)  # 'extra' lists what the study file sets
-        shown = {"optimizer", "lr", "batch_size", "batch_scaling", "warmup_epochs", "decay",
-                 "base_batch_size", "loss"}
         extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in searched.items()
                           if key not in shown and not isinstance(v, list))
         table.add_row(str(trial.number), fmt(trial.value), str(p.get("optimizer")),
@@ -254,7 +273,7 @@ def study_report(console: Console, study: optuna.Study, study_file: Any, *, top:
         console.print(config_table(flat_params(best, study_file), title="best configuration"))
         console.print(top_table(study, study_file, top))
     if groups and not foreign:
-        for key in results.GROUP_KEYS:
+        for key in group_keys(study_file):
             table = group_table(study, study_file, key)
             if table.row_count:
                 console.print(table)
