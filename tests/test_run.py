@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy
@@ -892,6 +893,43 @@ def test_replay_and_best_retrain_under_the_file_each_trial_ran_with(sqlite_url, 
     data = json.loads(tuner("best", "e", "--storage", sqlite_url, "--test", "--json",
                             check=True).stdout)
     assert data["trial"] == best.number and data["epochs"] == len(best.user_attrs["curve"]["epoch"])
+
+
+def test_a_data_file_edited_in_place_is_told_apart(sqlite_url, tmp_path):
+    """The CSV a study trains on was rewritten under the same name: the next run joined the
+    study without a word, replay reported a bare mismatch and best --test used the new data
+    silently. Each trial now records which contents of the file it trained on."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4))
+    y = np.argmax(X[:, :3] + 0.3 * rng.standard_normal((300, 3)), axis=1)
+    data = tmp_path / "d.csv"
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(4)]).assign(label=y)
+    frame.to_csv(data, index=False)
+    space = 'optimizer = "adam"\nlr = {low = 1e-3, high = 1e-2, log = true}\nbatch_size = 64'
+    study = write_study(tmp_path / "c.toml", name="c", n_trials=2, epochs=1, space=space,
+                        data='dataset = "d.csv"\ntarget = "label"')
+    proc = tuner("run", study, "--storage", sqlite_url, "-q", check=True)
+    assert "changed" not in proc.stderr
+    first = {t.user_attrs["data_digest"] for t in load(sqlite_url, "c").trials}
+    assert len(first) == 1 and all(len(d) == 12 for d in first)
+    frame.loc[0, "f0"] += 1.0  # one value edited in place
+    frame.to_csv(data, index=False)
+    write_study(study, name="c", n_trials=3, epochs=1, space=space,
+                data='dataset = "d.csv"\ntarget = "label"')
+    proc = tuner("run", study, "--storage", sqlite_url, "-q", check=True)
+    assert "the data file of" in proc.stderr and "changed since study 'c' last trained on it" \
+        in flat(proc.stderr), proc.stderr
+    trials = load(sqlite_url, "c").trials
+    assert trials[2].user_attrs["data_digest"] not in first
+    proc = tuner("replay", "c", "0", "--storage", sqlite_url)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "the data file d.csv changed since trial #0 trained on it" in flat(proc.stderr)
+    assert "cannot reproduce" in flat(proc.stderr)
+    tuner("replay", "c", "2", "--storage", sqlite_url, check=True)  # trained on today's file
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    proc = tuner("best", "c", "--storage", sqlite_url, "--test", "--json", check=True)
+    changed = json.loads(proc.stdout).get("data_changed")
+    assert (changed is not None) == (best.number < 2), (best.number, proc.stdout)
 
 
 def _expected_rows(url: str) -> dict[int, optuna.trial.FrozenTrial]:

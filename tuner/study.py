@@ -16,6 +16,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ ATTR_RUNS = "tuner.runs"
 ATTR_VIEWS = "tuner.views_of"  # [trials, finished trials] when the stored views were rendered
 ATTR_FILE_PREFIX = "tuner.file."  # + training_digest(): an edited study file the study ran with
 ATTR_TRAINING = "training"  # trial attribute: training_digest() of the file the trial trained under
+ATTR_DATA_DIGEST = "data_digest"  # trial attribute: data_digest() of the data file it trained on
+ATTR_DATA_PREFIX = "tuner.data_file."  # + data_digest(): the study trained on this data file (ISO time)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -253,6 +256,50 @@ def training_digest(study_file: StudyFile) -> str:
     blob = json.dumps({"data": raw.get("data", {}), "model": raw.get("model", {}),
                        "base_dir": study_file.base_dir}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def data_digest(study_file: StudyFile) -> str | None:
+    """A short digest (SHA-256) of the bytes of the data file the study file names, or ``None``
+    for a bundled or synthetic set (its data follows from the study file itself). A data file
+    edited in place keeps its name: this tells its versions apart."""
+    d = study_file.data
+    if d.is_builtin() or d.dataset == "synthetic":
+        return None
+    with _naming_the_study_file(study_file):
+        path = data_file(d.dataset, Path(study_file.base_dir) if study_file.base_dir else None)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def record_data_digest(study: optuna.Study, digest: str | None, source: str) -> None:
+    """Note that ``study`` trains on the data file with ``digest``, warning when its trials so
+    far trained on other contents of it (they would be ranked together)."""
+    if digest is None:
+        return
+    attrs = study.user_attrs
+    if ATTR_DATA_PREFIX + digest in attrs:
+        return
+    if any(key.startswith(ATTR_DATA_PREFIX) for key in attrs):
+        log.warning("the data file of %s changed since study %r last trained on it (its contents "
+                    "differ): new trials join trials scored on the old data in one study (to "
+                    "compare them apart, run with --study-name NEW)", source, study.study_name)
+    study.set_user_attr(ATTR_DATA_PREFIX + digest, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def changed_data(trial: FrozenTrial, study_file: StudyFile) -> str | None:
+    """Why ``trial`` cannot be retrained on the same data now (its data file's contents
+    changed since it trained), else ``None``."""
+    then = trial.user_attrs.get(ATTR_DATA_DIGEST)
+    if then is None:
+        return None
+    now = data_digest(study_file)
+    if now is None or now == then:
+        return None
+    return (f"the data file {study_file.data.dataset} changed since trial #{trial.number} trained "
+            f"on it (contents {then}, now {now})")
 
 
 def trial_study_file(study: optuna.Study, trial: FrozenTrial, study_file: StudyFile) -> StudyFile:

@@ -19,6 +19,7 @@ from tuner.cli.app import (
     open_existing,
     out,
     print_json,
+    warn,
 )
 from tuner.errors import ConfigError, TunerError
 
@@ -245,7 +246,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     trial must diverge at the same update."""
     from tuner.cli.views import fmt
     from tuner.kernels import engine_id
-    from tuner.study import flat_params, load_data, trial_study_file
+    from tuner.study import changed_data, flat_params, load_data, trial_study_file
     from tuner.train import fit
 
     st, sf, _ = _load(study, storage)
@@ -258,6 +259,9 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     if stored is None or "seed" not in frozen.user_attrs:
         raise TunerError(f"trial #{trial} has no stored learning curve or seed to compare with "
                          f"(state {frozen.state.name})")
+    if why := changed_data(frozen, sf):
+        raise TunerError(f"{why}: a replay on other data cannot reproduce its history",
+                         hint="restore the data file the trial trained on to replay it")
     splits = load_data(sf)
     params = flat_params(frozen, sf)
     epochs_done = len(stored["epoch"])
@@ -326,6 +330,7 @@ def best(study: StudyArg, storage: StorageOpt = None,
     from tuner.model import evaluate
     from tuner.reference import logistic_regression_accuracy
     from tuner.study import (
+        changed_data,
         flat_params,
         is_multi_objective,
         load_data,
@@ -350,6 +355,10 @@ def best(study: StudyArg, storage: StorageOpt = None,
     if test:
         sf = trial_study_file(st, trial, _need_file(sf, study))
         splits = load_data(sf)
+        if why := changed_data(trial, sf):
+            warn(f"{why}: the test accuracy below is that of its configuration on the data as it "
+                 "is now")
+            summary["data_changed"] = why
         if len(splits.y_test) == 0:
             raise TunerError(f"study {study!r} has no test split (data.test_size = 0 in its study "
                              "file), so there is no test accuracy to report")

@@ -71,11 +71,14 @@ from tuner.storage.coordination import (
 from tuner.storage.resilience import Resilient, first_line
 from tuner.study import (
     ATTR_DATA,
+    ATTR_DATA_DIGEST,
     ATTR_TRAINING,
+    data_digest,
     data_summary,
     derive_seed,
     load_data,
     open_study,
+    record_data_digest,
     space_warnings,
     study_exists,
     training_digest,
@@ -153,6 +156,7 @@ class Runner:
         self.rel = study_file.study.reliability
         self.engine = engine_id()  # stored with each trial (what an exact replay needs)
         self.training = training_digest(study_file)  # which study file a trial trained under, for replays
+        self.data_digest: str | None = None  # which contents of its data file (set once loaded)
         self._shutting_down = False
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
@@ -313,6 +317,9 @@ class Runner:
             splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
+        self.data_digest = data_digest(self.sf)
+        self.resilient.call("record the data file", record_data_digest, self.study,
+                            self.data_digest, self.sf.source)
         for text in space_warnings(self.sf, self.n_train):
             log.warning("%s", text)
         if ATTR_DATA not in self.resilient.call("read the study", lambda: self.study.user_attrs):
@@ -610,6 +617,8 @@ class Runner:
                  "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                  "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id(),
                  "engine": self.engine, ATTR_TRAINING: self.training}
+        if self.data_digest is not None:
+            attrs[ATTR_DATA_DIGEST] = self.data_digest
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.storage.flush(trial._trial_id)
