@@ -407,6 +407,207 @@ def test_npz_with_a_damaged_array(tmp_path):
         load_dataset(str(path))
 
 
+# --- columns that are not what they seem: a saved index, a continuous target, repeated names ---
+
+def sorted_by_label(n=60):
+    """Rows sorted by label, as a user's export often is: a row number then gives the label away."""
+    return frame(n=n).sort_values("label", kind="stable").reset_index(drop=True)
+
+
+def test_a_pandas_index_column_is_refused(tmp_path):
+    path = tmp_path / "sorted.csv"
+    sorted_by_label().to_csv(path)  # pandas' default: the index, under an empty header
+    with pytest.raises(DataError) as info:
+        load_dataset(str(path), target="label")
+    assert info.value.message == (
+        f"{path}: column 1 has an empty header (pandas names it 'Unnamed: 0') and holds the "
+        f"numbers 0..59, one per row, like the index DataFrame.to_csv writes unless index=False. "
+        f"tuner does not train on a column without a name: it is usually a row index saved with "
+        f"the data, which leaks the row order into the model (of rows sorted by label, it gives "
+        f"the labels away)")
+    assert info.value.hint == ("save the file again with DataFrame.to_csv(path, index=False), or "
+                               "delete the column; a real feature needs a name in the header "
+                               "(every column but data.target is a feature)")
+    sorted_by_label().to_csv(path, index=False)  # the fix the hint gives
+    assert load_dataset(str(path), target="label").feature_names == ["f1", "f2", "count"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_unnamed_column_saved_again_is_refused(tmp_path, fmt):
+    """Read back with pandas and saved again, the index keeps pandas' name 'Unnamed: 0'."""
+    sorted_by_label().to_csv(tmp_path / "first.csv")
+    again = pd.read_csv(tmp_path / "first.csv")
+    path = tmp_path / f"again.{fmt}"
+    again.to_csv(path, index=False) if fmt == "csv" else again.to_parquet(path)
+    with pytest.raises(DataError, match=rf"again\.{fmt}: column 1 is named 'Unnamed: 0' \(the "
+                                        r"name pandas gives a column with an empty header: .*\) "
+                                        r"and holds the numbers 0\.\.59, one per row") as info:
+        load_dataset(str(path), target="label")
+    expected = ("DataFrame.to_csv(path, index=False)" if fmt == "csv"
+                else "drop the column (DataFrame.drop(columns=['Unnamed: 0'])) and save the file again")
+    assert expected in info.value.hint
+
+
+def test_an_empty_header_on_a_real_column_asks_for_a_name(tmp_path):
+    path = tmp_path / "blank.csv"
+    path.write_text("f0,,  ,label\n" + "".join(f"{i % 7},{i * 2.5},{i % 3},{'ab'[i % 2]}\n"
+                                               for i in range(20)))
+    with pytest.raises(DataError) as info:
+        load_dataset(str(path), target="label")
+    assert info.value.message.startswith(
+        f"{path}: column 2 has an empty header (pandas names it 'Unnamed: 1'); column 3 has a "
+        f"blank header. tuner does not train on a column without a name")
+    assert info.value.hint.startswith("give them a name in the header if they are real "
+                                      "features, else delete them")
+
+
+def test_an_unnamed_column_named_as_the_target_is_accepted(tmp_path):
+    """data.target names a column explicitly: that is the user's choice, empty header or not."""
+    path = tmp_path / "t.csv"
+    path.write_text(",f1,f2\n" + "".join(f"{'xyz'[i % 3]},{i % 5},{i % 7}\n" for i in range(30)))
+    ds = load_dataset(str(path), target="Unnamed: 0")
+    assert ds.class_names == ["x", "y", "z"] and ds.feature_names == ["f1", "f2"]
+
+
+def test_a_row_counter_or_identifier_feature_is_a_warning(tmp_path, caplog):
+    df = sorted_by_label().reset_index()  # a named 'index' column, 0..59 in order
+    df["id"] = np.random.default_rng(1).permutation(1000)[:60] + 5000  # distinct, not a range
+    path = tmp_path / "ids.csv"
+    df.to_csv(path, index=False)
+    with caplog.at_level("WARNING", logger="tuner"):
+        ds = load_dataset(str(path), target="label")
+    assert ds.feature_names == ["index", "f1", "f2", "count", "id"]  # a warning, not an error
+    warned = [r.getMessage() for r in caplog.records if r.name == "tuner.data"]
+    tail = ("not a measurement; if the row order or the numbering follows the label (rows sorted "
+            "by it, say) it gives the labels away. Delete the column from the file unless it is "
+            "a real feature")
+    assert warned == [
+        f"{path}: feature column 'index' holds the numbers 0..59, one per row: it looks like a "
+        f"row counter, {tail}",
+        f"{path}: feature column 'id' has a different value in every row: it looks like a row "
+        f"identifier, {tail}",
+    ]
+
+
+def test_a_shuffled_one_based_counter_is_a_warning_and_ordinary_features_are_not(tmp_path, caplog):
+    df = frame(n=60)
+    df["n"] = np.random.default_rng(2).permutation(60) + 1  # 1..60, shuffled, any name
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    with caplog.at_level("WARNING", logger="tuner"):
+        load_dataset(str(path), target="label")
+        frame(n=60).to_parquet(path)
+        load_dataset(str(path), target="label")
+    warned = [r.getMessage() for r in caplog.records if r.name == "tuner.data"]
+    assert len(warned) == 1 and "feature column 'n' holds the numbers 1..60, one per row" in warned[0]
+
+
+def test_a_continuous_target_is_refused_before_the_split(tmp_path):
+    df = frame(n=600)
+    df["label"] = np.random.default_rng(3).normal(50.0, 10.0, 600)  # a measurement, 600 values
+    path = tmp_path / "reg.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        load_splits(str(path), target="label")
+    message = str(info.value)
+    assert info.value.message.startswith(
+        f"{path}: target column 'label' has 600 distinct values in 600 rows, not all whole "
+        f"numbers (e.g. ")
+    assert ("): it looks continuous, a quantity to predict by regression; tuner trains "
+            "classifiers, which need a few classes with several examples each") in message
+    assert info.value.hint == ("bin the values into classes (e.g. with pandas.cut) or set "
+                               "data.target to the column that holds the classes; class labels "
+                               "that are numbers must be whole numbers (1, 2, 3 or 1.0, 2.0) or "
+                               "text")
+    assert "fewer than" not in message and "val_size" not in message
+    np.savez(tmp_path / "reg.npz", X=df[["f1", "f2"]].to_numpy(), y=df["label"].to_numpy())
+    with pytest.raises(DataError, match=r"reg\.npz: y has 600 distinct values in 600 rows, not all "
+                                        r"whole numbers") as info:
+        load_dataset(str(tmp_path / "reg.npz"))
+    assert "save the class labels as y" in info.value.hint
+
+
+def test_a_rounded_continuous_target_with_repeats_is_refused_too(tmp_path):
+    """Rounded to one decimal, 600 values repeat (a stratified split would go through) but are
+    still no classes: more than 20 distinct non-whole numbers is continuous."""
+    df = frame(n=600)
+    df["label"] = np.round(np.random.default_rng(4).uniform(0.0, 5.0, 600), 1)
+    path = tmp_path / "rounded.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"target column 'label' has 51 distinct values in 600 "
+                                        r"rows, not all whole numbers \(e\.g\. 0\.1, 0\.2, 0\.3\): "
+                                        r"it looks continuous"):
+        load_dataset(str(path), target="label")
+
+
+@pytest.mark.parametrize("labels, names", [
+    ([1.0, 2.0, 3.0], ["1.0", "2.0", "3.0"]),        # whole-number floats (pandas reads 1.0)
+    ([0.5, 1.5, 2.5], ["0.5", "1.5", "2.5"]),        # a few fractional classes that repeat
+    (["low", "mid", "high"], ["high", "low", "mid"]),
+    ([10, 20, 30], ["10", "20", "30"]),
+])
+def test_class_labels_of_any_kind_still_load_and_split(tmp_path, labels, names):
+    df = frame(n=90)
+    df["label"] = [labels[i % 3] for i in range(90)]
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    assert load_dataset(str(path), target="label").class_names == names
+    assert len(load_splits(str(path), target="label").y_val) == 18
+
+
+def test_a_target_with_a_class_per_row_is_refused(tmp_path):
+    df = frame(n=100)
+    df["label"] = np.arange(100) * 3 + 1000  # e.g. a customer number picked as the target
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        load_splits(str(path), target="label")
+    assert info.value.message == (
+        f"{path}: target column 'label' has 100 distinct values in 100 rows: with more classes "
+        f"than half the rows, some class has a single example, too few to learn from or to split "
+        f"into train/validation/test (is it an identifier or a measurement rather than a class?)")
+    assert info.value.hint == ("set data.target to the column that holds the classes (a class is "
+                               "a value that several rows share)")
+
+
+def test_duplicate_column_names_are_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("f0,f0,label\n" + "".join(f"{i % 5},{i % 7},{'ab'[i % 2]}\n" for i in range(20)))
+    with pytest.raises(DataError) as info:
+        load_dataset(str(path), target="label")
+    assert str(info.value) == (
+        f"{path}: duplicate column name in the header: 'f0' (columns 1, 2); pandas renames the "
+        f"repeats (e.g. 'f0' to 'f0.1') and tuner would use every copy: a repeated feature counts "
+        f"twice, a repeated target becomes a feature\n"
+        f"  hint: give every column a name of its own, or delete the repeated columns")
+
+
+def test_a_repeated_target_and_several_repeats_are_all_named(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("label,f0,label,f1,f1\n"
+                    + "".join(f"{'ab'[i % 2]},{i % 5},{'ab'[i % 2]},1,2\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"dup\.csv: duplicate column names in the header: 'label' "
+                                        r"\(columns 1, 3\), 'f1' \(columns 4, 5\); pandas renames "
+                                        r"the repeats \(e\.g\. 'label' to 'label\.1'\)"):
+        load_dataset(str(path), target="label")
+
+
+def test_a_name_that_only_looks_renamed_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("f0,f0.1,label\n" + "".join(f"{i % 5},{i % 7},{'ab'[i % 2]}\n" for i in range(20)))
+    assert load_dataset(str(path), target="label").feature_names == ["f0", "f0.1"]
+
+
+def test_duplicate_column_names_in_parquet(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    table = pa.table([pa.array([1.0, 2.0] * 10), pa.array([3.0, 4.0] * 10), pa.array(["x", "y"] * 10)],
+                     names=["f0", "f0", "label"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match=r"dup\.parquet: duplicate column name in the file: 'f0' "
+                                        r"\(columns 1, 2\)\n  hint: give every column"):
+        load_dataset(str(tmp_path / "dup.parquet"), target="label")
+
+
 def test_data_errors_are_user_errors():
     assert issubclass(DataError, TunerError)
 

@@ -12,7 +12,11 @@ Sources (``name`` in :func:`load_dataset`):
 
 Labels of any type are mapped to ``0..C-1`` in sorted order; :attr:`Splits.class_names` keeps
 the originals. Every problem with the data raises :class:`~tuner.errors.DataError` with a
-message that says what is wrong and where.
+message that says what is wrong and where. Mistakes that would train without complaint are
+refused too: a column without a name (pandas' ``Unnamed: 0``, usually a saved row index that
+leaks the row order), a repeated column name, a target that looks continuous or has a class
+per row. A feature that numbers the rows, or an ``id``-like one that differs in every row, is
+logged as a warning (it may be a real feature).
 
 The prepared splits of the bundled sets are cached (a few hundred kB each, in
 ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``, else ``~/.cache/tuner``; an empty
@@ -26,7 +30,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -47,6 +53,18 @@ FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "pa
 
 RowNamer = Callable[[np.ndarray], str]
 """Names 0-based row positions for a message, e.g. ``data rows 5, 10 (lines 6, 11 of the file)``."""
+
+log = logging.getLogger(__name__)
+
+UNNAMED_COLUMN = re.compile(r"Unnamed: \d+(_level_\d+)?")
+"""The name pandas gives a CSV column with an empty header (``Unnamed: 0`` for the index
+``DataFrame.to_csv`` writes unless ``index=False``)."""
+ID_COLUMN_NAMES = frozenset({"id", "index", "idx", "row", "rowid", "row_id", "row_number",
+                             "row_num", "rownum", "level_0", "sample_id", "example_id",
+                             "record_id"})
+"""Feature names that are row identifiers when every row has its own value (a warning)."""
+MAX_FRACTIONAL_CLASSES = 20
+"""More distinct labels than this, some of them not whole numbers: a continuous target."""
 
 
 @dataclass
@@ -379,11 +397,30 @@ def _load_builtin(name: str) -> Dataset:
                    feature_names=features)
 
 
-def _encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
+def _encode_labels(raw: np.ndarray, where: str, fix: str) -> tuple[np.ndarray, list[str]]:
+    """Labels as ``0..C-1`` and the class names. ``fix`` says how to point tuner at class
+    labels (the hint when the labels look like no classes at all)."""
     classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
         found = f" ({literal(classes[0])})" if len(classes) else ""
         raise DataError(f"{where} has {len(classes)} class{found}; a classifier needs at least 2")
+    n, k = len(raw), len(classes)
+    fractional = (classes[classes != np.round(classes)]
+                  if np.issubdtype(classes.dtype, np.floating) else classes[:0])
+    if len(fractional) and (k > MAX_FRACTIONAL_CLASSES or 2 * k > n):
+        raise DataError(
+            f"{where} has {k} distinct values in {n} rows, not all whole numbers (e.g. "
+            f"{', '.join(f'{v:g}' for v in fractional[:3])}): it looks continuous, a quantity to "
+            f"predict by regression; tuner trains classifiers, which need a few classes with "
+            f"several examples each",
+            hint=f"bin the values into classes (e.g. with pandas.cut) or {fix}; class labels that "
+                 f"are numbers must be whole numbers (1, 2, 3 or 1.0, 2.0) or text")
+    if 2 * k > n:  # some class has a single example: no stratified split, nothing to learn
+        raise DataError(
+            f"{where} has {k} distinct values in {n} rows: with more classes than half the "
+            f"rows, some class has a single example, too few to learn from or to split into "
+            f"train/validation/test (is it an identifier or a measurement rather than a class?)",
+            hint=f"{fix} (a class is a value that several rows share)")
     return y.astype(np.intp), [str(c) for c in classes]
 
 
@@ -460,9 +497,14 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
                         hint="expected a header line with the column names, then one row per "
                              "example") from None
     except Exception as exc:  # pandas raises many types for unreadable files
+        if fmt == "parquet":  # pyarrow refuses a repeated name with "Multiple matches for ..."
+            _check_duplicate_names(path, fmt, _parquet_names(path), None)
         raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
+    # pandas renames a repeated CSV header ("f0,f0" -> f0, f0.1): only the header line tells
+    header = _csv_header(path) if fmt == "csv" else None
+    _check_duplicate_names(path, fmt, header if header is not None else columns, columns)
     separator = _separator_hint(columns) if fmt == "csv" else None
     if target is None:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
@@ -474,6 +516,7 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
         raise DataError(f"{path}: the file has no rows")
     if fmt == "csv" and frame.iloc[:, -1].isna().any():  # a short line leaves the last column NaN
         _check_field_counts(path, len(columns))
+    _check_unnamed_columns(path, fmt, frame, header, target)
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides the target {target!r}",
@@ -495,9 +538,155 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
                         f"{_word(len(rows), 'row', 'rows')} ({row_names(rows)})")
     X = features.to_numpy(dtype=np.float64)
     _check_finite(X, list(features.columns), str(path), row_names)
-    y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}")
+    y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}",
+                                    fix="set data.target to the column that holds the classes")
+    _warn_row_identifiers(path, X, list(features.columns))
     return Dataset(name=path.name, X=X, y=y, class_names=class_names,
                    feature_names=list(features.columns))
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The names on the header line as written (the first line that is not blank, as pandas
+    takes it), before pandas renames repeats; None if the csv module cannot read it."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for record in csv.reader(f):
+                if len(record) > 1 or "".join(record).strip():
+                    return record
+    except (OSError, UnicodeError, csv.Error):
+        return None
+    return None
+
+
+def _parquet_names(path: Path) -> list[str] | None:
+    """The column names of a Parquet file's schema, None if they cannot be read."""
+    try:
+        import pyarrow.parquet as pq
+
+        return [str(name) for name in pq.read_schema(path).names]
+    except Exception:  # no pyarrow, or a file pyarrow cannot read: the caller reports that
+        return None
+
+
+def _check_duplicate_names(path: Path, fmt: str, names: list[str] | None,
+                           columns: list[str] | None) -> None:
+    """Raise if a column name occurs twice in ``names`` (the header as written). ``columns``
+    are pandas' names for the same columns (repeats renamed), when it could read the file."""
+    if names is None:
+        return
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if name.strip():  # empty headers are the unnamed-column check's business
+            positions.setdefault(name, []).append(i)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if not repeated:
+        return
+    details = ", ".join(f"{name!r} (columns {', '.join(str(i + 1) for i in where)})"
+                        for name, where in list(repeated.items())[:5])
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    what = "the header" if fmt == "csv" else "the file"
+    text = (f"{path}: duplicate column {_word(len(repeated), 'name', 'names')} in {what}: "
+            f"{details}{more}")
+    if columns is not None:
+        name, where = next(iter(repeated.items()))
+        renamed = (f" (e.g. {name!r} to {columns[where[1]]!r})"
+                   if len(columns) == len(names) and columns[where[1]] != name else "")
+        text += (f"; pandas renames the repeats{renamed} and tuner would use every copy: a "
+                 f"repeated feature counts twice, a repeated target becomes a feature")
+    raise DataError(text, hint="give every column a name of its own, or delete the repeated "
+                               "columns")
+
+
+def _row_counter(values: np.ndarray) -> str | None:
+    """``'0..N-1'`` or ``'1..N'`` when ``values`` (float64, one per row) are those numbers, each
+    once, in any order: a row counter."""
+    n = len(values)
+    if n == 0:
+        return None
+    low = values.min()
+    if low not in (0.0, 1.0) or values.max() != low + n - 1:
+        return None
+    if not np.array_equal(np.sort(values), np.arange(low, low + n)):
+        return None
+    return f"{int(low)}..{int(low) + n - 1}"
+
+
+def _check_unnamed_columns(path: Path, fmt: str, frame: Any, header: list[str] | None,
+                           target: str) -> None:
+    """Raise if a column has no name: an empty header (``Unnamed: N`` to pandas), usually the
+    index ``DataFrame.to_csv`` writes unless ``index=False``. Used as a feature it leaks the
+    row order (of rows sorted by label, the labels). The target is exempt: data.target names
+    it explicitly."""
+    columns = list(frame.columns)
+    aligned = header is not None and len(header) == len(columns)
+    found: list[str] = []
+    unnamed: list[str] = []
+    index_like = False
+    for i, name in enumerate(columns):
+        blank = (aligned and not header[i].strip()) or not name.strip()
+        if name == target or not (blank or UNNAMED_COLUMN.fullmatch(name)):
+            continue
+        if blank and name.strip():
+            text = f"column {i + 1} has an empty header (pandas names it {name!r})"
+        elif blank:
+            text = f"column {i + 1} has a blank header"
+        else:
+            text = (f"column {i + 1} is named {name!r} (the name pandas gives a column with an "
+                    f"empty header: the data was probably read from a CSV file saved with its "
+                    f"index)")
+        values, counter = frame[name], None
+        if values.dtype.kind in "iuf" and not values.isna().any():
+            counter = _row_counter(values.to_numpy(dtype=np.float64))
+            if counter is not None:
+                text += (f" and holds the numbers {counter}, one per row, like the index "
+                         f"DataFrame.to_csv writes unless index=False")
+        index_like = index_like or i == 0 or counter is not None
+        found.append(text)
+        unnamed.append(name)
+    if not found:
+        return
+    more = f"; and {len(found) - 5} more" if len(found) > 5 else ""
+    it = _word(len(found), "it", "them")
+    the_columns = _word(len(found), "the column", "the columns")
+    if fmt != "csv":
+        fix = (f"drop {the_columns} (DataFrame.drop(columns={unnamed[:5]!r})) and save the file "
+               f"again; a real feature needs a name")
+    elif index_like:
+        fix = (f"save the file again with DataFrame.to_csv(path, index=False), or delete "
+               f"{the_columns}; a real feature needs a name in the header")
+    else:
+        real = _word(len(found), "it is a real feature", "they are real features")
+        fix = f"give {it} a name in the header if {real}, else delete {it}"
+    raise DataError(
+        f"{path}: {'; '.join(found[:5])}{more}. tuner does not train on a column without a "
+        f"name: it is usually a row index saved with the data, which leaks the row order into "
+        f"the model (of rows sorted by label, it gives the labels away)",
+        hint=f"{fix} (every column but data.target is a feature)")
+
+
+def _warn_row_identifiers(path: Path, X: np.ndarray, names: list[str]) -> None:
+    """Warn about a feature column that numbers the rows (each of 0..N-1 or 1..N once) or is
+    named like an identifier (``id``, ``index``) and differs in every row. Not an error: it may
+    be a real feature, and nothing but deleting it can leave it out. Reported through logging,
+    which the CLI prints as ``warning: ...``."""
+    n = len(X)
+    if n < 2 or X.shape[1] == 0:
+        return
+    low, high = X.min(axis=0), X.max(axis=0)
+    candidates = set(np.flatnonzero(((low == 0) | (low == 1)) & (high - low == n - 1)).tolist())
+    candidates |= {i for i, name in enumerate(names) if name.strip().lower() in ID_COLUMN_NAMES}
+    for i in sorted(candidates):
+        counter = _row_counter(X[:, i])
+        if counter is not None:
+            what = f"holds the numbers {counter}, one per row: it looks like a row counter"
+        elif len(np.unique(X[:, i])) == n:
+            what = "has a different value in every row: it looks like a row identifier"
+        else:
+            continue
+        log.warning("%s: feature column %r %s, not a measurement; if the row order or the "
+                    "numbering follows the label (rows sorted by it, say) it gives the labels "
+                    "away. Delete the column from the file unless it is a real feature",
+                    path, names[i], what)
 
 
 def _separator_hint(columns: list[str]) -> str | None:
@@ -558,7 +747,7 @@ def _load_npz(path: Path) -> Dataset:
     X = X.astype(np.float64)
     names = [f"x{i}" for i in range(X.shape[1])]
     _check_finite(X, names, str(path), _npz_rows)
-    y, class_names = _encode_labels(raw_y, f"{path}: y")
+    y, class_names = _encode_labels(raw_y, f"{path}: y", fix="save the class labels as y")
     return Dataset(name=path.name, X=X, y=y, class_names=class_names, feature_names=names)
 
 
