@@ -532,6 +532,8 @@ def test_bad_storage_urls(tmp_path):
     assert_secret_hidden(proc)
     proc = run_tuner("ls", "--storage", "not a url")
     assert_user_error(proc, 3, "not a valid database URL")
+    proc = run_tuner("ls", "--storage", "my tuner.db")  # a path given for a URL
+    assert_user_error(proc, 3, "not a valid database URL", "did you mean sqlite:///my tuner.db?")
     # an unescaped '@' in the password: nothing of the password may show up as a host name
     proc = run_tuner("ls", "--storage", f"postgresql+psycopg://alice:ab@{SECRET}@host.invalid:5432/db")
     assert_user_error(proc, 3, "'@' appears more than once", "alice:***@host.invalid",

@@ -109,6 +109,7 @@ def check_server(dash: Dashboard, url: str, name: str) -> None:
     study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
     detail = json.loads(dash.text(f"/api/studies/{study_id}"))
     assert len(detail["trials"]) == len(plain.trials)
+    assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
     graph_ids = {g["id"] for g in detail["plotly_graph_objects"]}
     assert {f"tuner-{p}" for p in STUDY_PANELS if p != "summary"} <= graph_ids
     assert f"**Best trial #{best.number}**" in detail["note"]["body"]

@@ -418,6 +418,7 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
     assert records[-1]["verdict"]["baseline"]["nights"][0]["date"] == "2026-11-23"
     missing = run_tuner("history", "nope", "--storage", sqlite_url)
     assert missing.returncode == 2 and "no nights of 'nope'" in missing.stderr
+    assert "sweeps with nights here: nt (tuner history nt" in " ".join(missing.stderr.split())
     # a night with unfinished trials (cut short, or running) says so beside its verdict
     optuna.load_study(study_name="nt-2026-11-24", storage=sqlite_url).enqueue_trial(
         {"optimizer": "sgd"}, skip_if_exists=False)

@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import optuna
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import sqlalchemy

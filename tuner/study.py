@@ -235,6 +235,7 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
         study.set_user_attr(ATTR_SPACE, study_file.space.fingerprint())
         study.set_user_attr(ATTR_METRIC, study_file.study.metric)
         study.set_user_attr(ATTR_VERSION, __version__)
+        study.set_metric_names([study_file.study.metric])  # optuna-dashboard's "Objective 0"
     elif attrs.get(ATTR_CONFIG):
         changed = changed_keys(json.loads(attrs[ATTR_CONFIG])["raw"], study_file.raw)
         if changed:

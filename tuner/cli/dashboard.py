@@ -87,7 +87,7 @@ def report(study: Annotated[str, typer.Argument(
                show_default=False)],
            storage: FileStorageOpt = None,
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", help="HTML file to write (default: STUDY.html in the current folder).",
+               "--output", "-o", help="HTML file to write \\[default: STUDY.html in the current folder].",
                dir_okay=False)] = None,
            dashboard_name: Annotated[str | None, typer.Option(
                "--dashboard", "-d", help="Which dashboard file: a name in the dashboards folders "

@@ -243,7 +243,7 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
 
     The trial is retrained from its stored configuration and seed; every per-epoch value
     (train loss, validation loss and accuracy, lr) must match bit for bit, and a diverged
-    trial must diverge at the same update."""
+    trial must diverge at the same update. Exits 0 on a match, 1 on a mismatch."""
     from tuner.cli.views import fmt
     from tuner.kernels import engine_id
     from tuner.study import changed_data, flat_params, load_data, trial_study_file

@@ -310,5 +310,9 @@ def _no_nights_hint(storage: Any, name: str, url: str, file: str) -> str:
             return f"{name!r} is one night of the sweep {base!r}: tuner history {base}{flag}"
         return (f"{name!r} is an ordinary study, not a nightly sweep: see it with tuner show "
                 f"{name}{flag}")
+    sweeps = sorted({b for s in storage.get_all_studies() if (b := base_of(s.study_name))})
+    if sweeps:
+        return (f"sweeps with nights here: {', '.join(sweeps)} (tuner history {sweeps[0]}{flag}); "
+                f"or run one with: tuner nightly {file}{flag}")
     return f"run one with: tuner nightly {file}{flag}"
 

@@ -60,8 +60,11 @@ def parse(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        path = "://" not in url and not any(c in url for c in "@:?") and bool(url.strip())
         raise StorageError(f"not a valid database URL: {_scrub_free_text(url)!r}",
-                           hint=f"use {SUPPORTED}; {ESCAPE_HINT}") from None
+                           hint=f"did you mean sqlite:///{url}? (a SQLite file is named by a URL: "
+                                "sqlite:///relative/path.db, sqlite:////absolute/path.db)" if path
+                           else f"use {SUPPORTED}; {ESCAPE_HINT}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(f"unsupported storage {parsed.get_backend_name()!r} in "
                            f"{mask_url(url)}", hint=f"use {SUPPORTED}")
