@@ -4,6 +4,7 @@ documentation of every key (docs/study-files.md)."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -21,6 +22,7 @@ from tuner.config import (
     ReliabilityConfig,
     SamplerConfig,
     ScheduleSection,
+    StudyFile,
     StudySection,
     load_study_file,
     parse_study_dict,
@@ -309,6 +311,11 @@ def test_val_loss_cannot_rank_trials_of_different_losses(tmp_path):
     assert load_study_file(write(tmp_path, text.replace("epochs = 5", 'epochs = 5\nloss = ["svm"]')))
     both = BASE.replace("epochs = 5", 'epochs = 5\nloss = ["softmax", "svm"]')
     assert load_study_file(write(tmp_path, both)).direction == "maximize"
+    # a study stored before the rule stays readable (show, export, delete load its file)
+    raw = load_study_file(write(tmp_path, both)).raw
+    raw["study"]["metric"] = "val_loss"
+    stored = StudyFile.from_json(json.dumps({"raw": raw, "source": "old.toml", "base_dir": None}))
+    assert stored.direction == "minimize"
 
 
 def test_with_overrides_revalidates(tmp_path):

@@ -461,6 +461,18 @@ def test_an_empty_header_on_a_real_column_asks_for_a_name(tmp_path):
                                       "features, else delete them")
 
 
+def test_lines_that_end_with_a_comma_are_said_to(tmp_path):
+    """'a,b,label,' on every line: an empty last column, not a saved index."""
+    path = tmp_path / "trailing.csv"
+    path.write_text("f0,f1,label,\n" + "".join(f"{i % 7},{i % 5},{'ab'[i % 2]},\n" for i in range(20)))
+    with pytest.raises(DataError) as info:
+        load_dataset(str(path), target="label")
+    assert info.value.message == (f"{path}: the last column has no header and no values "
+                                  "('Unnamed: 3' to pandas): the lines end with a separator (a "
+                                  "trailing comma)")
+    assert info.value.hint == "remove the separator at the end of each line"
+
+
 def test_an_unnamed_column_named_as_the_target_is_accepted(tmp_path):
     """data.target names a column explicitly: that is the user's choice, empty header or not."""
     path = tmp_path / "t.csv"

@@ -638,8 +638,14 @@ def test_a_rescan_follows_edited_removed_and_renamed_folder_files(sqlite_url, tm
         assert _next_fire(service, "nightly:n") == (4, 30)
         assert "rescheduled n" in caplog.text and "was '0 3 * * *' UTC" in caplog.text
         assert service.sweeps["nightly:n"].cron == "30 4 * * *"
-        # a.toml removed: unscheduled, and the refused copy takes its study name
+        # a.toml removed: unscheduled (at the second rescan that misses it: the first may catch
+        # an editor mid-save), and the refused copy takes its study name
+        (folder / "a.toml").write_text("")  # truncated mid-save: kept
+        assert service.rescan() == [] and "nightly:n" in service.sweeps
+        (folder / "a.toml").write_text(_toml(name="n", schedule='cron = "30 4 * * *"'))
+        assert service.rescan() == []
         (folder / "a.toml").unlink()
+        assert service.rescan() == [] and service.sweeps["nightly:n"].path.name == "a.toml"
         added = service.rescan()
         assert [(s.base, s.path.name) for s in added] == [("n", "b.toml")]
         assert _next_fire(service, "nightly:n") == (5, 0)
@@ -647,18 +653,30 @@ def test_a_rescan_follows_edited_removed_and_renamed_folder_files(sqlite_url, tm
         assert service._refused == {}
         # c.toml now names another study: the old one is unscheduled, the new one scheduled
         (folder / "c.toml").write_text(_toml(name="c2", schedule='cron = "0 1 * * *"'))
+        assert service.rescan() == [] and "nightly:c" in service.sweeps
         assert [s.base for s in service.rescan()] == ["c2"]
         assert service.scheduler.get_job("nightly:c") is None and "nightly:c" not in service.sweeps
+        service._job("nightly:c")  # a fire that raced the unschedule runs nothing
+        assert service.completed == [] and not service._children
         # c.toml loses its [schedule]: unscheduled
         (folder / "c.toml").write_text(_toml(name="c2"))
-        assert service.rescan() == [] and service.scheduler.get_job("nightly:c2") is None
+        assert service.rescan() == [] and service.rescan() == []
+        assert service.scheduler.get_job("nightly:c2") is None
         assert "no [schedule] section any more" in caplog.text
         # a broken scheduled file stays scheduled (its nights say why), a given file is read once
         (folder / "b.toml").write_text("[study\n")
         given.unlink()
         assert service.rescan() == []
+        assert service.rescan() == []
         assert {j.id for j in service.scheduler.get_jobs() if j.id != "rescan"} == {"nightly:n", "nightly:g"}
-        service._job("nightly:gone")  # a fire racing an unschedule does nothing
+        # an edit whose storage cannot be used is logged once; the sweep keeps its schedule
+        (folder / "b.toml").write_text(_toml(name="n", schedule='cron = "0 5 * * *"').replace(
+            "n_trials = 4", 'n_trials = 4\nstorage = "postgresql+psycopg://u@h"'))
+        service.storage_override = None
+        caplog.clear()
+        assert service.rescan() == [] and service.rescan() == []
+        assert caplog.text.count("will fail until it is fixed") == 1, caplog.text
+        assert "nightly:n" in service.sweeps
     finally:
         service.stop()
 

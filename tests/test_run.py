@@ -912,6 +912,7 @@ def test_a_data_file_edited_in_place_is_told_apart(sqlite_url, tmp_path):
     assert "changed" not in proc.stderr
     first = {t.user_attrs["data_digest"] for t in load(sqlite_url, "c").trials}
     assert len(first) == 1 and all(len(d) == 12 for d in first)
+    original = data.read_bytes()
     frame.loc[0, "f0"] += 1.0  # one value edited in place
     frame.to_csv(data, index=False)
     write_study(study, name="c", n_trials=3, epochs=1, space=space,
@@ -930,6 +931,11 @@ def test_a_data_file_edited_in_place_is_told_apart(sqlite_url, tmp_path):
     proc = tuner("best", "c", "--storage", sqlite_url, "--test", "--json", check=True)
     changed = json.loads(proc.stdout).get("data_changed")
     assert (changed is not None) == (best.number < 2), (best.number, proc.stdout)
+    # back to the first contents: the last run trained on others, so it warns again
+    data.write_bytes(original)
+    proc = tuner("run", study, "--storage", sqlite_url, "-n", "4", "-q", check=True)
+    assert "changed since study 'c' last trained on it" in flat(proc.stderr), proc.stderr
+    assert load(sqlite_url, "c").trials[3].user_attrs["data_digest"] in first
 
 
 def _expected_rows(url: str) -> dict[int, optuna.trial.FrozenTrial]:

@@ -313,7 +313,8 @@ class StudyFile(BaseModel):
             takes = SAMPLER_KEYS.get(sampler.get("type", "tpe"), ())
             for key in [k for k in sampler if k != "type" and k not in takes]:
                 del sampler[key]
-        return parse_study_dict(raw, source=blob["source"], base_dir=blob.get("base_dir"))
+        return parse_study_dict(raw, source=blob["source"], base_dir=blob.get("base_dir"),
+                                stored=True)
 
     def with_overrides(self, *, section: str = "study", **overrides: Any) -> StudyFile:
         """A copy with keys of ``[section]`` replaced (``--study-name``, ``--n-trials``, ...),
@@ -350,8 +351,10 @@ def load_study_file(path: str | Path) -> StudyFile:
 
 
 def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
-                     base_dir: str | None = None) -> StudyFile:
-    """Validate an already-parsed study file (``source`` is used in error messages)."""
+                     base_dir: str | None = None, stored: bool = False) -> StudyFile:
+    """Validate an already-parsed study file (``source`` is used in error messages).
+    ``stored``: the file a study holds; rules between keys that came after it was stored are
+    not applied to it (the study must stay readable: show, export, delete)."""
     from tuner.space import build_space
 
     allowed = ("study", "data", "model", "space", *_OPTIONAL)
@@ -384,7 +387,8 @@ def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(source, name, model, exc)) from None
     space = build_space(raw["space"], sections["model"], source=source)
-    _check_metric_compares_like_with_like(sections["study"].metric, space, raw, source)
+    if not stored:
+        _check_metric_compares_like_with_like(sections["study"].metric, space, raw, source)
     return StudyFile(study=sections["study"], data=sections["data"], model=sections["model"],
                      space=space, schedule=sections.get("schedule"), raw=raw, source=source,
                      base_dir=base_dir)
@@ -393,16 +397,15 @@ def parse_study_dict(raw: dict[str, Any], *, source: str = "<memory>",
 def _check_metric_compares_like_with_like(metric: str, space: Any, raw: dict[str, Any],
                                           source: str) -> None:
     """A loss metric cannot rank trials trained with different losses: softmax cross-entropy
-    and the multiclass hinge loss are on different scales."""
-    loss = space.general.get("loss")
-    losses = sorted(set(loss.choices)) if loss is not None and loss.kind == "choice" else []
+    and the multiclass hinge (svm) loss are on different scales."""
+    losses = sorted(set(space.losses()))
     if metric != "val_loss" or len(losses) < 2:
         return
     where = "model.loss" if "loss" in raw.get("model", {}) else "space.loss"
     raise ConfigError(f"{source}: study.metric = \"val_loss\" with {where} = {losses}: "
-                      "the softmax and hinge losses are on different scales, so their values "
-                      "cannot rank trials against each other (the sampler, the pruner and the "
-                      "best trial would)",
+                      "softmax (cross-entropy) and svm (hinge) loss values are on different "
+                      "scales, so they cannot rank trials against each other (the sampler, the "
+                      "pruner and the best trial would)",
                       hint=f'use metric = "val_accuracy" to compare the losses, or set {where} '
                            "to one of them")
 

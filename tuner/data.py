@@ -619,6 +619,12 @@ def _check_unnamed_columns(path: Path, fmt: str, frame: Any, header: list[str] |
     it explicitly."""
     columns = list(frame.columns)
     aligned = header is not None and len(header) == len(columns)
+    last = columns[-1]
+    if (last != target and (UNNAMED_COLUMN.fullmatch(last) or not last.strip())
+            and frame[last].isna().all()):
+        raise DataError(f"{path}: the last column has no header and no values ({last!r} to "
+                        f"pandas): the lines end with a separator (a trailing comma)",
+                        hint="remove the separator at the end of each line")
     found: list[str] = []
     unnamed: list[str] = []
     index_like = False

@@ -115,6 +115,10 @@ class SearchSpace:
     def decay_choices(self) -> tuple[str, ...]:
         return _values(self.general.get("decay")) or (P.PARAMS["decay"].default,)
 
+    def losses(self) -> tuple[str, ...]:
+        """The losses the space trains with (empty: the engine's default)."""
+        return _values(self.general.get("loss"))
+
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Define-by-run: suggest one configuration on ``trial``; returns flat training params
         (engine defaults fill any key the space does not mention). ``batch_scaling`` is always

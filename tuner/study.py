@@ -16,7 +16,6 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ ATTR_VIEWS = "tuner.views_of"  # [trials, finished trials] when the stored views
 ATTR_FILE_PREFIX = "tuner.file."  # + training_digest(): an edited study file the study ran with
 ATTR_TRAINING = "training"  # trial attribute: training_digest() of the file the trial trained under
 ATTR_DATA_DIGEST = "data_digest"  # trial attribute: data_digest() of the data file it trained on
-ATTR_DATA_PREFIX = "tuner.data_file."  # + data_digest(): the study trained on this data file (ISO time)
+ATTR_DATA_FILE = "tuner.data_file"  # study attribute: data_digest() its latest run trained on
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -100,11 +99,17 @@ def load_data(study_file: StudyFile) -> Splits:
 def check_data_file(study_file: StudyFile) -> None:
     """That the study's data file (if it names one) exists and has a supported format, without
     reading it (``tuner check --no-data``)."""
+    _data_path(study_file)
+
+
+def _data_path(study_file: StudyFile) -> Path | None:
+    """The data file the study file names, checked to exist (``None``: a bundled or synthetic
+    set)."""
     d = study_file.data
     if d.is_builtin() or d.dataset == "synthetic":
-        return
+        return None
     with _naming_the_study_file(study_file):
-        data_file(d.dataset, Path(study_file.base_dir) if study_file.base_dir else None)
+        return data_file(d.dataset, Path(study_file.base_dir) if study_file.base_dir else None)
 
 
 @contextlib.contextmanager
@@ -235,7 +240,9 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
         study.set_user_attr(ATTR_SPACE, study_file.space.fingerprint())
         study.set_user_attr(ATTR_METRIC, study_file.study.metric)
         study.set_user_attr(ATTR_VERSION, __version__)
-        study.set_metric_names([study_file.study.metric])  # optuna-dashboard's "Objective 0"
+        with warnings.catch_warnings():  # experimental in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([study_file.study.metric])  # optuna-dashboard's "Objective 0"
     elif attrs.get(ATTR_CONFIG):
         changed = changed_keys(json.loads(attrs[ATTR_CONFIG])["raw"], study_file.raw)
         if changed:
@@ -262,12 +269,11 @@ def training_digest(study_file: StudyFile) -> str:
 def data_digest(study_file: StudyFile) -> str | None:
     """A short digest (SHA-256) of the bytes of the data file the study file names, or ``None``
     for a bundled or synthetic set (its data follows from the study file itself). A data file
-    edited in place keeps its name: this tells its versions apart."""
-    d = study_file.data
-    if d.is_builtin() or d.dataset == "synthetic":
+    edited in place keeps its name: this tells its versions apart (so does a copy that differs
+    only in its bytes, e.g. its line endings)."""
+    path = _data_path(study_file)
+    if path is None:
         return None
-    with _naming_the_study_file(study_file):
-        path = data_file(d.dataset, Path(study_file.base_dir) if study_file.base_dir else None)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -276,18 +282,18 @@ def data_digest(study_file: StudyFile) -> str | None:
 
 
 def record_data_digest(study: optuna.Study, digest: str | None, source: str) -> None:
-    """Note that ``study`` trains on the data file with ``digest``, warning when its trials so
-    far trained on other contents of it (they would be ranked together)."""
+    """Note that ``study`` trains on the data file with ``digest`` now, warning when its last
+    run trained on other contents of it (the trials of both would be ranked together)."""
     if digest is None:
         return
-    attrs = study.user_attrs
-    if ATTR_DATA_PREFIX + digest in attrs:
+    last = study.user_attrs.get(ATTR_DATA_FILE)
+    if last == digest:
         return
-    if any(key.startswith(ATTR_DATA_PREFIX) for key in attrs):
-        log.warning("the data file of %s changed since study %r last trained on it (its contents "
+    if last is not None:
+        log.warning("the data file of %s changed since study %r last trained on it (its bytes "
                     "differ): new trials join trials scored on the old data in one study (to "
                     "compare them apart, run with --study-name NEW)", source, study.study_name)
-    study.set_user_attr(ATTR_DATA_PREFIX + digest, datetime.now(UTC).isoformat(timespec="seconds"))
+    study.set_user_attr(ATTR_DATA_FILE, digest)
 
 
 def changed_data(trial: FrozenTrial, study_file: StudyFile) -> str | None:

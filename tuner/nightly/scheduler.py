@@ -73,6 +73,9 @@ log = logging.getLogger("tuner.scheduler")
 
 STOP_TIMEOUT_S = 120.0
 RESCAN_INTERVAL_S = 60.0
+#: Rescans in a row that must find a scheduled folder file gone (or no longer scheduled, or
+#: naming another study) before it is unscheduled: one may catch an editor mid-save.
+ABSENT_RESCANS = 2
 #: APScheduler instances allowed per job: one runs the night, the others only record a deferral
 MAX_INSTANCES = 4
 
@@ -283,6 +286,8 @@ class SchedulerService:
         self._broken: dict[Path, str] = dict(broken or {})  # fails to load: path -> error
         self._refused: dict[Path, str] = dict(refused or {})  # loads, not scheduled: -> why
         self._given = {p.resolve() for p in given or []}
+        self._absent: dict[str, int] = {}  # sweep id -> rescans in a row that found it changed so
+        self._unusable: dict[str, str] = {}  # sweep id -> why its edited file's sweep cannot be made
         self._lock = threading.Lock()
         self._pending: dict[str, date] = {}  # catch-up nights, taken by the job's first run
         self._running: dict[str, date] = {}  # sweep id -> the night running now
@@ -300,7 +305,7 @@ class SchedulerService:
             self._add(sweep)
         if self.folders:
             self.scheduler.add_job(self.rescan, trigger="interval", seconds=self.rescan_interval,
-                                   id="rescan", name="rescan study folders")
+                                   id="rescan", name="rescan study folders", max_instances=1)
         self.scheduler.start()
         if not self.sweeps:
             log.warning("no study file can be scheduled yet; rescanning %s every %.0f s",
@@ -328,7 +333,8 @@ class SchedulerService:
                 log.info("%s: %s; catching it up now", sweep.base, why)
             elif why:
                 log.info("%s: nothing to catch up (%s)", sweep.base, why)
-        self.sweeps[sweep.id] = sweep
+        with self._lock:
+            self.sweeps[sweep.id] = sweep
         self.scheduler.add_job(self._job, trigger=sweep.trigger, args=(sweep.id,), id=sweep.id,
                                name=f"nightly {sweep.base}", replace_existing=True, **extra)
         following = sweep.trigger.get_next_fire_time(None, datetime.now(UTC))
@@ -338,9 +344,10 @@ class SchedulerService:
 
     def rescan(self) -> list[Sweep]:
         """Look at the folders again. A scheduled folder file that is gone, lost its
-        ``[schedule]`` section or names another study now is unscheduled (a night running goes
-        on); one whose cron, timezone or storage changed is rescheduled. Then study files that
-        load now and are not scheduled (fixed, new, or a copy whose study name is free again) are
+        ``[schedule]`` section or names another study now (at :data:`ABSENT_RESCANS` rescans in
+        a row) is unscheduled (a night running goes on); one whose cron or timezone changed is
+        rescheduled (a storage change applies from its next night). Then study files that load
+        now and are not scheduled (fixed, new, or a copy whose study name is free again) are
         scheduled, and files that broke are logged. Returns the sweeps added."""
         with self._lock:
             if self._stopping:
@@ -387,25 +394,40 @@ class SchedulerService:
         return added
 
     def _reconcile(self, sweep: Sweep, now: tuple[Path, StudyFile | None, str] | None) -> None:
-        """Bring a folder file's sweep in line with the file as it is ``now`` (``None``: gone;
-        a file that fails to load keeps its schedule, and :meth:`rescan` logs it)."""
+        """Bring a folder file's sweep in line with the file as it is ``now`` (``None``: not
+        found as a scheduled file; a file that fails to load keeps its schedule, and
+        :meth:`rescan` logs it)."""
+        _file, sf, _error = now if now is not None else (None, None, "")
         if now is None:
-            self._remove(sweep, "its file is gone")
+            why = ("its file is gone" if not sweep.path.exists() else
+                   "its file is no study file with a [schedule] section any more")
+        elif sf is None:
+            why = ""
+        elif sf.schedule is None:
+            why = "its file has no [schedule] section any more"
+        elif sf.study.name != sweep.base:
+            why = f"its file names its study {sf.study.name!r} now"
+        else:
+            why = ""
+        if why:
+            self._absent[sweep.id] = self._absent.get(sweep.id, 0) + 1
+            if self._absent[sweep.id] >= ABSENT_RESCANS:
+                self._remove(sweep, why)
             return
-        _file, sf, _error = now
+        self._absent.pop(sweep.id, None)
         if sf is None:
-            return
-        if sf.schedule is None:
-            self._remove(sweep, "its file has no [schedule] section any more")
-            return
-        if sf.study.name != sweep.base:
-            self._remove(sweep, f"its file names its study {sf.study.name!r} now")
             return
         try:
             new = make_sweeps([(sweep.path, sf)], storage=self.storage_override, cron=self.cron)[0]
-        except TunerError:  # (its study.storage cannot be used): its nights say why
+        except TunerError as exc:
+            if self._unusable.get(sweep.id) != exc.message:
+                log.error("%s (%s): %s; its nights keep the schedule they had and will fail until "
+                          "it is fixed", sweep.base, sweep.path, exc.message)
+            self._unusable[sweep.id] = exc.message
             return
-        self.sweeps[sweep.id] = new
+        self._unusable.pop(sweep.id, None)
+        with self._lock:
+            self.sweeps[sweep.id] = new
         if (new.cron, new.timezone) != (sweep.cron, sweep.timezone):
             self.scheduler.reschedule_job(sweep.id, trigger=new.trigger)
             following = new.trigger.get_next_fire_time(None, datetime.now(UTC))
@@ -420,6 +442,8 @@ class SchedulerService:
         """Unschedule ``sweep`` (a night of it that is running goes on to its end)."""
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(sweep.id)
+        self._absent.pop(sweep.id, None)
+        self._unusable.pop(sweep.id, None)
         with self._lock:
             self.sweeps.pop(sweep.id, None)
             self._pending.pop(sweep.id, None)
@@ -441,7 +465,7 @@ class SchedulerService:
         self.scheduler.pause()
         for sweep_id, day in dropped.items():
             log.info("%s: the deferred night of %s will not run: the scheduler is stopping",
-                     self.sweeps[sweep_id].base, day)
+                     sweep_id.removeprefix("nightly:"), day)
         if children:
             log.info("stopping (%s): forwarding SIGTERM to %d running night(s) so they re-queue "
                      "their running trials", why, len(children))
@@ -468,10 +492,10 @@ class SchedulerService:
     def _job(self, sweep_id: str) -> None:
         """A fire of ``sweep_id``'s trigger (or its catch-up): run the night, unless a night of
         the same file is running; then defer it (coalesced) to when that one ends."""
-        sweep = self.sweeps.get(sweep_id)
-        if sweep is None:  # unscheduled by a rescan as it fired
-            return
         with self._lock:
+            sweep = self.sweeps.get(sweep_id)
+            if sweep is None:  # unscheduled by a rescan as it fired
+                return
             day = self._pending.pop(sweep_id, None)
             if day is None:
                 day = due_night(sweep, datetime.now(UTC))
@@ -495,7 +519,8 @@ class SchedulerService:
                     log.exception("%s: the night of %s failed to run", sweep.base, day)
                 with self._lock:
                     deferred = self._deferred.pop(sweep_id, None)
-                    if deferred is None or self._stopping:
+                    sweep = self.sweeps.get(sweep_id)  # a rescan may have moved or unscheduled it
+                    if deferred is None or self._stopping or sweep is None:
                         break
                     self._running[sweep_id] = day = deferred
                 log.info("%s: running the deferred night of %s now", sweep.base, day)

@@ -805,7 +805,8 @@ class Runner:
         self.resilient.call(f"save trial {job.number}", tell)
         self._release_claim(job.trial_id)
 
-    def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> None:
+    def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> bool:
+        """Fail a RUNNING trial (and queue its retry); ``False`` if it was no longer RUNNING."""
         failed = False
 
         def do_fail() -> None:  # retried as a whole if the connection drops
@@ -817,11 +818,12 @@ class Runner:
         self.resilient.call(f"fail trial {number}", do_fail)
         self._release_claim(trial_id)
         self.snap.failed += 1
+        return failed
 
     def _fail_interrupted(self, job: Job, reason: str) -> None:
         """Fail and re-queue a trial the shutdown stopped mid-training."""
-        self._fail(job.trial_id, job.number, reason, retry=True)
-        self._interrupted.append(job.number)
+        if self._fail(job.trial_id, job.number, reason, retry=True):
+            self._interrupted.append(job.number)
 
     def _unclaim(self, job: Job) -> None:
         """Put a claimed but never started trial back in the queue (WAITING, params kept)."""

@@ -62,7 +62,8 @@ def parse(url: str) -> URL:
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         path = "://" not in url and not any(c in url for c in "@:?") and bool(url.strip())
         raise StorageError(f"not a valid database URL: {_scrub_free_text(url)!r}",
-                           hint=f"did you mean sqlite:///{url}? (a SQLite file is named by a URL: "
+                           hint=f"did you mean sqlite:///{os.path.expanduser(url)}? (a SQLite file is "
+                                "named by a URL: "
                                 "sqlite:///relative/path.db, sqlite:////absolute/path.db)" if path
                            else f"use {SUPPORTED}; {ESCAPE_HINT}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
