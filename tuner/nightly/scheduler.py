@@ -32,7 +32,8 @@ Design:
   either: the service runs and waits. Folders are rescanned every minute: a file that was
   fixed (or added) is scheduled once it loads; one whose cron or timezone was edited is
   rescheduled; one that was removed, lost its ``[schedule]`` or names another study now is
-  unscheduled (which frees its study name for a copy that was refused). A study file named
+  unscheduled at the second rescan in a row that finds it so (which frees its study name for a
+  copy that was refused). A study file named
   explicitly must load and be schedulable, or the service does not start; it is read once.
 - **Shutdown** (SIGTERM/SIGINT): no new night starts; running nights get SIGTERM (their running
   trials are failed and re-queued; ``tuner nightly`` resumes them next time); the service waits
