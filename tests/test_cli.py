@@ -345,7 +345,9 @@ def test_show(small):
 def test_show_breaks_down_a_searched_loss(tmp_path):
     """A searched loss was in neither the top trials nor a per-loss table."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    study = write_study(tmp_path / "l.toml", name="losses", n_trials=4, epochs=1,
+    space = ('optimizer = "adam"\nlr = {low = 1e-3, high = 0.5, log = true}\n'
+             '[space.optimizers.adam]\nbeta1 = 0.85\nbeta2 = [0.99, 0.999]')
+    study = write_study(tmp_path / "l.toml", name="losses", n_trials=4, epochs=1, space=space,
                         model='loss = ["softmax", "svm"]', extra_study='[study.sampler]\ntype = "random"')
     run_tuner("run", study, "--storage", url, "-q", check=True)
     data = json.loads(run_tuner("show", "losses", "--storage", url, "--json", check=True).stdout)
@@ -354,6 +356,8 @@ def test_show_breaks_down_a_searched_loss(tmp_path):
     out = run_tuner("show", "losses", "--storage", url, env=tuner_env(COLUMNS="200"), check=True).stdout
     assert "best val_accuracy per loss" in out
     assert re.search(r"loss=(softmax|svm)", out), out
+    # the extra column lists what the file searches (beta2), not what it fixes (beta1)
+    assert re.search(r"beta2=0\.99", out) and "beta1=" not in out, out
 
 
 def test_unknown_study_names_the_storage_it_looked_in(small, tmp_path):

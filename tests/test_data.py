@@ -273,8 +273,9 @@ def test_missing_target_values(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,label\n1,x\n2,\n3,y\n")
     with pytest.raises(DataError, match=r"t\.csv: target column 'label' is missing in "
-                                        r"1 row \(data row 2 \(line 3 of the file\)\)$"):
+                                        r"1 row \(data row 2 \(line 3 of the file\)\)\n") as info:
         load_dataset(str(path), target="label")
+    assert info.value.hint.startswith("fill in the label of those rows or delete them")
 
 
 def test_fewer_than_two_classes(tmp_path):
@@ -297,6 +298,14 @@ def test_class_with_too_few_examples_to_split():
     with pytest.raises(DataError, match="class 'k2' has 1 example") as info:
         split_dataset(dataset([30, 30, 1]))
     assert "test_size" not in info.value.hint  # one example is too few even without a test set
+    assert "spaces or capitals" not in info.value.message
+    # a stray space or capital makes a class of its own: the message points at its twin
+    twins = dataset([30, 30, 1])
+    twins.class_names = ["no", "yes", " Yes"]
+    with pytest.raises(DataError, match=r"class ' Yes' has 1 example\(s\); .* \(is it 'yes', "
+                                        r"written with other spaces or capitals\?\)") as info:
+        split_dataset(twins)
+    assert info.value.hint.endswith("labels are compared exactly: fix its spelling in the file")
     # without a test set two examples are enough
     sp = split_dataset(dataset([30, 30, 2]), val_size=0.2, test_size=0)
     assert len(sp.y_test) == 0 and 2 in sp.y_train

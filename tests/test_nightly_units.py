@@ -287,6 +287,15 @@ def test_one_verdict_label_for_every_place_that_shows_a_verdict():
     assert line.endswith("verdict OK (search): search shortfall: ...")
 
 
+def test_a_night_that_did_not_run_is_logged_as_an_error():
+    """Every night's end was logged at INFO: an alert on ERROR lines missed failed nights."""
+    from tuner.nightly.scheduler import night_level
+
+    assert night_level(0) == night_level(75) == night_level(None) == logging.INFO
+    assert night_level(4) == night_level(130) == night_level(143) == logging.WARNING
+    assert night_level(1) == night_level(2) == night_level(3) == night_level(-9) == logging.ERROR
+
+
 # --- names and dates -------------------------------------------------------------------------
 
 def test_night_names_and_dates():
@@ -646,7 +655,9 @@ def test_a_rescan_follows_edited_removed_and_renamed_folder_files(sqlite_url, tm
         assert service.rescan() == []
         (folder / "a.toml").unlink()
         assert service.rescan() == [] and service.sweeps["nightly:n"].path.name == "a.toml"
+        service._deferred["nightly:n"] = date(2026, 11, 26)  # a fire came during a night
         added = service.rescan()
+        assert "the deferred night of 2026-11-26 will not run" in caplog.text
         assert [(s.base, s.path.name) for s in added] == [("n", "b.toml")]
         assert _next_fire(service, "nightly:n") == (5, 0)
         assert "unscheduled n" in caplog.text and "its file is gone" in caplog.text

@@ -602,6 +602,9 @@ def test_one_signal_delivered_twice_is_one_interruption(sqlite_url, tmp_path):
     assert "twice" not in text
     counts = states(sqlite_url, "once")
     assert counts["RUNNING"] == 0 and counts["FAIL"] >= 1 and counts["WAITING"] >= counts["FAIL"]
+    # the WAITING trials: a retry per failed trial, and the claimed ones the message counts
+    back = re.search(r"; (\d+) claimed trials? went back to the queue \(WAITING\)", text)
+    assert counts["WAITING"] == counts["FAIL"] + (int(back.group(1)) if back else 0), (counts, err)
     for t in load(sqlite_url, "once").trials:
         if t.state == TrialState.FAIL:
             assert t.user_attrs["fail_reason"] == "interrupted by SIGINT", t.user_attrs

@@ -217,14 +217,20 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
                         hint="lower data.val_size / data.test_size")
     counts = np.bincount(ds.y, minlength=ds.n_classes)
     need = 1 + (n_val > 0) + (n_test > 0)
+    names = [str(c) for c in ds.class_names]
     for label, count in enumerate(counts):
         if count < need:
+            name = names[label]
+            twin = next((other for other in names if other != name
+                         and other.strip().lower() == name.strip().lower()), None)
             raise DataError(
                 f"{ds.name}: class {literal(ds.class_names[label])} has {count} example(s); a stratified "
-                f"train/validation/test split needs at least {need} per class",
+                f"train/validation/test split needs at least {need} per class"
+                + (f" (is it {twin!r}, written with other spaces or capitals?)" if twin else ""),
                 hint="add examples of that class or drop it" + (
                     ", or set data.test_size = 0 (no test split)" if n_test and count >= need - 1
-                    else ""),
+                    else "") + ("; labels are compared exactly: fix its spelling in the file"
+                                if twin else ""),
             )
     for part, size in (("validation", n_val), ("test", n_test)):
         if 0 < size < ds.n_classes:
@@ -535,7 +541,9 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())
         raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} "
-                        f"{_word(len(rows), 'row', 'rows')} ({row_names(rows)})")
+                        f"{_word(len(rows), 'row', 'rows')} ({row_names(rows)})",
+                        hint="fill in the label of those rows or delete them (an example without "
+                             "a label cannot be trained on or scored)")
     X = features.to_numpy(dtype=np.float64)
     _check_finite(X, list(features.columns), str(path), row_names)
     y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}",

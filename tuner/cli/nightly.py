@@ -267,8 +267,8 @@ def history(base: Annotated[str, typer.Argument(
     table = FitTable(title=f"nights of {base} in {describe(url)}", title_justify="left")
     # key: never shrinks; drop: left out first (highest) when the terminal is too narrow
     for col, key, drop in (("date", True, 0), (f"best {metric}", True, 0), ("trial", True, 0),
-                           ("optimizer", True, 3), ("decay", True, 5), ("scaling", True, 6),
-                           ("lr", True, 4), ("verdict", False, 0), ("incumbent drift", True, 2),
+                           ("optimizer", True, 2), ("decay", True, 4), ("scaling", True, 6),
+                           ("lr", True, 3), ("verdict", False, 0), ("incumbent drift", True, 5),
                            ("complete", True, 1), ("pruned", True, 7), ("fail", True, 8),
                            ("warm start", False, 9)):
         table.add_column(col, key=key, drop=drop,

@@ -368,7 +368,12 @@ def run(study_file: StudyFileArg,
                     "best": None if best is None else {"number": best.number, "value": best.value,
                                                        "config": best.user_attrs.get("config")}})
     else:
-        _print_run_end(result, sf, url, top, getattr(runner, "storage", None))
+        try:
+            _print_run_end(result, sf, url, top, getattr(runner, "storage", None))
+        except KeyboardInterrupt:  # the run is over and saved: only the report was cut short
+            err.print(f"\ninterrupted while printing the report; the run had ended "
+                      f"({result.reason}) and is saved: tuner show {escape(result.study_name)}"
+                      f"{escape(storage_flag(url))}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 
@@ -413,7 +418,9 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
     reason = messages.get(result.reason, f"interrupted by {result.reason}: " + (
         f"{'trial' if len(result.interrupted) == 1 else 'trials'} {stopped} "
         f"{'was' if len(result.interrupted) == 1 else 'were'} marked FAIL and re-queued"
-        if stopped else "no trial was training") + "; run the same command to continue")
+        if stopped else "no trial was training")
+        + (f"; {result.returned} claimed trial{'' if result.returned == 1 else 's'} went back to the "
+           "queue (WAITING)" if result.returned else "") + "; run the same command to continue")
     if result.reason in ("SIGINT", "SIGTERM") and (result.hurried or result.unsaved
                                                     or result.claim_abandoned):
         left = ", ".join(f"#{n}" for n in result.unsaved)

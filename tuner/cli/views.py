@@ -177,6 +177,16 @@ def searched_keys(study_file: Any) -> set[str]:
     return {key for key, dim in (space.general if space else {}).items() if dim.kind != "fixed"}
 
 
+def _fixed(study_file: Any, key: str, params: dict[str, Any]) -> bool:
+    """Whether the study file fixes ``key`` (for the optimizer and decay in ``params``)."""
+    space = getattr(study_file, "space", None)
+    if space is None:
+        return False
+    dim = (space.general.get(key) or space.optimizers.get(params.get("optimizer"), {}).get(key)
+           or space.decays.get(params.get("decay"), {}).get(key))
+    return dim is not None and dim.kind == "fixed"
+
+
 def group_keys(study_file: Any) -> tuple[str, ...]:
     """The keys ``tuner show`` breaks the best value down by: optimizer, decay and scaling rule,
     and the loss when the study searches it."""
@@ -198,9 +208,10 @@ def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
              "base_batch_size"} | ({"loss"} - searched_keys(study_file))
     for trial in results.top_trials(study, k):
         p = resolved_params(trial, study_file)
-        searched = flat_params(trial, study_file)  # 'extra' lists what the study file sets
+        searched = flat_params(trial, study_file)  # 'extra': what the study file searches
         extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in searched.items()
-                          if key not in shown and not isinstance(v, list))
+                          if key not in shown and not isinstance(v, list)
+                          and not _fixed(study_file, key, p))
         table.add_row(str(trial.number), fmt(trial.value), str(p.get("optimizer")),
                       fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),
                       str(p.get("batch_size")), str(p.get("batch_scaling")),

@@ -448,10 +448,11 @@ class SchedulerService:
         with self._lock:
             self.sweeps.pop(sweep.id, None)
             self._pending.pop(sweep.id, None)
-            self._deferred.pop(sweep.id, None)
+            deferred = self._deferred.pop(sweep.id, None)
             running = self._running.get(sweep.id)
-        log.info("unscheduled %s (%s): %s%s", sweep.base, sweep.path, why,
-                 f"; its night of {running} goes on" if running else "")
+        log.info("unscheduled %s (%s): %s%s%s", sweep.base, sweep.path, why,
+                 f"; its night of {running} goes on" if running else "",
+                 f"; the deferred night of {deferred} will not run" if deferred else "")
 
     def stop(self, why: str = "stop requested", timeout: float = STOP_TIMEOUT_S) -> None:
         """Start nothing new, SIGTERM the running nights, wait for them (their trials are
@@ -564,8 +565,10 @@ class SchedulerService:
         elapsed = time.monotonic() - started
         summary = _parse_json(stdout)
         for line in (stderr or "").strip().splitlines()[-20:]:
-            log.info("%s [%s]: %s", sweep.base, day, line)
-        log.info("%s", describe_night(sweep.base, day, code, elapsed, summary))
+            level = (logging.ERROR if line.startswith("error:") else
+                     logging.WARNING if line.startswith("warning:") else logging.INFO)
+            log.log(level, "%s [%s]: %s", sweep.base, day, line)
+        log.log(night_level(code), "%s", describe_night(sweep.base, day, code, elapsed, summary))
         self.completed.append({"base": sweep.base, "date": day.isoformat(), "exit_code": code,
                                "summary": summary})
         return code
@@ -579,6 +582,20 @@ def _parse_json(text: str | None) -> dict[str, Any] | None:
         return json.loads(text[start:]) if start >= 0 else None
     except json.JSONDecodeError:
         return None
+
+
+def night_level(code: int | None) -> int:
+    """The log level of a night that ended with exit code ``code``: INFO when it ran (or
+    another process runs it), WARNING for a regression or an interruption, ERROR when it
+    failed (a broken study file, an unreachable database, a crash), so an alert on ERROR
+    lines catches every night that did not run."""
+    from tuner.nightly.regression import EXIT_REGRESSION
+
+    if code in (0, None, LockHeldError.exit_code):
+        return logging.INFO
+    if code in (EXIT_REGRESSION, 130, 143):
+        return logging.WARNING
+    return logging.ERROR
 
 
 def describe_night(base: str, day: date, code: int | None, elapsed: float,

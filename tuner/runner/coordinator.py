@@ -127,6 +127,7 @@ class RunResult:
     fail_fast_error: str | None = None
     unsaved: list[int] = field(default_factory=list)  # left RUNNING (clean-up skipped or failed)
     interrupted: list[int] = field(default_factory=list)  # training when stopped: FAIL, re-queued
+    returned: int = 0  # claimed, not started when stopped: back in the queue (WAITING)
     hurried: bool = False  # a second signal skipped the clean-up
     claim_abandoned: bool = False  # a claim in progress was left: its trial may stay RUNNING
 
@@ -175,6 +176,7 @@ class Runner:
         self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
         self._unsaved_finished = 0     # ... of which training had finished (results lost)
         self._interrupted: list[int] = []  # trials the shutdown failed and re-queued
+        self._returned = 0  # claimed trials the shutdown put back in the queue
         self._claim_abandoned = False
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
@@ -263,6 +265,7 @@ class Runner:
         return RunResult(self.sf.study.name, describe(self.url), self.stop_reason or "done",
                          counts, best, self.resilient.retries, error,
                          unsaved=sorted(set(self._unsaved)), interrupted=sorted(self._interrupted),
+                         returned=self._returned,
                          hurried=self._hurry,
                          claim_abandoned=self._claim_abandoned)
 
@@ -825,6 +828,11 @@ class Runner:
         if self._fail(job.trial_id, job.number, reason, retry=True):
             self._interrupted.append(job.number)
 
+    def _return(self, job: Job) -> None:
+        """Put a trial the shutdown found claimed but not started back in the queue."""
+        self._unclaim(job)
+        self._returned += 1
+
     def _unclaim(self, job: Job) -> None:
         """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
         self.resilient.call(f"re-queue trial {job.number}", self._put_back, job.trial_id)
@@ -981,14 +989,14 @@ class Runner:
                 if finishing:
                     job.finished = True  # (the job stays current: counted below)
         for job in self._ready:
-            write("re-queue", lambda j=job: self._unclaim(j), job)
+            write("re-queue", lambda j=job: self._return(j), job)
         self._ready.clear()
         for worker in self.workers:
             for job in worker.jobs():
                 if job.started:
                     write("fail", lambda j=job: self._fail_interrupted(j, reason), job)
                 else:
-                    write("re-queue", lambda j=job: self._unclaim(j), job)
+                    write("re-queue", lambda j=job: self._return(j), job)
             worker.current = worker.queued = None
             worker.stop()
         self.workers = []
