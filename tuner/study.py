@@ -96,15 +96,9 @@ def load_data(study_file: StudyFile) -> Splits:
                            dtype=study_file.model.dtype, standardize=d.standardize, **source)
 
 
-def check_data_file(study_file: StudyFile) -> None:
-    """That the study's data file (if it names one) exists and has a supported format, without
-    reading it (``tuner check --no-data``)."""
-    _data_path(study_file)
-
-
-def _data_path(study_file: StudyFile) -> Path | None:
-    """The data file the study file names, checked to exist (``None``: a bundled or synthetic
-    set)."""
+def check_data_file(study_file: StudyFile) -> Path | None:
+    """The data file the study file names, checked to exist and to have a supported format
+    without reading it (``tuner check --no-data``); ``None`` for a bundled or synthetic set."""
     d = study_file.data
     if d.is_builtin() or d.dataset == "synthetic":
         return None
@@ -271,14 +265,11 @@ def data_digest(study_file: StudyFile) -> str | None:
     for a bundled or synthetic set (its data follows from the study file itself). A data file
     edited in place keeps its name: this tells its versions apart (so does a copy that differs
     only in its bytes, e.g. its line endings)."""
-    path = _data_path(study_file)
+    path = check_data_file(study_file)
     if path is None:
         return None
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:12]
 
 
 def record_data_digest(study: optuna.Study, digest: str | None, source: str) -> None:

@@ -21,18 +21,20 @@ def _flags_take_no_value(command: TyperCommand | TyperGroup, ctx: Any) -> None:
             param.metavar = ""
 
 
-class Command(TyperCommand):
-    """A tuner command: flags are shown without a value label."""
+class _FlagsTakeNoValue:
+    """Help that shows flags without a value label."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        _flags_take_no_value(self, ctx)
-        super().format_help(ctx, formatter)
+        _flags_take_no_value(self, ctx)  # type: ignore[arg-type]
+        super().format_help(ctx, formatter)  # type: ignore[misc]
 
 
-class _Group(TyperGroup):
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        _flags_take_no_value(self, ctx)
-        super().format_help(ctx, formatter)
+class Command(_FlagsTakeNoValue, TyperCommand):
+    """A tuner command."""
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    """The tuner command group."""
 
 
 app = typer.Typer(

@@ -398,18 +398,15 @@ class SchedulerService:
         """Bring a folder file's sweep in line with the file as it is ``now`` (``None``: not
         found as a scheduled file; a file that fails to load keeps its schedule, and
         :meth:`rescan` logs it)."""
-        _file, sf, _error = now if now is not None else (None, None, "")
+        sf = now[1] if now is not None else None
+        why = ""
         if now is None:
             why = ("its file is gone" if not sweep.path.exists() else
                    "its file is no study file with a [schedule] section any more")
-        elif sf is None:
-            why = ""
-        elif sf.schedule is None:
+        elif sf is not None and sf.schedule is None:
             why = "its file has no [schedule] section any more"
-        elif sf.study.name != sweep.base:
+        elif sf is not None and sf.study.name != sweep.base:
             why = f"its file names its study {sf.study.name!r} now"
-        else:
-            why = ""
         if why:
             self._absent[sweep.id] = self._absent.get(sweep.id, 0) + 1
             if self._absent[sweep.id] >= ABSENT_RESCANS:
