@@ -516,9 +516,12 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
 
     big = write_study(tmp_path / "b.toml", name="big", n_trials=6, epochs=1,
                       data='dataset = "synthetic"\nn = 400000\nd = 200')  # seconds to generate
+    # an existing study loads its data after opening it (a new one, before creating it): the
+    # run index it claims first is the sign that the data is being generated now
+    optuna.create_study(study_name="big", storage=sqlite_url, direction="maximize")
     proc = popen_tuner("run", big, "--storage", sqlite_url)
     deadline = time.monotonic() + 60
-    while "big" not in {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}:
+    while "tuner.runs" not in optuna.load_study(study_name="big", storage=sqlite_url).user_attrs:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # while its data is generated: nothing claimed yet
