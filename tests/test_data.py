@@ -162,6 +162,27 @@ def test_a_short_line_with_a_missing_target_is_reported_as_short(tmp_path):
         load_dataset(str(path), target="label")
 
 
+@pytest.mark.parametrize("lines", [
+    "1,2.0,3.0,x\n2,4.0,5.0,y\n",  # an index column with no name in the header
+    "2.0,3.0,x,\n4.0,5.0,y,\n",  # a comma at the end of each data line
+])
+def test_data_lines_one_field_longer_than_the_header_are_refused(tmp_path, lines):
+    # pandas would take each line's first field as the row index and shift every column
+    path = tmp_path / "long.csv"
+    path.write_text("a,b,label\n" + lines)
+    with pytest.raises(DataError, match="line 2 has 4 fields, expected 3") as info:
+        load_dataset(str(path), target="label")
+    assert "every data line has 4 fields: name the extra column" in info.value.hint
+
+
+def test_one_long_line_among_good_ones_gets_the_general_hint(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("a,b,label\n1.0,2.0,x\n3.0,4.0,y\n5.0,6.0,y,\n")
+    with pytest.raises(DataError, match="line 4 has 4 fields, expected 3") as info:
+        load_dataset(str(path), target="label")
+    assert "missing or extra commas" in info.value.hint
+
+
 @pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
 def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
     path = tmp_path / "t.csv"

@@ -505,6 +505,8 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     except Exception as exc:  # pandas raises many types for unreadable files
         if fmt == "parquet":  # pyarrow refuses a repeated name with "Multiple matches for ..."
             _check_duplicate_names(path, fmt, _parquet_names(path), None)
+        elif isinstance(exc, pd.errors.ParserError) and (header := _csv_header(path)):
+            _check_field_counts(path, len(header))  # "Expected 3 fields in line 4, saw 4"
         raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -520,7 +522,10 @@ def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
                         f"columns: {', '.join(columns)}", hint=separator)
     if len(frame) == 0:
         raise DataError(f"{path}: the file has no rows")
-    if fmt == "csv" and frame.iloc[:, -1].isna().any():  # a short line leaves the last column NaN
+    # a short line leaves the last column NaN; lines one field longer than the header make
+    # pandas take their first field as the row index
+    if fmt == "csv" and (frame.iloc[:, -1].isna().any()
+                         or not frame.index.equals(pd.RangeIndex(len(frame)))):
         _check_field_counts(path, len(columns))
     _check_unnamed_columns(path, fmt, frame, header, target)
     features = frame.drop(columns=[target])
@@ -715,20 +720,24 @@ def _separator_hint(columns: list[str]) -> str | None:
 
 
 def _check_field_counts(path: Path, expected: int) -> None:
-    """Raise if a data line has fewer fields than the header. pandas fills a short line with
-    NaN (a missing target, or a text value shifted into a numeric column, would be reported
-    instead); a line with too many fields is already a pandas error. Checked by reading the
-    file again, with the csv module (a few seconds for a CIFAR-sized file), only when the last
-    column has missing values, as a short line leaves it."""
+    """Raise if a data line has more or fewer fields than the header. pandas fills a short
+    line with NaN (a missing target, or a text value shifted into a numeric column, would be
+    reported instead), and takes the first field of lines that all have one field more as the
+    row index (a column silently lost); other long lines make pandas fail. Checked by reading
+    the file again, with the csv module (a few seconds for a CIFAR-sized file), only when pandas
+    failed or the frame shows one of those signs."""
     short: list[tuple[int, int]] = []
+    lines = 0
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             line = 1
             for number, record in enumerate(reader):
                 blank = len(record) <= 1 and not "".join(record).strip()
-                if number and not blank and len(record) != expected:
-                    short.append((line, len(record)))
+                if number and not blank:
+                    lines += 1
+                    if len(record) != expected:
+                        short.append((line, len(record)))
                 line = reader.line_num + 1
     except (OSError, UnicodeError, csv.Error):
         return
@@ -739,8 +748,11 @@ def _check_field_counts(path: Path, expected: int) -> None:
         raise DataError(f"{path}: line {first_line} has {count} "
                         f"{_word(count, 'field', 'fields')}, expected {expected} (one per "
                         f"column of the header){more}",
-                        hint="every line needs a value for every column; check for missing "
-                             "or extra commas")
+                        hint=(f"every data line has {expected + 1} fields: name the extra "
+                              f"column in the header line, or remove the comma that ends each "
+                              f"line" if len(short) == lines and {c for _, c in short}
+                              == {expected + 1} else "every line needs a value for every "
+                              "column; check for missing or extra commas"))
 
 
 def _load_npz(path: Path) -> Dataset:
