@@ -482,6 +482,53 @@ def test_history_shows_the_incumbent_drift_signed_as_tuner_nightly_does(sqlite_u
     assert "0.0000" not in drifts["2026-11-22"], proc.stdout
 
 
+def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_path):
+    """A sweep on a CSV file: the next night on the same bytes re-scores the incumbent exactly
+    (data unchanged); after the file is edited (a third of the labels scrambled), the verdict
+    says the data file changed, and the regression is data drift, in the verdict, the printed
+    lines and tuner history."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
+    frame["digit"] = digits.target
+    csv = tmp_path / "digits.csv"
+    frame.to_csv(csv, index=False)
+    path = nightly_file(tmp_path / "d.toml", n_trials=3, warm_start=1, baseline_nights=2)
+    path.write_text(path.read_text().replace('dataset = "digits"',
+                                             'dataset = "digits.csv"\ntarget = "digit"'))
+    quick = tuner_env(TUNER_DASHBOARD_VIEWS="0")  # the views are not what this test is about
+    nightly(path, sqlite_url, DAY - timedelta(days=2), "--quiet", check=True, env=quick)
+    same = json.loads(nightly(path, sqlite_url, DAY - timedelta(days=1), "--json",
+                              check=True, env=quick).stdout)["verdict"]
+    assert same["data"]["changed"] is False and same["drift"] == 0.0, same
+    assert same["data"]["since"] == "nt-2026-11-23"
+
+    rng = np.random.default_rng(0)
+    scrambled = rng.random(len(frame)) < 0.35
+    frame.loc[scrambled, "digit"] = rng.integers(0, 10, scrambled.sum())
+    frame.to_csv(csv, index=False)
+    proc = nightly(path, sqlite_url, DAY, env=quick)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    shown = flat(proc.stdout)
+    assert "data file: changed since nt-2026-11-" in shown, shown
+    assert "data drift (the data file changed)" in shown, shown
+    verdict = study_of(sqlite_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT]
+    assert verdict["data"]["changed"] is True and verdict["drift"] < -0.1
+    assert verdict["data"]["tonight"] != verdict["data"]["incumbent"]
+    history = run_tuner("history", "nt", "--storage", sqlite_url, check=True,
+                        env=tuner_env(COLUMNS="250")).stdout
+    rows = {day: next(line for line in history.splitlines() if day in line)
+            for day in ("2026-11-24", "2026-11-25")}
+    assert "(new data)" in rows["2026-11-25"] and "data)" not in rows["2026-11-24"], history
+    ctx = SimpleNamespace(study=study_of(sqlite_url, "nt-2026-11-25"), study_file=None,
+                          storage=sqlite_url, options={})
+    assert "| data file since `nt-2026-11-2" in verdict_markdown(ctx)
+    assert "changed (`" in verdict_markdown(ctx)
+
+
 # --- hints and study files carry the storage ---------------------------------------------------
 
 def test_hints_carry_the_storage_and_commands_take_the_study_file(pg_url, tmp_path):

@@ -122,6 +122,21 @@ def test_genuinely_worse_night_is_a_regression_from_data_drift():
     assert EXIT_CODES[j.verdict] == 4
 
 
+def test_the_data_files_digests_tell_data_drift_from_code_drift():
+    """The same drift reads as data drift on a changed data file, as code drift on the same
+    bytes (the engine is deterministic), and stays undecided without digests."""
+    worse = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
+                  incumbent_stored=0.957, incumbent_tonight=0.905)
+    assert _message(worse).endswith("data (or code) drift")
+    assert _message(worse, True).endswith("data drift (the data file changed)")
+    assert _message(worse, False).endswith(
+        "code drift (the data file is unchanged: the code or its environment changed)")
+    easier = judge("maximize", 0.99, [0.957, 0.951, 0.955], RULE,
+                   incumbent_stored=0.957, incumbent_tonight=0.985)
+    assert _message(easier).endswith("the data got easier")
+    assert _message(easier, False).endswith("the code changed (the data file is unchanged)")
+
+
 def test_search_shortfall_is_not_a_regression_when_the_incumbent_still_holds():
     j = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
               incumbent_stored=0.957, incumbent_tonight=0.957)

@@ -249,7 +249,6 @@ def history(base: Annotated[str, typer.Argument(
     from tuner.cli.views import FitTable, fmt
     from tuner.nightly.history import night_history
     from tuner.nightly.nights import verdict_label
-    from tuner.nightly.regression import signed
     from tuner.storage import describe
 
     target = base
@@ -292,11 +291,25 @@ def history(base: Annotated[str, typer.Argument(
                       str(r.choice("batch_scaling") or "-"),
                       fmt(r.choice("lr"), 3) if r.choice("lr") is not None else "-",
                       f"[{style}]{verdict}[/]" if style else verdict,
-                      ("diverged" if (v.get("incumbent") or {}).get("diverged")
-                       else signed(v.get("drift"))),  # as tuner nightly prints it
+                      _drift_cell(v),
                       str(r.counts.get("COMPLETE", 0)), str(r.counts.get("PRUNED", 0)),
                       str(r.counts.get("FAIL", 0)), warm_text)
     out.print(table)
+
+
+def _drift_cell(verdict: dict[str, Any]) -> str:
+    """The incumbent's drift as tuner nightly prints it, and whether the data file it was
+    scored on changed (a drift on the same data comes from the code)."""
+    from tuner.nightly.regression import signed
+
+    drift = verdict.get("drift")
+    text = "diverged" if (verdict.get("incumbent") or {}).get("diverged") else signed(drift)
+    changed = (verdict.get("data") or {}).get("changed")
+    if changed:
+        return f"{text} (new data)"
+    if changed is False and drift:
+        return f"{text} (same data)"
+    return text
 
 
 def _no_nights_hint(storage: Any, name: str, url: str, file: str) -> str:

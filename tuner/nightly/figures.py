@@ -275,6 +275,11 @@ def verdict_markdown(ctx: Any) -> str:
                   "| incumbent drift | "
                   + ("none: it diverged" if inc.get("diverged") else _f(v.get("drift"), signed=True))
                   + " |"]
+    data = v.get("data") or {}
+    if data.get("changed") is not None:
+        lines.append(f"| data file since `{data.get('since')}` | "
+                     + (f"changed (`{data.get('incumbent')}` → `{data.get('tonight')}`)"
+                        if data["changed"] else f"unchanged (`{data.get('incumbent')}`)") + " |")
     if nights:
         lines += ["", "Baseline nights: " + ", ".join(
             f"{n['date']} ({_f(n.get('value', n.get('best')))})" for n in nights)]

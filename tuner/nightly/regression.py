@@ -28,6 +28,11 @@ After a night's sweep, tonight is compared with a **baseline**: the last
   that may stop it.)
 - *Available tonight*: the better of tonight's best and the re-evaluated incumbent: the best
   configuration the team could ship this morning.
+- *Data file*: for a sweep that trains on a data file, the digest of the file's bytes the
+  incumbent's value was scored on is compared with tonight's (``data`` in the verdict). A drift
+  on a changed file is *data drift*; a drift on the same bytes can only come from the code or
+  its environment (the engine is deterministic), and the verdict says which. Bundled and
+  synthetic datasets follow from the study file: nothing to compare.
 - An incumbent that *diverges* on tonight's data (or whose metric is not finite) has no value:
   its drift is ``-inf`` (a data regression, unless tonight is an improvement) and the message
   says that it diverged, never a number.
@@ -69,7 +74,7 @@ from tuner.data import Splits
 from tuner.jsonsafe import jsonable
 from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
 from tuner.storage import BufferedStorage
-from tuner.study import flat_params, load_data, load_study
+from tuner.study import ATTR_DATA_DIGEST, ATTR_DATA_FILE, data_digest, flat_params, load_data, load_study
 from tuner.train import fit
 
 EXIT_OK = 0
@@ -177,6 +182,8 @@ class Verdict:
     drift: float | None
     available: float | None
     computed_at: str
+    data: dict[str, Any] | None = None  # data file digests: tonight, incumbent, changed, since
+
 
     @property
     def exit_code(self) -> int:
@@ -222,6 +229,11 @@ class Verdict:
             on = f" on {inc['scored_on']}'s data" if inc.get("scored_on") else ""
             out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}{on}) re-trained "
                        f"on tonight's data: {again}")
+        if self.data and self.data.get("changed") is not None:
+            d = self.data
+            out.append(f"data file: {'changed' if d['changed'] else 'unchanged'} since "
+                       f"{d['since']} (contents {d['incumbent']}"
+                       + (f", tonight {d['tonight']})" if d["changed"] else ")"))
         out.append(f"verdict: {verdict_label(vars(self), upper=True)} — {self.message}")
         return out
 
@@ -249,7 +261,17 @@ def _size(value: float | None) -> str:
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
 
 
-def _message(j: Judgement) -> str:
+def _drift_words(changed: bool | None) -> str:
+    """What a drift of the incumbent comes from, as far as the data file's digests tell."""
+    if changed is None:
+        return "data (or code) drift"
+    if changed:
+        return "data drift (the data file changed)"
+    return "code drift (the data file is unchanged: the code or its environment changed)"
+
+
+def _message(j: Judgement, data_changed: bool | None = None) -> str:
+    drift_words = _drift_words(data_changed)
     if j.verdict == "no_result":
         return "tonight has no COMPLETE trial: nothing to compare"
     if j.cause == "no_baseline":
@@ -258,7 +280,9 @@ def _message(j: Judgement) -> str:
     if j.verdict == "improvement":
         if j.cause == "data":
             return (f"{_size(j.delta)} above the baseline (margin {m}); the incumbent itself "
-                    f"improved by {_size(j.drift)} on tonight's data: the data got easier")
+                    f"improved by {_size(j.drift)} on tonight's data: "
+                    + ("the code changed (the data file is unchanged)" if data_changed is False
+                       else "the data got easier"))
         return (f"{_size(j.delta)} above the baseline (margin {m}): tonight's sweep found a "
                 "better configuration"
                 + (f"; {DIVERGED}" if j.incumbent_diverged else ""))
@@ -269,16 +293,16 @@ def _message(j: Judgement) -> str:
                     "data (search luck, not a regression; if it recurs, raise the nightly budget)")
         return f"within the margin of the baseline ({d}, margin {m})"
     if j.cause == "data" and j.incumbent_diverged:
-        return (f"{DIVERGED}, so it has no value to compare: data (or code) drift"
+        return (f"{DIVERGED}, so it has no value to compare: {drift_words}"
                 + (f", although tonight is {d} from the baseline (margin {m})"
                    if j.delta is not None and j.delta >= -j.margin
                    else f"; tonight is {_size(j.delta)} below the baseline (margin {m})"))
     if j.cause == "data" and j.delta is not None and j.delta >= -j.margin:
         return (f"the incumbent lost {_size(j.drift)} on tonight's data, more than the margin "
-                f"({m}): data (or code) drift, although tonight is {d} from the baseline")
+                f"({m}): {drift_words}, although tonight is {d} from the baseline")
     if j.cause == "data":
         return (f"{_size(j.delta)} below the baseline (margin {m}), and the incumbent also lost "
-                f"{_size(j.drift)} on tonight's data: data (or code) drift")
+                f"{_size(j.drift)} on tonight's data: {drift_words}")
     return (f"{_size(j.delta)} below the baseline (margin {m}); the incumbent could not be re-evaluated, so "
             "drift and search luck cannot be told apart")
 
@@ -310,7 +334,8 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
         config = flat_params(best, sf) if (best.user_attrs.get("config") is not None
                                            or sf is not None) else None
         carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
-                   "value": best.value, "config": config, "seed": best.user_attrs.get("seed")}
+                   "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
+                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST)}
         value = best.value
         inc = (night.verdict or {}).get("incumbent") or {}
         again = inc.get("tonight")
@@ -321,7 +346,8 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
             value = float(again)
             carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
                        "value": value, "config": inc["config"], "seed": inc["seed"],
-                       "scored_on": night.name}
+                       "scored_on": night.name,
+                       "data_digest": study.user_attrs.get(ATTR_DATA_FILE)}
         out.append(BaselineNight(night.name, night.date, best, sf, value, carrier))
     return out[::-1]
 
@@ -364,6 +390,7 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     incumbent: dict[str, Any] | None = None
     inc_stored = inc_tonight = None
     inc_diverged = False
+    data: dict[str, Any] | None = None
     if nights:
         sign = 1.0 if direction == "maximize" else -1.0
         holder = max(reversed(nights), key=lambda b: sign * b.value)
@@ -377,6 +404,10 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             splits = splits if splits is not None else load_data(sf)
             inc_tonight, inc_diverged, error = reevaluate(config, int(seed), sf, splits)
             incumbent.update(tonight=inc_tonight, diverged=inc_diverged, error=error)
+        then, now = carrier.get("data_digest"), data_digest(sf)
+        if then is not None and now is not None:
+            data = {"tonight": now, "incumbent": then, "changed": then != now,
+                    "since": carrier.get("scored_on") or carrier["night"]}
     j = judge(direction, None if best is None else best.value, values, rule,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
               incumbent_diverged=inc_diverged)
@@ -386,11 +417,12 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
                                            (max if direction == "maximize" else min)(values)),
                 "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
                 "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
-    verdict = Verdict(verdict=j.verdict, cause=j.cause, message=_message(j), metric=metric,
+    verdict = Verdict(verdict=j.verdict, cause=j.cause,
+                      message=_message(j, None if data is None else data["changed"]), metric=metric,
                       direction=direction, tonight=None if best is None else best.value,
                       tonight_trial=None if best is None else best.number, baseline=baseline,
                       incumbent=incumbent, delta=j.delta, drift=j.drift, available=j.available,
-                      computed_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                      computed_at=datetime.now(UTC).isoformat(timespec="seconds"), data=data)
     if store:
         study.set_user_attr(ATTR_VERDICT, verdict.as_dict())
     return verdict
