@@ -1,42 +1,21 @@
-"""Datasets: scikit-learn's bundled sets, a seeded synthetic generator and user files, split into
-stratified train / validation / test sets, standardized on the training set, with a bias column.
+"""User data files (CSV, Parquet, NPZ): found, read and checked.
 
-Sources (``name`` in :func:`load_dataset`):
-
-- ``digits``, ``iris``, ``wine``, ``breast_cancer``: bundled with scikit-learn (no download);
-- ``synthetic``: Gaussian classes in ``d`` dimensions with correlated nuisance factors
-  (``n``, ``d``, ``classes``, ``difficulty`` in [0, 1]); ``n=51000, d=3072, classes=10`` with a
-  1000/1000 validation/test split is shaped like CS231n's CIFAR-10 (49000 x 3072 x 10);
-- a path to a ``.csv`` or ``.parquet`` file (one row per example, a named ``target`` column, all
-  other columns numeric features) or a ``.npz`` file with arrays ``X`` (N, D) and ``y`` (N,).
-
-Labels of any type are mapped to ``0..C-1`` in sorted order; :attr:`Splits.class_names` keeps
-the originals. Every problem with the data raises :class:`~tuner.errors.DataError` with a
-message that says what is wrong and where. Mistakes that would train without complaint are
-refused too: a column without a name (pandas' ``Unnamed: 0``, usually a saved row index that
-leaks the row order), a repeated column name, a target that looks continuous or has a class
-per row. A feature that numbers the rows, or an ``id``-like one that differs in every row, is
-logged as a warning (it may be a real feature).
-
-The prepared splits of the bundled sets are cached (a few hundred kB each, in
-``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``, else ``~/.cache/tuner``; an empty
-``TUNER_CACHE_DIR`` turns it off): loading them again skips importing scikit-learn, which is most
-of a short command's start-up. The key holds every argument and the versions of scikit-learn
-and tuner.
+Every problem with a file raises :class:`~tuner.errors.DataError` with a message that says what
+is wrong and where (the file, the column, the rows and their lines). Mistakes that would train
+without complaint are refused too: a column without a name (pandas' ``Unnamed: 0``, usually a
+saved row index that leaks the row order), a repeated column name, data lines with more or
+fewer fields than the header, a target that looks continuous or has a class per row. A feature
+that numbers the rows, or an ``id``-like one that differs in every row, is logged as a warning
+(it may be a real feature).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,17 +23,14 @@ from typing import Any
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
+from tuner.data.dataset import BUILTIN_DATASETS, FILE_FORMATS, Dataset
 from tuner.errors import DataError
 from tuner.params import literal
-
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
-FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-                                 ".npz": "npz"}
 
 RowNamer = Callable[[np.ndarray], str]
 """Names 0-based row positions for a message, e.g. ``data rows 5, 10 (lines 6, 11 of the file)``."""
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tuner.data")
 
 UNNAMED_COLUMN = re.compile(r"Unnamed: \d+(_level_\d+)?")
 """The name pandas gives a CSV column with an empty header (``Unnamed: 0`` for the index
@@ -65,52 +41,6 @@ ID_COLUMN_NAMES = frozenset({"id", "index", "idx", "row", "rowid", "row_id", "ro
 """Feature names that are row identifiers when every row has its own value (a warning)."""
 MAX_FRACTIONAL_CLASSES = 20
 """More distinct labels than this, some of them not whole numbers: a continuous target."""
-
-
-@dataclass
-class Dataset:
-    """Raw examples before splitting: ``X`` float64 (N, D), ``y`` int labels in 0..C-1."""
-
-    name: str
-    X: np.ndarray
-    y: np.ndarray
-    class_names: list[str]
-    feature_names: list[str]
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-
-@dataclass
-class Splits:
-    """Standardized train / validation / test arrays, each ``X`` with a trailing bias column of
-    ones (so ``W`` is ``(D + 1, C)``). ``mean`` and ``std`` were fitted on the training set."""
-
-    name: str
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
-    feature_names: list[str]
-    mean: np.ndarray = field(repr=False)
-    std: np.ndarray = field(repr=False)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def n_features(self) -> int:
-        """Features without the bias column."""
-        return self.X_train.shape[1] - 1
-
-    def describe(self) -> str:
-        return (f"{self.name}: {self.n_features} features, {self.n_classes} classes, "
-                f"train/val/test = {len(self.y_train)}/{len(self.y_val)}/{len(self.y_test)}")
 
 
 def data_file(name: str, base_dir: Path | None = None) -> Path:
@@ -131,26 +61,6 @@ def data_file(name: str, base_dir: Path | None = None) -> Path:
     return path
 
 
-def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None = None,
-                 n: int = 51000, d: int = 3072, classes: int = 10, difficulty: float = 0.5,
-                 seed: int = 0) -> Dataset:
-    """Load a bundled dataset, generate ``synthetic`` data, or read a user file.
-
-    ``target`` names the label column of CSV/Parquet files. Relative paths are resolved against
-    ``base_dir`` (the study file's folder) when given. ``n, d, classes, difficulty, seed`` are
-    used by ``synthetic`` only.
-    """
-    if name in BUILTIN_DATASETS:
-        return _load_builtin(name)
-    if name == "synthetic":
-        return make_synthetic(n=n, d=d, classes=classes, difficulty=difficulty, seed=seed)
-    path = data_file(name, base_dir)
-    fmt = FILE_FORMATS[path.suffix.lower()]
-    if fmt == "npz":
-        return _load_npz(path)
-    return _load_table(path, fmt, target)
-
-
 def check_dataset_name(name: str) -> None:
     """Raise :class:`DataError` if ``name`` cannot be a dataset whatever the files hold: not a
     built-in, not ``synthetic`` and not a path with a supported extension (``mnist``,
@@ -169,238 +79,6 @@ def check_dataset_name(name: str) -> None:
         )
     raise DataError(f"{name}: unknown data format {suffix!r}; "
                     f"supported: {', '.join(FILE_FORMATS)}")
-
-
-def make_synthetic(*, n: int, d: int, classes: int, difficulty: float = 0.5,
-                   seed: int = 0) -> Dataset:
-    """Seeded Gaussian-class data: ``x = mu[y] + F @ L + noise``.
-
-    Class means ``mu`` are random directions with pairwise distance about ``sep = 4*(1 -
-    difficulty) + 0.25`` noise standard deviations; ``F @ L`` adds 16 shared nuisance factors of
-    variance 4 (correlated features make the problem ill-conditioned, like natural images).
-    Generated in float32 to keep CIFAR-sized sets at ~600 MB.
-    """
-    if n < 2 * classes or d < 1 or classes < 2:
-        raise DataError(f"synthetic data needs classes >= 2, d >= 1 and n >= 2*classes; "
-                        f"got n={n}, d={d}, classes={classes}")
-    if not 0.0 <= difficulty <= 1.0:
-        raise DataError(f"synthetic difficulty must be in [0, 1], got {difficulty!r}")
-    rng = np.random.default_rng(seed)
-    sep = 4.0 * (1.0 - difficulty) + 0.25
-    y = rng.permutation(np.arange(n) % classes)
-    means = rng.standard_normal((classes, d), dtype=np.float32) * np.float32(sep / np.sqrt(2.0 * d))
-    factors = rng.standard_normal((16, d), dtype=np.float32) * np.float32(2.0 / np.sqrt(16))
-    X = rng.standard_normal((n, d), dtype=np.float32)
-    X += means[y]
-    X += rng.standard_normal((n, 16), dtype=np.float32) @ factors
-    return Dataset(name=f"synthetic(n={n}, d={d}, classes={classes}, difficulty={difficulty:g})",
-                   X=X, y=y.astype(np.intp), class_names=[str(c) for c in range(classes)],
-                   feature_names=[f"x{i}" for i in range(d)])
-
-
-def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2, seed: int = 0,
-                  dtype: str = "float32", standardize: bool = True) -> Splits:
-    """Stratified, seeded train/validation/test split.
-
-    ``val_size`` and ``test_size`` are fractions of the whole dataset when < 1, or example
-    counts when >= 1. Standardization (mean 0, std 1 per feature; constant features keep std 1)
-    is fitted on the training set only, then a bias column of ones is appended.
-    """
-    from sklearn.model_selection import train_test_split
-
-    n = len(ds.y)
-    n_val, n_test = _count(val_size, n, "val_size"), _count(test_size, n, "test_size")
-    if n - n_val - n_test < ds.n_classes:
-        left = (f"leave {n - n_val - n_test} for training, fewer than the {ds.n_classes} classes"
-                if n_val + n_test <= n else f"are more than the {n} examples there are")
-        raise DataError(f"{ds.name}: validation ({n_val}) + test ({n_test}) examples {left}",
-                        hint="lower data.val_size / data.test_size")
-    counts = np.bincount(ds.y, minlength=ds.n_classes)
-    need = 1 + (n_val > 0) + (n_test > 0)
-    names = [str(c) for c in ds.class_names]
-    for label, count in enumerate(counts):
-        if count < need:
-            name = names[label]
-            twin = next((other for other in names if other != name
-                         and other.strip().lower() == name.strip().lower()), None)
-            raise DataError(
-                f"{ds.name}: class {literal(ds.class_names[label])} has {count} example(s); a stratified "
-                f"train/validation/test split needs at least {need} per class"
-                + (f" (is it {twin!r}, written with other spaces or capitals?)" if twin else ""),
-                hint="add examples of that class or drop it" + (
-                    ", or set data.test_size = 0 (no test split)" if n_test and count >= need - 1
-                    else "") + ("; labels are compared exactly: fix its spelling in the file"
-                                if twin else ""),
-            )
-    for part, size in (("validation", n_val), ("test", n_test)):
-        if 0 < size < ds.n_classes:
-            raise DataError(f"{ds.name}: the {part} set would have {size} example(s), fewer than "
-                            f"the {ds.n_classes} classes; a stratified split needs at least one "
-                            f"per class", hint=f"raise the {part} size")
-    index = np.arange(n)
-    rest, test_idx = _split(index, ds.y, n_test, seed, train_test_split)
-    if n_val:
-        _check_left_for_validation(ds, counts, np.bincount(ds.y[rest], minlength=ds.n_classes))
-    train_idx, val_idx = _split(rest, ds.y[rest], n_val, seed + 1, train_test_split)
-
-    dt = np.dtype(dtype)
-    train_rows = ds.X[train_idx]
-    mean = train_rows.mean(axis=0, dtype=np.float64)
-    std = train_rows.std(axis=0, dtype=np.float64)
-    # constant on the training rows: exactly (min == max), not std == 0, since a column of
-    # 0.1s has std ~1e-17 from rounding and dividing by it blows other rows up to ~1e15
-    constant = train_rows.min(axis=0) == train_rows.max(axis=0)
-    del train_rows
-    if not standardize:
-        mean, std = np.zeros_like(mean), np.ones_like(std)
-    std[constant] = 1.0
-
-    def prepare(idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), ds.X.shape[1] + 1), dtype=dt)
-        body = out[:, :-1]
-        body[...] = ds.X[idx]
-        body -= mean.astype(dt)
-        body /= std.astype(dt)
-        out[:, -1] = 1.0
-        return out
-
-    return Splits(name=ds.name, X_train=prepare(train_idx), y_train=ds.y[train_idx],
-                  X_val=prepare(val_idx), y_val=ds.y[val_idx], X_test=prepare(test_idx),
-                  y_test=ds.y[test_idx], class_names=ds.class_names,
-                  feature_names=ds.feature_names, mean=mean, std=std)
-
-
-def load_splits(name: str, *, val_size: float = 0.2, test_size: float = 0.2, seed: int = 0,
-                dtype: str = "float32", standardize: bool = True, **source: Any) -> Splits:
-    """:func:`load_dataset` then :func:`split_dataset`; ``source`` goes to ``load_dataset``.
-    A bundled set's splits come from the cache when they are there (see the module docs)."""
-    cached = None
-    if name in BUILTIN_DATASETS:
-        cached = _cache_file(name, val_size=val_size, test_size=test_size, seed=seed,
-                             dtype=np.dtype(dtype).name, standardize=standardize)
-        splits = _read_splits(cached) if cached is not None else None
-        if splits is not None:
-            return splits
-    ds = load_dataset(name, seed=seed, **source)
-    splits = split_dataset(ds, val_size=val_size, test_size=test_size, seed=seed, dtype=dtype,
-                           standardize=standardize)
-    if cached is not None:
-        _write_splits(cached, splits)
-    return splits
-
-
-SPLIT_ARRAYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "mean", "std")
-_CACHE_FORMAT = 1
-
-
-def cache_dir() -> Path | None:
-    """Folder of tuner's caches, or ``None`` when ``TUNER_CACHE_DIR`` is set but empty."""
-    explicit = os.environ.get("TUNER_CACHE_DIR")
-    if explicit is not None:
-        return Path(explicit).expanduser() if explicit else None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tuner"
-
-
-def _cache_file(name: str, **args: Any) -> Path | None:
-    folder = cache_dir()
-    if folder is None:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        sklearn_version = version("scikit-learn")
-    except PackageNotFoundError:
-        return None
-    from tuner import __version__
-
-    # tuner's version too: a release may prepare the splits differently
-    key = json.dumps({"name": name, **args, "scikit-learn": sklearn_version,
-                      "tuner": __version__, "format": _CACHE_FORMAT}, sort_keys=True)
-    return folder / "splits" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
-
-
-def _read_splits(path: Path) -> Splits | None:
-    """The splits stored at ``path``; ``None`` if missing or unreadable (then rebuilt)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in SPLIT_ARRAYS}
-            meta = json.loads(str(archive["meta"]))
-        return Splits(name=meta["name"], class_names=meta["class_names"],
-                      feature_names=meta["feature_names"], **arrays)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-
-
-def _write_splits(path: Path, splits: Splits) -> None:
-    """Store ``splits`` at ``path`` atomically; a cache that cannot be written is skipped."""
-    meta = json.dumps({"name": splits.name, "class_names": splits.class_names,
-                       "feature_names": splits.feature_names})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
-            np.savez(fh, meta=np.array(meta), **{key: getattr(splits, key) for key in SPLIT_ARRAYS})
-        os.replace(fh.name, path)
-    except OSError:
-        try:
-            os.unlink(fh.name)
-        except (OSError, UnboundLocalError):
-            pass
-
-
-def strip_bias(X: np.ndarray) -> np.ndarray:
-    """``X`` without its trailing bias column (for reference models with their own intercept)."""
-    return X[:, :-1]
-
-
-def split_size_problem(size: float) -> str | None:
-    """Why ``size`` (``val_size``/``test_size``) is not a fraction or a count, else ``None``."""
-    if size >= 1 and not float(size).is_integer():
-        return "neither a fraction (below 1) nor a count of examples (a whole number >= 1)"
-    return None
-
-
-def _count(size: float, n: int, name: str) -> int:
-    if size < 0:
-        raise DataError(f"{name} must be >= 0, got {size!r}")
-    problem = split_size_problem(size)
-    if problem:
-        raise DataError(f"{name}={size!r} is {problem}")
-    count = int(round(size * n)) if size < 1 else int(size)
-    if count >= n:
-        raise DataError(f"{name}={size!r} would take {count} of the {n} examples")
-    return count
-
-
-def _check_left_for_validation(ds: Dataset, counts: np.ndarray, left: np.ndarray) -> None:
-    """The stratified test split may take all but one example of a small class; the
-    train/validation split then cannot be stratified (scikit-learn would raise)."""
-    short = np.flatnonzero(left < 2)
-    if len(short):
-        label = short[0]
-        raise DataError(
-            f"{ds.name}: class {literal(ds.class_names[label])} has {counts[label]} example(s) and the "
-            f"stratified test split leaves {left[label]}, too few to split into train and "
-            f"validation",
-            hint="add examples of that class, drop it, or lower test_size",
-        )
-
-
-def _split(index: np.ndarray, labels: np.ndarray, size: int, seed: int, splitter: Any):
-    if size == 0:
-        return index, index[:0]
-    return splitter(index, test_size=size, random_state=seed, shuffle=True, stratify=labels)
-
-
-def _load_builtin(name: str) -> Dataset:
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{name}")()
-    names = [str(t) for t in getattr(bunch, "target_names", np.unique(bunch.target))]
-    features = [str(f) for f in getattr(bunch, "feature_names", range(bunch.data.shape[1]))]
-    return Dataset(name=name, X=np.asarray(bunch.data, dtype=np.float64),
-                   y=np.asarray(bunch.target, dtype=np.intp), class_names=names,
-                   feature_names=features)
 
 
 def _encode_labels(raw: np.ndarray, where: str, fix: str) -> tuple[np.ndarray, list[str]]:
@@ -489,7 +167,7 @@ def _check_finite(X: np.ndarray, names: list[str], where: str, row_names: RowNam
                         hint="fill or drop those values before tuning")
 
 
-def _load_table(path: Path, fmt: str, target: str | None) -> Dataset:
+def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     import pandas as pd
 
     if path.stat().st_size == 0:
@@ -755,7 +433,7 @@ def _check_field_counts(path: Path, expected: int) -> None:
                               "column; check for missing or extra commas"))
 
 
-def _load_npz(path: Path) -> Dataset:
+def load_npz(path: Path) -> Dataset:
     archive = _open_npz(path)
     with archive:
         missing = [k for k in ("X", "y") if k not in archive.files]
