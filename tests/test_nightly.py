@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -527,6 +528,28 @@ def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_pa
                           storage=sqlite_url, options={})
     assert "| data file since `nt-2026-11-2" in verdict_markdown(ctx)
     assert "changed (`" in verdict_markdown(ctx)
+
+
+def test_sigterm_after_the_sweep_ends_the_night_with_143(sqlite_url, tmp_path):
+    """SIGTERM while a finished night is re-judged and its views are rebuilt (a few seconds
+    after its warm-start line) stops it with 143: a view that could not be built was caught as
+    an ordinary error, and the night went on to exit 0."""
+    path = nightly_file(tmp_path / "t.toml", n_trials=3)
+    nightly(path, sqlite_url, DAY, "--quiet", check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "nightly", str(path), "--date",
+                             DAY.isoformat(), "--storage", sqlite_url, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=tuner_env())
+    first = proc.stdout.readline()
+    assert first.startswith("warm start:"), first
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=POLL_DEADLINE_S)
+    assert proc.returncode == 143, (proc.returncode, first + out, err)
+    said = flat(out + err)
+    assert ("terminated (SIGTERM) outside the sweep" in said
+            or "no verdict: SIGTERM came as the night's last trial finished" in said), said
+    assert not [t for t in study_of(sqlite_url, f"nt-{DAY}").trials if t.state == TrialState.RUNNING]
 
 
 # --- hints and study files carry the storage ---------------------------------------------------

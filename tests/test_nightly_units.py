@@ -309,6 +309,19 @@ def test_a_night_that_did_not_run_is_logged_as_an_error():
     assert night_level(0) == night_level(75) == night_level(None) == logging.INFO
     assert night_level(4) == night_level(130) == night_level(143) == logging.WARNING
     assert night_level(1) == night_level(2) == night_level(3) == night_level(-9) == logging.ERROR
+    # SIGTERM forwarded while the night started up (before it handled signals): an interruption
+    assert night_level(-15) == night_level(-2) == logging.WARNING
+
+
+def test_a_night_killed_by_a_signal_is_described_by_the_signal():
+    from tuner.nightly.scheduler import describe_night
+
+    early = describe_night("d", date(2026, 11, 25), -15, 0.8, None)
+    assert early == ("d: night d-2026-11-25 was stopped by SIGTERM after 0.8 s, while it started "
+                     "(no trial was running; the next run does the night)")
+    killed = describe_night("d", date(2026, 11, 25), -9, 30.0, None)
+    assert killed.startswith("d: night d-2026-11-25 was stopped by SIGKILL after 30.0 s: it did "
+                             "not finish (killed from outside: out of memory?)")
 
 
 # --- names and dates -------------------------------------------------------------------------

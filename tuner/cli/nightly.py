@@ -51,8 +51,10 @@ def open_target(target: str | None, storage: str | None) -> tuple[str | None, An
     return (sf.study.name if sf is not None else target), open_storage(url, must_exist=True), url, sf
 
 
-class _Terminated(Exception):
-    """SIGTERM outside the runner (which handles it itself while trials run)."""
+class _Terminated(BaseException):
+    """SIGTERM outside the runner (which handles it itself while trials run). Not an
+    ``Exception``: code that carries on past a failed step (a view that cannot be built) must
+    not swallow it and finish the night."""
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
@@ -122,7 +124,10 @@ def nightly(study_file: StudyFileArg,
 
         out.print(f"best: #{result.best['trial']} {fmt(result.best['value'])} "
                   f"({describe_config(result.best['config'])})", highlight=False)
-    if result.verdict is None:
+    if result.verdict is None and done >= result.n_trials:
+        out.print(f"[yellow]no verdict[/]: {result.reason} came as the night's last trial "
+                  "finished; run the same command to judge it")
+    elif result.verdict is None:
         out.print(f"[yellow]no verdict[/]: the night was interrupted ({result.reason}); running "
                   "trials were re-queued; run the same command to resume")
     else:

@@ -67,7 +67,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     file's nightly budget for this run (``tuner nightly --n-trials``); the warm start still
     takes the file's top-k, so a short first try does not shorten the night's warm start."""
     from tuner.dashboard.attach import DashboardHook
-    from tuner.runner.coordinator import Runner
+    from tuner.runner.coordinator import EXIT_CODES, Runner
     from tuner.study import load_data, study_exists
 
     say = say or (lambda _line: None)
@@ -104,8 +104,11 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         result = runner.run()
         counts = {state.name: n for state, n in result.counts.items()}
         verdict = None
-        exit_code = result.exit_code
-        if result.reason not in INTERRUPTED:
+        # a signal that came as the last trial finished ends the run as "done", but the night
+        # was asked to stop: its verdict is left to the next run
+        reason = result.signal or result.reason
+        exit_code = EXIT_CODES.get(reason, 1) if result.signal else result.exit_code
+        if reason not in INTERRUPTED:
             _keep_the_night(lock)
             storage.refresh(study._study_id)  # the runner wrote through its own connection
             verdict = check_night(study, night_sf, storage, base=base, day=day,
@@ -121,7 +124,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
             best = {"trial": trial.number, "value": trial.value,
                     "config": flat_params(trial, night_sf)}
         return NightResult(base, day, name, describe(storage_url), night_sf.study.n_trials,
-                           result.reason, counts, warm, verdict, exit_code, best)
+                           reason, counts, warm, verdict, exit_code, best)
     finally:
         lock.release()
 

@@ -590,15 +590,28 @@ def night_level(code: int | None) -> int:
 
     if code in (0, None, LockHeldError.exit_code):
         return logging.INFO
-    if code in (EXIT_REGRESSION, 130, 143):
+    if code in (EXIT_REGRESSION, 130, 143) or _stop_signal(code):
         return logging.WARNING
     return logging.ERROR
+
+
+def _stop_signal(code: int | None) -> bool:
+    """Whether the night died of SIGTERM/SIGINT itself (a negative exit code): the signal came
+    while it started up, before it handled signals, so no trial was running."""
+    return code is not None and -code in (signal.SIGTERM, signal.SIGINT)
 
 
 def describe_night(base: str, day: date, code: int | None, elapsed: float,
                    summary: dict[str, Any] | None) -> str:
     """One log line: how a night ended and what it found."""
     head = f"{base}: night {base}-{day} ended after {elapsed:.1f} s with exit code {code}"
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        head = f"{base}: night {base}-{day} was stopped by {name} after {elapsed:.1f} s"
+        if _stop_signal(code):
+            return f"{head}, while it started (no trial was running; the next run does the night)"
+        return (f"{head}: it did not finish (killed from outside: out of memory?); a trial it was "
+                "training is failed as stale and retried by the next run")
     if code == LockHeldError.exit_code:
         return f"{head}: skipped, this night is already running in another process"
     if code in (130, 143):

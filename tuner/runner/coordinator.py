@@ -130,6 +130,7 @@ class RunResult:
     returned: int = 0  # claimed, not started when stopped: back in the queue (WAITING)
     hurried: bool = False  # a second signal skipped the clean-up
     claim_abandoned: bool = False  # a claim in progress was left: its trial may stay RUNNING
+    signal: str | None = None  # SIGINT/SIGTERM received, also when it came as the study finished
 
     @property
     def exit_code(self) -> int:
@@ -267,7 +268,7 @@ class Runner:
                          unsaved=sorted(set(self._unsaved)), interrupted=sorted(self._interrupted),
                          returned=self._returned,
                          hurried=self._hurry,
-                         claim_abandoned=self._claim_abandoned)
+                         claim_abandoned=self._claim_abandoned, signal=self._signal)
 
     # --- setup ---------------------------------------------------------------------------
 
