@@ -209,17 +209,21 @@ def test_warm_start_enqueues_yesterdays_valid_top_k_first(storage_url, tmp_path)
         (c["adam"], 0.94, 4),  # the same configuration again: counted once
         (c["sgd"], 0.93, 5), (c["sgd_lo"], 0.50, 6)])
     tonight = nightly_file(tmp_path / "t.toml", space=TONIGHT_SPACE, warm_start=4, n_trials=4)
-    # a short first try (--n-trials 1) still takes the file's top 4, then the night resumes
-    first = nightly(tonight, storage_url, DAY, "-n", "1")
+    # a short try (--n-trials 1) takes yesterday's top 1 only: nothing is left WAITING past
+    # the night's target
+    short = nightly(tonight, storage_url, DAY, "-n", "1")
     # (the made-up values of yesterday are above what 3 epochs reach: any verdict will do here)
+    assert short.returncode in (0, 4), short.stderr
+    assert "2026-11-24: 1 of its top 1 configuration(s) enqueued, 0 skipped" in short.stdout
+    trials = study_of(storage_url, "nt-2026-11-25").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE], trials
+    optuna.delete_study(study_name="nt-2026-11-25", storage=storage_url)
+    first = nightly(tonight, storage_url, DAY)
     assert first.returncode in (0, 4), first.stderr
     assert ("warm start from nt-2026-11-24: 2 of its top 4 configuration(s) enqueued, "
             "2 skipped") in first.stdout
     assert "skipped #1 (0.96): optimizer='momentum' is not one of 'sgd', 'adam'" in first.stdout
     assert "skipped #2 (0.95): lr=0.3 is outside log float [0.001, 0.2]" in first.stdout
-    assert done(study_of(storage_url, "nt-2026-11-25")) == 1
-    proc = nightly(tonight, storage_url, DAY)
-    assert proc.returncode in (0, 4), proc.stderr
 
     study = study_of(storage_url, "nt-2026-11-25")
     first_two = sorted(study.trials, key=lambda t: t.number)[:2]

@@ -73,8 +73,9 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     say = say or (lambda _line: None)
     schedule = schedule_of(sf)
     base = sf.study.name
-    file_night_sf = night_study_file(sf, day)
-    night_sf = file_night_sf if n_trials is None else file_night_sf.with_overrides(n_trials=n_trials)
+    night_sf = night_study_file(sf, day)
+    if n_trials is not None:
+        night_sf = night_sf.with_overrides(n_trials=n_trials)
     name = night_name(base, day)
     storage = open_storage(storage_url)
     lock = NamedLock(storage, f"nightly:{name}", what=f"the nightly sweep {name!r}")
@@ -93,7 +94,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                                              "timezone": schedule.timezone, "cron": schedule.cron,
                                              "source": sf.source})
         warm = warm_start(study, night_sf, storage, base=base, day=day,
-                          k=min(schedule.warm_start, file_night_sf.study.n_trials))
+                          k=min(schedule.warm_start, night_sf.study.n_trials))
         for line in warm.lines():
             say(line)
         views = _nightly_views_enabled(name)
