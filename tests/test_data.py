@@ -79,6 +79,25 @@ def test_npz_round_trip_with_relative_path(tmp_path):
     assert ds.feature_names == ["x0", "x1", "x2", "x3"]
 
 
+def test_a_relative_path_is_relative_to_the_study_files_folder_only(tmp_path, monkeypatch):
+    """A file of the same name in the current folder is not taken instead (one study file
+    trained on other data depending on where it was run from), and the study file's folder
+    missing it is an error even when the current folder has it."""
+    study_dir, cwd = tmp_path / "study", tmp_path / "here"
+    (study_dir / "data").mkdir(parents=True)
+    (cwd / "data").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for folder, features in ((study_dir, 3), (cwd, 5)):
+        np.savez(folder / "data" / "set.npz", X=rng.standard_normal((30, features)),
+                 y=np.arange(30) % 3)
+    monkeypatch.chdir(cwd)
+    assert load_dataset("data/set.npz", base_dir=study_dir).X.shape == (30, 3)
+    assert load_dataset("data/set.npz").X.shape == (30, 5)  # no study file: the current folder
+    (study_dir / "data" / "set.npz").unlink()
+    with pytest.raises(DataError, match=f"{study_dir}/data/set.npz: data file not found"):
+        load_dataset("data/set.npz", base_dir=study_dir)
+
+
 def test_load_splits_from_a_file(tmp_path):
     path = tmp_path / "t.csv"
     frame(n=90).to_csv(path, index=False)

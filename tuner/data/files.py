@@ -44,10 +44,12 @@ MAX_FRACTIONAL_CLASSES = 20
 
 
 def data_file(name: str, base_dir: Path | None = None) -> Path:
-    """The file a ``dataset`` names (relative to ``base_dir`` unless it exists as given), checked
-    to exist and to be in a supported format, without reading it."""
+    """The file a ``dataset`` names (a relative path is relative to ``base_dir``, the study
+    file's folder, when given: never to the current folder, so one study file trains on one
+    file wherever it is run from), checked to exist and to be in a supported format, without
+    reading it."""
     path = Path(name).expanduser()
-    if not path.is_absolute() and base_dir is not None and not path.exists():
+    if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if path.suffix.lower() not in FILE_FORMATS:
         if not path.suffix and not path.exists():
