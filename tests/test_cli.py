@@ -11,8 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from conftest import STUDIES, PrivatePostgres, flat, run_tuner, tuner_env, write_study
 
@@ -501,6 +504,50 @@ def test_rerun_with_a_changed_file_warns_and_hints_name_the_storage(tmp_path):
     assert "model.epochs: 1 -> 2" in stderr
     assert 'space.optimizer: ["sgd", "momentum", "adam"] -> "sgd"' in stderr
     assert "--study-name NEW" in stderr
+    # said once per edit: the same file again runs quietly; another edit is compared with it
+    third = run_tuner("run", changed, "--storage", url, "-n", "4", cwd=tmp_path, check=True)
+    assert "differs from" not in third.stderr, third.stderr
+    changed.write_text(changed.read_text().replace("epochs = 2", "epochs = 3"))
+    fourth = run_tuner("run", changed, "--storage", url, "-n", "5", cwd=tmp_path, check=True)
+    stderr = " ".join(fourth.stderr.split())
+    assert "differs from the file study 'drift' last ran (model.epochs: 2 -> 3)" in stderr, stderr
+
+
+def test_edits_that_make_values_incomparable_are_refused(tmp_path):
+    """A study ranked by val_loss cannot take trials of another loss (hinge and cross-entropy
+    values are on different scales), nor any study data of another shape; nothing is added."""
+    url = f"sqlite:///{tmp_path / 'edits.db'}"
+    loss = write_study(tmp_path / "l.toml", name="by_loss", n_trials=2, epochs=1,
+                       extra_study='metric = "val_loss"', model='loss = "softmax"')
+    run_tuner("run", loss, "--storage", url, check=True)
+    loss.write_text(loss.read_text().replace('loss = "softmax"', 'loss = "svm"')
+                    .replace("n_trials = 2", "n_trials = 4"))
+    refused = run_tuner("run", loss, "--storage", url)
+    said = flat(refused.stderr)
+    assert refused.returncode == 2, refused.stderr
+    assert (f"{loss}: model.loss: the study 'by_loss' ranks its trials by val_loss, and they were "
+            "scored with softmax loss; svm loss values are on another scale") in said, said
+    assert f"tuner run {loss} --study-name NEW --storage {url}" in said
+    assert len(optuna.load_study(study_name="by_loss", storage=url).trials) == 2
+
+    rng = np.random.default_rng(0)
+    for name, features in (("a.csv", 4), ("b.csv", 5)):
+        frame = pd.DataFrame(rng.standard_normal((90, features)),
+                             columns=[f"f{i}" for i in range(features)])
+        frame["label"] = np.arange(90) % 3
+        frame.to_csv(tmp_path / name, index=False)
+    data = write_study(tmp_path / "d.toml", name="by_data", n_trials=2, epochs=1,
+                       data='dataset = "a.csv"\ntarget = "label"')
+    run_tuner("run", data, "--storage", url, check=True)
+    data.write_text(data.read_text().replace("a.csv", "b.csv").replace("n_trials = 2", "n_trials = 4"))
+    refused = run_tuner("run", data, "--storage", url)
+    said = flat(refused.stderr)
+    assert refused.returncode == 2, refused.stderr
+    assert (f"{data}: data: the study 'by_data' has 2 trial(s) scored on data with 4 features and "
+            "3 classes; b.csv has 5 features and 3 classes") in said, said
+    assert "Traceback" not in refused.stderr
+    trials = optuna.load_study(study_name="by_data", storage=url).trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
 # --- storage errors -------------------------------------------------------------------------

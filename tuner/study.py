@@ -42,6 +42,7 @@ ATTR_FILE_PREFIX = "tuner.file."  # + training_digest(): an edited study file th
 ATTR_TRAINING = "training"  # trial attribute: training_digest() of the file the trial trained under
 ATTR_DATA_DIGEST = "data_digest"  # trial attribute: data_digest() of the data file it trained on
 ATTR_DATA_FILE = "tuner.data_file"  # study attribute: data_digest() its latest run trained on
+ATTR_LAST_FILE = "tuner.last_file"  # study attribute: the study file its latest run ran (JSON)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -238,12 +239,16 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([study_file.study.metric])  # optuna-dashboard's "Objective 0"
     elif attrs.get(ATTR_CONFIG):
-        changed = changed_keys(json.loads(attrs[ATTR_CONFIG])["raw"], study_file.raw)
+        # said once per edit: against the file the study last ran, not the first one forever
+        last = attrs.get(ATTR_LAST_FILE) or attrs[ATTR_CONFIG]
+        changed = changed_keys(json.loads(last)["raw"], study_file.raw)
         if changed:
             shown = "; ".join(changed[:6]) + (f"; {len(changed) - 6} more" if len(changed) > 6 else "")
-            log.warning("%s differs from the file study %r was created with (%s): its new trials "
-                        "join the old ones in one study (to compare them apart, run with "
-                        "--study-name NEW)", study_file.source, name, shown)
+            ran = "last ran" if ATTR_LAST_FILE in attrs else "was created with"
+            log.warning("%s differs from the file study %r %s (%s): its new trials join the old "
+                        "ones in one study (to compare them apart, run with --study-name NEW)",
+                        study_file.source, name, ran, shown)
+            study.set_user_attr(ATTR_LAST_FILE, study_file.to_json())
         digest = training_digest(study_file)
         if (digest != training_digest(StudyFile.from_json(attrs[ATTR_CONFIG]))
                 and ATTR_FILE_PREFIX + digest not in attrs):
@@ -333,8 +338,7 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
     attrs = storage.get_study_user_attrs(study_id)
     source = study_file.source
     flag, note = _storage_flag(storage)
-    hint = (f"run this study file under a new name: tuner run {source} --study-name NEW{flag} "
-            f"(or delete the old study first: tuner delete {name}{flag}){note}")
+    hint = new_study_hint(study_file, storage)
     named_by = f"--study-name {name}" if "name" in study_file.overrides else f"{source}: study.name"
     prefix = f"{named_by}: a study named {name!r} already exists in {where}"
     if len(directions) != 1:
@@ -355,8 +359,18 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
     from tuner.storage.coordination import state_counts
 
     counts = state_counts(storage, study_id)
-    if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= study_file.study.n_trials:
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    if finished >= study_file.study.n_trials:
         return  # its budget is spent: no trial will be sampled from this search space
+    if metric == "val_loss" and finished:
+        ran, now = _losses_run(attrs), _losses(study_file)
+        if len(ran | now) > 1:
+            model_keys = tuple(study_file.raw.get("model", {}))
+            raise ConfigError(
+                f"{source}: {study_file.space.key_path('loss', model_keys)}: the study {name!r} "
+                f"ranks its trials by val_loss, and they were scored with {' and '.join(sorted(ran))} "
+                f"loss; {' and '.join(sorted(now - ran))} loss values are on another scale, so new "
+                "trials could not be ranked with them", hint=hint)
     problems = study_file.space.incompatible_with(_stored_distributions(storage, study_id))
     if problems:
         model_keys = tuple(study_file.raw.get("model", {}))
@@ -367,6 +381,45 @@ def check_existing_study(study_file: StudyFile, storage: BufferedStorage, *,
                           hint=edited_hint or f"run this file as a new study: tuner run "
                                               f"{source} --study-name NEW{flag} (or restore the "
                                               f"old values){note}")
+
+
+def new_study_hint(study_file: StudyFile, storage: BufferedStorage) -> str:
+    """What to do when ``study_file`` cannot run on the existing study of its name."""
+    flag, note = _storage_flag(storage)
+    return (f"run this study file under a new name: tuner run {study_file.source} --study-name "
+            f"NEW{flag} (or delete the old study first: tuner delete {study_file.study.name}"
+            f"{flag}){note}")
+
+
+def _losses(study_file: StudyFile) -> set[str]:
+    """The losses ``study_file`` trains with."""
+    return set(study_file.space.losses()) or {P.PARAMS["loss"].default}
+
+
+def _losses_run(attrs: dict[str, Any]) -> set[str]:
+    """The losses of every study file a study has run with (the one it was created with and
+    the edited ones it stored)."""
+    texts = [text for key, text in attrs.items()
+             if key == ATTR_CONFIG or key.startswith(ATTR_FILE_PREFIX)]
+    return {loss for text in texts for loss in _losses(StudyFile.from_json(text))}
+
+
+def check_same_data_shape(study_file: StudyFile, storage: BufferedStorage, stored: dict[str, Any] | None,
+                          splits: Splits, finished: int) -> None:
+    """Refuse data with other features or classes than the data a study's ``finished`` trials
+    were scored on (``stored``: its ``tuner.data`` sizes): their values cannot be ranked with
+    new ones (other data of the same shape is a warning, :func:`record_data_digest`)."""
+    if not stored or not finished:
+        return
+    was = (stored.get("n_features"), stored.get("n_classes"))
+    now = (splits.n_features, splits.n_classes)
+    if None in was or was == now:
+        return
+    raise ConfigError(
+        f"{study_file.source}: data: the study {study_file.study.name!r} has {finished} trial(s) "
+        f"scored on data with {was[0]} features and {was[1]} classes; {splits.name} has "
+        f"{now[0]} features and {now[1]} classes: new trials could not be ranked with them",
+        hint=new_study_hint(study_file, storage))
 
 
 def _count_trials(storage: BufferedStorage, study_id: int) -> int:

@@ -73,6 +73,7 @@ from tuner.study import (
     ATTR_DATA,
     ATTR_DATA_DIGEST,
     ATTR_TRAINING,
+    check_same_data_shape,
     data_digest,
     data_summary,
     derive_seed,
@@ -321,14 +322,17 @@ class Runner:
             splits = load_data(self.sf)
         self.n_train = len(splits.y_train)
         self.display.message(f"data: {splits.describe()}")
+        attrs = self.resilient.call("read the study", lambda: self.study.user_attrs)
+        check_same_data_shape(self.sf, self.storage, attrs.get(ATTR_DATA), splits,
+                              counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
         self.data_digest = data_digest(self.sf)
         self.resilient.call("record the data file", record_data_digest, self.study,
                             self.data_digest, self.sf.source)
         for text in space_warnings(self.sf, self.n_train):
             log.warning("%s", text)
-        if ATTR_DATA not in self.resilient.call("read the study", lambda: self.study.user_attrs):
+        if attrs.get(ATTR_DATA) != (summary := data_summary(splits)):  # new, or other data
             self.resilient.call("store the data sizes", self.study.set_user_attr, ATTR_DATA,
-                                data_summary(splits))
+                                summary)
         self._shared = SharedSplits(splits)
         del splits
         for worker in self.workers:
