@@ -534,6 +534,26 @@ def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_pa
     assert "changed (`" in verdict_markdown(ctx)
 
 
+def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_path):
+    """Fewer epochs tonight: the incumbent, re-trained with tonight's set-up, loses accuracy.
+    That is the edit, not data drift: the verdict names the edited keys (cause setup)."""
+    path = nightly_file(tmp_path / "e.toml", n_trials=3, epochs=5, space=POOR_SPACE,
+                        warm_start=0)
+    quick = tuner_env(TUNER_DASHBOARD_VIEWS="0")
+    nightly(path, sqlite_url, DAY - timedelta(days=1), "--quiet", check=True, env=quick)
+    path.write_text(path.read_text().replace("epochs = 5", "epochs = 1"))
+    proc = nightly(path, sqlite_url, DAY, env=quick)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    shown = flat(proc.stdout)
+    assert ("study file: [data]/[model] changed since nt-2026-11-24: model.epochs: 5 -> 1"
+            in shown), shown
+    assert "REGRESSION (setup)" in shown and "set-up drift (the study file's training set-up " \
+        "changed: model.epochs: 5 -> 1)" in shown, shown
+    verdict = study_of(sqlite_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT]
+    assert verdict["cause"] == "setup" and verdict["data"]["setup_changes"] == ["model.epochs: 5 -> 1"]
+    assert "changed" not in verdict["data"]  # digits: no data file to compare
+
+
 def test_sigterm_after_the_sweep_ends_the_night_with_143(sqlite_url, tmp_path):
     """SIGTERM while a finished night is re-judged and its views are rebuilt (a few seconds
     after its warm-start line) stops it with 143: a view that could not be built was caught as

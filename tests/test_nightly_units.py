@@ -122,19 +122,23 @@ def test_genuinely_worse_night_is_a_regression_from_data_drift():
     assert EXIT_CODES[j.verdict] == 4
 
 
-def test_the_data_files_digests_tell_data_drift_from_code_drift():
+def test_what_changed_tells_data_drift_from_code_and_set_up_drift():
     """The same drift reads as data drift on a changed data file, as code drift on the same
-    bytes (the engine is deterministic), and stays undecided without digests."""
+    bytes (the engine is deterministic), as set-up drift when the study file's [data]/[model]
+    changed, and stays undecided when nothing is known."""
     worse = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
                   incumbent_stored=0.957, incumbent_tonight=0.905)
     assert _message(worse).endswith("data (or code) drift")
-    assert _message(worse, True).endswith("data drift (the data file changed)")
-    assert _message(worse, False).endswith(
+    assert _message(worse, {"setup_changes": []}).endswith("data (or code) drift")
+    assert _message(worse, {"changed": True}).endswith("data drift (the data file changed)")
+    assert _message(worse, {"changed": False}).endswith(
         "code drift (the data file is unchanged: the code or its environment changed)")
+    assert _message(worse, {"changed": False, "setup_changes": ["model.epochs: 4 -> 1"]}).endswith(
+        "set-up drift (the study file's training set-up changed: model.epochs: 4 -> 1)")
     easier = judge("maximize", 0.99, [0.957, 0.951, 0.955], RULE,
                    incumbent_stored=0.957, incumbent_tonight=0.985)
     assert _message(easier).endswith("the data got easier")
-    assert _message(easier, False).endswith("the code changed (the data file is unchanged)")
+    assert _message(easier, {"changed": False}).endswith("the code changed (the data file is unchanged)")
 
 
 def test_search_shortfall_is_not_a_regression_when_the_incumbent_still_holds():

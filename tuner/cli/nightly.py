@@ -310,6 +310,8 @@ def _drift_cell(verdict: dict[str, Any]) -> str:
     drift = verdict.get("drift")
     text = "diverged" if (verdict.get("incumbent") or {}).get("diverged") else signed(drift)
     changed = (verdict.get("data") or {}).get("changed")
+    if (verdict.get("data") or {}).get("setup_changes"):
+        return f"{text} (set-up changed)"
     if changed:
         return f"{text} (new data)"
     if changed is False and drift:

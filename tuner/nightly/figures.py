@@ -276,6 +276,9 @@ def verdict_markdown(ctx: Any) -> str:
                   + ("none: it diverged" if inc.get("diverged") else _f(v.get("drift"), signed=True))
                   + " |"]
     data = v.get("data") or {}
+    if data.get("setup_changes"):
+        lines.append(f"| study file [data]/[model] since `{data.get('since')}` | changed: "
+                     + "; ".join(data["setup_changes"]).replace("|", "\\|") + " |")
     if data.get("changed") is not None:
         lines.append(f"| data file since `{data.get('since')}` | "
                      + (f"changed (`{data.get('incumbent')}` → `{data.get('tonight')}`)"

@@ -28,11 +28,14 @@ After a night's sweep, tonight is compared with a **baseline**: the last
   that may stop it.)
 - *Available tonight*: the better of tonight's best and the re-evaluated incumbent: the best
   configuration the team could ship this morning.
-- *Data file*: for a sweep that trains on a data file, the digest of the file's bytes the
-  incumbent's value was scored on is compared with tonight's (``data`` in the verdict). A drift
-  on a changed file is *data drift*; a drift on the same bytes can only come from the code or
-  its environment (the engine is deterministic), and the verdict says which. Bundled and
-  synthetic datasets follow from the study file: nothing to compare.
+- *What changed*: the ``[data]`` and ``[model]`` sections of the study file the incumbent's
+  value was scored under are compared with tonight's (an edit of ``model.epochs`` changes the
+  re-trained value as surely as new data does), and for a sweep that trains on a data file,
+  the digest of the file's bytes (``data`` in the verdict). A drift under an edited set-up is
+  *set-up drift* (cause ``setup`` where it would be ``data``); on a changed file, *data
+  drift*; on the same file and set-up it can only come from the code or its environment (the
+  engine is deterministic), and the verdict says which. Bundled and synthetic datasets follow
+  from the study file: only the set-up is compared.
 - An incumbent that *diverges* on tonight's data (or whose metric is not finite) has no value:
   its drift is ``-inf`` (a data regression, unless tonight is an improvement) and the message
   says that it diverged, never a number.
@@ -74,7 +77,15 @@ from tuner.data import Splits
 from tuner.jsonsafe import jsonable
 from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
 from tuner.storage import BufferedStorage
-from tuner.study import ATTR_DATA_DIGEST, ATTR_DATA_FILE, data_digest, flat_params, load_data, load_study
+from tuner.study import (
+    ATTR_DATA_DIGEST,
+    ATTR_DATA_FILE,
+    changed_keys,
+    data_digest,
+    flat_params,
+    load_data,
+    load_study,
+)
 from tuner.train import fit
 
 EXIT_OK = 0
@@ -182,7 +193,7 @@ class Verdict:
     drift: float | None
     available: float | None
     computed_at: str
-    data: dict[str, Any] | None = None  # data file digests: tonight, incumbent, changed, since
+    data: dict[str, Any] | None = None  # what changed since the incumbent's night (see check_night)
 
 
     @property
@@ -229,8 +240,11 @@ class Verdict:
             on = f" on {inc['scored_on']}'s data" if inc.get("scored_on") else ""
             out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}{on}) re-trained "
                        f"on tonight's data: {again}")
-        if self.data and self.data.get("changed") is not None:
-            d = self.data
+        d = self.data or {}
+        if d.get("setup_changes"):
+            out.append(f"study file: [data]/[model] changed since {d['since']}: "
+                       + "; ".join(d["setup_changes"]))
+        if d.get("changed") is not None:
             out.append(f"data file: {'changed' if d['changed'] else 'unchanged'} since "
                        f"{d['since']} (contents {d['incumbent']}"
                        + (f", tonight {d['tonight']})" if d["changed"] else ")"))
@@ -261,8 +275,15 @@ def _size(value: float | None) -> str:
 DIVERGED = "the incumbent diverged when re-trained on tonight's data"
 
 
-def _drift_words(changed: bool | None) -> str:
-    """What a drift of the incumbent comes from, as far as the data file's digests tell."""
+def _drift_words(data: dict[str, Any] | None) -> str:
+    """What a drift of the incumbent comes from, as far as the study files and the data
+    file's digests tell (``data``: :attr:`Verdict.data`)."""
+    data = data or {}
+    setup, changed = data.get("setup_changes"), data.get("changed")
+    if setup:
+        shown = "; ".join(setup[:3]) + (f"; {len(setup) - 3} more" if len(setup) > 3 else "")
+        return (f"set-up drift (the study file's training set-up changed: {shown}"
+                + ("; the data file changed too)" if changed else ")"))
     if changed is None:
         return "data (or code) drift"
     if changed:
@@ -270,8 +291,9 @@ def _drift_words(changed: bool | None) -> str:
     return "code drift (the data file is unchanged: the code or its environment changed)"
 
 
-def _message(j: Judgement, data_changed: bool | None = None) -> str:
-    drift_words = _drift_words(data_changed)
+def _message(j: Judgement, data: dict[str, Any] | None = None) -> str:
+    drift_words = _drift_words(data)
+    changed = (data or {}).get("changed")
     if j.verdict == "no_result":
         return "tonight has no COMPLETE trial: nothing to compare"
     if j.cause == "no_baseline":
@@ -281,7 +303,8 @@ def _message(j: Judgement, data_changed: bool | None = None) -> str:
         if j.cause == "data":
             return (f"{_size(j.delta)} above the baseline (margin {m}); the incumbent itself "
                     f"improved by {_size(j.drift)} on tonight's data: "
-                    + ("the code changed (the data file is unchanged)" if data_changed is False
+                    + (drift_words if (data or {}).get("setup_changes")
+                       else "the code changed (the data file is unchanged)" if changed is False
                        else "the data got easier"))
         return (f"{_size(j.delta)} above the baseline (margin {m}): tonight's sweep found a "
                 "better configuration"
@@ -335,7 +358,7 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
                                            or sf is not None) else None
         carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
                    "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
-                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST)}
+                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST), "setup": _setup(sf)}
         value = best.value
         inc = (night.verdict or {}).get("incumbent") or {}
         again = inc.get("tonight")
@@ -347,9 +370,17 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
             carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
                        "value": value, "config": inc["config"], "seed": inc["seed"],
                        "scored_on": night.name,
-                       "data_digest": study.user_attrs.get(ATTR_DATA_FILE)}
+                       "data_digest": study.user_attrs.get(ATTR_DATA_FILE), "setup": _setup(sf)}
         out.append(BaselineNight(night.name, night.date, best, sf, value, carrier))
     return out[::-1]
+
+
+def _setup(sf: StudyFile | None) -> dict[str, Any] | None:
+    """The sections of a study file that decide how a configuration trains and is scored."""
+    if sf is None:
+        return None
+    raw = sf.public_raw()
+    return {"data": raw.get("data", {}), "model": raw.get("model", {})}
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
@@ -404,10 +435,12 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             splits = splits if splits is not None else load_data(sf)
             inc_tonight, inc_diverged, error = reevaluate(config, int(seed), sf, splits)
             incumbent.update(tonight=inc_tonight, diverged=inc_diverged, error=error)
+        data = {"since": carrier.get("scored_on") or carrier["night"], "setup_changes": (
+            [] if carrier.get("setup") is None
+            else changed_keys(carrier["setup"], _setup(sf), sections=("data", "model")))}
         then, now = carrier.get("data_digest"), data_digest(sf)
         if then is not None and now is not None:
-            data = {"tonight": now, "incumbent": then, "changed": then != now,
-                    "since": carrier.get("scored_on") or carrier["night"]}
+            data.update(tonight=now, incumbent=then, changed=then != now)
     j = judge(direction, None if best is None else best.value, values, rule,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
               incumbent_diverged=inc_diverged)
@@ -417,8 +450,8 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
                                            (max if direction == "maximize" else min)(values)),
                 "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
                 "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
-    verdict = Verdict(verdict=j.verdict, cause=j.cause,
-                      message=_message(j, None if data is None else data["changed"]), metric=metric,
+    cause = "setup" if j.cause == "data" and data and data["setup_changes"] else j.cause
+    verdict = Verdict(verdict=j.verdict, cause=cause, message=_message(j, data), metric=metric,
                       direction=direction, tonight=None if best is None else best.value,
                       tonight_trial=None if best is None else best.number, baseline=baseline,
                       incumbent=incumbent, delta=j.delta, drift=j.drift, available=j.available,
