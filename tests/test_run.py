@@ -703,7 +703,10 @@ def test_a_space_where_everything_diverges(sqlite_url, tmp_path):
     study = write_study(tmp_path / "s.toml", name="boom", n_trials=3, epochs=3,
                         space='optimizer = "sgd"\nlr = {low = 1e3, high = 1e4, log = true}',
                         model="reg = 1.0")
-    proc = tuner("run", study, "--storage", sqlite_url, check=True)
+    proc = tuner("run", study, "--storage", sqlite_url)
+    assert proc.returncode == 1, proc.stderr  # a script must not take it for a result
+    assert ("reached its target of 3 trials, but none completed: every trial diverged or was "
+            "pruned (exit code 1)") in flat(proc.stderr)
     assert "no COMPLETE trial yet" in proc.stdout
     assert "3 of 3 pruned trial(s) diverged" in flat(proc.stdout)
     assert "learning rates tried are too large for this data; lower space.lr" in flat(proc.stdout)

@@ -343,7 +343,11 @@ def run(study_file: StudyFileArg,
 
     Ctrl-C stops cleanly: running trials are marked FAIL and re-queued, nothing else is lost,
     and the same command continues the study. On PostgreSQL, `tuner run` on other machines
-    with the same study file and storage joins the study."""
+    with the same study file and storage joins the study.
+
+    Exit codes: 0 done (or timeout); 1 no trial completed (all diverged or pruned), or every
+    trial failed with an error; 2 a bad study file or option; 130/143 interrupted (running
+    trials re-queued; rerun to continue)."""
     from tuner.config import load_study_file
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
@@ -361,6 +365,9 @@ def run(study_file: StudyFileArg,
                     hooks=[DashboardHook()])
     result = runner.run()
     counts = {state.name: n for state, n in result.counts.items()}
+    # the budget is spent and nothing completed (every trial diverged or was pruned): a script
+    # must not take that for a result
+    code = 1 if result.exit_code == 0 and not counts.get("COMPLETE") else result.exit_code
     if json_out:
         best = result.best
         print_json({"study": result.study_name, "storage": result.storage, "stopped": result.reason,
@@ -374,7 +381,7 @@ def run(study_file: StudyFileArg,
             err.print(f"\ninterrupted while printing the report; the run had ended "
                       f"({result.reason}) and is saved: tuner show {escape(result.study_name)}"
                       f"{escape(storage_flag(url))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(code)
 
 
 CLI_OPTIONS = {"name": "--study-name", "n_trials": "--n-trials", "timeout": "--timeout"}
@@ -405,7 +412,9 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
     done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     text = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items()))
     messages = {
-        "done": f"study {result.study_name!r} reached its target of {sf.study.n_trials} trials",
+        "done": f"study {result.study_name!r} reached its target of {sf.study.n_trials} trials"
+                + ("" if counts.get("COMPLETE") else ", but none completed: every trial diverged "
+                   "or was pruned (exit code 1)"),
         "timeout": "timeout reached; run the same command to continue",
         "fail_fast": f"stopped early: every trial failed with an error ({result.fail_fast_error})",
     }
@@ -432,7 +441,7 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
                   (f"; {left} stay RUNNING until the next `tuner run` (or `tuner doctor "
                    f"{result.study_name} --fail-stale`) fails and re-queues them" if left else
                    "; nothing was left running") + "; run the same command to continue")
-    style = "red" if result.exit_code not in (0,) else "green"
+    style = "red" if result.exit_code != 0 or not counts.get("COMPLETE") else "green"
     tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''})" \
         if result.reason != "deleted" else ""
     err.print(f"[{style}]{escape(reason)}[/]{tally}", highlight=False)
