@@ -807,6 +807,14 @@ def test_report_errors(real, tmp_path):
     proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "--dashboard", broken,
                      "-o", tmp_path / "n.html")
     assert proc.returncode == 2 and "unknown panel type 'no_such_panel'" in proc.stderr
+    # only HTML is written, and under that name (it wrote HTML into x.pdf)
+    proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "-o", tmp_path / "x.pdf")
+    assert proc.returncode == 2 and "tuner report writes one HTML file; name it .html" in proc.stderr
+    assert not (tmp_path / "x.pdf").exists()
+    # a folder: STUDY.html in it
+    proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "-o", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / f"{STUDY_NAME}.html").stat().st_size > 0
 
 
 def test_report_with_a_user_dashboard_folder(real, tmp_path):

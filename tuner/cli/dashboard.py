@@ -87,8 +87,8 @@ def report(study: Annotated[str, typer.Argument(
                show_default=False)],
            storage: FileStorageOpt = None,
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", help="HTML file to write \\[default: STUDY.html in the current folder].",
-               dir_okay=False)] = None,
+               "--output", "-o", help="HTML file to write, or a folder to write STUDY.html in "
+                                      "\\[default: STUDY.html in the current folder].")] = None,
            dashboard_name: Annotated[str | None, typer.Option(
                "--dashboard", "-d", help="Which dashboard file: a name in the dashboards folders "
                                          "(study, nightly, ...) or a path to a .toml file "
@@ -112,6 +112,11 @@ def report(study: Annotated[str, typer.Argument(
                   f"{escape(study)} (another night: tuner report {escape(base)}-YYYY-MM-DD)",
                   highlight=False)
     path = output or Path(f"{study}.html")
+    if path.is_dir():
+        path = path / f"{study}.html"
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise TunerError(f"--output {path}: tuner report writes one HTML file; name it .html",
+                         hint="for a PDF, open the HTML file in a browser and print it to PDF")
     if not path.parent.is_dir():
         raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
     started = time.perf_counter()
