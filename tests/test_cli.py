@@ -432,7 +432,23 @@ def test_wide_tables_leave_out_minor_columns_before_cutting_key_ones():
         assert (f"not shown at {width} columns: {', '.join(dropped)}" in flat) == bool(dropped), text
     console = Console(file=io.StringIO(), width=30, color_system=None)
     console.print(table)  # too narrow for the key columns: they fold, never "…"
-    assert "…" not in console.file.getvalue()
+    text = console.file.getvalue()
+    assert "…" not in text
+    # nothing cut: what does not fit goes on the next line (rich cut the cells that had to
+    # stay on one line, "2026-11-", and left the notes column no room at all)
+    assert "-20" in text.replace("2026-11-20", "") and "lines" in text, text
+
+
+def test_narrow_terminals_leave_out_columns_rather_than_cut_numbers(long_named):
+    data = json.loads(run_tuner("show", LONG, "--storage", long_named, "--json", check=True).stdout)
+    [row] = json.loads(run_tuner("ls", "--storage", long_named, "--json", check=True).stdout)
+    for width in ("40", "60"):
+        out = run_tuner("ls", "--storage", long_named, env=tuner_env(COLUMNS=width), check=True).stdout
+        assert f"{row['best_value']:.4f}" in out and "not shown at" in out, out
+        show = run_tuner("show", LONG, "--storage", long_named, env=tuner_env(COLUMNS=width),
+                         check=True).stdout
+        for group in data["by"]["optimizer"]:  # the per-optimizer table keeps best values whole
+            assert re.search(rf"│ {group['value']} +│ +{group['best']:.4f} │", show), (group, show)
 
 
 # --- small things -----------------------------------------------------------------------------

@@ -63,16 +63,17 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
                   highlight=False, soft_wrap=True)
         return
     table = FitTable(title=f"studies in {describe(url)}", title_justify="left")
-    # a narrow terminal keeps the names, best values and counts whole and leaves out (in this
-    # order) states no study is in, the last activity, the metric, then the other states
+    # a narrow terminal keeps the names and best values whole and leaves out (in this order)
+    # states no study is in, the last activity, the metric, the other states, COMPLETE, the
+    # best trial's number
     drops = {"RUNNING": 4, "WAITING": 4, "FAIL": 3, "PRUNED": 3}
     table.add_column("study", key=True)
     table.add_column("metric", drop=5)
     table.add_column("best", justify="right", key=True)
-    table.add_column("trial", justify="right", key=True)
+    table.add_column("trial", justify="right", key=True, drop=1)
     for state in results.STATES:
         table.add_column(state.lower(), justify="right", key=True,
-                         drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 0)))
+                         drop=(9 if not any(r.counts[state] for r in rows) else drops.get(state, 2)))
     table.add_column("last activity (UTC)", drop=6)  # folds between the date and the time
     for r in rows:
         table.add_row(r.name, f"{r.metric} ({r.short_directions})", fmt(r.best_value),

@@ -101,6 +101,8 @@ class FitTable:
             if need <= room or not droppable:
                 break
             kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
+        if need > room:  # even the columns that always stay are too wide: let them fold
+            table = self._table(kept, fold_keys=True)
         hidden = [" ".join(self.columns[i].header.split()) or "(untitled)"
                   for i in range(len(self.columns)) if i not in kept]
         if hidden:
@@ -132,13 +134,15 @@ class FitTable:
             return least, natural
         return max([m.minimum for m in found] + [header.minimum]), natural
 
-    def _table(self, kept: list[int]) -> Table:
+    def _table(self, kept: list[int], fold_keys: bool = False) -> Table:
+        """The table of the ``kept`` columns; ``fold_keys``: key cells fold too (rich would cut
+        a cell that must stay on one line: ``0.9554`` shown as ``0.955``)."""
         table = Table(**self.table_kwargs)
         for i in kept:
             col = self.columns[i]
             kwargs = {"overflow": "fold", **col.kwargs}
             header: Any = col.header
-            if col.key:  # the cells stay on one line (fold only if the terminal is narrower)
+            if col.key and not fold_keys:  # the cells stay on one line
                 kwargs["no_wrap"] = True
                 header = Text(col.header, no_wrap=False, overflow="fold")  # the header may wrap
             table.add_column(header, justify=col.justify, **kwargs)  # type: ignore[arg-type]
@@ -195,35 +199,42 @@ def group_keys(study_file: Any) -> tuple[str, ...]:
 
 def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
     metric, _ = metric_direction(study)
-    table = FitTable(title=f"top {k} trials", title_justify="left")
-    # key: never shrink; drop: left out first (highest) when the terminal is too narrow
-    for col, key, drop in (("#", True, 0), (metric, True, 0), ("optimizer", True, 0),
-                           ("lr (ref)", True, 0), ("peak lr", True, 4), ("batch", True, 2),
-                           ("scaling", False, 3), ("warmup", False, 5), ("decay", False, 1),
-                           ("extra", False, 0)):
-        table.add_column(col, key=key, drop=drop,
-                         justify="right" if col in ("#", metric, "lr (ref)", "peak lr", "batch",
-                                                    "warmup") else "left")
     shown = {"optimizer", "lr", "batch_size", "batch_scaling", "warmup_epochs", "decay",
              "base_batch_size"} | ({"loss"} - searched_keys(study_file))
+    rows = []
     for trial in results.top_trials(study, k):
         p = resolved_params(trial, study_file)
         searched = flat_params(trial, study_file)  # 'extra': what the study file searches
         extra = ", ".join(f"{key}={fmt(v, 3)}" for key, v in searched.items()
                           if key not in shown and not isinstance(v, list)
                           and not _fixed(study_file, key, p))
-        table.add_row(str(trial.number), fmt(trial.value), str(p.get("optimizer")),
-                      fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),
-                      str(p.get("batch_size")), str(p.get("batch_scaling")),
-                      fmt(p.get("warmup_epochs"), 2), str(p.get("decay")), extra)
+        rows.append((str(trial.number), fmt(trial.value), str(p.get("optimizer")),
+                     fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),
+                     str(p.get("batch_size")), str(p.get("batch_scaling")),
+                     fmt(p.get("warmup_epochs"), 2), str(p.get("decay")), extra))
+    table = FitTable(title=f"top {k} trials", title_justify="left")
+    # key: never shrink; drop: left out first (highest) when the terminal is too narrow; the
+    # extra column only when some trial has something in it
+    columns = (("#", True, 0), (metric, True, 0), ("optimizer", True, 0),
+               ("lr (ref)", True, 0), ("peak lr", True, 4), ("batch", True, 2),
+               ("scaling", False, 3), ("warmup", False, 5), ("decay", False, 1),
+               ("extra", False, 0))
+    if not any(row[-1] for row in rows):
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    for col, key, drop in columns:
+        table.add_column(col, key=key, drop=drop,
+                         justify="right" if col in ("#", metric, "lr (ref)", "peak lr", "batch",
+                                                    "warmup") else "left")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
 def group_table(study: optuna.Study, study_file: Any, key: str) -> FitTable:
     metric, _ = metric_direction(study)
     table = FitTable(title=f"best {metric} per {key}", title_justify="left")
-    for col, drop in ((key, 0), ("best", 0), ("trial", 0), ("median", 0), ("IQR", 1),
-                      ("complete", 0), ("pruned", 0), ("diverged", 2)):
+    for col, drop in ((key, 0), ("best", 0), ("trial", 1), ("median", 3), ("IQR", 6),
+                      ("complete", 2), ("pruned", 4), ("diverged", 5)):
         table.add_column(col, justify="left" if col == key else "right", key=True, drop=drop)
     for g in results.best_by(study, key, study_file):
         table.add_row(str(g.value), fmt(g.best), "-" if g.best_trial < 0 else f"#{g.best_trial}",
