@@ -538,6 +538,16 @@ def test_map_config_gives_every_reason_the_deciding_key_first():
         "decay is fixed to 'constant' tonight (was 'cosine')",
         "lr is fixed to 0.5 tonight (was 0.01)",
         "batch_size is fixed to 128 tonight (was 64)"]
+    # an optimizer no longer in the list: its own keys (momentum) follow from that alone
+    momentum = {"optimizer": "momentum", "lr": 0.05361941994777587, "batch_size": 64,
+                "batch_scaling": "linear", "decay": "cosine", "momentum": 0.9641234567, "reg": 1e-4}
+    assert map_config(space(), momentum)[1] == ["optimizer='momentum' is not one of 'sgd', "
+                                                "'adam', 'adamw'"]
+    # floats as four significant digits, unless those would read as inside the range
+    narrow = space(optimizer=["momentum"], lr={"low": 1e-3, "high": 0.05, "log": True})
+    assert map_config(narrow, momentum)[1][0] == "lr=0.05362 is outside log float [0.001, 0.05]"
+    assert map_config(narrow, {**momentum, "lr": 0.0500001})[1][0] == (
+        "lr=0.0500001 is outside log float [0.001, 0.05]")
 
 
 # --- the [schedule] section --------------------------------------------------------------------

@@ -21,7 +21,7 @@ Rules (``docs/nightly.md``):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -142,8 +142,8 @@ def map_config(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, An
         dim = by_name[name]
         if not dim.contains(value):
             where = "not" if dim.kind == "choice" else "outside"
-            reasons.setdefault(name.rsplit(".", 1)[-1],
-                               f"{name}={P.literal(value)} is {where} {dim.describe()}")
+            shown = _short(value, lambda v, dim=dim: not dim.contains(v))
+            reasons.setdefault(name.rsplit(".", 1)[-1], f"{name}={shown} is {where} {dim.describe()}")
     try:
         old, new = P.resolve(config), P.resolve(rebuilt)
     except ValueError as exc:
@@ -158,8 +158,9 @@ def map_config(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, An
                             f"{P.literal(old.get(key))})")
         else:
             inherited.add(key)
-            reasons[key] = (f"{key} would be {P.literal(new.get(key))} tonight (was "
-                            f"{P.literal(old.get(key))}): tonight's space no longer sets it")
+            was = _short(old.get(key), lambda v, now=new.get(key): v != now)
+            reasons[key] = (f"{key} would be {P.literal(new.get(key))} tonight (was {was}): "
+                            "tonight's space no longer sets it")
     if any(key in reasons for key in SELECTORS):
         def selectors(c: dict[str, Any]) -> tuple[Any, Any]:
             return (c.get("optimizer"), c.get("decay", P.PARAMS["decay"].default))
@@ -169,10 +170,25 @@ def map_config(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, An
             spec = P.PARAMS[key]
             follows = (spec.applies(*was) != spec.applies(*now)
                        or (key in inherited and was[0] != now[0]
-                           and isinstance(spec.default, Mapping)))
+                           and isinstance(spec.default, Mapping))
+                       # the optimizer (decay) cannot be used tonight: its own keys neither
+                       or ("optimizer" in reasons and (spec.optimizers is not None
+                                                       or isinstance(spec.default, Mapping)))
+                       or ("decay" in reasons and spec.decays is not None))
             if follows:
                 del reasons[key]
     return trial.params, _ordered(reasons)
+
+
+def _short(value: Any, still_true: Callable[[Any], bool]) -> str:
+    """A float in four significant digits when the rounded value says the same
+    (``still_true(rounded)``: still outside the range, still another value), else in full;
+    anything else as :func:`tuner.params.literal` shows it."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        rounded = float(f"{value:.4g}")
+        if still_true(rounded):
+            return repr(rounded)
+    return P.literal(value)
 
 
 def _ordered(reasons: dict[str, str]) -> list[str]:
