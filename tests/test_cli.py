@@ -611,6 +611,13 @@ def test_bad_storage_urls(tmp_path):
     assert_secret_hidden(proc)
     proc = run_tuner("ls", "--storage", f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     assert_user_error(proc, 3, f"no database at {tmp_path / 'missing' / 'x.db'}")
+    # three slashes before an absolute path: relative to the current folder, and said so
+    (tmp_path / "there.db").write_bytes(b"")
+    relative = str(tmp_path / "there.db").lstrip("/")
+    proc = run_tuner("ls", "--storage", f"sqlite:///{relative}", cwd=tmp_path)
+    assert_user_error(proc, 3, f"no database at {tmp_path / relative}",
+                      f"did you mean sqlite:////{relative}? (sqlite:/// then a relative path; an "
+                      "absolute path takes a fourth slash)")
     # malformed URLs (no "://") still have their password masked
     for broken in (f"postgresql+psycopg//alice:{SECRET}@127.0.0.1:5999/db",
                    f"postgresql+psycopg:/alice:{SECRET}@127.0.0.1:5999/db",

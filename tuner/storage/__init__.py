@@ -34,6 +34,19 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 SCHEMA_LOCK_KEY = 0x7475_6E65_7273_6368  # "tunersch": one advisory lock for table creation
 
 
+def _absolute_hint(url: str, fits: Any) -> str | None:
+    """``did you mean sqlite:////tmp/x.db?`` when ``url`` names a relative path
+    (``sqlite:///tmp/x.db``) and the absolute one would do (``fits(Path)``)."""
+    raw = url.split(":///", 1)[1] if ":///" in url else ""
+    if not raw or raw.startswith("/"):
+        return None
+    absolute = Path("/" + raw.split("?", 1)[0])
+    if not fits(absolute):
+        return None
+    return (f"did you mean sqlite:////{raw}? (sqlite:/// then a relative path; an absolute "
+            "path takes a fourth slash)")
+
+
 def open_storage(url: str, *, heartbeat_interval: int | None = None,
                  grace_period: int | None = None, max_retry: int = 2,
                  pool_size: int = 3, must_exist: bool = False) -> BufferedStorage:
@@ -53,13 +66,15 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None,
         path = sqlite_path(url)
         if path is not None and must_exist and not path.exists():
             raise StorageError(f"no database at {path} (from {mask_url(url)})",
-                               hint="run a study first (tuner run studies/digits.toml) or pass "
-                                    "--storage / TUNER_STORAGE")
+                               hint=_absolute_hint(url, lambda p: p.exists())
+                               or "run a study first (tuner run studies/digits.toml) or pass "
+                                  "--storage / TUNER_STORAGE")
         if path is not None and path.is_dir():
             raise StorageError(f"{path} (from {mask_url(url)}) is a folder, not a database file",
                                hint=f"name a file in it, e.g. sqlite:///{path / 'tuner.db'}")
         if path is not None and not path.parent.is_dir():
-            raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist")
+            raise StorageError(f"cannot create {describe(url)}: folder {path.parent} does not exist",
+                               hint=_absolute_hint(url, lambda p: p.parent.is_dir()))
         if path is not None and not must_exist:
             _refuse_a_read_only_file(path, url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
