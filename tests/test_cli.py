@@ -709,6 +709,24 @@ def test_check_warns_about_a_batch_larger_than_the_training_set(tmp_path):
     assert len(data["warnings"]) == 1
     fine = run_tuner("check", write_study(tmp_path / "f.toml"), "--samples", "1", check=True)
     assert "warning" not in fine.stderr
+    # tuner run says it on the study's first run, not on every resume
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    first = run_tuner("run", study, "--storage", url, "-n", "1", "-q", check=True)
+    assert "space.batch_size: 2048 is larger" in first.stderr
+    again = run_tuner("run", study, "--storage", url, "-n", "2", "-q", check=True)
+    assert "space.batch_size" not in again.stderr, again.stderr
+
+
+def test_a_tiny_validation_set_is_warned_about(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.standard_normal((30, 3)), columns=["a", "b", "c"])
+    frame["label"] = np.arange(30) % 2
+    frame.to_csv(tmp_path / "tiny.csv", index=False)
+    study = write_study(tmp_path / "t.toml", data='dataset = "tiny.csv"\ntarget = "label"')
+    text = " ".join(run_tuner("check", study, "--samples", "1", check=True).stderr.split())
+    assert (f"warning: {study}: data: the validation set has 6 examples: val_accuracy moves in "
+            "steps of 0.167, so trials are ranked mostly by noise") in text, text
+    assert "a larger data.val_size (now 0.2)" in text
 
 
 def test_missing_postgres_database(pg_url):

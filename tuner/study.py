@@ -116,9 +116,17 @@ def _naming_the_study_file(study_file: StudyFile) -> Iterator[None]:
         raise DataError(f"{study_file.source}: [data]: {exc.message}", hint=exc.hint) from None
 
 
-def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
+MIN_VALIDATION = 50
+"""Fewer validation examples than this: the metric moves in steps of more than 2 %, and trials
+are ranked mostly by noise (a warning)."""
+
+
+def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None) -> list[str]:
     """Warnings about a valid study file whose search space probably does not do what was
-    meant on a training set of ``n_train`` examples (``tuner check``, start of ``tuner run``):
+    meant on a training set of ``n_train`` examples and a validation set of ``n_val``
+    (``tuner check``, the first run of a study):
+
+    * a validation set of fewer than :data:`MIN_VALIDATION` examples ranks trials by noise;
 
     * a batch size larger than the training set trains with one full batch per epoch (and its
       peak lr is scaled for that batch), the same configuration as ``batch_size = n_train``;
@@ -128,6 +136,12 @@ def space_warnings(study_file: StudyFile, n_train: int) -> list[str]:
     general = study_file.space.general
     where = study_file.source
     found: list[str] = []
+    if n_val is not None and 0 < n_val < MIN_VALIDATION:
+        found.append(
+            f"{where}: data: the validation set has {n_val} examples: val_accuracy moves in "
+            f"steps of {1 / n_val:.3f}, so trials are ranked mostly by noise and the best one's "
+            f"value flatters it; use more data, or a larger data.val_size (now "
+            f"{study_file.data.val_size:g}), if the data allows")
     dim = general.get("batch_size")
     if dim is not None:
         too_big = sorted({int(b) for b in _extremes(dim) if int(b) > n_train})

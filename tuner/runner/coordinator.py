@@ -328,8 +328,9 @@ class Runner:
         self.data_digest = data_digest(self.sf)
         self.resilient.call("record the data file", record_data_digest, self.study,
                             self.data_digest, self.sf.source)
-        for text in space_warnings(self.sf, self.n_train):
-            log.warning("%s", text)
+        if not counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]:  # said on the first run
+            for text in space_warnings(self.sf, self.n_train, len(splits.y_val)):
+                log.warning("%s", text)
         if attrs.get(ATTR_DATA) != (summary := data_summary(splits)):  # new, or other data
             self.resilient.call("store the data sizes", self.study.set_user_attr, ATTR_DATA,
                                 summary)
