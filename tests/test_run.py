@@ -955,9 +955,15 @@ def _expected_rows(url: str) -> dict[int, optuna.trial.FrozenTrial]:
 def test_export_table_round_trip(mixed, tmp_path, fmt):
     url, _ = mixed
     out = tmp_path / f"mixed.{fmt}"
-    proc = tuner("export", "mixed", "--storage", url, "--format", fmt, "--output", out, check=True)
+    proc = tuner("export", "mixed", "--storage", url, "--format", fmt.upper(), "--output", out,
+                 check=True)
     assert f"wrote 16 trials to {out}" in flat(proc.stderr)
     frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+    if fmt == "parquet":  # typed: the times are timestamps
+        assert pd.api.types.is_datetime64_any_dtype(frame["datetime_start"])
+        started = {t.number: t.datetime_start for t in load(url, "mixed").trials}
+        assert all(row["datetime_start"].to_pydatetime() == started[row["number"]]
+                   for row in frame.to_dict("records"))
     # grouped: the trial's fields, its parameters (gamma: step decay's only), its attributes
     groups = [c.startswith("param.") + 2 * c.startswith("attr.") for c in frame.columns]
     assert groups == sorted(groups) and "param.gamma" in frame.columns, list(frame.columns)

@@ -139,6 +139,7 @@ def export(study: StudyArg, storage: StorageOpt = None,
 
     from tuner import results
 
+    format_ = format_.lower() if format_ is not None else None  # CSV, Parquet, ...
     if format_ is not None and format_ not in EXPORT_FORMATS:
         raise ConfigError(f"--format {format_!r}: use csv, parquet or json")
     suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
@@ -165,7 +166,9 @@ def export(study: StudyArg, storage: StorageOpt = None,
             columns=results.record_columns(records))
         if fmt == "csv":
             data = table.to_csv(index=False).encode()
-        else:
+        else:  # typed columns: the times as timestamps (CSV has only text)
+            for column in ("datetime_start", "datetime_complete"):
+                table[column] = pd.to_datetime(table[column])
             buffer = io.BytesIO()
             table.to_parquet(buffer, index=False)
             data = buffer.getvalue()

@@ -248,7 +248,8 @@ def train(study_file: StudyFileArg,
               "--set", help="Fix a training parameter, e.g. --set optimizer=adam --set lr=0.01 "
                             "(repeatable; adam.beta1=0.9 also picks Adam, step.gamma=0.5 the step "
                             "decay). Unset searchable keys take the first choice or the middle of "
-                            "their range (a warmup lowered to fit --epochs).")] = None,
+                            "their range (a warmup lowered to fit --epochs).",
+              metavar="KEY=VALUE")] = None,
           epochs: Annotated[int | None, typer.Option(min=1, help="Override model.epochs.")] = None,
           seed: Annotated[int, typer.Option(min=0, help="Training seed (weights and shuffling).")] = 0,
           json_out: JsonOpt = False) -> None:
