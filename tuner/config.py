@@ -335,6 +335,22 @@ _SECTIONS = {"study": StudySection, "data": DataSection, "model": ModelSection,
 _OPTIONAL = ("schedule",)
 
 
+def _toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    """A TOML syntax error with the line it is on (tomllib gives only its number) and, for a
+    key set twice, which key."""
+    message = str(exc)
+    found = re.search(r"\(at line (\d+), column \d+\)", message)
+    lines = text.splitlines()
+    if found is None or not 0 < int(found[1]) <= len(lines):
+        return ConfigError(f"{path}: invalid TOML: {message}")
+    number, line = int(found[1]), lines[int(found[1]) - 1].strip()
+    hint = None
+    if message.startswith("Cannot overwrite a value"):
+        key = line.split("=", 1)[0].strip()
+        hint = f"{key} is set twice in its table: keep one of the two"
+    return ConfigError(f"{path}: invalid TOML: {message}\n  line {number}: {line}", hint=hint)
+
+
 def load_study_file(path: str | Path) -> StudyFile:
     """Read and validate a study file; raises :class:`ConfigError` naming the file and key."""
     path = Path(path)
@@ -342,9 +358,10 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise ConfigError(f"{path}: study file not found",
                           hint="the shipped study files are in studies/ (e.g. studies/digits.toml)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise _toml_error(path, text, exc) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read study file: {exc}") from None
     return parse_study_dict(raw, source=str(path), base_dir=str(path.resolve().parent))
