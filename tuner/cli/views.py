@@ -13,6 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from tuner import params as P
 from tuner import results
 from tuner.study import (
     ATTR_METRIC,
@@ -170,8 +171,10 @@ def config_table(params: dict[str, Any], title: str = "configuration") -> FitTab
     table = FitTable(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
     table.add_column("key", style="cyan", key=True)
     table.add_column("value")
-    for key, value in params.items():
-        table.add_row(key, fmt(value, 6))
+    order = {key: i for i, key in enumerate(P.PARAMS)}  # the catalogue's: optimizer, lr, ...
+    for key in sorted(params, key=lambda k: order.get(k, len(order))):
+        value = params[key]
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else fmt(value))
     return table
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from tuner import params as P
 from tuner.config import StudyFile
 from tuner.nightly.nights import ATTR_VERDICT, ATTR_WARM_START, list_nights
 from tuner.results import list_studies
@@ -30,7 +31,16 @@ class NightRecord:
     warm_start: dict[str, Any] | None
 
     def choice(self, key: str) -> Any:
-        return None if self.config is None else self.config.get(key)
+        """The night's best configuration's ``key``, the engine's default where the study file
+        leaves it out (``decay`` is ``constant`` when not searched), ``None`` without a best."""
+        if self.config is None:
+            return None
+        if key in self.config or key not in P.PARAMS:
+            return self.config.get(key)
+        spec = P.PARAMS[key]
+        return (spec.default_for(self.config.get("optimizer", ""))
+                if spec.applies(self.config.get("optimizer", ""), self.config.get("decay", "constant"))
+                else None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"date": self.date.isoformat(), "study": self.study, "metric": self.metric,
