@@ -347,9 +347,9 @@ def run(study_file: StudyFileArg,
     and the same command continues the study. On PostgreSQL, `tuner run` on other machines
     with the same study file and storage joins the study.
 
-    Exit codes: 0 done (or timeout); 1 no trial completed (all diverged or pruned), or every
-    trial failed with an error; 2 a bad study file or option; 130/143 interrupted (running
-    trials re-queued; rerun to continue)."""
+    Exit codes: 0 done (or timeout); 1 the budget is spent and no trial completed (all
+    diverged or pruned), or every trial failed with an error; 2 a bad study file or option;
+    130/143 interrupted (running trials re-queued; rerun to continue)."""
     from tuner.config import load_study_file
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
@@ -369,7 +369,7 @@ def run(study_file: StudyFileArg,
     counts = {state.name: n for state, n in result.counts.items()}
     # the budget is spent and nothing completed (every trial diverged or was pruned): a script
     # must not take that for a result
-    code = 1 if result.exit_code == 0 and not counts.get("COMPLETE") else result.exit_code
+    code = 1 if result.reason == "done" and not counts.get("COMPLETE") else result.exit_code
     if json_out:
         best = result.best
         print_json({"study": result.study_name, "storage": result.storage, "stopped": result.reason,
@@ -443,7 +443,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
                   (f"; {left} stay RUNNING until the next `tuner run` (or `tuner doctor "
                    f"{result.study_name} --fail-stale`) fails and re-queues them" if left else
                    "; nothing was left running") + "; run the same command to continue")
-    style = "red" if result.exit_code != 0 or not counts.get("COMPLETE") else "green"
+    style = ("red" if result.exit_code != 0 or (result.reason == "done" and not counts.get("COMPLETE"))
+             else "green")
     tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''})" \
         if result.reason != "deleted" else ""
     err.print(f"[{style}]{escape(reason)}[/]{tally}", highlight=False)
