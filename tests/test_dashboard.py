@@ -246,6 +246,33 @@ def test_scaling_rules_compare_linear_and_sqrt_at_each_batch_size(real, panels):
         assert np.allclose(med.y, [np.median(by_batch[b]) for b in sorted(by_batch)])
 
 
+def test_scaling_rules_say_when_one_rule_has_nothing_to_compare(tmp_path):
+    """A study that only trains with linear scaling: the difference plot says why it is empty
+    (it was a blank plot titled "best linear − best sqrt")."""
+    from optuna.distributions import CategoricalDistribution
+
+    from tuner.config import load_study_file
+    from tuner.dashboard.panels import scaling_rules
+    from tuner.study import open_study
+
+    path = write_study(tmp_path / "s.toml", name="one_rule", space=(
+        'optimizer = "sgd"\nlr = 0.1\nbatch_scaling = "linear"\nbatch_size = [32, 64]'))
+    sf = load_study_file(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(sf, storage)
+    for batch, value in ((32, 0.9), (64, 0.92)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"batch_size": batch}, value=value,
+            distributions={"batch_size": CategoricalDistribution([32, 64])},
+            user_attrs={"config": {"optimizer": "sgd", "lr": 0.1, "batch_scaling": "linear",
+                                   "batch_size": batch}, "peak_lr": 0.1}))
+    fig = scaling_rules(PanelContext(study, sf, storage))
+    texts = [a.text for a in fig.layout.annotations]
+    assert "no COMPLETE trial with batch_scaling = sqrt: nothing to compare" in texts, texts
+    [best] = [t for t in fig.data if list(t.meta or ()) == ["linear", "best"]]
+    assert list(best.y) == [0.9, 0.92]
+
+
 def test_effective_lr_shows_every_finished_trial_and_marks_pruned_and_diverged(real, panels):
     fig = panels["effective_lr"].figure
     seen: dict[int, tuple[str, str, float]] = {}

@@ -445,6 +445,12 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
             meta=["difference", "best"],
             hovertemplate="batch %{x}<br>difference %{y:+.4f}<extra></extra>"), row=2, col=1)
         fig.update_yaxes(title_text="Δ best", zeroline=True, row=2, col=1)
+    elif diff:  # the difference needs a best of each rule
+        missing = " and ".join(r for r in rules if r not in bests)
+        fig.add_annotation(text=f"no COMPLETE trial with batch_scaling = {missing}: nothing to "
+                                "compare", x=0.5, y=0.12, xref="paper", yref="paper",
+                           showarrow=False, font={"size": 12, "color": "#666"})
+        fig.update_yaxes(visible=False, row=2, col=1)
     sizes = sorted(done["batch_size"].unique())
     fig.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes])
     fig.update_xaxes(title_text="batch size", row=2 if diff else 1, col=1)
@@ -541,8 +547,10 @@ def reference_gap(ctx: PanelContext) -> go.Figure:
     if ref_acc is not None:
         values.append(ref_acc)
         fig.add_vline(x=ref_acc, line={"color": "#222", "dash": "dash", "width": 2})
-        fig.add_annotation(x=ref_acc, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"LogisticRegression {ref_acc:.4f}", font={"size": 11})
+        # at the foot of the line, inside the plot: above it, a long title ran into it
+        fig.add_annotation(x=ref_acc, y=0.0, yref="paper", yanchor="bottom", xanchor="left",
+                           xshift=4, showarrow=False, text=f"LogisticRegression {ref_acc:.4f}",
+                           font={"size": 11}, bgcolor="rgba(255,255,255,0.85)")
     elif isinstance(ref, dict) and "error" in ref:
         fig.add_annotation(text=f"reference not available: {ref['error']}"[:120], x=0.5, y=-0.18,
                            xref="paper", yref="paper", showarrow=False, font={"color": "#a33"})
