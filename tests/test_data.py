@@ -202,6 +202,16 @@ def test_one_long_line_among_good_ones_gets_the_general_hint(tmp_path):
     assert "missing or extra commas" in info.value.hint
 
 
+def test_a_target_that_differs_only_in_spaces_or_capitals_is_pointed_at(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,Species name \n1,2,x\n3,4,y\n5,6,x\n7,8,y\n")
+    with pytest.raises(DataError, match="target column 'species name' not found; columns: a, b, "
+                                        "'Species name '") as info:
+        load_dataset(str(path), target="species name")
+    assert info.value.hint == ("the file has 'Species name ', which differs only in spaces or "
+                               "capitals: set data.target = 'Species name ', or fix the header")
+
+
 @pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
 def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
     path = tmp_path / "t.csv"

@@ -198,8 +198,12 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
                         f"{', '.join(columns)}", hint=separator)
     if target not in columns:
-        raise DataError(f"{path}: target column {target!r} not found; "
-                        f"columns: {', '.join(columns)}", hint=separator)
+        twin = next((c for c in columns if c.strip().lower() == target.strip().lower()), None)
+        shown = ", ".join(repr(c) if c != c.strip() else c for c in columns)
+        raise DataError(f"{path}: target column {target!r} not found; columns: {shown}",
+                        hint=separator or (
+                            f"the file has {twin!r}, which differs only in spaces or capitals: "
+                            f"set data.target = {twin!r}, or fix the header" if twin else None))
     if len(frame) == 0:
         raise DataError(f"{path}: the file has no rows")
     # a short line leaves the last column NaN; lines one field longer than the header make
