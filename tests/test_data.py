@@ -212,6 +212,21 @@ def test_a_target_that_differs_only_in_spaces_or_capitals_is_pointed_at(tmp_path
                                "capitals: set data.target = 'Species name ', or fix the header")
 
 
+def test_a_tsv_file_is_read_with_tabs_and_checked_like_a_csv_file(tmp_path):
+    path = tmp_path / "t.tsv"
+    frame().to_csv(path, index=False, sep="\t")
+    ds = load_dataset(str(path), target="label")
+    assert ds.feature_names == ["f1", "f2", "count"] and len(ds.y) == len(frame())
+    path.write_text("a\tb\tlabel\n1.0\t2.0\tx\n3.0\t4.0\n5.0\t6.0\ty\n")
+    with pytest.raises(DataError, match="line 3 has 2 fields, expected 3"):
+        load_dataset(str(path), target="label")
+    frame().to_csv(path, index=False)  # commas in a .tsv file
+    with pytest.raises(DataError, match="target column 'label' not found") as info:
+        load_dataset(str(path), target="label")
+    assert info.value.hint == ("the file does not look tab-separated: its header is one column "
+                               "that contains commas; name it .csv")
+
+
 @pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
 def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
     path = tmp_path / "t.csv"

@@ -7,8 +7,9 @@ Sources (``name`` in :func:`load_dataset`):
 - ``synthetic``: Gaussian classes in ``d`` dimensions with correlated nuisance factors
   (``n``, ``d``, ``classes``, ``difficulty`` in [0, 1]); ``n=51000, d=3072, classes=10`` with a
   1000/1000 validation/test split is shaped like CS231n's CIFAR-10 (49000 x 3072 x 10);
-- a path to a ``.csv`` or ``.parquet`` file (one row per example, a named ``target`` column, all
-  other columns numeric features) or a ``.npz`` file with arrays ``X`` (N, D) and ``y`` (N,).
+- a path to a ``.csv``, ``.tsv`` (tabs) or ``.parquet`` file (one row per example, a named
+  ``target`` column, all other columns numeric features) or a ``.npz`` file with arrays ``X``
+  (N, D) and ``y`` (N,).
 
 Labels of any type are mapped to ``0..C-1`` in sorted order; :attr:`Splits.class_names` keeps
 the originals. Every problem with the data raises :class:`~tuner.errors.DataError` with a

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
-FILE_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-                                 ".npz": "npz"}
+FILE_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+                                 ".pq": "parquet", ".npz": "npz"}
+"""Suffix -> how the file is read (a ``.tsv`` file is a CSV file with tabs between fields)."""
 
 
 @dataclass

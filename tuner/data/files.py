@@ -144,7 +144,7 @@ def _csv_line_numbers(path: Path, n_rows: int) -> np.ndarray | None:
     starts, line = [], 1
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter(path))
             for record in reader:
                 if len(record) > 1 or "".join(record).strip():
                     starts.append(line)
@@ -177,7 +177,8 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
                         hint="expected a header line with the column names, then one row per "
                              "example" if fmt == "csv" else None)
     try:
-        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        frame = (pd.read_csv(path, sep=delimiter(path)) if fmt == "csv"
+                 else pd.read_parquet(path))
     except pd.errors.EmptyDataError:  # only blank lines: nothing to parse
         raise DataError(f"{path}: cannot read CSV file: the file is empty (no header line)",
                         hint="expected a header line with the column names, then one row per "
@@ -193,7 +194,7 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     # pandas renames a repeated CSV header ("f0,f0" -> f0, f0.1): only the header line tells
     header = _csv_header(path) if fmt == "csv" else None
     _check_duplicate_names(path, fmt, header if header is not None else columns, columns)
-    separator = _separator_hint(columns) if fmt == "csv" else None
+    separator = _separator_hint(columns, delimiter(path)) if fmt == "csv" else None
     if target is None:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
                         f"{', '.join(columns)}", hint=separator)
@@ -247,7 +248,7 @@ def _csv_header(path: Path) -> list[str] | None:
     takes it), before pandas renames repeats; None if the csv module cannot read it."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            for record in csv.reader(f):
+            for record in csv.reader(f, delimiter=delimiter(path)):
                 if len(record) > 1 or "".join(record).strip():
                     return record
     except (OSError, UnicodeError, csv.Error):
@@ -392,14 +393,39 @@ def _warn_row_identifiers(path: Path, X: np.ndarray, names: list[str]) -> None:
                     path, names[i], what)
 
 
-def _separator_hint(columns: list[str]) -> str | None:
-    """A hint when a CSV file parsed as one column looks separated by something else."""
+def delimiter(path: Path) -> str:
+    """The field separator of a text table: a tab for ``.tsv`` files, else a comma."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|' characters"}
+
+
+def _separator_hint(columns: list[str], expected: str = ",") -> str | None:
+    """A hint when a text table parsed as one column looks separated by something else than
+    ``expected`` (a comma, or a tab for ``.tsv``)."""
     if len(columns) != 1:
         return None
-    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
-        if sep in columns[0]:
-            return (f"the file does not look comma-separated: its header is one column that "
-                    f"contains {name}; save it as CSV with ',' between fields")
+    kind, between = ("tab", "tabs") if expected == "\t" else ("comma", "','")
+    for sep, name in SEPARATORS.items():
+        if sep != expected and sep in columns[0]:
+            fix = ("name it .tsv, or save it with ',' between fields" if sep == "\t"
+                   else "name it .csv" if sep == ","
+                   else f"save it with {between} between fields")
+            return (f"the file does not look {kind}-separated: its header is one column that "
+                    f"contains {name}; {fix}")
+    return None
+    for sep, name in SEPARATORS.items():
+        if sep != expected and sep in columns[0]:
+            if sep == "\t":
+                return (f"the file does not look {SEPARATORS[expected]}-separated: its header is "
+                        "one column that contains tabs; name it .tsv, or save it with "
+                        f"{expected!r} between fields")
+            if sep == ",":
+                return ("the file does not look tab-separated: its header is one column that "
+                        "contains commas; name it .csv")
+            return (f"the file does not look {SEPARATORS[expected]}-separated: its header is one "
+                    f"column that contains {name}s; save it with {expected!r} between fields")
     return None
 
 
@@ -414,7 +440,7 @@ def _check_field_counts(path: Path, expected: int) -> None:
     lines = 0
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter(path))
             line = 1
             for number, record in enumerate(reader):
                 blank = len(record) <= 1 and not "".join(record).strip()
