@@ -196,9 +196,9 @@ class DataSection(_Section):
         kind = FILE_FORMATS.get(Path(self.dataset).suffix.lower())
         is_table = kind in ("csv", "parquet")
         if is_table and self.target is None:
-            raise ValueError("target: the label column is required for CSV and Parquet data")
+            raise ValueError("target: the label column is required for CSV, TSV and Parquet data")
         if self.target is not None and (self.is_builtin() or kind == "npz"):
-            raise ValueError("target: only applies to CSV and Parquet data")
+            raise ValueError("target: only applies to CSV, TSV and Parquet data")
         return self
 
     def is_builtin(self) -> bool:
