@@ -387,6 +387,11 @@ def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
                              (("--timeout", "-1"), "--timeout -1.0: must be greater than 0")):
         proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, *option)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    # a year long past (a typo?) runs, with a warning: the night stays in every trend
+    old = nightly(nightly_file(tmp_path / "n.toml", n_trials=1), sqlite_url, date(2020, 1, 1),
+                  env=tuner_env(TUNER_DASHBOARD_VIEWS="0"))
+    assert old.returncode == 0, old.stderr
+    assert "warning: --date 2020-01-01 is" in flat(old.stderr) and "tuner delete it" in old.stderr
 
 
 def test_a_broken_nightly_dashboard_file_is_reported_once(sqlite_url, tmp_path):

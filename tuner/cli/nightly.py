@@ -22,6 +22,7 @@ from tuner.cli.app import (
     print_json,
     storage_flag,
     storage_note,
+    warn,
 )
 from tuner.errors import ConfigError, TunerError
 
@@ -98,6 +99,9 @@ def nightly(study_file: StudyFileArg,
         raise ConfigError(f"--date {day.isoformat()} is after today ({now.isoformat()} "
                           f"in {schedule.timezone}, the schedule's timezone)",
                           hint="a night can be run on its day or later (a missed night: its date)")
+    if (now - day).days > 366 and not json_out:  # a typo of the year: it stays in every trend
+        warn(f"--date {day.isoformat()} is {(now - day).days} days ago: the night will be part "
+             "of the sweep's history and trend from now on (tuner delete it if the date is wrong)")
     url = resolve_url(storage, sf.study.storage)
     say = (lambda _line: None) if json_out else (lambda line: out.print(escape(line), highlight=False))
     if sf.schedule is None and not json_out:
