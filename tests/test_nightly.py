@@ -376,7 +376,7 @@ def test_a_night_without_result_shows_its_baseline_sensibly(sqlite_url, tmp_path
     assert "#None" not in text
 
 
-def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
+def test_dates_bad_future_back_filled_and_long_past(sqlite_url, tmp_path):
     proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, "--date", "25.11.2026")
     assert proc.returncode == 2 and "expected a date as YYYY-MM-DD" in proc.stderr
     # a night in the future would become every later command's "latest night"
@@ -387,6 +387,13 @@ def test_bad_date_is_a_usage_error(sqlite_url, tmp_path):
                              (("--timeout", "-1"), "--timeout -1.0: must be greater than 0")):
         proc = nightly(nightly_file(tmp_path / "n.toml"), sqlite_url, DAY, *option)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    # a night run after a later judged one (a back-fill) says that one did not count it
+    path = nightly_file(tmp_path / "b.toml", name="bf", n_trials=1)
+    quiet = tuner_env(TUNER_DASHBOARD_VIEWS="0")
+    nightly(path, sqlite_url, DAY, check=True, env=quiet)
+    back = nightly(path, sqlite_url, DAY - timedelta(days=1), check=True, env=quiet)
+    assert (f"note: 1 later night(s) (2026-11-25) were judged without this one; to judge one "
+            f"again: tuner nightly {path} --date 2026-11-25 --storage {sqlite_url}") in flat(back.stdout)
     # a year long past (a typo?) runs, with a warning: the night stays in every trend
     old = nightly(nightly_file(tmp_path / "n.toml", n_trials=1), sqlite_url, date(2020, 1, 1),
                   env=tuner_env(TUNER_DASHBOARD_VIEWS="0"))

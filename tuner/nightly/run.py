@@ -23,6 +23,7 @@ from tuner.config import StudyFile
 from tuner.errors import LockHeldError
 from tuner.nightly.nights import (
     ATTR_NIGHT,
+    list_nights,
     night_name,
     night_study_file,
     schedule_of,
@@ -63,9 +64,9 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
               console: Any = None, say: Callable[[str], None] | None = None,
               n_trials: int | None = None, timeout: float | None = None) -> NightResult:
     """Run (or resume) the night ``day`` of study file ``sf``; see the module docs. ``say``
-    receives progress lines (warm start, verdict). ``n_trials`` / ``timeout`` replace the
-    file's nightly budget for this run (``tuner nightly --n-trials``); the warm start still
-    takes the file's top-k, so a short first try does not shorten the night's warm start."""
+    receives progress lines (warm start, notes). ``n_trials`` / ``timeout`` replace the
+    file's nightly budget for this run (``tuner nightly --n-trials``); the warm start takes at
+    most ``n_trials`` configurations, so nothing is left WAITING past the night's target."""
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import EXIT_CODES, Runner
     from tuner.study import load_data, study_exists
@@ -116,6 +117,8 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                                   rule=schedule.regression)
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
+            _note_later_nights(storage, base, day, schedule.regression.baseline_nights,
+                               sf.source, storage_url, say)
             if views:
                 _attach_nightly_views(study, night_sf)
         best = None
@@ -128,6 +131,18 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                            reason, counts, warm, verdict, exit_code, best)
     finally:
         lock.release()
+
+
+def _note_later_nights(storage: Any, base: str, day: date, n: int, source: str,
+                       storage_url: str, say: Callable[[str], None]) -> None:
+    """A night run after later ones (a back-fill) is in their baselines from now on, but
+    their stored verdicts did not count it: say which, and how to judge them again."""
+    later = [x for x in list_nights(storage, base) if x.date > day and x.verdict][:n]
+    if later:
+        dates = ", ".join(x.date.isoformat() for x in later)
+        say(f"note: {len(later)} later night(s) ({dates}) were judged without this one; to "
+            f"judge one again: tuner nightly {source} --date {later[0].date.isoformat()}"
+            f"{storage_flag(storage_url)}")
 
 
 def _keep_the_night(lock: NamedLock) -> None:
