@@ -85,6 +85,7 @@ from tuner.study import (
     flat_params,
     load_data,
     load_study,
+    trial_study_file,
 )
 from tuner.train import fit
 
@@ -194,7 +195,6 @@ class Verdict:
     available: float | None
     computed_at: str
     data: dict[str, Any] | None = None  # what changed since the incumbent's night (see check_night)
-
 
     @property
     def exit_code(self) -> int:
@@ -358,7 +358,8 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
                                            or sf is not None) else None
         carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
                    "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
-                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST), "setup": _setup(sf)}
+                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST),
+                   "setup": _setup(None if sf is None else trial_study_file(study, best, sf))}
         value = best.value
         inc = (night.verdict or {}).get("incumbent") or {}
         again = inc.get("tonight")
