@@ -317,6 +317,20 @@ def test_a_night_that_did_not_run_is_logged_as_an_error():
     assert night_level(-15) == night_level(-2) == logging.WARNING
 
 
+def test_a_nights_output_is_logged_line_by_line_at_its_level(caplog):
+    import io
+
+    from tuner.nightly.scheduler import _relay
+
+    stream = io.StringIO("data: digits\nwarning: the file changed\n\nerror: no database\n")
+    with caplog.at_level(logging.INFO, logger="tuner.scheduler"):
+        _relay(stream, "d [2026-11-25]")
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "tuner.scheduler"]
+    assert got == [(logging.INFO, "d [2026-11-25]: data: digits"),
+                   (logging.WARNING, "d [2026-11-25]: the file changed"),
+                   (logging.ERROR, "d [2026-11-25]: no database")], got
+
+
 def test_a_night_killed_by_a_signal_is_described_by_the_signal():
     from tuner.nightly.scheduler import describe_night
 

@@ -136,6 +136,9 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_CliFormatter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    # psycopg warns about the clean-up of a statement that failed and was handled (two runners
+    # storing the same views: "error ignored terminating <psycopg.Pipeline ...>"): not news
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     try:
         app()

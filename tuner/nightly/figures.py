@@ -141,7 +141,14 @@ def trend_figure(ctx: Any) -> go.Figure:
     fig = go.Figure()
     band = [(r.date.isoformat(), (r.verdict or {}).get("baseline") or {}) for r in records]
     band = [(d, b) for d, b in band if _num(b.get("level")) is not None and _num(b.get("margin")) is not None]
-    if band:
+    if len(band) == 1:  # one night with a baseline: a line of one point draws nothing
+        (x, b), = band
+        fig.add_trace(go.Scatter(x=[x], y=[b["level"]], mode="markers", name="baseline ± margin",
+                                 marker={"color": "#1f77b4", "symbol": "line-ew-open", "size": 14},
+                                 error_y={"type": "data", "array": [b["margin"]], "width": 8,
+                                          "color": "rgba(31,119,180,0.6)"},
+                                 hovertemplate="%{x}: baseline %{y:.4f}<extra></extra>"))
+    elif band:
         xs = [d for d, _ in band]
         lows = [b["level"] - b["margin"] for _, b in band]
         highs = [b["level"] + b["margin"] for _, b in band]
@@ -182,7 +189,8 @@ def trend_figure(ctx: Any) -> go.Figure:
     current = _current_date(ctx)
     if current in dates:
         fig.add_vline(x=current, line={"dash": "dot", "color": "#555"})
-    fig.update_layout(title=title, xaxis_title="night", yaxis_title=metric, hovermode="closest",
+    fig.update_layout(title=title, template="plotly_white", xaxis_title="night",
+                      yaxis_title=metric, hovermode="closest",
                       legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(**date_axis(dates))
     return fig
@@ -214,7 +222,7 @@ def choices_figure(ctx: Any) -> go.Figure:
                              hovertemplate="%{x}: lr %{y:.3g}<extra></extra>"), row=4, col=1)
     fig.update_yaxes(type="log", row=4, col=1, **log_ticks(lrs))
     fig.update_xaxes(**date_axis(dates))
-    fig.update_layout(title=title, showlegend=False, height=720)
+    fig.update_layout(title=title, template="plotly_white", showlegend=False, height=720)
     return fig
 
 

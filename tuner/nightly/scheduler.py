@@ -553,22 +553,49 @@ class SchedulerService:
                                     start_new_session=True)
             self._children[proc.pid] = proc
         log.info("%s: running the night of %s (pid %d)", sweep.base, day, proc.pid)
+        # the night's warnings and errors are logged as they come (a long night said nothing
+        # until it ended), each at its own level
+        relay = threading.Thread(target=_relay, args=(proc.stderr, f"{sweep.base} [{day}]"),
+                                 name="tuner-night-stderr", daemon=True)
+        relay.start()
         try:
-            stdout, stderr = proc.communicate()
+            stdout = proc.stdout.read() if proc.stdout is not None else ""
+            proc.wait()
+            relay.join(10.0)
         finally:
             with self._lock:
                 self._children.pop(proc.pid, None)
         code = proc.returncode
         elapsed = time.monotonic() - started
         summary = _parse_json(stdout)
-        for line in (stderr or "").strip().splitlines()[-20:]:
-            level = (logging.ERROR if line.startswith("error:") else
-                     logging.WARNING if line.startswith("warning:") else logging.INFO)
-            log.log(level, "%s [%s]: %s", sweep.base, day, line)
         log.log(night_level(code), "%s", describe_night(sweep.base, day, code, elapsed, summary))
         self.completed.append({"base": sweep.base, "date": day.isoformat(), "exit_code": code,
                                "summary": summary})
         return code
+
+
+MAX_RELAYED_LINES = 200  # a night that prints more is cut short in the log (its trials are not)
+
+
+def _relay(stream: Any, where: str) -> None:
+    """Log a night's stderr lines as they come: ``error: ...`` at ERROR, ``warning: ...`` at
+    WARNING (the prefix said once, by the level), the rest at INFO."""
+    if stream is None:
+        return
+    for count, raw in enumerate(stream):
+        line = raw.rstrip("\n")
+        if not line.strip():
+            continue
+        if count == MAX_RELAYED_LINES:
+            log.warning("%s: more output than %d lines; the rest is not logged", where,
+                        MAX_RELAYED_LINES)
+        if count >= MAX_RELAYED_LINES:
+            continue
+        level = logging.INFO
+        for prefix, at in (("error: ", logging.ERROR), ("warning: ", logging.WARNING)):
+            if line.startswith(prefix):
+                line, level = line[len(prefix):], at
+        log.log(level, "%s: %s", where, line)
 
 
 def _parse_json(text: str | None) -> dict[str, Any] | None:
