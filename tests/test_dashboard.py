@@ -311,7 +311,13 @@ def test_reference_gap_uses_logistic_regression_on_the_same_split_cached_in_the_
     meta = fig.layout.meta
     assert math.isclose(meta["reference"], expected)
     assert meta["best_trial"] == best.number and math.isclose(meta["best_accuracy"], best.value)
-    assert f"gap {(best.value - expected) * 100:+.2f} points" in fig.layout.title.text
+    assert fig.layout.title.text == (f"Best trial #{best.number} vs LogisticRegression: "
+                                     f"{best.value:.4f} ({(best.value - expected) * 100:+.2f} points)")
+    [label] = [a for a in fig.layout.annotations if a.text.startswith("LogisticRegression")]
+    assert label.text == f"LogisticRegression {expected:.4f}" and label.y == 0.0
+    # the label reads away from the nearer edge: never cut
+    middle = sum(fig.layout.xaxis.range) / 2
+    assert label.xanchor == ("right" if expected > middle else "left")
     bars = fig.data[0]
     per_opt = {}
     for t in complete(real):
