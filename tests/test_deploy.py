@@ -138,7 +138,8 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def example_values(**overrides: str) -> dict[str, str]:
-    return {**read_env_file(ENV_EXAMPLE), **overrides}
+    """.env.example's values, with the password a user must set (it is empty there)."""
+    return {**read_env_file(ENV_EXAMPLE), "POSTGRES_PASSWORD": "set-by-the-user", **overrides}
 
 
 def duration_s(text: str) -> float:
@@ -679,7 +680,7 @@ def test_compose_healthchecks_dependencies_and_restarts():
             assert deps["init"] == {"condition": "service_completed_successfully"}, name
     assert services["init"]["restart"] == "no"
     worker = services["worker"]
-    assert worker["restart"] == "on-failure"
+    assert worker["restart"] == "on-failure:5", "restarted, but not forever (exit 2 repeats)"
     assert "container_name" not in worker and "ports" not in worker, "scalable with --scale"
     assert duration_s(worker["stop_grace_period"]) >= 30
     dashboard = services["dashboard"]
@@ -689,7 +690,8 @@ def test_compose_healthchecks_dependencies_and_restarts():
 
     assert duration_s(services["scheduler"]["stop_grace_period"]) > STOP_TIMEOUT_S
     for name in ("worker", "scheduler", "dashboard"):
-        assert services[name]["restart"] in ("on-failure", "unless-stopped", "always"), name
+        assert services[name]["restart"].split(":")[0] in ("on-failure", "unless-stopped",
+                                                           "always"), name
     # services whose PID 1 spawns processes run under an init that reaps them and forwards signals
     for name in ("worker", "scheduler"):
         assert services[name].get("init") is True, name
@@ -719,9 +721,11 @@ def _no_secret_literals(node: Any, where: str) -> None:
 def test_no_secret_literals_anywhere():
     compose = load_compose()
     _no_secret_literals(compose, "docker-compose.yml")
-    placeholder = read_env_file(ENV_EXAMPLE)["POSTGRES_PASSWORD"]
-    assert placeholder == "change-me", ".env.example holds a placeholder, not a secret"
-    assert placeholder not in COMPOSE_FILE.read_text()
+    example = read_env_file(ENV_EXAMPLE)
+    assert example["POSTGRES_PASSWORD"] == "", ".env.example leaves the password to the user"
+    # copied as is, it stops compose instead of running with a password everyone knows
+    with pytest.raises(MissingVariable, match="set POSTGRES_PASSWORD in .env"):
+        interpolate_all(compose, example)
     assert ".env" in (REPO / ".gitignore").read_text().split()
     assert ".env" in DOCKERIGNORE.read_text().split(), "the build context never holds .env"
     for path in K8S.glob("*.yaml"):
