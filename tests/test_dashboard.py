@@ -341,6 +341,15 @@ def test_importances_and_history_match_optuna(real, panels):
     imp = panels["importances"].figure.data[0]
     expected = results.importances(real["plain"])
     assert dict(zip(imp.y, imp.x, strict=True)) == pytest.approx(expected)
+    # over the parameters every COMPLETE trial has: not an optimizer's own (a subset's spread)
+    params = [set(t.params) for t in complete(real)]
+    assert set(expected) == set.intersection(*params) and set.union(*params) - set(expected)
+    few = optuna.create_study()
+    for value in (0.1, 0.2, 0.3):
+        few.add_trial(optuna.trial.create_trial(
+            params={"lr": value}, distributions={"lr": optuna.distributions.FloatDistribution(0, 1)},
+            value=value))
+    assert results.importances(few) == {}  # 3 trials: noise, not importances
     hist = panels["history"].figure
     points = {n: v for tr in traces(hist, "trials") for n, v in zip(tr.x, tr.y, strict=True)}
     assert points == {t.number: t.value for t in complete(real)}

@@ -134,7 +134,7 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
             table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", status)
         out.print(table)
     if report["retries"]:
-        table = FitTable(title="retries (original trial -> retries)", title_justify="left")
+        table = FitTable(title="retries", title_justify="left")
         table.add_column("original", key=True)
         table.add_column("retries")
         for root, chain in report["retries"].items():

@@ -241,7 +241,8 @@ def group_table(study: optuna.Study, study_file: Any, key: str) -> FitTable:
         table.add_column(col, justify="left" if col == key else "right", key=True, drop=drop)
     for g in results.best_by(study, key, study_file):
         table.add_row(str(g.value), fmt(g.best), "-" if g.best_trial < 0 else f"#{g.best_trial}",
-                      fmt(g.median), f"{fmt(g.q25)}-{fmt(g.q75)}", str(g.n), str(g.pruned),
+                      fmt(g.median), "-" if g.n == 0 else f"{fmt(g.q25)}-{fmt(g.q75)}", str(g.n),
+                      str(g.pruned),
                       str(g.diverged))
     return table
 

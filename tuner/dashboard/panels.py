@@ -190,7 +190,7 @@ def summary(ctx: PanelContext) -> str:
         for row in stats.itertuples():
             trial_ref = "-" if row.best_trial < 0 else f"#{row.best_trial}"
             lines.append(f"| {_md(row.Index)} | {fmt(row.best)} | {trial_ref} | {fmt(row.median)} | "
-                         f"{fmt(row.q25)}–{fmt(row.q75)} | {row.n} | {row.pruned} | {row.diverged} |")
+                         f"{_range(row.q25, row.q75)} | {row.n} | {row.pruned} | {row.diverged} |")
         lines.append("")
     if top_k > 0:
         lines += [f"| top {top_k} | {ctx.metric} | optimizer | lr | peak lr | batch | scaling | warmup "
@@ -575,7 +575,10 @@ def importances(ctx: PanelContext) -> go.Figure:
     title = "Parameter importances (PED-ANOVA)"
     imp = study_importances(ctx)
     if not imp:
-        return empty_figure(title, "not enough COMPLETE trials yet")
+        from tuner.results import MIN_IMPORTANCE_TRIALS
+
+        return empty_figure(title, f"fewer than {MIN_IMPORTANCE_TRIALS} COMPLETE trials (or none "
+                                   "searched parameters all of them share): not computed")
     items = sorted(imp.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
     fig = go.Figure(go.Bar(
         x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker_color="#4c78a8",
@@ -645,9 +648,17 @@ def history(ctx: PanelContext) -> go.Figure:
         line={"color": "#222", "width": 2, "shape": "hv"},
         hovertemplate="after #%{x}: best %{y:.4f}<extra></extra>"))
     pruned = int((f["state"] == "PRUNED").sum())
-    fig.update_xaxes(title_text="trial number")
+    fig.update_xaxes(title_text="trial number", tickformat="d",  # whole numbers, never 0.2
+                     dtick=None if len(f) > 10 else 1)
     fig.update_yaxes(title_text=metric_label(ctx))
     return style(fig, f"{title}: {len(done)} complete, {pruned} pruned")
+
+
+def _range(low: Any, high: Any) -> str:
+    """``low–high``, or ``-`` when there is none (a group without a COMPLETE trial)."""
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return "-"
+    return f"{fmt(low)}–{fmt(high)}"
 
 
 def generated_at() -> str:

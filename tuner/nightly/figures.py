@@ -265,7 +265,8 @@ def verdict_markdown(ctx: Any) -> str:
             why = " (not computed: tonight has no result)" if no_result and b.get(key) is None else ""
             return f"{_f(b.get(key))}{why}"
 
-        lines += [f"| baseline: median of {len(nights)} nights | {number('level')} |",
+        lines += [f"| baseline: median of {len(nights)} night{'' if len(nights) == 1 else 's'} | "
+                  f"{number('level')} |",
                   f"| baseline best | {_f(b.get('best'))} |",
                   f"| spread (1.4826 × median absolute deviation) | {number('spread')} |",
                   f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
