@@ -337,6 +337,25 @@ def test_reference_is_computed_once_then_read_from_the_study(real, monkeypatch):
     assert "val_accuracy" in ref
 
 
+def test_a_study_page_reads_the_trials_once_for_its_header_and_its_views(real, monkeypatch):
+    """The header and the summary of a page told different counts while a study ran: the views
+    read the trials into a dict of their own, and the header read them again."""
+    import tuner.dashboard.reader as reader
+    from tuner.dashboard.report import render_study_view
+
+    reads = []
+    real_read = reader.read_trials
+
+    def counted(*args, **kwargs):
+        reads.append(args)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(reader, "read_trials", counted)
+    view = render_study_view(real["storage"], STUDY_NAME)
+    assert len(reads) == 1, reads
+    assert sum(view.header.counts.values()) == len(real["trials"])
+
+
 def test_importances_and_history_match_optuna(real, panels):
     imp = panels["importances"].figure.data[0]
     expected = results.importances(real["plain"])

@@ -73,7 +73,8 @@ def render_dashboard(spec: DashboardSpec, study: optuna.Study, study_file: Any, 
     returned with ``error`` set (and logged), so one broken view never hides the others;
     unknown panel names and bad options raise :class:`DashboardError` before anything runs."""
     check_panels(spec)
-    base = PanelContext(study, study_file, storage, dashboard=spec.name, shared=shared or {},
+    base = PanelContext(study, study_file, storage, dashboard=spec.name,
+                        shared={} if shared is None else shared,  # an empty one is the caller's too
                         compute_reference=compute_reference)
     dup = {p.type for p in spec.panels if sum(q.type == p.type for q in spec.panels) > 1}
     out = []
