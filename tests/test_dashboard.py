@@ -356,6 +356,28 @@ def test_a_study_page_reads_the_trials_once_for_its_header_and_its_views(real, m
     assert sum(view.header.counts.values()) == len(real["trials"])
 
 
+def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
+    """A runner killed mid-trial leaves its trials RUNNING: the page said "3 running" for
+    ever; it says which are stale and what fails them."""
+    from tuner.config import load_study_file
+    from tuner.dashboard.report import render_study_view
+    from tuner.study import open_study
+
+    path = write_study(tmp_path / "s.toml", name="gone", extra_study=(
+        "[study.reliability]\nheartbeat_interval = 1\ngrace_period = 2"))
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(load_study_file(path), storage)
+    study.ask()  # RUNNING, and nobody beats its heart
+    fresh = render_study_view(storage, "gone")
+    assert fresh.header.counts == {"RUNNING": 1} and not fresh.header.extra
+    time.sleep(2.5)
+    later = render_study_view(storage, "gone")
+    assert later.header.extra == {"stale": 1, "grace": 2}
+    text = re.sub(r"<[^>]+>", "", later.html)
+    assert ("1 of them stale (no heartbeat for over 2 s: its runner is gone): tuner doctor gone "
+            "--fail-stale") in text
+
+
 def test_importances_and_history_match_optuna(real, panels):
     imp = panels["importances"].figure.data[0]
     expected = results.importances(real["plain"])

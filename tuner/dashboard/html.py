@@ -55,6 +55,7 @@ main { padding: 16px 24px 40px; }
 table.list { background: #fff; width: 100%; }
 table.list td.num, table.list th.num { text-align: right; }
 .muted { color: var(--muted); }
+.warn { color: #a15c00; }
 footer { color: var(--muted); padding: 0 24px 24px; font-size: 12px; }
 """
 
@@ -85,9 +86,28 @@ def study_header(ctx: PanelContext) -> StudyHeader:
     stamps = [t.datetime_complete or t.datetime_start for t in ctx.trials()]
     stamps = [s for s in stamps if s is not None]
     data = (ctx.data_summary() or {}).get("description")
+    extra = _stale_running(ctx) if counts.get("RUNNING") else {}
     return StudyHeader(ctx.study.study_name, ctx.study._study_id, ctx.metric,
                        "maximize" if ctx.maximize else "minimize", counts, best_value, best_trial,
-                       max(stamps) if stamps else None, data)
+                       max(stamps) if stamps else None, data, extra)
+
+
+def _stale_running(ctx: PanelContext) -> dict[str, Any]:
+    """``{"stale": n, "grace": seconds}`` for RUNNING trials whose heartbeat is older than the
+    study file's grace period (their runner is gone: ``tuner doctor --fail-stale``, or the next
+    ``tuner run``, fails and re-queues them); empty when none is or it cannot be told."""
+    from tuner.storage.coordination import heartbeat_ages
+
+    if getattr(ctx.study._storage, "backend", None) is None:
+        return {}
+    rel = ctx.study_file.study.reliability if ctx.study_file is not None else None
+    grace = rel.grace if rel is not None else 60.0
+    try:
+        ages = heartbeat_ages(ctx.study._storage, ctx.study._study_id)
+    except Exception:  # a courtesy of the page: never fail it
+        return {}
+    stale = sum(age > grace for age in ages.values())
+    return {"stale": stale, "grace": grace} if stale else {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,6 +192,10 @@ def _facts(header: StudyHeader) -> str:
     items = [f'best {html.escape(header.metric)} <b id="best-value">{best}</b>{trial}',
              f"{html.escape(header.direction)}",
              f'<span id="trial-counts">{sum(header.counts.values())} trials: {counts or "none"}</span>']
+    if header.extra.get("stale"):
+        items.append(f'<span id="stale" class="warn">{header.extra["stale"]} of them stale (no '
+                     f'heartbeat for over {header.extra["grace"]:g} s: its runner is gone): '
+                     f'<code>tuner doctor {html.escape(header.name)} --fail-stale</code></span>')
     if header.last_activity is not None:
         items.append(f"last activity {header.last_activity:%Y-%m-%d %H:%M:%S}")
     if header.data:

@@ -35,6 +35,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -56,6 +57,7 @@ log = logging.getLogger("tuner.dashboard")
 
 StartResponse = Callable[..., Any]
 HTML = "text/html; charset=utf-8"
+STALE_CHECK_S = 15  # a study page with RUNNING trials is rebuilt at most this often when idle
 
 
 class DashboardNotFoundError(DashboardError):
@@ -259,7 +261,11 @@ class TunerViews:
             spec = load_dashboard(str(self.dashboard_file(dashboard)), self.folder)
             fingerprint = None if facts is None else _fingerprint(conn, name, *facts, spec)
         files = tuple((f, Path(f).stat().st_mtime_ns) for f in spec.files)
-        stamp = (fingerprint, files, plotly)
+        # with RUNNING trials, a page is rebuilt every STALE_CHECK_S even if nothing else
+        # changed: a runner that died leaves its trials RUNNING and the marks still
+        running = fingerprint is not None and "RUNNING" in str(fingerprint[1])
+        stamp = (fingerprint, files, plotly,
+                 int(time.time() // STALE_CHECK_S) if running else None)
         key = (name, f"{dashboard}|{plotly}")
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
