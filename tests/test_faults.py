@@ -355,6 +355,9 @@ def test_sigkill_runner_mid_trial_is_detected_failed_and_retried(tmp_path, pg_ur
     for t in trials:
         if t.number in killed:
             assert "stale heartbeat" in t.user_attrs["fail_reason"]
+    # the survivor says what it did (it went quiet, then counted failures it never explained)
+    said = " ".join((tmp_path / "b.log").read_text().split())
+    assert f"failed {len(killed)} trial(s) of a runner that is gone (no heartbeat for" in said, said
 
 
 # --- 2. SIGTERM a runner ---------------------------------------------------------------

@@ -160,6 +160,8 @@ class Runner:
         self.engine = engine_id()  # stored with each trial (what an exact replay needs)
         self.training = training_digest(study_file)  # which study file a trial trained under, for replays
         self.data_digest: str | None = None  # which contents of its data file (set once loaded)
+        self._waiting_said = 0  # RUNNING count last said to be waited for (said once per count)
+        self._stale_failed: deque[str] = deque()  # from the heartbeat thread, said by the main loop
         self._shutting_down = False
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
@@ -422,8 +424,16 @@ class Runner:
                     # no other runner (we hold the study's lock), none of ours in flight: an
                     # interrupted claim left it (Optuna's trial creation retries its commit)
                     self._recover_orphans("an interrupted claim of this runner")
+                elif counts[TrialState.RUNNING] and self._waiting_said != counts[TrialState.RUNNING]:
+                    self._waiting_said = counts[TrialState.RUNNING]
+                    self.display.message(
+                        f"waiting for {counts[TrialState.RUNNING]} trial(s) running in other "
+                        f"runners: the budget has no other trial left; a runner that is gone is "
+                        f"noticed after {self.rel.grace} s without heartbeat and its trials re-run")
                 # other runners hold the remaining trials; wait for them to finish or go stale
                 self._stop_event.wait(0.5)
+            while self._stale_failed:  # failed by the heartbeat thread: said from this one,
+                log.warning("%s", self._stale_failed.popleft())  # --quiet too
             self._dispatch(timeout=0.2)
             now = time.monotonic()
             if now - last_flush >= FLUSH_EVERY_S:
@@ -922,8 +932,12 @@ class Runner:
             try:
                 touch_heartbeats(self.storage, self.storage.owned_trial_ids())
                 if self.engine_kind != "sqlite":
-                    fail_stale_trials(self.study, self.storage, grace_seconds=self.rel.grace,
-                                      max_retry=self.rel.max_retry)
+                    failed = fail_stale_trials(self.study, self.storage, grace_seconds=self.rel.grace,
+                                               max_retry=self.rel.max_retry)
+                    if failed:
+                        self._stale_failed.append(
+                            f"failed {len(failed)} trial(s) of a runner that is gone (no "
+                            f"heartbeat for {self.rel.grace} s): {describe_failed(failed)}")
                 failing_since = None
             except Exception as exc:  # keep beating; the main loop reports persistent outages
                 now = time.monotonic()
