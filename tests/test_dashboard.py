@@ -356,6 +356,27 @@ def test_a_study_page_reads_the_trials_once_for_its_header_and_its_views(real, m
     assert sum(view.header.counts.values()) == len(real["trials"])
 
 
+def test_the_summary_of_a_study_where_everything_diverged_says_what_to_change(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from tuner.config import load_study_file
+    from tuner.dashboard.panels import summary
+    from tuner.study import open_study
+
+    path = write_study(tmp_path / "s.toml", name="boom")
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(load_study_file(path), storage)
+    for lr in (1e3, 1e4):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-3, 1e5, log=True)},
+            state=TrialState.PRUNED, intermediate_values={1: 0.1},
+            user_attrs={"diverged": True, "config": {"optimizer": "sgd", "lr": lr}}))
+    text = summary(PanelContext(study, load_study_file(path), storage))
+    assert "no COMPLETE trial yet" in text
+    assert ("2 of 2 pruned trial(s) diverged (loss not finite or blowing up): the learning rates "
+            "tried are too large for this data; lower space.lr") in text, text
+
+
 def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     """A runner killed mid-trial leaves its trials RUNNING: the page said "3 running" for
     ever; it says which are stale and what fails them."""

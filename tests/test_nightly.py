@@ -372,7 +372,8 @@ def test_a_night_without_result_shows_its_baseline_sensibly(sqlite_url, tmp_path
     text = verdict_markdown(SimpleNamespace(study=study, study_file=None, storage=storage, options={}))
     assert "| tonight's best | – (no COMPLETE trial) |" in text, text
     assert "| baseline: median of 3 nights | 0.9638 |" in text, text
-    assert "| available tonight − baseline | – (nothing to compare: tonight has no result) |" in text
+    assert ("| best available tonight (sweep or incumbent) − baseline | – (nothing to compare: "
+            "tonight has no result) |") in text
     assert "#None" not in text
 
 

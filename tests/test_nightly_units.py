@@ -113,6 +113,20 @@ def test_a_search_shortfall_is_reported_distinctly():
     assert _message(j).startswith("search shortfall: tonight's sweep is -0.1550")
 
 
+def test_an_ok_night_held_by_the_incumbent_says_so():
+    """Tonight's sweep fell a little short, within the margin; what passed is the incumbent
+    re-trained on tonight's data: the message says which."""
+    j = judge("maximize", 0.9585, [0.9610, 0.9600, 0.9615], RULE,
+              incumbent_stored=0.9610, incumbent_tonight=0.9610)
+    assert (j.verdict, j.cause) == ("ok", None)
+    assert _message(j) == ("within the margin of the baseline (+0.0000, margin 0.0050), by the "
+                           "incumbent re-trained on tonight's data (0.9610; tonight's sweep is "
+                           "-0.0025)"), _message(j)
+    own = judge("maximize", 0.9612, [0.9610, 0.9600, 0.9615], RULE,
+                incumbent_stored=0.9610, incumbent_tonight=0.9610)
+    assert _message(own) == "within the margin of the baseline (+0.0002, margin 0.0050)"
+
+
 def test_genuinely_worse_night_is_a_regression_from_data_drift():
     j = judge("maximize", 0.90, [0.957, 0.951, 0.955], RULE,
               incumbent_stored=0.957, incumbent_tonight=0.905)

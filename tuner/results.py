@@ -188,6 +188,20 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return qs[0], qs[2]
 
 
+def divergence_note(trials: list[FrozenTrial]) -> str | None:
+    """For a study without a COMPLETE trial: how many of its pruned trials diverged and, when
+    all did, what to change (``None`` when none diverged)."""
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    diverged = sum(1 for t in stopped if t.user_attrs.get("diverged"))
+    if not diverged:
+        return None
+    advice = (": the learning rates tried are too large for this data; lower space.lr (or its "
+              "range), add warmup, or try adaptive optimizers (adam, adagrad, rmsprop)"
+              ) if diverged == len(stopped) else ""
+    return (f"{diverged} of {len(stopped)} pruned trial(s) diverged (loss not finite or blowing "
+            f"up){advice}")
+
+
 MIN_IMPORTANCE_TRIALS = 10
 """Fewer COMPLETE trials than this: no importances (with 2 trials, lr came out at 0.92)."""
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -278,14 +278,9 @@ def study_report(console: Console, study: optuna.Study, study_file: Any, *, top:
         best = study.best_trial
     except ValueError:
         console.print("[yellow]no COMPLETE trial yet[/]")
-        stopped = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-        diverged = sum(1 for t in stopped if t.user_attrs.get("diverged"))
-        if diverged:
-            advice = (": the learning rates tried are too large for this data; lower space.lr "
-                      "(or its range), add warmup, or try adaptive optimizers (adam, adagrad, "
-                      "rmsprop)") if diverged == len(stopped) else ""
-            console.print(f"[yellow]{diverged} of {len(stopped)} pruned trial(s) diverged[/] (loss "
-                          f"not finite or blowing up){advice}", highlight=False)
+        note = results.divergence_note(study.get_trials(deepcopy=False))
+        if note:
+            console.print(escape(note), style="yellow", highlight=False)
         return
     foreign = study_file is None and ATTR_METRIC not in study.user_attrs
     if foreign:  # made with Optuna directly: no training configuration to break down

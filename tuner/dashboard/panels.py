@@ -159,8 +159,13 @@ def summary(ctx: PanelContext) -> str:
     lines = [SUMMARY_HEADING, ""]
     done = ctx.complete()
     if done.empty:
+        from tuner.results import divergence_note
+
         lines += [f"Study **{ctx.study.study_name}** ({ctx.metric}, {direction}): no COMPLETE trial "
                   f"yet. {count_text}.", ""]
+        note = divergence_note(ctx.trials())
+        if note:  # the views below are empty: say why, and what to change
+            lines += [f"**{_md(note)}**", ""]
         return "\n".join(lines)
     best = done.iloc[0]
     trial = ctx.trial(int(best["number"]))

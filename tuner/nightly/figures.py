@@ -271,7 +271,7 @@ def verdict_markdown(ctx: Any) -> str:
                   f"| spread (1.4826 × median absolute deviation) | {number('spread')} |",
                   f"| margin = max(tolerance {_f(b.get('tolerance'))}, "
                   f"{b.get('spread_factor')} × spread, capped) | {number('margin')} |",
-                  "| available tonight − baseline | "
+                  "| best available tonight (sweep or incumbent) − baseline | "
                   + ("– (nothing to compare: tonight has no result)" if no_result
                      else _f(v.get("delta"), signed=True)) + " |"]
     if inc:

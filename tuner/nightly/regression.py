@@ -314,7 +314,11 @@ def _message(j: Judgement, data: dict[str, Any] | None = None) -> str:
             return (f"search shortfall: tonight's sweep is {signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
                     "data (search luck, not a regression; if it recurs, raise the nightly budget)")
-        return f"within the margin of the baseline ({d}, margin {m})"
+        held = (j.available is not None and j.sweep_delta is not None and j.delta is not None
+                and j.delta > j.sweep_delta)  # the incumbent, not tonight's sweep, is that close
+        return (f"within the margin of the baseline ({d}, margin {m})"
+                + (f", by the incumbent re-trained on tonight's data ({_fmt(j.available)}; "
+                   f"tonight's sweep is {signed(j.sweep_delta)})" if held else ""))
     if j.cause == "data" and j.incumbent_diverged:
         return (f"{DIVERGED}, so it has no value to compare: {drift_words}"
                 + (f", although tonight is {d} from the baseline (margin {m})"
