@@ -517,6 +517,7 @@ def test_rerun_with_a_changed_file_warns_and_hints_name_the_storage(tmp_path):
     second = run_tuner("run", changed, "--storage", url, cwd=tmp_path, check=True)
     stderr = " ".join(second.stderr.split())
     assert "differs from the file study 'drift' was created with" in stderr, second.stderr
+    assert "(3/3 done: 3 complete; 1 by this run)" in stderr, stderr  # the other 2: the first run
     assert "model.epochs: 1 -> 2" in stderr
     assert 'space.optimizer: ["sgd", "momentum", "adam"] -> "sgd"' in stderr
     assert "--study-name NEW" in stderr

@@ -106,6 +106,7 @@ def test_same_night_twice_is_one_study_with_an_exact_budget(storage_url, tmp_pat
     summary = json.loads(first.stdout)
     assert summary["study"] == "nt-2026-11-25" and summary["exit_code"] == 0
     assert summary["verdict"]["verdict"] == "ok" and summary["verdict"]["cause"] == "no_baseline"
+    assert summary["ran"] == 5
     second = nightly(path, storage_url, DAY, check=True)
     assert "nt-2026-11-25" in second.stdout and "5/5 trials done" in second.stdout
     names = optuna.get_all_study_names(storage=storage_url)
@@ -116,7 +117,7 @@ def test_same_night_twice_is_one_study_with_an_exact_budget(storage_url, tmp_pat
     assert study.user_attrs[ATTR_VERDICT]["verdict"] == "ok"
     # --n-trials replaces the night's budget: one more trial, in the same study
     third = json.loads(nightly(path, storage_url, DAY, "-n", "6", "--json", check=True).stdout)
-    assert third["n_trials"] == 6 and third["study"] == "nt-2026-11-25"
+    assert third["n_trials"] == 6 and third["study"] == "nt-2026-11-25" and third["ran"] == 1
     assert done(study_of(storage_url, "nt-2026-11-25")) == 6
 
 

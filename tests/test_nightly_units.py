@@ -351,6 +351,9 @@ def test_a_night_killed_by_a_signal_is_described_by_the_signal():
     early = describe_night("d", date(2026, 11, 25), -15, 0.8, None)
     assert early == ("d: night d-2026-11-25 was stopped by SIGTERM after 0.8 s, while it started "
                      "(no trial was running; the next run does the night)")
+    again = describe_night("d", date(2026, 11, 25), 0, 2.0,
+                           {"stopped": "done", "ran": 0, "counts": {"COMPLETE": 5}})
+    assert "done earlier (no trial ran now; the verdict was recomputed); trials: 5 complete" in again
     killed = describe_night("d", date(2026, 11, 25), -9, 30.0, None)
     assert killed.startswith("d: night d-2026-11-25 was stopped by SIGKILL after 30.0 s: it did "
                              "not finish (killed from outside: out of memory?)")

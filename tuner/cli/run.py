@@ -445,7 +445,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
                    "; nothing was left running") + "; run the same command to continue")
     style = ("red" if result.exit_code != 0 or (result.reason == "done" and not counts.get("COMPLETE"))
              else "green")
-    tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''})" \
+    here = (f"; {result.finished_here} by this run" if 0 < result.finished_here < done else "")
+    tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''}{here})" \
         if result.reason != "deleted" else ""
     err.print(f"[{style}]{escape(reason)}[/]{tally}", highlight=False)
     if result.db_retries:

@@ -51,11 +51,12 @@ class NightResult:
     verdict: Verdict | None
     exit_code: int
     best: dict[str, Any] | None = None
+    ran: int = 0  # trials this run finished (0: the night was done before it, or interrupted)
 
     def as_dict(self) -> dict[str, Any]:
         return {"base": self.base, "date": self.date.isoformat(), "study": self.study,
                 "storage": self.storage, "n_trials": self.n_trials, "stopped": self.reason,
-                "counts": self.counts, "warm_start": self.warm_start.as_dict(),
+                "ran": self.ran, "counts": self.counts, "warm_start": self.warm_start.as_dict(),
                 "verdict": None if self.verdict is None else self.verdict.as_dict(),
                 "best": self.best, "exit_code": self.exit_code}
 
@@ -128,7 +129,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
             best = {"trial": trial.number, "value": trial.value,
                     "config": flat_params(trial, night_sf)}
         return NightResult(base, day, name, describe(storage_url), night_sf.study.n_trials,
-                           reason, counts, warm, verdict, exit_code, best)
+                           reason, counts, warm, verdict, exit_code, best, result.finished_here)
     finally:
         lock.release()
 

@@ -646,7 +646,10 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
     if summary is None:
         return f"{head}: no summary (see the lines above)"
     counts = summary.get("counts") or {}
-    parts = [head, f"{summary.get('stopped')}; trials: "
+    stopped = summary.get("stopped")
+    if stopped == "done" and summary.get("ran") == 0:  # a rerun of a finished night
+        stopped = "done earlier (no trial ran now; the verdict was recomputed)"
+    parts = [head, f"{stopped}; trials: "
              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()) if n)]
     best = summary.get("best")
     if best and isinstance(best.get("value"), float):

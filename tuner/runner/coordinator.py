@@ -132,6 +132,7 @@ class RunResult:
     hurried: bool = False  # a second signal skipped the clean-up
     claim_abandoned: bool = False  # a claim in progress was left: its trial may stay RUNNING
     signal: str | None = None  # SIGINT/SIGTERM received, also when it came as the study finished
+    finished_here: int = 0  # trials this run finished (the others: earlier runs, other runners)
 
     @property
     def exit_code(self) -> int:
@@ -271,7 +272,8 @@ class Runner:
                          unsaved=sorted(set(self._unsaved)), interrupted=sorted(self._interrupted),
                          returned=self._returned,
                          hurried=self._hurry,
-                         claim_abandoned=self._claim_abandoned, signal=self._signal)
+                         claim_abandoned=self._claim_abandoned, signal=self._signal,
+                         finished_here=self.snap.finished_this_run)
 
     # --- setup ---------------------------------------------------------------------------
 
