@@ -430,8 +430,9 @@ def test_npz_object_arrays_are_not_unpickled(tmp_path, key):
     arrays[key] = np.array([{"a": 1}] * 50, dtype=object)
     np.savez(tmp_path / "h.npz", **arrays)
     with pytest.raises(DataError, match=rf"h\.npz: array '{key}' holds Python objects "
-                                        r"\(dtype object\); save numeric arrays"):
+                                        r"\(dtype object\); save numeric arrays") as info:
         load_dataset(str(tmp_path / "h.npz"))
+    assert ("y=y.astype(str)" if key == "y" else "X=X.astype(float)") in info.value.hint
 
 
 def npy_bytes():

@@ -511,7 +511,10 @@ def _npz_array(archive: NpzFile, path: Path, key: str) -> np.ndarray:
     except ValueError as exc:
         if "allow_pickle" in str(exc):  # never load pickles: they can run arbitrary code
             raise DataError(f"{path}: array {key!r} holds Python objects (dtype object); "
-                            f"save numeric arrays") from None
+                            f"save numeric arrays", hint=(
+                                "for text class labels, save y as strings: np.savez(..., "
+                                "y=y.astype(str))" if key == "y" else
+                                "save X as numbers: np.savez(..., X=X.astype(float))")) from None
         raise DataError(f"{path}: cannot read array {key!r}: {exc}") from None
     except Exception as exc:  # a damaged member: zipfile.BadZipFile, zlib.error, EOFError, ...
         raise DataError(f"{path}: cannot read array {key!r} (damaged archive?): {exc}") from None
