@@ -526,6 +526,11 @@ class SchedulerService:
         finally:
             with self._lock:
                 self._running.pop(sweep_id, None)
+                sweep = self.sweeps.get(sweep_id)
+            if sweep is not None and not self._stopping:
+                following = sweep.trigger.get_next_fire_time(None, datetime.now(UTC))
+                log.info("%s: next night at %s", sweep.base,
+                         following.isoformat() if following else "never")
 
     def command(self, sweep: Sweep, day: date) -> list[str]:
         """The night's command line: no storage URL (it carries the password), see :meth:`env`."""
