@@ -251,7 +251,7 @@ def test_invalid_toml_names_file_and_line(tmp_path):
     path = write(tmp_path, BASE.replace("[model]", "[model"))
     message = error_of(path)
     assert message.startswith(f"{path}: invalid TOML")
-    assert "line 8" in message and "line 8: [model" in message  # the line itself
+    assert "line 8" in message and "line 8 is: [model" in message  # the line itself
 
 
 def test_a_key_set_twice_is_named(tmp_path):
@@ -259,7 +259,7 @@ def test_a_key_set_twice_is_named(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_study_file(path)
     assert "Cannot overwrite a value" in info.value.message
-    assert "line 10: epochs = 4" in info.value.message, info.value.message
+    assert "line 10 is: epochs = 4" in info.value.message, info.value.message
     assert info.value.hint == "epochs is set twice in its table: keep one of the two"
 
 

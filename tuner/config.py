@@ -348,7 +348,7 @@ def _toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigEr
     if message.startswith("Cannot overwrite a value"):
         key = line.split("=", 1)[0].strip()
         hint = f"{key} is set twice in its table: keep one of the two"
-    return ConfigError(f"{path}: invalid TOML: {message}\n  line {number}: {line}", hint=hint)
+    return ConfigError(f"{path}: invalid TOML: {message}; line {number} is: {line}", hint=hint)
 
 
 def load_study_file(path: str | Path) -> StudyFile:
