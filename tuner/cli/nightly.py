@@ -311,10 +311,10 @@ def _drift_cell(verdict: dict[str, Any]) -> str:
     scored on changed (a drift on the same data comes from the code)."""
     from tuner.nightly.regression import signed
 
-    drift = verdict.get("drift")
+    drift, data = verdict.get("drift"), verdict.get("data") or {}
     text = "diverged" if (verdict.get("incumbent") or {}).get("diverged") else signed(drift)
-    changed = (verdict.get("data") or {}).get("changed")
-    if (verdict.get("data") or {}).get("setup_changes"):
+    changed = data.get("changed")
+    if data.get("setup_changes"):
         return f"{text} (set-up changed)"
     if changed:
         return f"{text} (new data)"

@@ -367,9 +367,6 @@ def run(study_file: StudyFileArg,
                     hooks=[DashboardHook()])
     result = runner.run()
     counts = {state.name: n for state, n in result.counts.items()}
-    # the budget is spent and nothing completed (every trial diverged or was pruned): a script
-    # must not take that for a result
-    code = 1 if result.reason == "done" and not counts.get("COMPLETE") else result.exit_code
     if json_out:
         best = result.best
         print_json({"study": result.study_name, "storage": result.storage, "stopped": result.reason,
@@ -383,7 +380,7 @@ def run(study_file: StudyFileArg,
             err.print(f"\ninterrupted while printing the report; the run had ended "
                       f"({result.reason}) and is saved: tuner show {escape(result.study_name)}"
                       f"{escape(storage_flag(url))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    raise typer.Exit(result.exit_code)
 
 
 CLI_OPTIONS = {"name": "--study-name", "n_trials": "--n-trials", "timeout": "--timeout"}
@@ -415,8 +412,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
     text = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items()))
     messages = {
         "done": f"study {result.study_name!r} reached its target of {sf.study.n_trials} trials"
-                + ("" if counts.get("COMPLETE") else ", but none completed: every trial diverged "
-                   "or was pruned (exit code 1)"),
+                + (", but none completed: every trial diverged or was pruned (exit code 1)"
+                   if result.no_result else ""),
         "timeout": "timeout reached; run the same command to continue",
         "fail_fast": f"stopped early: every trial failed with an error ({result.fail_fast_error})",
     }
@@ -443,8 +440,7 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
                   (f"; {left} stay RUNNING until the next `tuner run` (or `tuner doctor "
                    f"{result.study_name} --fail-stale`) fails and re-queues them" if left else
                    "; nothing was left running") + "; run the same command to continue")
-    style = ("red" if result.exit_code != 0 or (result.reason == "done" and not counts.get("COMPLETE"))
-             else "green")
+    style = "red" if result.exit_code != 0 else "green"
     here = (f"; {result.finished_here} by this run" if 0 < result.finished_here < done else "")
     tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''}{here})" \
         if result.reason != "deleted" else ""

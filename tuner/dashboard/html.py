@@ -96,17 +96,16 @@ def _stale_running(ctx: PanelContext) -> dict[str, Any]:
     """``{"stale": n, "grace": seconds}`` for RUNNING trials whose heartbeat is older than the
     study file's grace period (their runner is gone: ``tuner doctor --fail-stale``, or the next
     ``tuner run``, fails and re-queues them); empty when none is or it cannot be told."""
-    from tuner.storage.coordination import heartbeat_ages
+    from tuner.storage.coordination import stale_trial_ids
 
     if getattr(ctx.study._storage, "backend", None) is None:
         return {}
     rel = ctx.study_file.study.reliability if ctx.study_file is not None else None
     grace = rel.grace if rel is not None else 60.0
     try:
-        ages = heartbeat_ages(ctx.study._storage, ctx.study._study_id)
+        stale = len(stale_trial_ids(ctx.study._storage, ctx.study._study_id, grace))
     except Exception:  # a courtesy of the page: never fail it
         return {}
-    stale = sum(age > grace for age in ages.values())
     return {"stale": stale, "grace": grace} if stale else {}
 
 

@@ -549,23 +549,23 @@ def reference_gap(ctx: PanelContext) -> go.Figure:
         marker_color=[color_for(v, palette) for v in per[key]], name=f"best per {key}",
         customdata=per["number"].to_numpy(), meta=[key, "best_accuracy"],
         hovertemplate=f"{key} %{{y}}<br>best val accuracy %{{x:.4f}} (#%{{customdata}})<extra></extra>"))
-    values = list(per[col])
-    if ref_acc is not None:
-        values.append(ref_acc)
-        fig.add_vline(x=ref_acc, line={"color": "#222", "dash": "dash", "width": 2})
-        # at the foot of the line, inside the plot: above it, a long title ran into it
-        fig.add_annotation(x=ref_acc, y=0.0, yref="paper", yanchor="bottom", xanchor="left",
-                           xshift=4, showarrow=False, text=f"LogisticRegression {ref_acc:.4f}",
-                           font={"size": 11}, bgcolor="rgba(255,255,255,0.85)")
-    elif isinstance(ref, dict) and "error" in ref:
-        fig.add_annotation(text=f"reference not available: {ref['error']}"[:120], x=0.5, y=-0.18,
-                           xref="paper", yref="paper", showarrow=False, font={"color": "#a33"})
+    values = list(per[col]) + ([] if ref_acc is None else [ref_acc])
     lo, hi = min(values), max(values)
     pad = max((hi - lo) * 0.5, 0.005)
     x_range = [max(0.0, lo - 2 * pad), min(1.0, hi + pad)]
     fig.update_xaxes(range=x_range, title_text="validation accuracy")
-    if ref_acc is not None and ref_acc > sum(x_range) / 2:  # its label reads leftwards, uncut
-        fig.layout.annotations[-1].update(xanchor="right", xshift=-4)
+    if ref_acc is not None:
+        fig.add_vline(x=ref_acc, line={"color": "#222", "dash": "dash", "width": 2})
+        # at the foot of the line, inside the plot (above it, a long title ran into it), reading
+        # away from the nearer edge so it is never cut
+        right = ref_acc > sum(x_range) / 2
+        fig.add_annotation(x=ref_acc, y=0.0, yref="paper", yanchor="bottom",
+                           xanchor="right" if right else "left", xshift=-4 if right else 4,
+                           showarrow=False, text=f"LogisticRegression {ref_acc:.4f}",
+                           font={"size": 11}, bgcolor="rgba(255,255,255,0.85)")
+    elif isinstance(ref, dict) and "error" in ref:
+        fig.add_annotation(text=f"reference not available: {ref['error']}"[:120], x=0.5, y=-0.18,
+                           xref="paper", yref="paper", showarrow=False, font={"color": "#a33"})
     fig.update_layout(uniformtext={"minsize": 9, "mode": "show"})
     fig.layout.meta = {"reference": ref_acc, "model": REFERENCE_MODEL, "best_trial": int(best["number"]),
                        "best_accuracy": float(best[col])}

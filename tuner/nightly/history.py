@@ -31,16 +31,9 @@ class NightRecord:
     warm_start: dict[str, Any] | None
 
     def choice(self, key: str) -> Any:
-        """The night's best configuration's ``key``, the engine's default where the study file
+        """The night's best configuration's ``key``, as every run has it where the study file
         leaves it out (``decay`` is ``constant`` when not searched), ``None`` without a best."""
-        if self.config is None:
-            return None
-        if key in self.config or key not in P.PARAMS:
-            return self.config.get(key)
-        spec = P.PARAMS[key]
-        return (spec.default_for(self.config.get("optimizer", ""))
-                if spec.applies(self.config.get("optimizer", ""), self.config.get("decay", "constant"))
-                else None)
+        return None if self.config is None else P.with_defaults(self.config).get(key)
 
     def as_dict(self) -> dict[str, Any]:
         return {"date": self.date.isoformat(), "study": self.study, "metric": self.metric,

@@ -135,8 +135,14 @@ class RunResult:
     finished_here: int = 0  # trials this run finished (the others: earlier runs, other runners)
 
     @property
+    def no_result(self) -> bool:
+        """The budget is spent and no trial completed (every one diverged or was pruned): a
+        script must not take that for a result."""
+        return self.reason == "done" and not self.counts[TrialState.COMPLETE]
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.reason, 1)
+        return 1 if self.no_result else EXIT_CODES.get(self.reason, 1)
 
 
 class Runner:
