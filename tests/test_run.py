@@ -72,11 +72,16 @@ def popen_tuner(*args: object, cwd: Path | None = None) -> subprocess.Popen:
                             text=True)
 
 
-def wait_for_running(url: str, name: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until the study has a RUNNING trial (read straight from the database)."""
+def wait_for_running(url: str, name: str, proc: subprocess.Popen, timeout: float = 120, *,
+                     training: bool = False) -> None:
+    """Block until the study has a RUNNING trial (read straight from the database); with
+    ``training``, one that has reported an epoch (a RUNNING trial may only be claimed: on a
+    loaded machine its worker can still be starting)."""
     engine = sqlalchemy.create_engine(url)
-    query = sqlalchemy.text("SELECT count(*) FROM trials JOIN studies USING (study_id) "
-                            "WHERE studies.study_name = :n AND trials.state = 'RUNNING'")
+    query = sqlalchemy.text(
+        "SELECT count(*) FROM trials JOIN studies USING (study_id) "
+        + ("JOIN trial_intermediate_values USING (trial_id) " if training else "")
+        + "WHERE studies.study_name = :n AND trials.state = 'RUNNING'")
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -505,7 +510,7 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
     proc = popen_tuner("run", study, "--storage", sqlite_url, "--workers", "2")
-    wait_for_running(sqlite_url, "msgs", proc)
+    wait_for_running(sqlite_url, "msgs", proc, training=True)  # SIGINT must find one training
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
