@@ -253,20 +253,24 @@ def test_soak_duplicate_check_ignores_trials_killed_before_their_parameters(tmp_
     assert unexplained_duplicate_groups([t for t in linked if t.number != 2]) == []
 
 
-def claiming_runner(tmp_path: Path, url: str):
-    """A runner of a one-trial study set up as far as its first claim (no workers needed for
-    that), to call ``_claim_once`` on directly."""
+def claimer(tmp_path: Path, url: str):
+    """The claimer of a one-trial study, to call ``_claim_once`` on directly (no thread, no
+    workers needed)."""
     from tuner.config import load_study_file
-    from tuner.runner.coordinator import Runner
+    from tuner.runner.claims import Claimer
     from tuner.storage import open_storage
+    from tuner.storage.resilience import Resilient
     from tuner.study import open_study
 
     sf = load_study_file(study_file(tmp_path, n_trials=1))
-    r = Runner(sf, storage_url=url, quiet=True)
-    r.storage = open_storage(url)
-    r.study = open_study(sf, r.storage)
-    r.study_id, r.n_train = r.study._study_id, 3000
-    return r
+    storage = open_storage(url)
+
+    def bad_config(trial_id: int, number: int, exc: Exception) -> None:
+        raise AssertionError(f"trial {number}: {exc}")
+
+    c = Claimer(sf, storage, open_study(sf, storage), Resilient(url), on_bad_config=bad_config)
+    c._n_train = 3000
+    return c
 
 
 @pytest.mark.postgres
@@ -278,7 +282,7 @@ def test_a_claim_whose_budget_lock_connection_drops_is_given_back(tmp_path, pg_u
     as A starts creating its trial, and runner B claims meanwhile; A must give its trial back."""
     from tuner.errors import StorageError
 
-    a, b = claiming_runner(tmp_path, pg_url), claiming_runner(tmp_path, pg_url)
+    a, b = claimer(tmp_path, pg_url), claimer(tmp_path, pg_url)
     claimed_by_b = []
 
     def during_as_claim(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -315,7 +319,7 @@ def test_a_failed_trial_keeps_its_budget_slot_until_its_retry_is_queued(tmp_path
     queued, the claim gets the retry."""
     from tuner.storage.coordination import enqueue_retry, fail_trial
 
-    a, b = claiming_runner(tmp_path, pg_url), claiming_runner(tmp_path, pg_url)
+    a, b = claimer(tmp_path, pg_url), claimer(tmp_path, pg_url)
     sf = a.sf
     job = a._claim_once()
     assert job is not None and b._claim_once() is None  # the budget is one trial

@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from tuner.runner.coordinator import SAME_SIGNAL_S
+from tuner.runner.signals import SAME_SIGNAL_S
 
 from conftest import STUDIES, descendants, flat, run_tuner, tuner_env, write_study
 
@@ -731,27 +731,25 @@ def test_a_diverged_trial_never_looks_better_than_a_finished_one_on_val_loss(sql
     up at a small loss beat finished trials whose losses were large (for the pruner, and for
     TPE among pruned trials). It now reports 10x the worst loss any non-diverged trial reported
     (at least 100x its own), and other diverged trials do not compound it."""
-    from tuner.config import load_study_file
-    from tuner.runner.coordinator import Runner
+    from tuner.runner.outcome import DivergedValue
     from tuner.storage import open_storage
-    from tuner.study import open_study
 
-    sf = load_study_file(write_study(tmp_path / "s.toml", name="loss", extra_study='metric = "val_loss"'))
-    runner = Runner(sf, storage_url=sqlite_url, quiet=True)
-    runner.study = open_study(sf, open_storage(sqlite_url))
+    study = optuna.create_study(storage=open_storage(sqlite_url), study_name="loss")
+    diverged_value = DivergedValue(direction="minimize", metric="val_loss")
     dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)}
     for value, curve in ((500.0, {1: 800.0, 2: 500.0}), (40.0, {1: 60.0, 2: 40.0})):
-        runner.study.add_trial(optuna.trial.create_trial(
+        study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE, value=value, params={"lr": 0.01}, distributions=dist,
             intermediate_values=curve))
-    worst = runner._worst_value([{"val_loss": 2.0}])  # blew up early, at a small loss
+    worst = diverged_value(study, [{"val_loss": 2.0}])  # blew up early, at a small loss
     assert worst == 8000.0  # 10x the worst loss any finished trial reported
-    assert worst > max(v for t in runner.study.trials for v in t.intermediate_values.values())
-    runner.study.add_trial(optuna.trial.create_trial(
+    assert worst > max(v for t in study.trials for v in t.intermediate_values.values())
+    study.add_trial(optuna.trial.create_trial(
         state=TrialState.PRUNED, params={"lr": 0.5}, distributions=dist,
         intermediate_values={1: worst}, user_attrs={"diverged": True}))
-    assert runner._worst_value([{"val_loss": 2.0}]) == 8000.0  # not 10x the last divergence
-    assert runner._worst_value([{"val_loss": 1e5}]) == 1e7  # its own worst, 100x, if larger
+    assert diverged_value(study, [{"val_loss": 2.0}]) == 8000.0  # not 10x the last divergence
+    assert diverged_value(study, [{"val_loss": 1e5}]) == 1e7  # its own worst, 100x, if larger
+    assert DivergedValue(direction="maximize", metric="val_accuracy")(study, []) == 0.0
 
 
 def test_pruning_never_happens_inside_a_trials_warmup(mixed):

@@ -21,17 +21,15 @@ trials alive and fails other runners' stale ones. Database outages are ridden ou
 (:mod:`tuner.storage.resilience`). At the timeout the trials in training finish and those
 claimed but not started go back to the queue.
 
-Timing injection for tests: ``TUNER_INJECT_CLAIM_DELAY=S`` makes every claim take ``S`` seconds
-longer (a slow database), to prove sampling does not depend on how fast claims are.
+Claims run on a thread (:mod:`tuner.runner.claims`), signals are caught by
+:mod:`tuner.runner.signals`, and what a finished training run becomes in the study is
+:mod:`tuner.runner.outcome`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
-import os
-import queue
 import signal
 import threading
 import time
@@ -51,19 +49,20 @@ from tuner.data import Splits
 from tuner.errors import StorageError, TunerError
 from tuner.kernels import engine_id
 from tuner.params import with_defaults
+from tuner.runner.claims import Claimer
+from tuner.runner.outcome import DivergedValue, trial_outcome
 from tuner.runner.pool import Job, Worker, usable_cpus
 from tuner.runner.progress import Display, Snapshot
 from tuner.runner.shared import SharedSplits
+from tuner.runner.signals import Signals
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import (
-    BudgetLock,
     Failed,
     NamedLock,
     claim_run_index,
     enqueue_retry,
     fail_stale_trials,
     fail_trial,
-    retries_being_queued,
     runner_lock,
     state_counts,
     touch_heartbeats,
@@ -83,18 +82,13 @@ from tuner.study import (
     space_warnings,
     study_exists,
     training_digest,
-    trial_seed,
 )
-from tuner.train import make_plan
 
 log = logging.getLogger("tuner.runner")
 # We beat hearts ourselves (one UPDATE for all of a runner's trials), not through optimize().
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 FLUSH_EVERY_S = 5.0
-#: The same signal again within this many seconds is the same signal delivered twice (GNU
-#: `timeout` sends it to its child, then to its whole process group), not a second Ctrl-C.
-SAME_SIGNAL_S = 1.0
 EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
               "fail_fast": 1, "deleted": 1}
 
@@ -170,20 +164,18 @@ class Runner:
         self._waiting_said = 0  # RUNNING count last said to be waited for (said once per count)
         self._stale_failed: deque[str] = deque()  # from the heartbeat thread, said by the main loop
         self._shutting_down = False
+        self.signals = Signals(on_note=self._note)
         self.resilient = Resilient(
             storage_url, on_retry=self._on_db_retry,
             max_outage=self.rel.max_db_outage if max_outage is None else max_outage,
-            interrupted=lambda: self._signal is not None and (not self._shutting_down
-                                                              or self._hurry))
+            interrupted=lambda: self.signals.received is not None and (
+                not self._shutting_down or self.signals.hurry))
         self.snap = Snapshot(study=study_file.study.name, storage=describe(storage_url),
                              metric=self.metric, n_trials=study_file.study.n_trials, workers=workers)
         self.display = Display(self.snap, console=console, quiet=quiet, live=live)
         self.stop_reason: str | None = None
         self.fail_fast_errors: Counter[str] = Counter()
         self.successes_this_run = 0
-        self._signal: str | None = None
-        self._hurry = False  # a second signal: skip the clean-up's database writes
-        self._signal_at = 0.0
         self._unsaved: list[int] = []  # trials the shutdown left RUNNING in the database
         self._unsaved_finished = 0     # ... of which training had finished (results lost)
         self._interrupted: list[int] = []  # trials the shutdown failed and re-queued
@@ -192,29 +184,23 @@ class Runner:
         self._stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.startup_failures = 0
-        # Claims (sampling + a few writes, 5-50 ms) run on a thread, so the main loop keeps
-        # answering workers' epoch reports meanwhile.
-        self._claimed: set[int] = set()  # trial ids claimed and not yet finished
-        self._claimed_lock = threading.Lock()
+        self.claims: Claimer | None = None  # once the study is open
         self._ready: deque[Job] = deque()  # claimed, not yet handed to a worker
-        self._claim_wanted = threading.Event()
-        self._claim_results: queue.Queue[Job | None | BaseException] = queue.Queue()
-        self._claim_pending = False
         self._finished_since_claim = False
         self._last_claim_empty = False  # the budget (or a failed suggestion) gave no trial
-        self._study_worst = 0.0  # the worst loss finished, non-diverged trials reported ...
-        self._worst_seen: set[int] = set()  # ... of the trials with these ids
+        self.diverged_value = DivergedValue(direction=study_file.direction, metric=self.metric)
         self.spare = 1 if prefetch else 0  # claimed trials beyond the workers' empty slots
         self._budget_full_at = -1e9
-        self._wake_r, self._wake_w = mp.Pipe(duplex=False)
-        self._claimer: threading.Thread | None = None
         self.hooks = list(hooks or [])
         self.hook_interval = hook_interval
 
     # --- public ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        previous = self._install_signal_handlers()
+        with self.signals:
+            return self._run()
+
+    def _run(self) -> RunResult:
         self._owner_lock: NamedLock | None = None
         self._shared: SharedSplits | None = None
         self._heartbeat: threading.Thread | None = None
@@ -224,16 +210,16 @@ class Runner:
         try:
             try:
                 self._setup()
-                if self._signal is None and self.stop_reason is None:
+                if self.signals.received is None and self.stop_reason is None:
                     self.started = time.monotonic()
                     self._call_hooks("on_start")
                     self._update_counts()  # before the display's first line ("12/50 done")
                     with self.display:
                         self._loop()
-                    if self._signal is None:  # interrupted: exit now; the next run refreshes
+                    if self.signals.received is None:  # interrupted: exit now; the next run refreshes
                         self._call_hooks("on_end")
             except StorageError as exc:
-                if self._signal is None:
+                if self.signals.received is None:
                     lost = exc
                     raise
             except Exception:
@@ -242,8 +228,8 @@ class Runner:
                 if not self._study_deleted():
                     raise
                 deleted = True
-            if self._signal is not None:
-                self.stop_reason = self._signal
+            if self.signals.received is not None:
+                self.stop_reason = self.signals.received
             elif deleted:
                 self.stop_reason = "deleted"
         finally:
@@ -257,9 +243,8 @@ class Runner:
                 self._shared.close()
             if self._owner_lock is not None:
                 self._owner_lock.release()
-            self._wake_r.close()
-            self._wake_w.close()
-            self._restore_signal_handlers(previous)
+            if self.claims is not None:
+                self.claims.close()
         counts: Counter = Counter()
         best = None
         if self.study is not None and not deleted:
@@ -267,9 +252,9 @@ class Runner:
                 counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
                 best = self._best()
             except StorageError:
-                if not self._hurry:
+                if not self.signals.hurry:
                     raise
-        if (self.stop_reason in ("SIGINT", "SIGTERM") and not self._hurry and not self._unsaved
+        if (self.stop_reason in ("SIGINT", "SIGTERM") and not self.signals.hurry and not self._unsaved
                 and counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= self.sf.study.n_trials):
             self.stop_reason = "done"  # the signal came as the last trial finished: nothing to resume
         error = self.fail_fast_errors.most_common(1)[0][0] if self.stop_reason == "fail_fast" else None
@@ -277,8 +262,8 @@ class Runner:
                          counts, best, self.resilient.retries, error,
                          unsaved=sorted(set(self._unsaved)), interrupted=sorted(self._interrupted),
                          returned=self._returned,
-                         hurried=self._hurry,
-                         claim_abandoned=self._claim_abandoned, signal=self._signal,
+                         hurried=self.signals.hurry,
+                         claim_abandoned=self._claim_abandoned, signal=self.signals.received,
                          finished_here=self.snap.finished_this_run)
 
     # --- setup ---------------------------------------------------------------------------
@@ -312,6 +297,8 @@ class Runner:
         self.study = self.resilient.call("open the study", open_study, self.sf, self.storage,
                                          sampler_seed=0)
         self.study_id = self.study._study_id
+        self.claims = Claimer(self.sf, self.storage, self.study, self.resilient,
+                              on_bad_config=self._bad_config)
         self._recover_orphans()
         self.study.sampler = self.resilient.call("claim this run's index in the study",
                                                  self._seeded_sampler)
@@ -319,7 +306,7 @@ class Runner:
         left = self.sf.study.n_trials - counts[TrialState.COMPLETE] - counts[TrialState.PRUNED]
         if left <= 0:
             self.stop_reason = "done"  # nothing to do: don't load the data
-        if self._signal is not None or self.stop_reason is not None:
+        if self.signals.received is not None or self.stop_reason is not None:
             return
         wanted = min(self.n_workers, left)
         if wanted < self.n_workers:
@@ -351,9 +338,10 @@ class Runner:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="tuner-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
-        self._claimer = threading.Thread(target=self._claimer_loop, name="tuner-claimer",
-                                         daemon=True)
-        self._claimer.start()
+        attrs = {"engine": self.engine, ATTR_TRAINING: self.training}
+        if self.data_digest is not None:
+            attrs[ATTR_DATA_DIGEST] = self.data_digest
+        self.claims.start(n_train=self.n_train, attrs=attrs)
 
     def _recover_orphans(self, by: str = "a stopped runner") -> None:
         """Fail trials left RUNNING by a runner that is gone. With SQLite we hold the study's
@@ -377,33 +365,8 @@ class Runner:
         runs = claim_run_index(self.storage, self.study_id, ATTR_RUNS)
         return make_sampler(self.sf, derive_seed(self.sf.study.seed, runs))
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return previous
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, self._on_signal)
-        return previous
-
-    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        now = time.monotonic()
-        if self._signal is not None:
-            if name == self._signal and now - self._signal_at < SAME_SIGNAL_S:
-                return  # one signal delivered twice (`timeout` signals its child, then its group)
-            if self._hurry:
-                raise KeyboardInterrupt  # a third: stop at once, whatever is in progress
-            # a second: stop waiting for the database; the clean-up writes nothing more (the
-            # trials left RUNNING are recovered as stale later) and the run ends with a message
-            self._hurry = True
-            self.snap.note = f"{name} again: skipping the clean-up"
-            return
-        self._signal, self._signal_at = name, now
-        self.snap.note = f"{name} received: failing and re-queueing running trials, then exiting"
+    def _note(self, text: str) -> None:
+        self.snap.note = text
 
     def _on_db_retry(self, what: str, exc: BaseException, delay: float) -> None:
         self.snap.note = f"database unavailable ({type(exc).__name__}) while trying to {what}; " \
@@ -416,12 +379,12 @@ class Runner:
         last_flush = last_hook = time.monotonic()
         last_counts = 0.0
         while True:
-            if self._signal is not None:
-                self.stop_reason = self._signal
+            if self.signals.received is not None:
+                self.stop_reason = self.signals.received
                 return
             self._assign_jobs()
             in_flight = [j for w in self.workers for j in w.jobs()]
-            if not in_flight and not self._claim_pending and not self._ready:
+            if not in_flight and not self.claims.pending and not self._ready:
                 self.snap.jobs = []
                 counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
                 done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -477,7 +440,7 @@ class Runner:
     def _may_claim(self) -> bool:
         """Whether another trial may be claimed; sets the stop reason once the timeout has
         passed or fail-fast applies."""
-        if self.stop_reason is not None or self._signal is not None:
+        if self.stop_reason is not None or self.signals.received is not None:
             return False
         if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
             self.stop_reason = "timeout"
@@ -497,40 +460,30 @@ class Runner:
         claim's sampler then sees a history that depends only on the order in which trials
         finished, so a single-runner, single-worker study samples the same configurations
         every time, however fast or slow its trials and claims are."""
-        while True:
-            try:
-                result = self._claim_results.get_nowait()
-            except queue.Empty:
-                break
-            self._claim_pending = False
-            if isinstance(result, BaseException):
-                raise result
+        for result in self.claims.results():
             self._last_claim_empty = result is None
             if result is None:
                 self._budget_full_at = time.monotonic()
             else:
                 self._ready.append(result)
-        while self._wake_r.poll():
-            self._wake_r.recv_bytes()
         if not self._may_claim() and self.stop_reason is not None:
             self._cancel_unstarted()
         while True:
-            if not self._claim_pending:
+            if not self.claims.pending:
                 self._handle_deferred()
             self._hand_out()
-            if (self._wanted() > len(self._ready) and not self._claim_pending
+            if (self._wanted() > len(self._ready) and not self.claims.pending
                     and self._may_claim() and time.monotonic() - self._budget_full_at >= 0.5):
-                self._claim_pending = True
-                self._claim_wanted.set()
+                self.claims.request()
             self._finished_since_claim = False
-            if self._claim_pending or not any(w.deferred for w in self.workers):
+            if self.claims.pending or not any(w.deferred for w in self.workers):
                 return
 
     def _cancel_unstarted(self) -> None:
         """The run is ending (timeout, fail-fast): claimed trials that have not started go back
         to the queue instead of being trained; a worker's next one is cancelled."""
         while self._ready:
-            self._unclaim(self._ready.popleft())
+            self.claims.unclaim(self._ready.popleft())
         for worker in self.workers:
             job = worker.queued
             if job is not None and not job.cancelled:
@@ -548,7 +501,7 @@ class Runner:
         """Whether claims are still filling the pipeline (start-up, a replaced worker): a
         finished trial then waits until it is full, so which claims saw it does not depend on
         how fast the first trials and claims were."""
-        return (self.stop_reason is None and self._signal is None and not self._last_claim_empty
+        return (self.stop_reason is None and self.signals.received is None and not self._last_claim_empty
                 and self._wanted() > len(self._ready))
 
     def _hand_out(self) -> None:
@@ -582,101 +535,10 @@ class Runner:
                 worker.deferred.pop(0)
                 self._handle(worker, message, defer=False)
 
-    def _claimer_loop(self) -> None:
-        """The claimer thread: one claim per request, result (or error) back to the main loop."""
-        while True:
-            self._claim_wanted.wait()
-            self._claim_wanted.clear()
-            if self._stop_event.is_set():
-                return
-            try:
-                result: Job | None | BaseException = self.resilient.call("claim a trial", self._claim)
-            except BaseException as exc:  # re-raised in the main loop
-                result = exc
-            self._claim_results.put(result)
-            try:
-                self._wake_w.send_bytes(b"c")
-            except OSError:
-                return
-
-    def _claim(self) -> Job | None:
-        """Claim the next trial if the study's budget allows one (exact across runners)."""
-        for _ in range(5):
-            try:
-                return self._claim_once()
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # the trial was failed as stale (we were cut off longer than the grace period)
-                # or claimed by another runner before we saved its parameters: not ours
-                # any more; claim another one
-                self._put_back_stray_claims()
-        return None
-
-    def _claim_once(self) -> Job | None:
-        delay = float(os.environ.get("TUNER_INJECT_CLAIM_DELAY") or 0.0)
-        if delay > 0:
-            time.sleep(delay)
-        self._put_back_stray_claims()
-        with BudgetLock(self.storage, self.study_id) as lock:
-            counts = state_counts(self.storage, self.study_id)
-            taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
-            if taken < self.sf.study.n_trials and counts[TrialState.FAIL]:
-                taken += retries_being_queued(self.storage, self.study_id, self.rel.grace)
-            if taken >= self.sf.study.n_trials:
-                return None
-            trial = self.study.ask()
-            if not lock.still_held():
-                # The lock's connection was cut: the server released the lock, and another
-                # runner may have counted without our trial (the soak overshot by one). Give
-                # the trial back and claim again under a lock that holds.
-                self._put_back(trial._trial_id)
-                raise StorageError("the budget lock's connection dropped during a claim",
-                                   transient=True)
-        try:
-            params = self.sf.space.suggest(trial)
-            plan = make_plan(_resolved(params), self.n_train, self.sf.model.epochs)
-        except Exception as exc:
-            self._fail(trial._trial_id, trial.number, f"exception: {exc}", retry=False,
-                       error=str(exc), error_type=type(exc).__name__)
-            self.fail_fast_errors[f"{type(exc).__name__}: {exc}"] += 1
-            return None
-        seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))
-        attrs = {"seed": seed, "config": params, "peak_lr": plan.peak_lr,
-                 "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
-                 "steps_per_epoch": plan.steps_per_epoch, "runner": _runner_id(),
-                 "engine": self.engine, ATTR_TRAINING: self.training}
-        if self.data_digest is not None:
-            attrs[ATTR_DATA_DIGEST] = self.data_digest
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        self.storage.flush(trial._trial_id)
-        # Only now is it claimed: if anything above failed (a dropped connection), the trial is
-        # owned but unclaimed, and the next claim puts it back in the queue.
-        with self._claimed_lock:
-            self._claimed.add(trial._trial_id)
-        return Job(trial=trial, params=params, seed=seed, plan=plan)
-
-    def _put_back_stray_claims(self) -> None:
-        """Re-queue trials a claim interrupted by a database error left owned but unclaimed, or
-        RUNNING but not known to be ours (the claim's commit or the read after it failed); runs
-        on the claimer thread before its next claim, and at shutdown."""
-        self.storage.put_back_unsettled_claims()
-        with self._claimed_lock:
-            stray = set(self.storage.owned_trial_ids()) - self._claimed
-        for trial_id in stray:
-            self._put_back(trial_id)
-
-    def _put_back(self, trial_id: int) -> None:
-        """Our trial back in the queue (WAITING, params kept), unless another process has
-        finished it meanwhile; either way it is no longer ours."""
-        try:
-            self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self.storage.release(trial_id)
-
     def _dispatch(self, timeout: float) -> None:
         conns = {w.conn: w for w in self.workers}
         sentinels = {w.process.sentinel: w for w in self.workers}
-        ready = wait([*conns, *sentinels, self._wake_r], timeout=timeout)
+        ready = wait([*conns, *sentinels, self.claims.wake], timeout=timeout)
         for item in ready:
             if item in conns:
                 worker = conns[item]
@@ -704,7 +566,7 @@ class Runner:
             self.startup_failures = 0  # counts start-up deaths in a row only
             return
         if defer and (worker.deferred or (kind in ("done", "error") and (
-                self._claim_pending or self._finished_since_claim or self._filling()))):
+                self.claims.pending or self._finished_since_claim or self._filling()))):
             worker.deferred.append(message)  # see _assign_jobs: one finish per claim decision
             return
         job = worker.current
@@ -712,7 +574,7 @@ class Runner:
             return
         if job.cancelled:  # skipped, or stopped at once if it had started before the stop
             if kind in ("skipped", "done", "error"):
-                self._unclaim(job)
+                self.claims.unclaim(job)
                 self._advance(worker)
             return
         if kind == "epochs":
@@ -750,42 +612,22 @@ class Runner:
         if job.prune_at is None and not job.lost:
             worker.send("ack", job.number, job.epoch)
 
-    def _on_done(self, worker: Worker, job: Job, outcome: dict[str, Any]) -> None:
+    def _on_done(self, worker: Worker, job: Job, result: dict[str, Any]) -> None:
         job.finished = True
         if job.lost:
-            self._release_claim(job.trial_id)
+            self.claims.release(job.trial_id)
             self._advance(worker)
             return
         trial = job.trial
-        # the curve the pruner saw: the worker may have trained on before our "stop" reached it
-        history = outcome["history"][:job.prune_at]
-        steps, samples = outcome["steps"], outcome["samples_seen"]
-        if job.prune_at is not None:  # the work the trial's result stands for, not the overrun
-            steps, samples = int(history[-1]["step"]), job.prune_at * self.n_train
-        attrs: dict[str, Any] = {
-            "curve": {key: [h.get(key) for h in history]
-                      for key in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr")},
-            "wall_time": outcome["wall_time"],
-            "samples_processed": samples,
-            "steps_done": steps,
-        }
-        divergence = outcome["divergence"]
-        value: float | None = None
-        if job.prune_at is not None:  # a divergence after the pruner's decision does not count
-            state, note = TrialState.PRUNED, f"pruned at epoch {job.prune_at}"
-            attrs["pruned_at_epoch"] = job.prune_at
-        elif divergence is not None:
-            state = TrialState.PRUNED
-            worst = self.resilient.call("read the study's worst loss", self._worst_value, history)
-            trial.report(worst, int(divergence["epoch"]))
-            attrs.update(diverged=True, divergence_step=divergence["step"],
-                         divergence_epoch=divergence["epoch"], divergence_reason=divergence["reason"])
-            note = f"diverged at step {divergence['step']}: {divergence['reason']}"
-        else:
-            state, note = TrialState.COMPLETE, ""
-            value = float(history[-1][self.metric])
-        for key, val in attrs.items():
+        outcome = trial_outcome(result, metric=self.metric, prune_at=job.prune_at,
+                                n_train=self.n_train)
+        if outcome.divergence is not None:
+            worst = self.resilient.call("read the study's worst loss", self.diverged_value,
+                                        self.study, outcome.history)
+            trial.report(worst, int(outcome.divergence["epoch"]))
+        for key, val in outcome.attrs.items():
             trial.set_user_attr(key, val)
+        state, value = outcome.state, outcome.value
         self._finish(job, state, value)
         self.successes_this_run += 1
         self.snap.finished_this_run += 1
@@ -798,12 +640,12 @@ class Runner:
         else:
             self.snap.pruned += 1
         self._advance(worker)
-        self.display.trial_finished(job.number, state.name, value, job.params, note)
+        self.display.trial_finished(job.number, state.name, value, job.params, outcome.note)
 
     def _on_error(self, worker: Worker, job: Job, error_type: str, message: str, tb: str) -> None:
         job.finished = True
         if job.lost:
-            self._release_claim(job.trial_id)
+            self.claims.release(job.trial_id)
             self._advance(worker)
             return
         self._fail(job.trial_id, job.number, f"exception: {error_type}: {message}", retry=False,
@@ -830,7 +672,7 @@ class Runner:
                     log.warning("trial %d was finished as %s by another process; its result "
                                 "is discarded (a retry re-runs it)", job.number, actual.name)
         self.resilient.call(f"save trial {job.number}", tell)
-        self._release_claim(job.trial_id)
+        self.claims.release(job.trial_id)
 
     def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> bool:
         """Fail a RUNNING trial (and queue its retry); ``False`` if it was no longer RUNNING."""
@@ -843,9 +685,16 @@ class Runner:
             if failed and retry:
                 enqueue_retry(self.study, self.storage.backend.get_trial(trial_id), self.rel.max_retry)
         self.resilient.call(f"fail trial {number}", do_fail)
-        self._release_claim(trial_id)
+        self.claims.release(trial_id)
         self.snap.failed += 1
         return failed
+
+    def _bad_config(self, trial_id: int, number: int, exc: Exception) -> None:
+        """A suggested configuration the engine cannot plan (claimer thread): fail the trial
+        with the error; it counts toward fail-fast."""
+        self._fail(trial_id, number, f"exception: {exc}", retry=False, error=str(exc),
+                   error_type=type(exc).__name__)
+        self.fail_fast_errors[f"{type(exc).__name__}: {exc}"] += 1
 
     def _fail_interrupted(self, job: Job, reason: str) -> None:
         """Fail and re-queue a trial the shutdown stopped mid-training."""
@@ -854,46 +703,15 @@ class Runner:
 
     def _return(self, job: Job) -> None:
         """Put a trial the shutdown found claimed but not started back in the queue."""
-        self._unclaim(job)
+        self.claims.unclaim(job)
         self._returned += 1
-
-    def _unclaim(self, job: Job) -> None:
-        """Put a claimed but never started trial back in the queue (WAITING, params kept)."""
-        self.resilient.call(f"re-queue trial {job.number}", self._put_back, job.trial_id)
-        self._release_claim(job.trial_id)
-
-    def _release_claim(self, trial_id: int) -> None:
-        with self._claimed_lock:
-            self._claimed.discard(trial_id)
-
-    def _worst_value(self, history: list[dict[str, float]]) -> float:
-        """The value a diverged trial reports: finite (never NaN/inf: spec 5) and worse than
-        every value any finished trial of the study has reported. Accuracy: 0. Loss: 10x the
-        worst loss reported by a trial that did not diverge (finals and every epoch), and at
-        least 100x this trial's own worst loss (100x its own worst alone could beat a finished
-        trial whose losses are large). Other diverged trials' values are left out of the
-        study-wide worst, or each divergence would multiply the next one's by 10."""
-        if self.sf.direction == "maximize":
-            return 0.0
-        own = [h[self.metric] for h in history if math.isfinite(h.get(self.metric, math.nan))]
-        for trial in self.study.get_trials(deepcopy=False,
-                                           states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if trial._trial_id in self._worst_seen:  # a finished trial's values never change
-                continue
-            self._worst_seen.add(trial._trial_id)
-            if trial.user_attrs.get("diverged"):
-                continue
-            for value in (*trial.intermediate_values.values(), *(trial.values or ())):
-                if math.isfinite(value):
-                    self._study_worst = max(self._study_worst, value)
-        return max(100.0 * max(own + [math.log(10.0)]), 10.0 * self._study_worst)
 
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
         why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self._handle_deferred([worker], everything=True)  # what it finished before dying is kept
         if worker.current is not None and worker.current.cancelled:
-            self._unclaim(worker.current)
+            self.claims.unclaim(worker.current)
         elif worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
@@ -903,7 +721,7 @@ class Runner:
             self.display.trial_finished(job.number, "FAIL", None, job.params,
                                         f"worker died ({why}); re-queued")
         if worker.queued is not None:
-            self._unclaim(worker.queued)
+            self.claims.unclaim(worker.queued)
         worker.current = worker.queued = None
         worker.conn.close()
         index = self.workers.index(worker)
@@ -915,7 +733,7 @@ class Runner:
                     f"last by {why}) before training anything; see their error above, if any",
                     hint="check free memory (each worker maps the data and its own copy of the "
                          "model) and that `python -m tuner train STUDY_FILE` works here")
-        if self._signal is None:
+        if self.signals.received is None:
             replacement = Worker(self._ctx, worker.index, self.blas_threads)
             replacement.send("data", self._shared.handle)
             self.workers[index] = replacement
@@ -963,30 +781,20 @@ class Runner:
         outlasted ``max_db_outage``, or it goes at the first write here), nothing more is
         written: the trials' heartbeats stop, so any runner (or `tuner doctor --fail-stale`)
         fails and re-queues them later. ``skip_writes`` also when the study was deleted."""
-        reason = f"interrupted by {self._signal}" if self._signal else "runner stopped"
+        reason = f"interrupted by {self.signals.received}" if self.signals.received else "runner stopped"
         self._shutting_down = True
         self.resilient.max_outage = min(self.resilient.max_outage, 10.0)
         self._stop_event.set()
-        if self._claimer is not None:  # let a claim in progress finish, then re-queue it below
-            self._claim_wanted.set()
-            deadline = time.monotonic() + 30.0
-            while self._claimer.is_alive() and time.monotonic() < deadline and not self._hurry:
-                self._claimer.join(0.1)
-        while not self._claim_results.empty():
-            result = self._claim_results.get_nowait()
-            if isinstance(result, Job):
-                self._ready.append(result)
-            self._claim_pending = False
-        # a claim still in progress (hurried, or a database that hangs) may leave its trial
-        # RUNNING; stale-trial recovery fails and re-queues it like the unsaved ones
-        self._claim_abandoned = self._claim_pending and self._claimer is not None \
-            and self._claimer.is_alive()
-        self._claim_pending = False
+        if self.claims is not None:  # let a claim in progress finish, then re-queue it below
+            # (one still in progress, hurried or hung, may leave its trial RUNNING: stale-trial
+            # recovery fails and re-queues it like the unsaved ones)
+            jobs, self._claim_abandoned = self.claims.stop(hurry=lambda: self.signals.hurry)
+            self._ready.extend(jobs)
         lost = skip_writes
 
         def write(what: str, action: Any, job: Job) -> None:
             nonlocal lost
-            lost = lost or self._hurry
+            lost = lost or self.signals.hurry
             if not lost:
                 try:
                     action()
@@ -997,7 +805,7 @@ class Runner:
             self._unsaved.append(job.number)
             self._unsaved_finished += job.finished
 
-        if self._signal is not None:  # exit promptly: the trials are re-queued anyway
+        if self.signals.received is not None:  # exit promptly: the trials are re-queued anyway
             for worker in self.workers:
                 worker.process.kill()
         for worker in self.workers:  # trials that finished must be saved, not failed
@@ -1006,7 +814,7 @@ class Runner:
                 job = worker.current
                 finishing = message[0] in ("done", "error") and job is not None \
                     and job.number == message[1]
-                lost = lost or self._hurry
+                lost = lost or self.signals.hurry
                 if not lost:
                     try:
                         self._handle(worker, message, defer=False)
@@ -1028,9 +836,9 @@ class Runner:
             worker.current = worker.queued = None
             worker.stop()
         self.workers = []
-        if self.study is not None and not (lost or self._hurry or self._claim_abandoned):
+        if self.claims is not None and not (lost or self.signals.hurry or self._claim_abandoned):
             try:
-                self.resilient.call("re-queue an interrupted claim", self._put_back_stray_claims)
+                self.resilient.call("re-queue an interrupted claim", self.claims.put_back_stray_claims)
             except StorageError as exc:  # its heartbeat stops: stale-trial recovery takes it
                 log.error("could not re-queue an interrupted claim: %s", exc.message)
 
@@ -1065,8 +873,7 @@ class Runner:
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
         s = self.snap
         s.complete, s.pruned = counts[TrialState.COMPLETE], counts[TrialState.PRUNED]
-        with self._claimed_lock:
-            ours = len(self._claimed)
+        ours = self.claims.count()
         s.failed, s.waiting = counts[TrialState.FAIL], counts[TrialState.WAITING]
         s.elsewhere = max(0, counts[TrialState.RUNNING] - ours)
         best = self._best()
@@ -1089,20 +896,8 @@ def describe_failed(failed: list[Failed]) -> str:
     return "; ".join(parts)
 
 
-def _resolved(params: dict[str, Any]) -> dict[str, Any]:
-    from tuner.params import resolve
-
-    return resolve(params)
-
-
 def _describe(params: dict[str, Any]) -> str:
     params = with_defaults(params)
     return (f"{params.get('optimizer')} lr={params.get('lr', float('nan')):.3g} "
             f"bs={params['batch_size']} {params['batch_scaling']} "
             f"warmup={params['warmup_epochs']:g} {params['decay']}")
-
-
-def _runner_id() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
