@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from tuner.dashboard.attach import (
     tuner_graph_object_ids,
 )
 from tuner.dashboard.context import PanelContext
+from tuner.dashboard.html import list_page
 from tuner.dashboard.reader import forget, read_trials
 from tuner.dashboard.spec import ENV_DASHBOARDS, bundled_dir
 from tuner.reference import reference_on_split
@@ -380,23 +382,39 @@ def test_the_summary_of_a_study_where_everything_diverged_says_what_to_change(tm
 def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     """A runner killed mid-trial leaves its trials RUNNING: the page said "3 running" for
     ever; it says which are stale and what fails them."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
     from tuner.config import load_study_file
     from tuner.dashboard.report import render_study_view
     from tuner.study import open_study
 
     path = write_study(tmp_path / "s.toml", name="gone", extra_study=(
-        "[study.reliability]\nheartbeat_interval = 1\ngrace_period = 2"))
+        "[study.reliability]\nheartbeat_interval = 1\ngrace_period = 600"))
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study = open_study(load_study_file(path), storage)
     study.ask()  # RUNNING, and nobody beats its heart
     fresh = render_study_view(storage, "gone")
     assert fresh.header.counts == {"RUNNING": 1} and not fresh.header.extra
-    time.sleep(2.5)
+    trials = models.TrialModel.__table__  # started (and last seen) an hour ago
+    with storage.backend.engine.begin() as conn:
+        started = conn.execute(sqlalchemy.select(trials.c.datetime_start)).scalar_one()
+        conn.execute(sqlalchemy.update(trials).values(datetime_start=started - timedelta(hours=1)))
     later = render_study_view(storage, "gone")
-    assert later.header.extra == {"stale": 1, "grace": 2}
+    assert later.header.extra == {"stale": 1, "grace": 600}
     text = re.sub(r"<[^>]+>", "", later.html)
-    assert ("1 of them stale (no heartbeat for over 2 s: its runner is gone): tuner doctor gone "
+    assert ("1 of them stale (no heartbeat for over 600 s: its runner is gone): tuner doctor gone "
             "--fail-stale") in text
+    # ... and so do the study lists: tuner ls, the dashboard's list and its JSON
+    row, = results.list_studies(storage)
+    assert (row.counts["RUNNING"], row.stale, row.as_dict()["stale"]) == (1, 1, 1)
+    listed = list_page([row], storage="s.db", ids={"gone": 1}, dashboards=["study"])
+    assert re.search(r'<td class="num stale"[^>]*>1 \(1 stale\)</td>', listed)
+    shown = run_tuner("ls", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert shown.returncode == 0 and "1 (1 stale)" in shown.stdout, shown.stdout
+    assert ("gone: 1 RUNNING trial(s) without a heartbeat for longer than the grace period: their "
+            "runner is gone; the next `tuner run` fails and re-queues them, or now: tuner doctor "
+            "gone --fail-stale") in " ".join(shown.stdout.split())
 
 
 def test_importances_and_history_match_optuna(real, panels):

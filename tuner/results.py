@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage import BufferedStorage
 from tuner.storage.buffered import earliest_with_value
-from tuner.study import ATTR_METRIC, flat_params, is_multi_objective, resolved_params
+from tuner.study import ATTR_CONFIG, ATTR_METRIC, flat_params, is_multi_objective, resolved_params
 
 GROUP_KEYS = ("optimizer", "decay", "batch_scaling")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -35,6 +35,7 @@ class StudyRow:
     best_value: float | None
     best_trial: int | None
     last_activity: datetime | None
+    stale: int = 0  # RUNNING trials without a heartbeat for longer than the grace period
 
     @property
     def short_directions(self) -> str:
@@ -44,12 +45,13 @@ class StudyRow:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "direction": self.direction, "metric": self.metric,
                 "counts": self.counts, "best_value": self.best_value, "best_trial": self.best_trial,
+                "stale": self.stale,
                 "last_activity": self.last_activity.isoformat() if self.last_activity else None}
 
 
 def list_studies(storage: BufferedStorage) -> list[StudyRow]:
-    """Every study with its trial counts by state, best value and last activity, from three
-    aggregate queries (fast for any number of trials)."""
+    """Every study with its trial counts by state, best value, last activity and stale RUNNING
+    trials, from a few aggregate queries (fast for any number of trials)."""
     engine = storage.backend.engine
     studies = models.StudyModel.__table__
     trials = models.TrialModel.__table__
@@ -83,8 +85,12 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
                 .where(trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
                 .group_by(trials.c.study_id)).all():
             best[sid] = (lo, hi)
-        rows = []
-        for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
+        running = [sid for sid, c in counts.items() if c.get("RUNNING")]
+        configs = dict(conn.execute(sqlalchemy.select(attrs.c.study_id, attrs.c.value_json).where(
+            attrs.c.key == ATTR_CONFIG, attrs.c.study_id.in_(running))).all()) if running else {}
+        rows, ids = [], sorted(names, key=names.__getitem__)
+        for sid in ids:
+            name = names[sid]
             objectives = dirs.get(sid, {})
             names_by_objective = [getattr(d, "name", str(d)).lower()
                                   for _, d in sorted(objectives.items())]
@@ -101,7 +107,32 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
             rows.append(StudyRow(name, direction_name, metric,
                                  {s: counts.get(sid, {}).get(s, 0) for s in STATES}, value, best_number,
                                  _utc_to_local(stamp) if stamp else None))
+    for row, sid in zip(rows, ids, strict=True):
+        if sid in running:
+            row.stale = stale_running(storage, sid, _study_file(_json(configs.get(sid))))[0]
     return rows
+
+
+def stale_running(storage: BufferedStorage, study_id: int, study_file: Any) -> tuple[int, int]:
+    """``(n, grace)``: how many RUNNING trials of the study have had no heartbeat for longer
+    than its study file's grace period (seconds; the default one for a study without a file).
+    Their runner is gone: the next ``tuner run`` or ``tuner doctor --fail-stale`` fails and
+    re-queues them."""
+    from tuner.config import ReliabilityConfig
+    from tuner.storage.coordination import stale_trial_ids
+
+    rel = study_file.study.reliability if study_file is not None else ReliabilityConfig()
+    return len(stale_trial_ids(storage, study_id, rel.grace)), rel.grace
+
+
+def _study_file(text: str | None) -> Any:
+    """The study file stored with a study, or ``None`` (none, or one this version cannot read)."""
+    from tuner.config import StudyFile
+
+    try:
+        return StudyFile.from_json(text) if text else None
+    except Exception:
+        return None
 
 
 def _json(text: str | None) -> Any:

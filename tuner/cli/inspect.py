@@ -78,9 +78,16 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r.name, f"{r.metric} ({r.short_directions})", fmt(r.best_value),
                       "-" if r.best_trial is None else f"#{r.best_trial}",
-                      *[str(r.counts[s]) for s in results.STATES],
+                      *[f"{r.counts[s]} ({r.stale} stale)" if s == "RUNNING" and r.stale
+                        else str(r.counts[s]) for s in results.STATES],
                       r.last_activity.strftime("%Y-%m-%d %H:%M:%S") if r.last_activity else "-")
     out.print(table)
+    for r in rows:
+        if r.stale:
+            out.print(escape(f"{r.name}: {r.stale} RUNNING trial(s) without a heartbeat for longer "
+                             f"than the grace period: their runner is gone; the next `tuner run` "
+                             f"fails and re-queues them, or now: tuner doctor {r.name} --fail-stale"
+                             f"{storage_flag(url)}"), highlight=False, soft_wrap=True)
 
 
 @app.command()

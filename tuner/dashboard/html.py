@@ -55,7 +55,7 @@ main { padding: 16px 24px 40px; }
 table.list { background: #fff; width: 100%; }
 table.list td.num, table.list th.num { text-align: right; }
 .muted { color: var(--muted); }
-.warn { color: #a15c00; }
+.warn, td.stale { color: #a15c00; }
 footer { color: var(--muted); padding: 0 24px 24px; font-size: 12px; }
 """
 
@@ -96,14 +96,12 @@ def _stale_running(ctx: PanelContext) -> dict[str, Any]:
     """``{"stale": n, "grace": seconds}`` for RUNNING trials whose heartbeat is older than the
     study file's grace period (their runner is gone: ``tuner doctor --fail-stale``, or the next
     ``tuner run``, fails and re-queues them); empty when none is or it cannot be told."""
-    from tuner.storage.coordination import stale_trial_ids
+    from tuner.results import stale_running
 
     if getattr(ctx.study._storage, "backend", None) is None:
         return {}
-    rel = ctx.study_file.study.reliability if ctx.study_file is not None else None
-    grace = rel.grace if rel is not None else 60.0
     try:
-        stale = len(stale_trial_ids(ctx.study._storage, ctx.study._study_id, grace))
+        stale, grace = stale_running(ctx.study._storage, ctx.study._study_id, ctx.study_file)
     except Exception:  # a courtesy of the page: never fail it
         return {}
     return {"stale": stale, "grace": grace} if stale else {}
@@ -222,6 +220,16 @@ VERDICT_COLORS = {"regression": "#b42318", "improvement": "#067647", "ok": "#344
                   "no_result": "#b54708"}
 
 
+def _count_cell(row: Any, state: str) -> str:
+    """A study list cell: the trials in ``state``; RUNNING ones whose runner is gone marked."""
+    n = row.counts.get(state, 0)
+    if state != "RUNNING" or not row.stale:
+        return f"<td class=num>{n}</td>"
+    return (f'<td class="num stale" title="RUNNING without a heartbeat for longer than the grace '
+            f'period: their runner is gone; tuner doctor --fail-stale fails and re-queues them">'
+            f"{n} ({row.stale} stale)</td>")
+
+
 def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards: list[str],
               nights: dict[str, dict[str, Any] | None] | None = None) -> str:
     """The study list: best value, trial counts by state, the verdict of each night of a
@@ -248,7 +256,7 @@ def list_page(rows: list[Any], *, storage: str, ids: dict[str, int], dashboards:
             else fmt(r.best_value)
         trial = "-" if r.best_trial is None else f"#{r.best_trial}"
         last = f"{r.last_activity:%Y-%m-%d %H:%M:%S}" if r.last_activity else "-"
-        counts = "".join(f"<td class=num>{r.counts.get(s, 0)}</td>" for s in STATES)
+        counts = "".join(_count_cell(r, s) for s in STATES)
         verdict = ""
         if night:
             v = nights[r.name] or {}
