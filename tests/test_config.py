@@ -94,7 +94,7 @@ ERROR_CASES = [
      edit("n_trials = 5", "n_trials = 5\n[study.sampler]\ntype = 'random'\nn_startup_trials = 5"),
      "study.sampler.n_startup_trials", ["does not apply to sampler 'random'; it takes: no options"]),
     ("unknown-data-key", edit('dataset = "digits"', 'dataset = "digits"\nshuffle = true'),
-     "data.shuffle", ["unknown key", "dataset, target, val_size"]),
+     "data.shuffle", ["unknown key", "dataset, target, delimiter, val_size"]),
     ("unknown-pruner-key", edit("n_trials = 5", "n_trials = 5\n[study.pruner]\npatience = 3"),
      "study.pruner.patience", ["unknown key", "type, n_startup_trials, n_warmup_steps"]),
     ("unknown-sampler-key", edit("n_trials = 5", "n_trials = 5\n[study.sampler]\nkind = 'tpe'"),
@@ -196,6 +196,11 @@ ERROR_CASES = [
      "data.n", ['applies only to dataset = "synthetic"']),
     ("csv-without-target", edit('dataset = "digits"', 'dataset = "my.csv"'), "data.target",
      ["the label column is required"]),
+    ("delimiter-on-builtin", edit('dataset = "digits"', 'dataset = "digits"\ndelimiter = ";"'),
+     "data.delimiter", ["only applies to CSV and TSV files"]),
+    ("delimiter-two-characters", edit('dataset = "digits"', 'dataset = "my.csv"\ntarget = "y"\n'
+                                      'delimiter = ";;"'),
+     "data.delimiter", ["';;' is not a field separator", "one character such as"]),
     ("reg-in-model-and-space", edit("epochs = 5", "epochs = 5\nreg = 0.1") + "reg = 0.2\n",
      "space.reg", ["also set in [model]"]),
     ("grace-not-longer-than-heartbeat", edit("n_trials = 5", "n_trials = 5\n[study.reliability]\n"

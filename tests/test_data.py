@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def test_a_tsv_file_is_read_with_tabs_and_checked_like_a_csv_file(tmp_path):
     with pytest.raises(DataError, match="target column 'label' not found") as info:
         load_dataset(str(path), target="label")
     assert info.value.hint == ("the file does not look tab-separated: its header is one column "
-                               "that contains commas; name it .csv")
+                               "that contains commas; set data.delimiter = \",\", or name it .csv")
 
 
 @pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
@@ -235,6 +236,21 @@ def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
         load_dataset(str(path), target="label")
     assert "does not look comma-separated" in info.value.hint
     assert name in info.value.hint
+    assert f"set data.delimiter = {json.dumps(sep)}" in info.value.hint
+    ds = load_dataset(str(path), target="label", delimiter=sep)  # as the hint says
+    assert ds.feature_names == ["f1", "f2", "count"] and len(ds.y) == len(frame())
+
+
+def test_a_delimiter_is_used_for_every_check_of_the_file(tmp_path):
+    """The field-count check and the file lines in messages read the file with the same
+    delimiter as pandas did."""
+    path = tmp_path / "t.csv"
+    path.write_text("a;b;label\n1,5;2;x\n3;4\n5;6;y\n")  # a decimal comma is text here
+    with pytest.raises(DataError, match="line 3 has 2 fields, expected 3"):
+        load_dataset(str(path), target="label", delimiter=";")
+    path.write_text("a;b;label\n1;2;x\n3;nan;y\n5;6;y\n")
+    with pytest.raises(DataError, match=r"data row 2 \(line 3 of the file\)"):
+        load_dataset(str(path), target="label", delimiter=";")
 
 
 @pytest.mark.parametrize("name, match", [

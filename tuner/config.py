@@ -157,6 +157,7 @@ class DataSection(_Section):
 
     dataset: str
     target: str | None = None
+    delimiter: str | None = Field(None, description="a CSV/TSV file's field separator")
     val_size: float = Field(0.2, gt=0, description="the search scores trials on this split")
     test_size: float = Field(0.2, ge=0)
     seed: int = Field(0, ge=0)
@@ -199,6 +200,12 @@ class DataSection(_Section):
             raise ValueError("target: the label column is required for CSV, TSV and Parquet data")
         if self.target is not None and (self.is_builtin() or kind == "npz"):
             raise ValueError("target: only applies to CSV, TSV and Parquet data")
+        if self.delimiter is not None:
+            if kind != "csv":
+                raise ValueError("delimiter: only applies to CSV and TSV files")
+            if len(self.delimiter) != 1 or self.delimiter in "\"\r\n" or self.delimiter.isalnum():
+                raise ValueError(f"delimiter: {self.delimiter!r} is not a field separator; use "
+                                 "one character such as \";\", \"|\" or \"\\t\" (a tab)")
         return self
 
     def is_builtin(self) -> bool:

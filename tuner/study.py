@@ -92,6 +92,8 @@ def load_data(study_file: StudyFile) -> Splits:
         source.update(n=d.n, d=d.d, classes=d.classes, difficulty=d.difficulty)
     if d.target is not None:
         source["target"] = d.target
+    if d.delimiter is not None:
+        source["delimiter"] = d.delimiter
     with _naming_the_study_file(study_file):
         return load_splits(d.dataset, val_size=d.val_size, test_size=d.test_size, seed=d.seed,
                            dtype=study_file.model.dtype, standardize=d.standardize, **source)

@@ -46,11 +46,12 @@ __all__ = ["BUILTIN_DATASETS", "FILE_FORMATS", "SPLIT_ARRAYS", "Dataset", "Split
 
 
 def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None = None,
-                 n: int = 51000, d: int = 3072, classes: int = 10, difficulty: float = 0.5,
-                 seed: int = 0) -> Dataset:
+                 delimiter: str | None = None, n: int = 51000, d: int = 3072, classes: int = 10,
+                 difficulty: float = 0.5, seed: int = 0) -> Dataset:
     """Load a bundled dataset, generate ``synthetic`` data, or read a user file.
 
-    ``target`` names the label column of CSV/Parquet files. Relative paths are resolved against
+    ``target`` names the label column of CSV/Parquet files; ``delimiter`` is a CSV/TSV file's
+    field separator (default: a comma, a tab for ``.tsv``). Relative paths are resolved against
     ``base_dir`` (the study file's folder) when given. ``n, d, classes, difficulty, seed`` are
     used by ``synthetic`` only.
     """
@@ -62,7 +63,7 @@ def load_dataset(name: str, *, target: str | None = None, base_dir: Path | None 
     fmt = FILE_FORMATS[path.suffix.lower()]
     if fmt == "npz":
         return load_npz(path)
-    return load_table(path, fmt, target)
+    return load_table(path, fmt, target, delimiter)
 
 
 def make_synthetic(*, n: int, d: int, classes: int, difficulty: float = 0.5,

@@ -12,6 +12,7 @@ that numbers the rows, or an ``id``-like one that differs in every row, is logge
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 import zipfile
@@ -123,10 +124,10 @@ def _npz_rows(rows: np.ndarray) -> str:
     return f"{_word(len(rows), 'row index', 'row indices')} {_first(rows)}"
 
 
-def _table_rows(path: Path, fmt: str, n_rows: int) -> RowNamer:
+def _table_rows(path: Path, fmt: str, n_rows: int, sep: str) -> RowNamer:
     """Rows as a user finds them: 1-based data rows and, for CSV, file lines (header = line 1)."""
     # the file is re-read only for an error message, and at most once
-    file_lines = cache(lambda: _csv_line_numbers(path, n_rows) if fmt == "csv" else None)
+    file_lines = cache(lambda: _csv_line_numbers(path, n_rows, sep) if fmt == "csv" else None)
 
     def name(rows: np.ndarray) -> str:
         text = f"data {_word(len(rows), 'row', 'rows')} {_first(rows + 1)}"
@@ -138,13 +139,13 @@ def _table_rows(path: Path, fmt: str, n_rows: int) -> RowNamer:
     return name
 
 
-def _csv_line_numbers(path: Path, n_rows: int) -> np.ndarray | None:
+def _csv_line_numbers(path: Path, n_rows: int, sep: str) -> np.ndarray | None:
     """The file line on which each data row starts, counting rows as pandas does (blank lines
     skipped, quoted fields may span lines); None if the file cannot be matched row for row."""
     starts, line = [], 1
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter(path))
+            reader = csv.reader(f, delimiter=sep)
             for record in reader:
                 if len(record) > 1 or "".join(record).strip():
                     starts.append(line)
@@ -169,15 +170,19 @@ def _check_finite(X: np.ndarray, names: list[str], where: str, row_names: RowNam
                         hint="fill or drop those values before tuning")
 
 
-def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
+def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None) -> Dataset:
+    """Read a CSV/TSV or Parquet table whose ``target`` column holds the labels and every other
+    column a numeric feature. ``sep``: the field separator of a text table (default: a tab for
+    ``.tsv`` files, else a comma)."""
     import pandas as pd
 
+    sep = sep or delimiter(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: cannot read {fmt.upper()} file: the file is empty (0 bytes)",
                         hint="expected a header line with the column names, then one row per "
                              "example" if fmt == "csv" else None)
     try:
-        frame = (pd.read_csv(path, sep=delimiter(path)) if fmt == "csv"
+        frame = (pd.read_csv(path, sep=sep) if fmt == "csv"
                  else pd.read_parquet(path))
     except pd.errors.EmptyDataError:  # only blank lines: nothing to parse
         raise DataError(f"{path}: cannot read CSV file: the file is empty (no header line)",
@@ -186,15 +191,15 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     except Exception as exc:  # pandas raises many types for unreadable files
         if fmt == "parquet":  # pyarrow refuses a repeated name with "Multiple matches for ..."
             _check_duplicate_names(path, fmt, _parquet_names(path), None)
-        elif isinstance(exc, pd.errors.ParserError) and (header := _csv_header(path)):
-            _check_field_counts(path, len(header))  # "Expected 3 fields in line 4, saw 4"
+        elif isinstance(exc, pd.errors.ParserError) and (header := _csv_header(path, sep)):
+            _check_field_counts(path, len(header), sep)  # "Expected 3 fields in line 4, saw 4"
         raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     # pandas renames a repeated CSV header ("f0,f0" -> f0, f0.1): only the header line tells
-    header = _csv_header(path) if fmt == "csv" else None
+    header = _csv_header(path, sep) if fmt == "csv" else None
     _check_duplicate_names(path, fmt, header if header is not None else columns, columns)
-    separator = _separator_hint(columns, delimiter(path)) if fmt == "csv" else None
+    separator = _separator_hint(columns, sep) if fmt == "csv" else None
     if target is None:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
                         f"{', '.join(columns)}", hint=separator)
@@ -211,7 +216,7 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
     # pandas take their first field as the row index
     if fmt == "csv" and (frame.iloc[:, -1].isna().any()
                          or not frame.index.equals(pd.RangeIndex(len(frame)))):
-        _check_field_counts(path, len(columns))
+        _check_field_counts(path, len(columns), sep)
     _check_unnamed_columns(path, fmt, frame, header, target)
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
@@ -227,7 +232,7 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
         raise DataError(f"{path}: non-numeric feature column(s): {', '.join(examples)}",
                         hint="encode them as numbers or drop them; only the target may be text")
     labels = frame[target]
-    row_names = _table_rows(path, fmt, len(frame))
+    row_names = _table_rows(path, fmt, len(frame), sep)
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())
         raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} "
@@ -243,12 +248,12 @@ def load_table(path: Path, fmt: str, target: str | None) -> Dataset:
                    feature_names=list(features.columns))
 
 
-def _csv_header(path: Path) -> list[str] | None:
+def _csv_header(path: Path, sep: str) -> list[str] | None:
     """The names on the header line as written (the first line that is not blank, as pandas
     takes it), before pandas renames repeats; None if the csv module cannot read it."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            for record in csv.reader(f, delimiter=delimiter(path)):
+            for record in csv.reader(f, delimiter=sep):
                 if len(record) > 1 or "".join(record).strip():
                     return record
     except (OSError, UnicodeError, csv.Error):
@@ -394,42 +399,31 @@ def _warn_row_identifiers(path: Path, X: np.ndarray, names: list[str]) -> None:
 
 
 def delimiter(path: Path) -> str:
-    """The field separator of a text table: a tab for ``.tsv`` files, else a comma."""
+    """The default field separator of a text table: a tab for ``.tsv`` files, else a comma."""
     return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|' characters"}
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "'|'"}
 
 
 def _separator_hint(columns: list[str], expected: str = ",") -> str | None:
     """A hint when a text table parsed as one column looks separated by something else than
-    ``expected`` (a comma, or a tab for ``.tsv``)."""
+    ``expected`` (a comma; a tab for ``.tsv``; else ``data.delimiter``)."""
     if len(columns) != 1:
         return None
-    kind, between = ("tab", "tabs") if expected == "\t" else ("comma", "','")
     for sep, name in SEPARATORS.items():
         if sep != expected and sep in columns[0]:
-            fix = ("name it .tsv, or save it with ',' between fields" if sep == "\t"
-                   else "name it .csv" if sep == ","
-                   else f"save it with {between} between fields")
-            return (f"the file does not look {kind}-separated: its header is one column that "
-                    f"contains {name}; {fix}")
-    return None
-    for sep, name in SEPARATORS.items():
-        if sep != expected and sep in columns[0]:
+            fix = f"set data.delimiter = {json.dumps(sep)}"
             if sep == "\t":
-                return (f"the file does not look {SEPARATORS[expected]}-separated: its header is "
-                        "one column that contains tabs; name it .tsv, or save it with "
-                        f"{expected!r} between fields")
-            if sep == ",":
-                return ("the file does not look tab-separated: its header is one column that "
-                        "contains commas; name it .csv")
-            return (f"the file does not look {SEPARATORS[expected]}-separated: its header is one "
-                    f"column that contains {name}s; save it with {expected!r} between fields")
+                fix += ", or name it .tsv"
+            elif sep == "," and expected == "\t":
+                fix += ", or name it .csv"
+            return (f"the file does not look {SEPARATORS.get(expected, repr(expected))}-separated: "
+                    f"its header is one column that contains {name}s; {fix}")
     return None
 
 
-def _check_field_counts(path: Path, expected: int) -> None:
+def _check_field_counts(path: Path, expected: int, sep: str) -> None:
     """Raise if a data line has more or fewer fields than the header. pandas fills a short
     line with NaN (a missing target, or a text value shifted into a numeric column, would be
     reported instead), and takes the first field of lines that all have one field more as the
@@ -440,7 +434,7 @@ def _check_field_counts(path: Path, expected: int) -> None:
     lines = 0
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter(path))
+            reader = csv.reader(f, delimiter=sep)
             line = 1
             for number, record in enumerate(reader):
                 blank = len(record) <= 1 and not "".join(record).strip()
