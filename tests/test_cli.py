@@ -463,11 +463,22 @@ def test_version_and_short_help():
     assert "tuner show [OPTIONS]" in run_tuner("show", "-h", check=True).stdout
 
 
-def test_doctor_refuses_a_negative_grace(small):
+def test_doctor_refuses_a_grace_a_live_runner_could_not_meet(small):
+    """A grace period within the heartbeat interval makes a live runner's trials look stale:
+    --fail-stale with --grace 0 failed trials that were training and threw their work away."""
     proc = run_tuner("doctor", "alpha", "--grace", "-5", "--storage", small)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "Invalid value for '--grace'" in proc.stderr and "greater than or equal to 0" in proc.stderr
-    assert run_tuner("doctor", "alpha", "--grace", "0", "--storage", small).returncode == 0
+    for grace in ("0", "5"):  # the study file's heartbeat_interval is the default, 5 s
+        proc = run_tuner("doctor", "alpha", "--grace", grace, "--fail-stale", "--storage", small)
+        text = " ".join(proc.stderr.split())
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert (f"--grace {grace}: must be longer than study 'alpha''s heartbeat interval (5 s): a "
+                "live runner's trials beat only every 5 s, so --fail-stale would fail them, and "
+                "lose their work") in text, text
+        assert "hint: leave --grace out (the study file's grace period, 20 s), or give a few " \
+               "heartbeat intervals, e.g. --grace 15" in text
+    assert run_tuner("doctor", "alpha", "--grace", "6", "--storage", small).returncode == 0
 
 
 def test_a_study_file_given_for_a_study_name_gets_the_name_as_hint(small, tmp_path):

@@ -21,7 +21,7 @@ from tuner.cli.app import (
     print_json,
     storage_flag,
 )
-from tuner.errors import LockHeldError
+from tuner.errors import LockHeldError, TunerError
 
 
 def _fail_reason(attrs: dict[str, Any]) -> str:
@@ -38,8 +38,9 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
                "--fail-stale", help="Fail stale RUNNING trials now and re-queue them.")] = False,
            grace: Annotated[float | None, typer.Option(
                min=0,
-               help="Seconds without heartbeat after which a RUNNING trial is stale "
-                    "\\[default: the study file's reliability.grace_period].")] = None,
+               help="Seconds without heartbeat after which a RUNNING trial is stale; longer than "
+                    "the study's heartbeat interval \\[default: the study file's "
+                    "reliability.grace_period].")] = None,
            json_out: JsonOpt = False) -> None:
     from optuna.trial import TrialState
 
@@ -50,6 +51,15 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     st, sf = load_study(study, store)
     rel = sf.study.reliability if sf is not None else None
     grace_s = grace if grace is not None else (rel.grace if rel is not None else 60.0)
+    if grace is not None and rel is not None and grace <= rel.heartbeat_interval:
+        harm = "--fail-stale would fail them, and lose their work" if fail_stale else \
+            "they would be reported stale"
+        raise TunerError(
+            f"--grace {grace:g}: must be longer than study {study!r}'s heartbeat interval "
+            f"({rel.heartbeat_interval} s): a live runner's trials beat only every "
+            f"{rel.heartbeat_interval} s, so {harm}",
+            hint=f"leave --grace out (the study file's grace period, {rel.grace} s), or give a "
+                 f"few heartbeat intervals, e.g. --grace {3 * rel.heartbeat_interval}")
     max_retry = rel.max_retry if rel is not None else 2
 
     # With SQLite, one runner owns a study and holds its lock: if the lock is free, nobody
