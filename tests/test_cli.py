@@ -567,6 +567,7 @@ def test_edits_that_make_values_incomparable_are_refused(tmp_path):
     data = write_study(tmp_path / "d.toml", name="by_data", n_trials=2, epochs=1,
                        data='dataset = "a.csv"\ntarget = "label"')
     run_tuner("run", data, "--storage", url, check=True)
+    before = optuna.load_study(study_name="by_data", storage=url).user_attrs
     data.write_text(data.read_text().replace("a.csv", "b.csv").replace("n_trials = 2", "n_trials = 4"))
     refused = run_tuner("run", data, "--storage", url)
     said = flat(refused.stderr)
@@ -574,8 +575,14 @@ def test_edits_that_make_values_incomparable_are_refused(tmp_path):
     assert (f"{data}: data: the study 'by_data' has 2 trial(s) scored on data with 4 features and "
             "3 classes; b.csv has 5 features and 3 classes") in said, said
     assert "Traceback" not in refused.stderr
-    trials = optuna.load_study(study_name="by_data", storage=url).trials
-    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert "join the old ones" not in said  # no "its new trials join" before the refusal
+    study = optuna.load_study(study_name="by_data", storage=url)
+    assert len(study.trials) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    # ... and leaves no trace: not recorded as the file the study last ran, nor as a run
+    assert study.user_attrs == before
+    data.write_text(data.read_text().replace("b.csv", "a.csv"))  # back to the study's data
+    again = run_tuner("run", data, "--storage", url, check=True)
+    assert "differs from" not in again.stderr, again.stderr  # only n_trials changed
 
 
 # --- storage errors -------------------------------------------------------------------------

@@ -234,7 +234,8 @@ def _where(storage: BufferedStorage) -> str:
 def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed: int | None = None,
                create: bool = True, edited_hint: str | None = None) -> optuna.Study:
     """Create the study (first use) or load it, and check that it matches the study file
-    (:func:`check_existing_study`)."""
+    (:func:`check_existing_study`). A run records the file once its data passed too
+    (:func:`record_study_file`)."""
     name = study_file.study.name
     sampler = make_sampler(study_file, study_file.study.seed if sampler_seed is None else sampler_seed)
     existing = _study_names(storage)
@@ -254,7 +255,16 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
         with warnings.catch_warnings():  # experimental in Optuna 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([study_file.study.metric])  # optuna-dashboard's "Objective 0"
-    elif attrs.get(ATTR_CONFIG):
+    return study
+
+
+def record_study_file(study: optuna.Study, study_file: StudyFile) -> None:
+    """Note that ``study`` runs trials under ``study_file`` now: warn (once per edit) when it
+    differs from the file the study last ran, and keep an edited file's training set-up, which
+    replays of its trials need. Called once a run is sure to train (its data checked)."""
+    name = study_file.study.name
+    attrs = study.user_attrs
+    if attrs.get(ATTR_CONFIG) and ATTR_METRIC in attrs:
         # said once per edit: against the file the study last ran, not the first one forever
         last = attrs.get(ATTR_LAST_FILE) or attrs[ATTR_CONFIG]
         changed = changed_keys(json.loads(last)["raw"], study_file.raw)
@@ -269,7 +279,6 @@ def open_study(study_file: StudyFile, storage: BufferedStorage, *, sampler_seed:
         if (digest != training_digest(StudyFile.from_json(attrs[ATTR_CONFIG]))
                 and ATTR_FILE_PREFIX + digest not in attrs):
             study.set_user_attr(ATTR_FILE_PREFIX + digest, study_file.to_json())
-    return study
 
 
 def training_digest(study_file: StudyFile) -> str:

@@ -79,6 +79,7 @@ from tuner.study import (
     load_data,
     open_study,
     record_data_digest,
+    record_study_file,
     space_warnings,
     study_exists,
     training_digest,
@@ -300,8 +301,6 @@ class Runner:
         self.claims = Claimer(self.sf, self.storage, self.study, self.resilient,
                               on_bad_config=self._bad_config)
         self._recover_orphans()
-        self.study.sampler = self.resilient.call("claim this run's index in the study",
-                                                 self._seeded_sampler)
         counts = self.resilient.call("count trials", state_counts, self.storage, self.study_id)
         left = self.sf.study.n_trials - counts[TrialState.COMPLETE] - counts[TrialState.PRUNED]
         if left <= 0:
@@ -322,6 +321,9 @@ class Runner:
         attrs = self.resilient.call("read the study", lambda: self.study.user_attrs)
         check_same_data_shape(self.sf, self.storage, attrs.get(ATTR_DATA), splits,
                               counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
+        # a run refused above leaves no trace: the study's file, run count and data stay as
+        # its last run left them
+        self.resilient.call("record the study file", record_study_file, self.study, self.sf)
         self.data_digest = data_digest(self.sf)
         self.resilient.call("record the data file", record_data_digest, self.study,
                             self.data_digest, self.sf.source)
@@ -341,6 +343,8 @@ class Runner:
         attrs = {"engine": self.engine, ATTR_TRAINING: self.training}
         if self.data_digest is not None:
             attrs[ATTR_DATA_DIGEST] = self.data_digest
+        self.study.sampler = self.resilient.call("claim this run's index in the study",
+                                                 self._seeded_sampler)
         self.claims.start(n_train=self.n_train, attrs=attrs)
 
     def _recover_orphans(self, by: str = "a stopped runner") -> None:
