@@ -208,6 +208,13 @@ def test_train_one_configuration(tmp_path):
     assert data["divergence"] is None
     assert 0.8 < data["val_accuracy"] <= 1 and 0.8 < data["test_accuracy"] <= 1
     assert set(data["reference"]) == {"val", "test"}
+    # a batch larger than the training set is the training set: the plan says so
+    big = run_tuner("train", study, "--set", "optimizer=sgd", "--set", "lr=0.01", "--set",
+                    "batch_size=4096", "--set", "base_batch_size=32", "--set", "batch_scaling=linear",
+                    "--epochs", "1", check=True).stdout
+    n_train = int(re.search(r"train/val/test = (\d+)/", big)[1])
+    assert (f"peak lr {0.01 * n_train / 32:.4g} (linear scaling of lr 0.01 at batch 32 to batch "
+            f"{n_train}; batch_size 4096 is capped to the {n_train} training examples)") in flat(big), big
 
 
 def test_train_rejects_a_non_positive_epoch_count(tmp_path):

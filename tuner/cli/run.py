@@ -283,11 +283,16 @@ def train(study_file: StudyFileArg,
         for key, value in params.items():
             shown.add_row(key, fmt(value, 6), sources[key])
         out.print(shown)
+        n_train = len(splits.y_train)
+        batch = min(int(params["batch_size"]), n_train)
+        capped = (f"; batch_size {params['batch_size']} is capped to the {n_train} training examples"
+                  if batch < int(params["batch_size"]) else "")
         out.print(f"plan: {plan.total_steps} updates ({plan.steps_per_epoch}/epoch), "
                   f"{plan.warmup_steps} warmup, peak lr {plan.peak_lr:.4g} "
                   + (f"({params['batch_scaling']} scaling of lr {params['lr']:.4g} at batch "
-                     f"{params['base_batch_size']} to batch {params['batch_size']})"
-                     if params["batch_scaling"] != "none" else "(not scaled: batch_scaling = none)"))
+                     f"{params['base_batch_size']} to batch {batch}{capped})"
+                     if params["batch_scaling"] != "none"
+                     else f"(not scaled: batch_scaling = none{capped})"), highlight=False)
         out.print(f"[dim]{'epoch':>5} {'train_loss':>10} {'val_loss':>9} {'val_acc':>8} {'lr':>10}[/]")
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
