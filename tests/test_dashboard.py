@@ -50,7 +50,7 @@ from tuner.storage import open_storage
 from tuner.study import load_data, load_study
 from tuner.train import make_plan
 
-from conftest import REPO, run_tuner, tuner_env, write_study
+from conftest import REPO, flat, run_tuner, tuner_env, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -931,12 +931,16 @@ def test_report_errors(real, tmp_path):
     assert proc.returncode == 2 and "unknown panel type 'no_such_panel'" in proc.stderr
     # only HTML is written, and under that name (it wrote HTML into x.pdf)
     proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "-o", tmp_path / "x.pdf")
-    assert proc.returncode == 2 and "tuner report writes one HTML file; name it .html" in proc.stderr
+    assert proc.returncode == 2 and "tuner report writes one HTML file; name it .html, or give an " \
+        "existing folder to write STUDY.html in" in flat(proc.stderr)
     assert not (tmp_path / "x.pdf").exists()
-    # a folder: STUDY.html in it
+    # a folder: STUDY.html in it; a folder that does not exist is said to be one
     proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "-o", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / f"{STUDY_NAME}.html").stat().st_size > 0
+    proc = run_tuner("report", STUDY_NAME, "--storage", real["url"], "-o", f"{tmp_path / 'out'}/")
+    assert proc.returncode == 2 and f"--output {tmp_path / 'out'}/: folder {tmp_path / 'out'} does " \
+        "not exist" in flat(proc.stderr), proc.stderr
 
 
 def test_report_with_a_user_dashboard_folder(real, tmp_path):

@@ -1027,6 +1027,12 @@ def test_export_default_file_name_and_bad_format(mixed, tmp_path):
     for fmt in ("csv", "json"):
         proc = tuner("export", "mixed", "--storage", url, "-f", fmt, "-o", tmp_path / "no" / f"x.{fmt}")
         assert proc.returncode == 2 and f"cannot write {tmp_path / 'no' / f'x.{fmt}'}" in flat(proc.stderr)
+    # a folder: STUDY.FORMAT in it (it said "cannot write out: Is a directory")
+    (tmp_path / "out").mkdir()
+    tuner("export", "mixed", "--storage", url, "-f", "json", "-o", tmp_path / "out", check=True)
+    assert json.loads((tmp_path / "out" / "mixed.json").read_text())["study"] == "mixed"
+    proc = tuner("export", "mixed", "--storage", url, "-o", f"{tmp_path / 'new'}/")
+    assert proc.returncode == 2 and f"folder {tmp_path / 'new'} does not exist" in flat(proc.stderr)
 
 
 def test_export_format_follows_the_output_suffix_and_dash_is_stdout(mixed, tmp_path):

@@ -103,6 +103,30 @@ def warn(text: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+def names_folder(output: str) -> bool:
+    """Whether an ``--output`` value names a folder: an existing one, or a name ending in ``/``."""
+    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def output_file(output: str | None, default: str) -> Path:
+    """Where a command writes its file: ``output``; or the file name ``default`` in the folder
+    ``output`` names (an existing folder, or a name ending in ``/``); by default in the current
+    folder. A folder that does not exist is an error, not a file of that name."""
+    from tuner.errors import TunerError
+
+    if output is None:
+        return Path(default)
+    path = Path(output)
+    if names_folder(output):
+        if not path.is_dir():
+            raise TunerError(f"--output {output}: folder {path} does not exist",
+                             hint=f"create it first (mkdir -p {path}), or name a file")
+        return path / default
+    if not path.parent.is_dir():
+        raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
+
+
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON on stdout (NaN and infinities become null)."""
     from tuner.jsonsafe import jsonable  # numpy: not loaded for --help

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from tuner.cli.app import FileStorageOpt, app, err, out
+from tuner.cli.app import FileStorageOpt, app, err, out, output_file
 from tuner.errors import TunerError
 
 DashboardsOpt = Annotated[str | None, typer.Option(
@@ -86,9 +86,10 @@ def report(study: Annotated[str, typer.Argument(
                     "the file's study.storage).",
                show_default=False)],
            storage: FileStorageOpt = None,
-           output: Annotated[Path | None, typer.Option(
+           output: Annotated[str | None, typer.Option(
                "--output", "-o", help="HTML file to write, or a folder to write STUDY.html in "
-                                      "\\[default: STUDY.html in the current folder].")] = None,
+                                      "\\[default: STUDY.html in the current folder].",
+               show_default=False)] = None,
            dashboard_name: Annotated[str | None, typer.Option(
                "--dashboard", "-d", help="Which dashboard file: a name in the dashboards folders "
                                          "(study, nightly, ...) or a path to a .toml file "
@@ -111,14 +112,11 @@ def report(study: Annotated[str, typer.Argument(
         err.print(f"{escape(base)} is a nightly sweep: reporting its latest night, "
                   f"{escape(study)} (another night: tuner report {escape(base)}-YYYY-MM-DD)",
                   highlight=False)
-    path = output or Path(f"{study}.html")
-    if path.is_dir():
-        path = path / f"{study}.html"
+    path = output_file(output, f"{study}.html")
     if path.suffix.lower() not in (".html", ".htm"):
-        raise TunerError(f"--output {path}: tuner report writes one HTML file; name it .html",
+        raise TunerError(f"--output {path}: tuner report writes one HTML file; name it .html, or "
+                         "give an existing folder to write STUDY.html in",
                          hint="for a PDF, open the HTML file in a browser and print it to PDF")
-    if not path.parent.is_dir():
-        raise TunerError(f"cannot write {path}: folder {path.parent} does not exist")
     started = time.perf_counter()
     try:
         view = write_report(store, study, path, dashboard=dashboard_name or _default_dashboard(

@@ -16,8 +16,10 @@ from tuner.cli.app import (
     StudyArg,
     app,
     err,
+    names_folder,
     open_existing,
     out,
+    output_file,
     print_json,
     warn,
 )
@@ -136,7 +138,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
                                       "\\[default: from the --output suffix, else csv].",
                show_default=False)] = None,
            output: Annotated[str | None, typer.Option(
-               "--output", "-o", help="File to write, or - for stdout \\[default: STUDY.FORMAT].",
+               "--output", "-o", help="File to write, a folder to write STUDY.FORMAT in, or - for "
+                                      "stdout \\[default: STUDY.FORMAT].",
                show_default=False)] = None) -> None:
     """Export every trial: parameters, values, states, user attributes (and curves in json)."""
     import io
@@ -149,7 +152,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
     format_ = format_.lower() if format_ is not None else None  # CSV, Parquet, ...
     if format_ is not None and format_ not in EXPORT_FORMATS:
         raise ConfigError(f"--format {format_!r}: use csv, parquet or json")
-    suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
+    suffix = "" if output in (None, "-") or names_folder(output) else \
+        Path(output).suffix.lower().lstrip(".")
     inferred = suffix if suffix in EXPORT_FORMATS else None
     if format_ is not None and inferred is not None and format_ != inferred:
         raise ConfigError(f"--format {format_} but --output {output} ends in .{suffix}: "
@@ -184,7 +188,7 @@ def export(study: StudyArg, storage: StorageOpt = None,
         sys.stdout.flush()
         err.print(f"wrote {len(records)} trials to stdout ({fmt})")
         return
-    path = Path(output) if output is not None else Path(f"{study}.{fmt}")
+    path = output_file(output, f"{study}.{fmt}")
     try:
         path.write_bytes(data)
     except OSError as exc:
