@@ -68,6 +68,23 @@ def test_parquet_round_trip(tmp_path):
     np.testing.assert_array_equal(ds.y, np.searchsorted([3, 7, 11], df["label"]))
 
 
+def test_a_parquet_files_named_index_is_one_of_its_columns(tmp_path):
+    """pandas restores a column saved as the DataFrame's index as the index: a target there
+    was 'not found' and a feature there silently dropped. A plain row index is not data."""
+    df = frame(n=45)
+    path = tmp_path / "data.parquet"
+    df.set_index("label").to_parquet(path)  # the target as the index
+    ds = load_dataset(str(path), target="label")
+    np.testing.assert_allclose(ds.X, df[["f1", "f2", "count"]].to_numpy())
+    np.testing.assert_array_equal(np.array(ds.class_names)[ds.y], df["label"].to_numpy())
+    df.set_index(["f1", "f2"]).to_parquet(path)  # features as a two-level index
+    ds = load_dataset(str(path), target="label")
+    assert ds.feature_names == ["f1", "f2", "count"]
+    np.testing.assert_allclose(ds.X, df[["f1", "f2", "count"]].to_numpy())
+    df.iloc[::2].to_parquet(path)  # an unnamed index of row numbers 0, 2, 4, ...
+    assert load_dataset(str(path), target="label").feature_names == ["f1", "f2", "count"]
+
+
 def test_npz_round_trip_with_relative_path(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((30, 4)).astype(np.float32)

@@ -194,6 +194,11 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
         elif isinstance(exc, pd.errors.ParserError) and (header := _csv_header(path, sep)):
             _check_field_counts(path, len(header), sep)  # "Expected 3 fields in line 4, saw 4"
         raise DataError(f"{path}: cannot read {fmt.upper()} file: {exc}") from None
+    if fmt == "parquet" and any(name is not None for name in frame.index.names):
+        # a DataFrame saved with a named index (df.set_index("label").to_parquet(...)): pandas
+        # restores it as the index; it is a column of the file like any other
+        frame = frame.reset_index(level=[n for n in frame.index.names if n is not None])
+        frame = frame.reset_index(drop=True)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     # pandas renames a repeated CSV header ("f0,f0" -> f0, f0.1): only the header line tells
