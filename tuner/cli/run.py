@@ -353,8 +353,10 @@ def run(study_file: StudyFileArg,
     with the same study file and storage joins the study.
 
     Exit codes: 0 done (or timeout); 1 the budget is spent and no trial completed (all
-    diverged or pruned), or every trial failed with an error; 2 a bad study file or option;
-    130/143 interrupted (running trials re-queued; rerun to continue)."""
+    diverged or pruned), or every trial failed with an error; 2 a bad study file, option or
+    data; 3 --storage or $TUNER_STORAGE is not a database URL, or the database cannot be
+    reached (or was lost for longer than reliability.max_db_outage); 75 another runner holds
+    this SQLite study; 130/143 interrupted (running trials re-queued; rerun to continue)."""
     from tuner.config import load_study_file
     from tuner.dashboard.attach import DashboardHook
     from tuner.runner.coordinator import Runner
