@@ -268,6 +268,26 @@ def test_a_key_set_twice_is_named(tmp_path):
     assert info.value.hint == "epochs is set twice in its table: keep one of the two"
 
 
+@pytest.mark.parametrize("extra, hint", [
+    ('optimizer = "adam"\n[space.optimizer.adam]\nbeta1 = 0.8\n',
+     "space.optimizer is a key set to a value, so [space.optimizer.adam] cannot make it a table; "
+     "did you mean [space.optimizers.adam]?"),
+    ('decay = ["cosine", "step"]\n[space.decay.step]\ngamma = 0.5\n',
+     "space.decay is a key set to a value, so [space.decay.step] cannot make it a table; did you "
+     "mean [space.decays.step]?"),
+    ('[space.decays.step]\ngamma = 0.5\n[space.decays.step]\ngamma = 0.2\n',
+     "[space.decays.step] appears twice: merge the two tables into one"),
+])
+def test_a_table_header_that_cannot_be_a_table_says_why(tmp_path, extra, hint):
+    """A typo of [space.optimizers.adam] as [space.optimizer.adam] was told "is set twice in
+    its table: keep one of the two": nothing was set twice."""
+    base = BASE.replace('optimizer = ["sgd", "adam"]\n', "") if "optimizer =" in extra else BASE
+    with pytest.raises(ConfigError) as info:
+        load_study_file(write(tmp_path, base + extra))
+    assert "invalid TOML" in info.value.message
+    assert info.value.hint == hint
+
+
 def test_keys_above_the_first_section_are_named_with_the_section_they_belong_to(tmp_path):
     """A missing [study] line: `name` and `n_trials` end up in no section (they were reported
     as 'unknown section(s) [n_trials], [name]')."""

@@ -352,10 +352,46 @@ def _toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigEr
         return ConfigError(f"{path}: invalid TOML: {message}")
     number, line = int(found[1]), lines[int(found[1]) - 1].strip()
     hint = None
-    if message.startswith("Cannot overwrite a value"):
+    if message.startswith(("Cannot overwrite a value", "Cannot declare")) and line.startswith("["):
+        hint = _table_header_hint(line, lines[:number - 1])
+    elif message.startswith("Cannot overwrite a value"):
         key = line.split("=", 1)[0].strip()
         hint = f"{key} is set twice in its table: keep one of the two"
     return ConfigError(f"{path}: invalid TOML: {message}; line {number} is: {line}", hint=hint)
+
+
+#: The tables a study file may have below its sections.
+SUBTABLES = ("study.sampler", "study.pruner", "study.reliability", "space.optimizers",
+             "space.decays", "schedule.regression")
+
+
+def _table_header_hint(line: str, before: list[str]) -> str | None:
+    """Why a ``[table]`` header cannot be used: the table appears twice, or a part of its name
+    is a key with a value (``[space.optimizer.adam]`` after ``optimizer = [...]``: did you mean
+    ``[space.optimizers.adam]``?)."""
+    import difflib
+
+    header = line.split("#", 1)[0].strip().strip("[]").strip()
+    if any(earlier.split("#", 1)[0].strip() == f"[{header}]" for earlier in before):
+        return f"[{header}] appears twice: merge the two tables into one"
+    try:
+        table: Any = tomllib.loads("\n".join(before))
+    except tomllib.TOMLDecodeError:
+        return None
+    parts = [p.strip().strip('"') for p in header.split(".")]
+    for i, part in enumerate(parts):
+        if not isinstance(table, dict) or part not in table:
+            return None
+        table = table[part]
+        if not isinstance(table, dict):
+            key = ".".join(parts[:i + 1])
+            if key in SUBTABLES:
+                return (f"{key} is set to a value above and is a table here: write it one way, "
+                        f"as the table [{key}] with its keys")
+            close = difflib.get_close_matches(key, SUBTABLES, n=1)
+            mean = f"; did you mean [{'.'.join([close[0], *parts[i + 1:]])}]?" if close else ""
+            return f"{key} is a key set to a value, so [{header}] cannot make it a table{mean}"
+    return None
 
 
 def load_study_file(path: str | Path) -> StudyFile:
