@@ -258,6 +258,17 @@ def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path, sep, name):
     assert ds.feature_names == ["f1", "f2", "count"] and len(ds.y) == len(frame())
 
 
+def test_decimal_commas_are_named_as_such(tmp_path):
+    """A European CSV: ';' between fields and decimal commas. The hint to re-save it with ','
+    between fields would have broken it further."""
+    path = tmp_path / "t.csv"
+    path.write_text("a;b;label\n0,346;1;x\n-1,5;2;y\n0,1;3;x\n2,0;4;y\n")
+    with pytest.raises(DataError, match=r"non-numeric feature column\(s\): 'a' \(e\.g\. '0,346'\)") as info:
+        load_dataset(str(path), target="label", delimiter=";")
+    assert info.value.hint.startswith("the values have decimal commas; tuner reads numbers with a "
+                                      "decimal point")
+
+
 def test_a_delimiter_is_used_for_every_check_of_the_file(tmp_path):
     """The field-count check and the file lines in messages read the file with the same
     delimiter as pandas did."""
