@@ -298,6 +298,17 @@ def small(tmp_path_factory):
     return url
 
 
+def test_run_given_a_study_name_points_at_the_study_file_it_ran_from(small, tmp_path):
+    """`tuner run alpha` (a study, not a file) was sent to look in studies/."""
+    folder = Path(small.removeprefix("sqlite:///")).parent
+    proc = run_tuner("run", "alpha", "--storage", small, cwd=tmp_path)
+    assert_user_error(proc, 2, "alpha: study file not found", "hint: 'alpha' is a study in SQLite "
+                      f"{folder / 'small.db'}; tuner run takes a study file: to continue it, tuner "
+                      f"run {folder / 'alpha.toml'} --storage {small}")
+    proc = run_tuner("run", "gamma", "--storage", small, cwd=tmp_path)  # no such study either
+    assert_user_error(proc, 2, "gamma: study file not found", "hint: the shipped study files")
+
+
 def test_ls(small, tmp_path):
     out = run_tuner("ls", "--storage", small, check=True).stdout
     assert "alpha" in out and "beta" in out and "val_accuracy (max)" in out

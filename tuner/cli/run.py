@@ -19,6 +19,7 @@ from tuner.cli.app import (
     StudyFileArg,
     app,
     err,
+    open_existing,
     out,
     print_json,
     storage_flag,
@@ -363,8 +364,13 @@ def run(study_file: StudyFileArg,
     from tuner.runner.pool import usable_cpus
     from tuner.storage import resolve_url
 
-    sf = with_cli_overrides(load_study_file(study_file), name=study_name, n_trials=n_trials,
-                            timeout=timeout)
+    try:
+        loaded = load_study_file(study_file)
+    except ConfigError as exc:
+        if not study_file.exists() and not study_file.suffix:
+            exc.hint = _study_of_that_name(str(study_file), storage) or exc.hint
+        raise
+    sf = with_cli_overrides(loaded, name=study_name, n_trials=n_trials, timeout=timeout)
     url = resolve_url(storage, sf.study.storage)
     cpus = usable_cpus()
     if workers > cpus:
@@ -388,6 +394,31 @@ def run(study_file: StudyFileArg,
                       f"({result.reason}) and is saved: tuner show {escape(result.study_name)}"
                       f"{escape(storage_flag(url))}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
+
+
+def _study_of_that_name(name: str, storage: str | None) -> str | None:
+    """A hint when ``tuner run NAME`` names a study rather than a study file: which file it
+    ran from. ``None`` when no such study is found (or the storage cannot be read)."""
+    from pathlib import Path
+
+    from tuner.config import StudyFile
+    from tuner.storage import describe
+    from tuner.study import ATTR_CONFIG
+
+    try:
+        store, url = open_existing(storage)
+        study_id = store.get_study_id_from_name(name)
+        text = store.get_study_user_attrs(study_id).get(ATTR_CONFIG)
+        where = f"{name!r} is a study in {describe(url)}; tuner run takes a study file"
+        if not text:
+            return f"{where} (it was not created by tuner)"
+        ran = StudyFile.from_json(text)
+        source = ran.source  # as given then; from here, by its full path if that is where it is
+        if not Path(source).is_file() and ran.base_dir:
+            source = str(Path(ran.base_dir) / Path(source).name)
+        return f"{where}: to continue it, tuner run {source}{storage_flag(url)}"
+    except Exception:  # only a hint: no study of that name, or nothing to read
+        return None
 
 
 CLI_OPTIONS = {"name": "--study-name", "n_trials": "--n-trials", "timeout": "--timeout"}
