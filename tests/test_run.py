@@ -1146,3 +1146,7 @@ def test_a_finished_sqlite_study_can_be_run_again(tmp_path):
     tuner("run", study, "--storage", url, "-q", check=True)
     tuner("run", study, "--storage", url, "-n", "2", "-q", check=True)
     assert finished(url, "again") == 2
+    # a target below what earlier runs finished: said so, not "2/1 done"
+    proc = tuner("run", study, "--storage", url, "-q", check=True)
+    assert ("study 'again' is past its target of 1 trial: earlier runs had a larger one (2 done: "
+            "2 complete)") in flat(proc.stderr), proc.stderr

@@ -119,10 +119,13 @@ def nightly(study_file: StudyFileArg,
     if json_out:
         print_json(result.as_dict())
         raise typer.Exit(result.exit_code)
+    from tuner.cli.views import done_of
+
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()) if n)
     done = result.counts.get("COMPLETE", 0) + result.counts.get("PRUNED", 0)
-    out.print(f"night [bold]{result.study}[/] on {result.storage}: {done}/{result.n_trials} "
-              f"trials done ({counts or 'none'}); stopped: {result.reason}")
+    out.print(f"night [bold]{result.study}[/] on {result.storage}: "
+              f"{done_of(done, result.n_trials, 'trials ')} "
+              f"({counts or 'none'}); stopped: {result.reason}")
     if result.best is not None:
         from tuner.nightly.scheduler import describe_config
 

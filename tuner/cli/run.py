@@ -440,7 +440,7 @@ def with_cli_overrides(sf: StudyFile, *, section: str = "study", **overrides: An
 def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any = None) -> None:
     """The run's last line, then the study report (read through ``storage``, the runner's,
     when it opened one)."""
-    from tuner.cli.views import study_report
+    from tuner.cli.views import done_of, study_report
     from tuner.storage import describe, open_storage
     from tuner.storage.resilience import Resilient
     from tuner.study import load_study
@@ -448,8 +448,11 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
     counts = {state.name: n for state, n in result.counts.items()}
     done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     text = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items()))
+    target = f"{sf.study.n_trials} trial{'' if sf.study.n_trials == 1 else 's'}"
     messages = {
-        "done": f"study {result.study_name!r} reached its target of {sf.study.n_trials} trials"
+        "done": (f"study {result.study_name!r} reached its target of {target}"
+                 if done <= sf.study.n_trials else f"study {result.study_name!r} is past its "
+                 f"target of {target}: earlier runs had a larger one")
                 + (", but none completed: every trial diverged or was pruned (exit code 1)"
                    if result.no_result else ""),
         "timeout": "timeout reached; run the same command to continue",
@@ -480,7 +483,8 @@ def _print_run_end(result: Any, sf: StudyFile, url: str, top: int, storage: Any 
                    "; nothing was left running") + "; run the same command to continue")
     style = "red" if result.exit_code != 0 else "green"
     here = (f"; {result.finished_here} by this run" if 0 < result.finished_here < done else "")
-    tally = f" ({done}/{sf.study.n_trials} done{': ' + text if text else ''}{here})" \
+    shown = f"{done} done" if done > sf.study.n_trials else done_of(done, sf.study.n_trials)
+    tally = f" ({shown}{': ' + text if text else ''}{here})" \
         if result.reason != "deleted" else ""
     err.print(f"[{style}]{escape(reason)}[/]{tally}", highlight=False)
     if result.db_retries:

@@ -158,6 +158,14 @@ class FitTable:
         return Measurement.get(console, options, self.build(console, options))
 
 
+def done_of(done: int, target: int, unit: str = "") -> str:
+    """``12/50 done`` (``unit="trials "``: ``12/50 trials done``); ``17 done (target 5)`` when
+    earlier runs went past a target lowered since (``17/5`` read as a broken count)."""
+    if done <= target:
+        return f"{done}/{target} {unit}done"
+    return f"{done} {unit}done (target {target})"
+
+
 def _frame_width(table: Table) -> int:
     """What ``table`` adds to its columns' contents: borders and cell padding."""
     _top, right, _bottom, left = table.padding
