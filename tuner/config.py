@@ -8,7 +8,6 @@ as :class:`~tuner.errors.ConfigError`. ``docs/study-files.md`` documents every k
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import tomllib
@@ -18,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuner.data import BUILTIN_DATASETS, FILE_FORMATS, check_dataset_name, split_size_problem
-from tuner.errors import ConfigError, DataError
+from tuner.errors import ConfigError, DataError, closest, did_you_mean
 from tuner.params import literal
 
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
@@ -369,8 +368,6 @@ def _table_header_hint(line: str, before: list[str]) -> str | None:
     """Why a ``[table]`` header cannot be used: the table appears twice, or a part of its name
     is a key with a value (``[space.optimizer.adam]`` after ``optimizer = [...]``: did you mean
     ``[space.optimizers.adam]``?)."""
-    import difflib
-
     header = line.split("#", 1)[0].strip().strip("[]").strip()
     if any(earlier.split("#", 1)[0].strip() == f"[{header}]" for earlier in before):
         return f"[{header}] appears twice: merge the two tables into one"
@@ -388,8 +385,8 @@ def _table_header_hint(line: str, before: list[str]) -> str | None:
             if key in SUBTABLES:
                 return (f"{key} is set to a value above and is a table here: write it one way, "
                         f"as the table [{key}] with its keys")
-            close = difflib.get_close_matches(key, SUBTABLES, n=1)
-            mean = f"; did you mean [{'.'.join([close[0], *parts[i + 1:]])}]?" if close else ""
+            close = closest(key, SUBTABLES)
+            mean = f"; did you mean [{'.'.join([close, *parts[i + 1:]])}]?" if close else ""
             return f"{key} is a key set to a value, so [{header}] cannot make it a table{mean}"
     return None
 
@@ -519,8 +516,7 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
             home = key_home(str(loc[-1]), section) if len(loc) == 1 else None
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            meant = f"{home}; " if home else f"did you mean {close[0]}? " if close else ""
+            meant = f"{home}; " if home else did_you_mean(str(loc[-1]), allowed)
             lines.append(f"{source}: {key}: unknown key in [{section}]; {meant}allowed keys: "
                          f"{', '.join(allowed)}" if home else
                          f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")

@@ -7,6 +7,8 @@ exits with :attr:`TunerError.exit_code`. Anything else that escapes is a bug in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class TunerError(Exception):
     """An error caused by the user's input or environment, reported without a traceback."""
@@ -20,6 +22,32 @@ class TunerError(Exception):
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
+
+
+#: Names people bring from other tools, and the key tuner calls it.
+ALIASES = {"learning_rate": "lr", "learningrate": "lr", "optimiser": "optimizer",
+           "optimisers": "optimizers", "scheduler": "decay", "schedule": "decay",
+           "lr_schedule": "decay", "warmup": "warmup_epochs", "warmup_steps": "warmup_epochs",
+           "bs": "batch_size", "l2": "reg", "lambda": "reg", "weight_decay": "reg"}
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` was most likely meant to be (a typo, or another tool's name for
+    it), or ``None``."""
+    import difflib
+
+    choices = list(choices)
+    alias = ALIASES.get(word.lower())
+    if alias in choices:
+        return alias
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"did you mean X? "`` for :func:`closest`, else ``""`` (to put before a list)."""
+    meant = closest(word, choices)
+    return f"did you mean {meant}? " if meant else ""
 
 
 class ConfigError(TunerError):

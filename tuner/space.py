@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner import params as P
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     import optuna
@@ -272,7 +272,8 @@ def build_space(raw: dict[str, Any], model: ModelSection, *, source: str) -> Sea
             raise fail(path, key_home(key, "space"))
         if key not in general_keys:
             home = key_home(key, "space")
-            raise fail(path, f"unknown key{f' in [space]; {home}' if home else ''}; allowed keys: "
+            raise fail(path, f"unknown key{f' in [space]; {home}' if home else ''}; "
+                             f"{'' if home else did_you_mean(key, allowed_top)}allowed keys: "
                              f"{', '.join(allowed_top)}")
         general[key] = _dimension(key, key, value, path, fail)
     for key in MODEL_LEVEL_KEYS:
@@ -305,7 +306,7 @@ def _conditional(raw: Any, section: str, names: tuple[str, ...], in_play: tuple[
     for name, table in raw.items():
         path = f"space.{section}.{name}"
         if name not in names:
-            raise fail(path, f"unknown {what}; valid: {', '.join(names)}")
+            raise fail(path, f"unknown {what}; {did_you_mean(name, names)}valid: {', '.join(names)}")
         if name not in in_play:
             raise fail(path, f"{what} {name!r} is not among space.{what} choices "
                              f"({', '.join(in_play)}); remove this section or add it there")
@@ -316,6 +317,7 @@ def _conditional(raw: Any, section: str, names: tuple[str, ...], in_play: tuple[
         for key, value in table.items():
             if key not in allowed:
                 raise fail(f"{path}.{key}", f"{key!r} does not apply to {what} {name!r}; "
+                                            f"{did_you_mean(key, allowed)}"
                                             f"it takes: {', '.join(allowed) or 'no parameters'}")
             group[key] = _dimension(key, f"{name}.{key}", value, f"{path}.{key}", fail)
             if what == "optimizer":
