@@ -356,6 +356,9 @@ def test_storage_from_the_environment(small):
 def test_show(small):
     out = run_tuner("show", "alpha", "--storage", small, "--top", "2", check=True).stdout
     assert "study alpha in SQLite" in out and "best trial #" in out and "top 2 trials" in out
+    complete = sum(t.state == TrialState.COMPLETE
+                   for t in optuna.load_study(study_name="alpha", storage=small).trials)
+    assert f"parameter importances: after 10 COMPLETE trials ({complete} so far)" in out  # not silence
     data = json.loads(run_tuner("show", "alpha", "--storage", small, "--json", check=True).stdout)
     assert data["study"] == "alpha" and data["metric"] == "val_accuracy"
     assert data["direction"] == "maximize"

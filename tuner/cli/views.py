@@ -310,6 +310,12 @@ def study_report(console: Console, study: optuna.Study, study_file: Any, *, top:
         imp = results.importances(study)
         if imp:
             console.print(importance_table(imp))
+        elif not foreign:
+            n = len(results.completed(study))
+            console.print(f"parameter importances: after {results.MIN_IMPORTANCE_TRIALS} COMPLETE "
+                          f"trials ({n} so far)" if n < results.MIN_IMPORTANCE_TRIALS else
+                          "parameter importances: none (the searched parameters are not shared by "
+                          "every COMPLETE trial, or do not vary)", style="dim", highlight=False)
 
 
 def plain_top_table(study: optuna.Study, k: int) -> FitTable:
