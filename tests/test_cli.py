@@ -217,6 +217,15 @@ def test_train_one_configuration(tmp_path):
             f"{n_train}; batch_size 4096 is capped to the {n_train} training examples)") in flat(big), big
 
 
+def test_train_says_how_to_pick_an_optimizer_a_set_key_applies_to(tmp_path):
+    """--set momentum=0.5 where nobody picked the optimizer (sgd, the first choice)."""
+    study = write_study(tmp_path / "s.toml")  # optimizer = ["sgd", "momentum", "adam"]
+    proc = run_tuner("train", study, "--set", "momentum=0.5", "--epochs", "1")
+    assert_user_error(proc, 2, "'momentum' does not apply to optimizer 'sgd'", "hint: the optimizer "
+                      "is sgd (default: first choice); pick one momentum applies to: --set "
+                      "optimizer=momentum (or --set momentum.momentum=...)")
+
+
 def test_train_rejects_a_non_positive_epoch_count(tmp_path):
     proc = run_tuner("train", write_study(tmp_path / "s.toml"), "--epochs", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

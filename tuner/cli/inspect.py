@@ -261,10 +261,11 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     trial must diverge at the same update. Exits 0 on a match, 1 on a mismatch."""
     from tuner.cli.views import fmt
     from tuner.kernels import engine_id
+    from tuner.storage.urls import storage_flag
     from tuner.study import changed_data, flat_params, load_data, trial_study_file
     from tuner.train import fit
 
-    st, sf, _ = _load(study, storage)
+    st, sf, url = _load(study, storage)
     sf = _need_file(sf, study)
     frozen = next((t for t in st.get_trials(deepcopy=False) if t.number == trial), None)
     if frozen is None:
@@ -272,8 +273,13 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
     sf = trial_study_file(st, frozen, sf)
     stored = frozen.user_attrs.get("curve")
     if stored is None or "seed" not in frozen.user_attrs:
+        retries = [t.number for t in st.get_trials(deepcopy=False)
+                   if trial in t.system_attrs.get("retry_history", ()) and t.user_attrs.get("curve")]
+        reason = frozen.user_attrs.get("fail_reason")
         raise TunerError(f"trial #{trial} has no stored learning curve or seed to compare with "
-                         f"(state {frozen.state.name})")
+                         f"(state {frozen.state.name}{': ' + str(reason) if reason else ''})",
+                         hint=f"its retry #{retries[0]} trained the same configuration: tuner replay "
+                              f"{study} {retries[0]}{storage_flag(url)}" if retries else None)
     if why := changed_data(frozen, sf):
         raise TunerError(f"{why}: a replay on other data cannot reproduce its history",
                          hint="restore the data file the trial trained on to replay it")

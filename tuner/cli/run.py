@@ -238,9 +238,27 @@ def resolve_train_config(sf: StudyFile, overrides: dict[str, Any]) -> tuple[dict
     try:
         resolved = P.resolve(params)
     except ValueError as exc:
-        raise ConfigError(f"{sf.source}: configuration to train: {exc}") from None
+        raise ConfigError(f"{sf.source}: configuration to train: {exc}",
+                          hint=_pick_an_owner(params, overrides, chooser.sources)) from None
     sources = {k: chooser.sources.get(k, "engine default") for k in resolved}
     return resolved, sources
+
+
+def _pick_an_owner(params: dict[str, Any], overrides: dict[str, Any],
+                   sources: dict[str, str]) -> str | None:
+    """For ``--set momentum=0.5`` on a configuration whose optimizer nobody picked (the study
+    file's first choice, sgd): how to pick one the key applies to."""
+    from tuner import params as P
+
+    for key in overrides:
+        spec = P.PARAMS[key]
+        for what, owners in (("optimizer", spec.optimizers), ("decay", spec.decays)):
+            if owners is None or params.get(what) in owners or what in overrides:
+                continue
+            first = sorted(owners)[0]
+            return (f"the {what} is {params.get(what)} ({sources.get(what, 'engine default')}); "
+                    f"pick one {key} applies to: --set {what}={first} (or --set {first}.{key}=...)")
+    return None
 
 
 @app.command()
