@@ -766,6 +766,16 @@ def test_check_warns_about_a_batch_larger_than_the_training_set(tmp_path):
     assert "space.batch_size" not in again.stderr, again.stderr
 
 
+def test_a_space_with_nothing_to_search_is_warned_about(tmp_path):
+    study = write_study(tmp_path / "s.toml", n_trials=5, space='optimizer = "adam"\nlr = 0.01')
+    text = " ".join(run_tuner("check", study, "--samples", "1", check=True).stderr.split())
+    assert (f"warning: {study}: space: every key is fixed, so the 5 trials train one configuration "
+            "with 5 seeds (a measure of seed noise, not a search)") in text, text
+    one = write_study(tmp_path / "one.toml", n_trials=5, space='optimizer = ["adam"]\nlr = 0.01\n'
+                                                              'decay = ["cosine", "linear"]')
+    assert "every key is fixed" not in run_tuner("check", one, "--samples", "1", check=True).stderr
+
+
 def test_a_tiny_validation_set_is_warned_about(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.standard_normal((30, 3)), columns=["a", "b", "c"])

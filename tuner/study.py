@@ -134,10 +134,20 @@ def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None
       peak lr is scaled for that batch), the same configuration as ``batch_size = n_train``;
     * a ``base_batch_size`` larger than the training set: every batch is below it, so scaling
       can only lower the learning rate, and ``lr`` is the rate of a batch that cannot exist;
-    * ``warmup_from_unscaled = true`` with no warmup does nothing."""
+    * ``warmup_from_unscaled = true`` with no warmup does nothing;
+    * a space whose every key is fixed searches nothing."""
     general = study_file.space.general
     where = study_file.source
     found: list[str] = []
+    space = study_file.space
+    dims = [*general.values(), *(d for group in (*space.optimizers.values(), *space.decays.values())
+                                 for d in group.values())]
+    n_trials = study_file.study.n_trials
+    if n_trials > 1 and all(len(_extremes(d)) == 1 for d in dims):
+        found.append(
+            f"{where}: space: every key is fixed, so the {n_trials} trials train one configuration "
+            f"with {n_trials} seeds (a measure of seed noise, not a search); make a key a list or "
+            f"a range to search it")
     if n_val is not None and 0 < n_val < MIN_VALIDATION:
         found.append(
             f"{where}: data: the validation set has {n_val} examples: val_accuracy moves in "
