@@ -8,6 +8,7 @@ trials diverge, median pruner) and read back with plain Optuna where values are 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -413,8 +414,24 @@ def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     shown = run_tuner("ls", "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert shown.returncode == 0 and "1 (1 stale)" in shown.stdout, shown.stdout
     assert ("gone: 1 RUNNING trial(s) without a heartbeat for longer than the grace period: their "
-            "runner is gone; the next `tuner run` fails and re-queues them, or now: tuner doctor "
+            "runner is gone; the study's next run fails and re-queues them, or now: tuner doctor "
             "gone --fail-stale") in " ".join(shown.stdout.split())
+    # a study made with Optuna directly beats no heartbeat: its running trials cannot be told
+    # stale (a live Optuna process may be training them), by ls nor by doctor on SQLite
+    plain = optuna.create_study(study_name="plain", storage=storage)
+    plain.ask()
+    with storage.backend.engine.begin() as conn:
+        conn.execute(sqlalchemy.update(trials).values(datetime_start=started - timedelta(hours=1)))
+    rows = {r.name: r for r in results.list_studies(storage)}
+    assert (rows["plain"].counts["RUNNING"], rows["plain"].stale) == (1, 0)
+    plain_url = f"sqlite:///{tmp_path / 's.db'}"
+    report = json.loads(run_tuner("doctor", "plain", "--storage", plain_url, "--json").stdout)
+    assert report["runner_alive"] is None and report["running"][0]["stale"] is False, report
+    said = flat(run_tuner("doctor", "plain", "--storage", plain_url, check=True).stdout)
+    assert "1 running, 0 stale (not created by tuner: its trials beat no heartbeat" in said, said
+    refused = run_tuner("doctor", "plain", "--storage", plain_url, "--fail-stale")
+    assert refused.returncode == 2 and "was not created by tuner" in flat(refused.stderr)
+    assert optuna.load_study(study_name="plain", storage=plain_url).trials[0].state == TrialState.RUNNING
 
 
 def test_importances_and_history_match_optuna(real, panels):

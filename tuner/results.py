@@ -115,14 +115,15 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
 
 def stale_running(storage: BufferedStorage, study_id: int, study_file: Any) -> tuple[int, int]:
     """``(n, grace)``: how many RUNNING trials of the study have had no heartbeat for longer
-    than its study file's grace period (seconds; the default one for a study without a file).
-    Their runner is gone: the next ``tuner run`` or ``tuner doctor --fail-stale`` fails and
-    re-queues them."""
-    from tuner.config import ReliabilityConfig
+    than its study file's grace period (seconds). Their runner is gone: the study's next run
+    or ``tuner doctor --fail-stale`` fails and re-queues them. ``(0, 0)`` for a study without
+    a study file: made by Optuna directly, its trials need not beat at all."""
     from tuner.storage.coordination import stale_trial_ids
 
-    rel = study_file.study.reliability if study_file is not None else ReliabilityConfig()
-    return len(stale_trial_ids(storage, study_id, rel.grace)), rel.grace
+    if study_file is None:
+        return 0, 0
+    grace = study_file.study.reliability.grace
+    return len(stale_trial_ids(storage, study_id, grace)), grace
 
 
 def _study_file(text: str | None) -> Any:

@@ -61,14 +61,20 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
             hint=f"leave --grace out (the study file's grace period, {rel.grace} s), or give a "
                  f"few heartbeat intervals, e.g. --grace {3 * rel.heartbeat_interval}")
     max_retry = rel.max_retry if rel is not None else 2
+    if sf is None and fail_stale:
+        raise TunerError(f"study {study!r} was not created by tuner: its trials beat no tuner "
+                         "heartbeat, so whether their process is gone cannot be told",
+                         hint="fail a trial whose process you know is gone with Optuna: "
+                              "storage.set_trial_state_values(trial_id, TrialState.FAIL)")
 
     # With SQLite, one runner owns a study and holds its lock: if the lock is free, nobody
     # runs it, and every RUNNING trial is an orphan (whatever its heartbeat's age).
     # The lock is held until the report is read: a runner starting meanwhile would otherwise
     # have its live trials failed as orphans.
+    # A study made with Optuna directly has no tuner runner to hold that lock.
     no_runner = False
     with contextlib.ExitStack() as held:
-        if store.backend.engine.dialect.name == "sqlite":
+        if store.backend.engine.dialect.name == "sqlite" and sf is not None:
             try:
                 held.enter_context(runner_lock(store, study))
                 no_runner = True
@@ -82,7 +88,7 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
         trials = st.get_trials(deepcopy=False)
         ages = heartbeat_ages(store, st._study_id)
     by_id = {t._trial_id: t for t in trials}
-    running = [(by_id[tid].number, age, no_runner or age > grace_s)
+    running = [(by_id[tid].number, age, sf is not None and (no_runner or age > grace_s))
                for tid, age in ages.items() if tid in by_id]
     stale = [r for r in running if r[2]]
 
@@ -100,8 +106,9 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
                 not_retried[t.number] = str(t.user_attrs["no_retry"])
 
     report = {
-        "study": study, "grace_seconds": grace_s,
-        "runner_alive": None if store.backend.engine.dialect.name != "sqlite" else not no_runner,
+        "study": study, "tuner_study": sf is not None, "grace_seconds": grace_s,
+        "runner_alive": None if store.backend.engine.dialect.name != "sqlite" or sf is None
+        else not no_runner,
         "running": [{"trial": n, "heartbeat_age_s": round(a, 1), "stale": s} for n, a, s in running],
         "failed_now": [f.number for f in fixed],
         "requeued_now": [f.number for f in fixed if f.no_retry is None],
@@ -124,6 +131,8 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
     orphans = report["runner_alive"] is False
     why = "no runner holds the study's lock" if orphans else \
         f"no heartbeat for > {report['grace_seconds']:g} s"
+    if not report["tuner_study"]:
+        why = "not created by tuner: its trials beat no heartbeat, stale cannot be told"
     out.print(f"study [bold]{report['study']}[/]: {len(report['running'])} running, "
               f"{len(stale)} stale ({why})")
     if report["failed_now"]:
@@ -138,7 +147,7 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
         for col in ("trial", "last heartbeat", "status"):
             table.add_column(col, key=True)
         for row in report["running"]:
-            status = "[green]alive[/]"
+            status = "[green]alive[/]" if report["tuner_study"] else "unknown"
             if row["stale"]:
                 status = "[red]orphaned (no runner)[/]" if orphans else "[red]stale[/]"
             table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", status)

@@ -87,7 +87,7 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     for r in rows:
         if r.stale:
             out.print(escape(f"{r.name}: {r.stale} RUNNING trial(s) without a heartbeat for longer "
-                             f"than the grace period: their runner is gone; the next `tuner run` "
+                             f"than the grace period: their runner is gone; the study's next run "
                              f"fails and re-queues them, or now: tuner doctor {r.name} --fail-stale"
                              f"{storage_flag(url)}"), highlight=False, soft_wrap=True)
 

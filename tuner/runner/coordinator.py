@@ -198,10 +198,12 @@ class Runner:
     # --- public ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        with self.signals:
-            return self._run()
+        with self.signals:  # caught until the clean-up is done; the final read is not held up
+            deleted = self._run()
+        return self._result(deleted)
 
-    def _run(self) -> RunResult:
+    def _run(self) -> bool:
+        """Set up, run the loop, shut down; ``True`` if the study was deleted meanwhile."""
         self._owner_lock: NamedLock | None = None
         self._shared: SharedSplits | None = None
         self._heartbeat: threading.Thread | None = None
@@ -246,6 +248,9 @@ class Runner:
                 self._owner_lock.release()
             if self.claims is not None:
                 self.claims.close()
+        return deleted
+
+    def _result(self, deleted: bool) -> RunResult:
         counts: Counter = Counter()
         best = None
         if self.study is not None and not deleted:
