@@ -316,6 +316,12 @@ def test_run_given_a_study_name_points_at_the_study_file_it_ran_from(small, tmp_
                       f"run {folder / 'alpha.toml'} --storage {small}")
     proc = run_tuner("run", "gamma", "--storage", small, cwd=tmp_path)  # no such study either
     assert_user_error(proc, 2, "gamma: study file not found", "hint: the shipped study files")
+    # a study run under --study-name: the command names it
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = write_study(tmp_path / "o.toml", name="in_file", n_trials=1, epochs=1)
+    run_tuner("run", study, "--study-name", "other", "--storage", url, "-q", check=True)
+    proc = run_tuner("run", "other", "--storage", url, cwd=tmp_path)
+    assert_user_error(proc, 2, f"to continue it, tuner run {study} --study-name other --storage {url}")
 
 
 def test_ls(small, tmp_path):

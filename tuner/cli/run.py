@@ -419,22 +419,30 @@ def _study_of_that_name(name: str, storage: str | None) -> str | None:
     ran from. ``None`` when no such study is found (or the storage cannot be read)."""
     from pathlib import Path
 
-    from tuner.config import StudyFile
+    from tuner.config import StudyFile, load_study_file
+    from tuner.nightly.nights import ATTR_NIGHT
     from tuner.storage import describe
     from tuner.study import ATTR_CONFIG
 
     try:
         store, url = open_existing(storage)
-        study_id = store.get_study_id_from_name(name)
-        text = store.get_study_user_attrs(study_id).get(ATTR_CONFIG)
+        attrs = store.get_study_user_attrs(store.get_study_id_from_name(name))
         where = f"{name!r} is a study in {describe(url)}; tuner run takes a study file"
-        if not text:
+        if not attrs.get(ATTR_CONFIG):
             return f"{where} (it was not created by tuner)"
-        ran = StudyFile.from_json(text)
+        ran = StudyFile.from_json(attrs[ATTR_CONFIG])
         source = ran.source  # as given then; from here, by its full path if that is where it is
         if not Path(source).is_file() and ran.base_dir:
             source = str(Path(ran.base_dir) / Path(source).name)
-        return f"{where}: to continue it, tuner run {source}{storage_flag(url)}"
+        flag = storage_flag(url)
+        if isinstance(night := attrs.get(ATTR_NIGHT), dict) and night.get("date"):
+            return (f"{where}: it is a night of a nightly sweep; to continue it, tuner nightly "
+                    f"{source} --date {night['date']}{flag}")
+        try:  # the file may name another study (this one was run with --study-name)
+            named = "" if load_study_file(source).study.name == name else f" --study-name {name}"
+        except ConfigError:  # moved or broken since: the flag makes the command right anyway
+            named = f" --study-name {name}"
+        return f"{where}: to continue it, tuner run {source}{named}{flag}"
     except Exception:  # only a hint: no study of that name, or nothing to read
         return None
 
