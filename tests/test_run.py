@@ -513,7 +513,9 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     that says which trials stay RUNNING (it printed nothing)."""
     quick = write_study(tmp_path / "q.toml", name="msgs", n_trials=2, epochs=1, space=SLOW_SPACE)
     tuner("run", quick, "--storage", sqlite_url, "-q", check=True)
-    study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=LONG_EPOCHS,
+    # epochs reach the database with the runner's periodic flush (every 5 s): trials long
+    # enough that none finishes before that (an sgd one of LONG_EPOCHS took 5 s here)
+    study = write_study(tmp_path / "s.toml", name="msgs", n_trials=6, epochs=10 * LONG_EPOCHS,
                         space=SLOW_SPACE, extra_study=NO_PRUNER)
     proc = popen_tuner("run", study, "--storage", sqlite_url, "--workers", "2")
     wait_for_running(sqlite_url, "msgs", proc, training=True)  # SIGINT must find one training
@@ -528,11 +530,11 @@ def test_progress_and_end_messages_of_interrupted_and_resumed_runs(sqlite_url, t
     big = write_study(tmp_path / "b.toml", name="big", n_trials=6, epochs=1,
                       data='dataset = "synthetic"\nn = 400000\nd = 200')  # seconds to generate
     # an existing study loads its data after opening it (a new one, before creating it): the
-    # run index it claims first is the sign that the data is being generated now
+    # study file stored when it is opened is the sign that the data is being generated now
     optuna.create_study(study_name="big", storage=sqlite_url, direction="maximize")
     proc = popen_tuner("run", big, "--storage", sqlite_url)
     deadline = time.monotonic() + 60
-    while "tuner.runs" not in optuna.load_study(study_name="big", storage=sqlite_url).user_attrs:
+    while "tuner.config" not in optuna.load_study(study_name="big", storage=sqlite_url).user_attrs:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # while its data is generated: nothing claimed yet
