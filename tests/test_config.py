@@ -210,6 +210,9 @@ ERROR_CASES = [
     ("delimiter-two-characters", edit('dataset = "digits"', 'dataset = "my.csv"\ntarget = "y"\n'
                                       'delimiter = ";;"'),
      "data.delimiter", ["';;' is not a field separator", "one character such as"]),
+    ("delimiter-inside-numbers", edit('dataset = "digits"', 'dataset = "my.csv"\ntarget = "y"\n'
+                                      'delimiter = "."'),
+     "data.delimiter", ["'.' is not a field separator"]),
     ("reg-in-model-and-space", edit("epochs = 5", "epochs = 5\nreg = 0.1") + "reg = 0.2\n",
      "space.reg", ["also set in [model]"]),
     ("grace-not-longer-than-heartbeat", edit("n_trials = 5", "n_trials = 5\n[study.reliability]\n"
@@ -286,6 +289,10 @@ def test_a_key_set_twice_is_named(tmp_path):
      "mean [space.decays.step]?"),
     ('[space.decays.step]\ngamma = 0.5\n[space.decays.step]\ngamma = 0.2\n',
      "[space.decays.step] appears twice: merge the two tables into one"),
+    ("[space.lr]\nlow = 1\n",  # lr = {low = ..., high = ...} in [space]
+     "space.lr is set above as a value: add its keys there, or write it only as [space.lr]"),
+    ('batch_size = 32\n[space.batch_size]\nlow = 1\n',  # no table of [space] is like it
+     "space.batch_size is a key set to a value, so [space.batch_size] cannot make it a table"),
 ])
 def test_a_table_header_that_cannot_be_a_table_says_why(tmp_path, extra, hint):
     """A typo of [space.optimizers.adam] as [space.optimizer.adam] was told "is set twice in

@@ -265,8 +265,10 @@ def test_decimal_commas_are_named_as_such(tmp_path):
     path.write_text("a;b;label\n0,346;1;x\n-1,5;2;y\n0,1;3;x\n2,0;4;y\n")
     with pytest.raises(DataError, match=r"non-numeric feature column\(s\): 'a' \(e\.g\. '0,346'\)") as info:
         load_dataset(str(path), target="label", delimiter=";")
-    assert info.value.hint.startswith("the values have decimal commas; tuner reads numbers with a "
-                                      "decimal point")
+    assert info.value.hint.startswith("numbers written with a comma ('0,346'): tuner reads numbers "
+                                      "with a decimal point and no thousands separator; re-save "
+                                      "the file so, e.g. with pandas: pd.read_csv(path, sep=';', "
+                                      "decimal=',')")
 
 
 def test_a_delimiter_is_used_for_every_check_of_the_file(tmp_path):

@@ -202,7 +202,8 @@ class DataSection(_Section):
         if self.delimiter is not None:
             if kind != "csv":
                 raise ValueError("delimiter: only applies to CSV and TSV files")
-            if len(self.delimiter) != 1 or self.delimiter in "\"\r\n" or self.delimiter.isalnum():
+            if (len(self.delimiter) != 1 or self.delimiter in "\"\r\n.-+"
+                    or self.delimiter.isalnum()):
                 raise ValueError(f"delimiter: {self.delimiter!r} is not a field separator; use "
                                  "one character such as \";\", \"|\" or \"\\t\" (a tab)")
         return self
@@ -385,10 +386,13 @@ def _table_header_hint(line: str, before: list[str]) -> str | None:
             if key in SUBTABLES:
                 return (f"{key} is set to a value above and is a table here: write it one way, "
                         f"as the table [{key}] with its keys")
-            close = closest(key, SUBTABLES)
-            mean = f"; did you mean [{'.'.join([close, *parts[i + 1:]])}]?" if close else ""
+            parent = ".".join(parts[:i])  # a table of the same section, by its own name
+            siblings = [t.rpartition(".")[2] for t in SUBTABLES if t.rpartition(".")[0] == parent]
+            close = closest(part, siblings)
+            mean = f"; did you mean [{'.'.join([*parts[:i], close, *parts[i + 1:]])}]?" if close else ""
             return f"{key} is a key set to a value, so [{header}] cannot make it a table{mean}"
-    return None
+    # the whole path is a table already, set inline ({low = ..., high = ...}) or by dotted keys
+    return f"{header} is set above as a value: add its keys there, or write it only as [{header}]"
 
 
 def load_study_file(path: str | Path) -> StudyFile:

@@ -234,12 +234,15 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
             sample = features[c].dropna()
             bad = sample[pd.to_numeric(sample, errors="coerce").isna()]
             examples.append(f"{c!r} (e.g. {literal(bad.iloc[0])})" if len(bad) else repr(c))
-        decimal_comma = any(re.fullmatch(r"[-+]?\d*,\d+", str(v).strip())
-                            for c in non_numeric for v in features[c].dropna().head(20))
+        commas = [str(v).strip() for c in non_numeric for v in features[c].dropna().head(20)]
+        commas = [v for v in commas if re.fullmatch(r"[-+]?\d*,\d+", v)]
+        separator = SEPARATORS.get(sep, repr(sep))
         raise DataError(f"{path}: non-numeric feature column(s): {', '.join(examples)}",
-                        hint=("the values have decimal commas; tuner reads numbers with a decimal "
-                              "point: save the file with points (pandas: df.to_csv(path, sep=';', "
-                              "decimal='.'), then data.delimiter = \";\")" if decimal_comma
+                        hint=(f"numbers written with a comma ({commas[0]!r}): tuner reads numbers "
+                              f"with a decimal point and no thousands separator; re-save the file "
+                              f"so, e.g. with pandas: pd.read_csv(path, sep={sep!r}, decimal=',') "
+                              f"(or thousands=',') then .to_csv(path, sep={sep!r}, index=False) "
+                              f"({separator}s between fields)" if commas
                               else "encode them as numbers or drop them; only the target may be text"))
     labels = frame[target]
     row_names = _table_rows(path, fmt, len(frame), sep)
