@@ -6,6 +6,7 @@ and a bad storage. On SQLite and on the real PostgreSQL server."""
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import re
 import signal
@@ -113,7 +114,15 @@ def check_server(dash: Dashboard, url: str, name: str) -> None:
     graph_ids = {g["id"] for g in detail["plotly_graph_objects"]}
     assert {f"tuner-{p}" for p in STUDY_PANELS if p != "summary"} <= graph_ids
     assert f"**Best trial #{best.number}**" in detail["note"]["body"]
-    assert "<div id=\"root\">" in dash.text("/dashboard") or "bundle.js" in dash.text("/dashboard")
+    ui = dash.text("/dashboard")
+    assert "<div id=\"root\">" in ui or "bundle.js" in ui
+    # its scripts answer a client that sends no Accept-Encoding (curl, probes): they gave 500
+    for script in re.findall(r'<script[^>]+src="([^"]+)"', ui):
+        conn = http.client.HTTPConnection(dash.base.split("//", 1)[1], timeout=60)
+        conn.putrequest("GET", script, skip_accept_encoding=True)
+        conn.endheaders()
+        assert conn.getresponse().status == 200, script
+        conn.close()
     # the tuner study list: best value, counts by state, last activity
     page = dash.text("/")
     row = re.search(rf'<tr data-study="{name}">(.*?)</tr>', page, re.S)

@@ -466,6 +466,9 @@ def make_app(storage: Any, storage_text: str, folder: str | Path | None = None) 
         path = environ.get("PATH_INFO", "") or "/"
         if path == "/" or path == "/tuner" or path.startswith("/tuner/"):
             return views(environ, start_response)
+        # optuna-dashboard reads the header unguarded: without it (curl, probes, some proxies)
+        # its static files answered 500 with a traceback in the log
+        environ.setdefault("HTTP_ACCEPT_ENCODING", "")
         return dashboard(environ, start_response)
 
     app.views = views  # type: ignore[attr-defined]
