@@ -416,6 +416,11 @@ def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     assert ("gone: 1 RUNNING trial(s) without a heartbeat for longer than the grace period: their "
             "runner is gone; the study's next run fails and re-queues them, or now: tuner doctor "
             "gone --fail-stale") in " ".join(shown.stdout.split())
+    shown = run_tuner("show", "gone", "--storage", f"sqlite:///{tmp_path / 's.db'}", check=True)
+    assert f"study gone in SQLite {tmp_path / 's.db'}: 1 running (1 stale)" in flat(shown.stdout)
+    assert "1 RUNNING trial(s) without a heartbeat for longer than the grace period" in flat(shown.stdout)
+    assert json.loads(run_tuner("show", "gone", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                                "--json", check=True).stdout)["stale"] == 1
     # a study made with Optuna directly beats no heartbeat: its running trials cannot be told
     # stale (a live Optuna process may be training them), by ls nor by doctor on SQLite
     plain = optuna.create_study(study_name="plain", storage=storage)

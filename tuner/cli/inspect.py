@@ -45,6 +45,15 @@ def _need_file(sf: StudyFile | None, name: str) -> StudyFile:
     return sf
 
 
+def stale_note(study: str, stale: int, url: str) -> str:
+    """What ``stale`` RUNNING trials without a heartbeat mean, and what fails them."""
+    from tuner.storage.urls import storage_flag
+
+    return (f"{stale} RUNNING trial(s) without a heartbeat for longer than the grace period: "
+            f"their runner is gone; the study's next run fails and re-queues them, or now: "
+            f"tuner doctor {study} --fail-stale{storage_flag(url)}")
+
+
 @app.command("ls")
 def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     """List studies with trial counts by state, best value and last activity."""
@@ -86,10 +95,8 @@ def list_studies(storage: StorageOpt = None, json_out: JsonOpt = False) -> None:
     out.print(table)
     for r in rows:
         if r.stale:
-            out.print(escape(f"{r.name}: {r.stale} RUNNING trial(s) without a heartbeat for longer "
-                             f"than the grace period: their runner is gone; the study's next run "
-                             f"fails and re-queues them, or now: tuner doctor {r.name} --fail-stale"
-                             f"{storage_flag(url)}"), highlight=False, soft_wrap=True)
+            out.print(escape(f"{r.name}: {stale_note(r.name, r.stale, url)}"), highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -103,6 +110,10 @@ def show(study: StudyArg, storage: StorageOpt = None,
     from tuner.study import is_multi_objective, metric_direction
 
     st, sf, url = _load(study, storage)
+    counts: dict[str, int] = {}
+    for t in st.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    stale = results.stale_running(st._storage, st._study_id, sf)[0] if counts.get("RUNNING") else 0
     if json_out:
         metric, direction = metric_direction(st)
         best = None
@@ -111,11 +122,9 @@ def show(study: StudyArg, storage: StorageOpt = None,
                 best = results.trial_record(st.best_trial, sf)
         except ValueError:
             best = None
-        counts: dict[str, int] = {}
-        for t in st.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
         print_json({
-            "study": study, "metric": metric, "direction": direction, "counts": counts, "best": best,
+            "study": study, "metric": metric, "direction": direction, "counts": counts,
+            "stale": stale, "best": best,
             "top": [results.trial_record(t, sf) for t in results.top_trials(st, top)],
             "by": {key: [g.as_dict() for g in results.best_by(st, key, sf)]
                    for key in group_keys(sf)},
@@ -124,7 +133,15 @@ def show(study: StudyArg, storage: StorageOpt = None,
                if is_multi_objective(st) else {}),
         })
         return
-    out.print(f"study [bold]{study}[/] in {describe(url)}")
+    states = ", ".join(f"{n} {state.lower()}" + (f" ({stale} stale)" if state == "RUNNING" and stale
+                                                   else "")
+                       for state, n in sorted(counts.items(), key=lambda kv: results.STATES.index(kv[0])
+                                              if kv[0] in results.STATES else 99))
+    out.print(f"study [bold]{escape(study)}[/] in {escape(describe(url))}: {states or 'no trials'}",
+              highlight=False)
+    if stale:
+        out.print(escape(stale_note(study, stale, url)), style="yellow", highlight=False,
+                  soft_wrap=True)
     study_report(out, st, sf, top=top)
 
 
