@@ -273,7 +273,7 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
 
     rule = load_study_file(path).schedule.regression
 
-    def scenario(bests: list[tuple], *, cli: bool = False) -> tuple[int, dict]:
+    def scenario(bests: list[tuple], *, cli: bool = False, night_sf: Any = None) -> tuple[int, dict]:
         """Replace the baseline nights with ``bests`` (oldest first, one night each: config,
         value, seed and optionally the night's verdict) and check tonight again: in-process, or
         by rerunning ``tuner nightly`` (a resume)."""
@@ -292,7 +292,8 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
             return proc.returncode, verdict
         storage = open_storage(storage_url)  # fresh: deleted studies' ids may be reused
         study = optuna.load_study(study_name="nt-2026-11-25", storage=storage)
-        result = check_night(study, sf, storage, base="nt", day=DAY, rule=rule, splits=splits)
+        result = check_night(study, night_sf or sf, storage, base="nt", day=DAY, rule=rule,
+                             splits=splits)
         assert study_of(storage_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT] == result.as_dict()
         return result.exit_code, result.as_dict()
 
@@ -332,12 +333,25 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
     assert (code, v["verdict"], v["cause"]) == (0, "improvement", "search"), v
     assert v["drift"] == pytest.approx(0.0)
 
-    # search luck: tonight's sweep falls short, but the incumbent still holds on tonight's data
-    code, v = scenario([(good, v_good - 0.002, 8), (good, v_good, 7), (good, v_good - 0.001, 9)])
+    # tonight's space no longer holds the incumbent (adam, lr 0.05; tonight: sgd, lr <= 3e-4):
+    # the sweep falls short because of that edit, not by luck, and no budget makes up for it
+    nights = [(good, v_good - 0.002, 8), (good, v_good, 7), (good, v_good - 0.001, 9)]
+    code, v = scenario(nights)
+    assert (code, v["verdict"], v["cause"]) == (4, "regression", "space"), v
+    assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
+    assert ("and tonight's search space no longer holds the incumbent (optimizer is fixed to "
+            "'sgd' tonight (was 'adam')") in v["message"], v["message"]
+    assert "the space edit, not search luck" in v["message"]
+
+    # search luck: the same nights under a space that holds the incumbent (as if the sweep of
+    # this wide space had found only tonight's best): a shortfall, not a regression
+    wide = nightly_file(tmp_path / "r.toml", space='optimizer = ["sgd", "adam"]\n'
+                        'lr = {low = 1e-4, high = 0.1, log = true}', warm_start=0, tolerance=0.01)
+    code, v = scenario(nights, night_sf=night_study_file(load_study_file(wide), DAY))
     assert (code, v["verdict"], v["cause"]) == (0, "ok", "search"), v
     assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
 
-    proc = nightly(path, storage_url, DAY)
+    proc = nightly(wide, storage_url, DAY)  # its budget is spent: only the verdict again
     assert proc.returncode == 0, proc.stderr
     assert "verdict: OK (search) — search shortfall" in proc.stdout
     assert "re-trained on tonight's data" in proc.stdout

@@ -52,6 +52,11 @@ checked in this order:
   shortfall") when tonight's sweep fell below level - margin but the incumbent still holds on
   tonight's data: search luck, not a regression (exit 0; printed as a warning, and the night
   enters later baselines at the incumbent's value).
+- ``regression`` with cause ``space`` instead, when tonight's search space no longer holds
+  the incumbent (an edited ``[space]``: ``optimizer`` narrowed, ``lr`` moved): the sweep fell
+  short because of the edit, which no budget makes up for, and every night until the space
+  is fixed says so (the incumbent still holds on tonight's data; the night enters later
+  baselines at its value, as a search shortfall does).
 - ``regression`` when available < level - margin: tonight's sweep found nothing as good *and*
   the incumbent lost on tonight's data too. Cause ``data``, or ``unknown`` when the incumbent
   could not be re-evaluated (no stored configuration).
@@ -76,6 +81,7 @@ from tuner.config import RegressionRule, StudyFile
 from tuner.data import Splits
 from tuner.jsonsafe import jsonable
 from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
+from tuner.nightly.warmstart import map_config
 from tuner.storage import BufferedStorage
 from tuner.study import (
     ATTR_DATA_DIGEST,
@@ -291,7 +297,9 @@ def _drift_words(data: dict[str, Any] | None) -> str:
     return "code drift (the data file is unchanged: the code or its environment changed)"
 
 
-def _message(j: Judgement, data: dict[str, Any] | None = None) -> str:
+def _message(j: Judgement, data: dict[str, Any] | None = None,
+             outside: list[str] | None = None) -> str:
+    """``outside``: why the incumbent is not a configuration of tonight's search space."""
     drift_words = _drift_words(data)
     changed = (data or {}).get("changed")
     if j.verdict == "no_result":
@@ -310,6 +318,12 @@ def _message(j: Judgement, data: dict[str, Any] | None = None) -> str:
                 "better configuration"
                 + (f"; {DIVERGED}" if j.incumbent_diverged else ""))
     if j.verdict == "ok":
+        if j.cause == "search" and outside:
+            shown = "; ".join(outside[:3]) + (f"; {len(outside) - 3} more" if len(outside) > 3 else "")
+            return (f"tonight's sweep is {signed(j.sweep_delta)} from the baseline (margin {m}), and "
+                    f"tonight's search space no longer holds the incumbent ({shown}): the space "
+                    f"edit, not search luck, which no budget makes up for; the incumbent still "
+                    f"scores {_fmt(j.available)} on tonight's data")
         if j.cause == "search":
             return (f"search shortfall: tonight's sweep is {signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
@@ -424,6 +438,7 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     nights = baseline_nights(storage, base, day, rule.baseline_nights)
     values = [b.value for b in nights]
     incumbent: dict[str, Any] | None = None
+    outside: list[str] = []  # why the incumbent is not a configuration of tonight's space
     inc_stored = inc_tonight = None
     inc_diverged = False
     data: dict[str, Any] | None = None
@@ -440,6 +455,8 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             splits = splits if splits is not None else load_data(sf)
             inc_tonight, inc_diverged, error = reevaluate(config, int(seed), sf, splits)
             incumbent.update(tonight=inc_tonight, diverged=inc_diverged, error=error)
+        if config is not None:
+            outside = map_config(sf.space, config)[1]
         data = {"since": carrier.get("scored_on") or carrier["night"], "setup_changes": (
             [] if carrier.get("setup") is None
             else changed_keys(carrier["setup"], _setup(sf), sections=("data", "model")))}
@@ -456,7 +473,10 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
                 "spread": j.spread, "margin": j.margin, "tolerance": rule.tolerance,
                 "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
     cause = "setup" if j.cause == "data" and data and data["setup_changes"] else j.cause
-    verdict = Verdict(verdict=j.verdict, cause=cause, message=_message(j, data), metric=metric,
+    name = j.verdict
+    if j.verdict == "ok" and j.cause == "search" and outside:
+        name, cause = "regression", "space"
+    verdict = Verdict(verdict=name, cause=cause, message=_message(j, data, outside), metric=metric,
                       direction=direction, tonight=None if best is None else best.value,
                       tonight_trial=None if best is None else best.number, baseline=baseline,
                       incumbent=incumbent, delta=j.delta, drift=j.drift, available=j.available,
