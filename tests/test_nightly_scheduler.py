@@ -82,8 +82,7 @@ def test_scheduler_fires_a_cron_job_a_few_seconds_ahead(storage_url, tmp_path):
     path = nightly_file(tmp_path / "f.toml", name="fire", n_trials=3)
     fire = datetime.now(UTC) + timedelta(seconds=5)
     cron = f"{fire.second} * * * * *"  # at that second of every minute: first fire in ~5 s
-    proc, log = start_scheduler(tmp_path, str(path), "--storage", storage_url, "--cron", cron,
-                                "--no-catch-up")
+    proc, log = start_scheduler(tmp_path, str(path), "--storage", storage_url, "--cron", cron)
     try:
         wait_for("the fired night to finish", lambda: "fire: next night at" in log.read_text(),
                  proc, log)  # logged after the night's end
@@ -91,6 +90,7 @@ def test_scheduler_fires_a_cron_job_a_few_seconds_ahead(storage_url, tmp_path):
         text = stop(proc, log)
     assert proc.returncode == 0, text
     assert f"scheduled fire ({path}): cron '{cron}' UTC" in text
+    assert "--cron given: missed nights are not caught up (add --catch-up for that)" in text
     ran = [line.split("running the night of ")[1][:10] for line in text.splitlines()
            if "running the night of" in line]
     assert ran, text
@@ -183,7 +183,8 @@ def test_a_fire_during_a_running_night_is_deferred_not_dropped(sqlite_url, tmp_p
     path = nightly_file(tmp_path / "d.toml", name="df", n_trials=4)
     past_night(sqlite_url, path, DAY - timedelta(days=1))
     proc, log = start_scheduler(tmp_path, str(path), "--storage", sqlite_url, "--cron",
-                                "*/2 * * * * *", "--now", f"{DAY.isoformat()}T10:00:00+00:00")
+                                "*/2 * * * * *", "--catch-up", "--now",
+                                f"{DAY.isoformat()}T10:00:00+00:00")
     try:
         wait_for("a deferred night to run", lambda: "running the deferred night of" in log.read_text(),
                  proc, log)

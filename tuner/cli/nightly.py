@@ -172,9 +172,13 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
                   "--workers", "-w", min=1, help="Worker processes per night.")] = 1,
               cron: Annotated[str | None, typer.Option(
                   help="Override every file's schedule.cron: 5 fields, or 6 with seconds first "
-                       "(e.g. '*/30 * * * * *' to try it out).")] = None,
-              catch_up: Annotated[bool, typer.Option(
-                  "--catch-up/--no-catch-up", help="Run the latest missed night on start.")] = True,
+                       "(e.g. '*/30 * * * * *' to try it out; every fire runs and judges a real "
+                       "night, so try it on a scratch --storage). Implies --no-catch-up unless "
+                       "--catch-up is given.")] = None,
+              catch_up: Annotated[bool | None, typer.Option(
+                  "--catch-up/--no-catch-up",
+                  help="Run the latest missed night on start \\[default: yes, unless --cron].",
+                  show_default=False)] = None,
               now: Annotated[str | None, typer.Option(
                   hidden=True, help="Pretend the current time is this ISO time when deciding "
                                     "what to catch up (tests).")] = None,
@@ -210,6 +214,9 @@ def scheduler(paths: Annotated[list[Path], typer.Argument(
             cron_trigger(cron, "UTC")
         except ValueError as exc:
             raise ConfigError(f"--cron {cron!r}: {exc}") from None
+        if catch_up is None:  # a try-out schedule: no night of the files' own schedule
+            log.info("--cron given: missed nights are not caught up (add --catch-up for that)")
+    catch_up = (cron is None) if catch_up is None else catch_up
     sweeps = start_sweeps(scan, paths, storage=storage, cron=cron)
     clock = None
     if now is not None:
