@@ -88,6 +88,21 @@ def test_check_shows_the_space_and_samples():
         assert row in out, row
 
 
+def test_check_names_the_scaling_defaults_a_file_leaves_to_the_engine(tmp_path):
+    """lr is the rate at base_batch_size: where the file sets neither the rule nor the base,
+    check says what they are (a user's lr 0.0028 trained at a peak of 0.00035 at batch 32)."""
+    study = write_study(tmp_path / "s.toml")  # sgd, momentum, adam; batch_size 64 or 128
+    proc = run_tuner("check", study, "--samples", "1", check=True)
+    assert ("not set, so engine defaults: batch_scaling (sgd: linear, momentum: linear, adam: "
+            "sqrt); base_batch_size 256: lr is the rate at base_batch_size, scaled to each batch "
+            "size by the rule") in flat(proc.stdout), proc.stdout
+    data = json.loads(run_tuner("check", study, "--samples", "1", "--json", check=True).stdout)
+    assert data["scaling_defaults"] == {"batch_scaling": {"sgd": "linear", "momentum": "linear",
+                                                          "adam": "sqrt"}, "base_batch_size": 256}
+    assert "not set" not in run_tuner("check", STUDIES / "digits.toml", "--samples", "1",
+                                      check=True).stdout  # it sets both
+
+
 def test_jsonable_makes_plain_json_of_results():
     import numpy as np
 

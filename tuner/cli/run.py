@@ -52,6 +52,7 @@ def check(study_file: StudyFileArg,
     data_text, sizes = _check_data(sf) if data else _data_not_loaded(sf)
     warnings = _check_warnings(sf, sizes)
     configs = sample_configurations(sf.space, samples, seed=sf.study.seed)
+    defaults = _scaling_defaults(sf)
     from tuner.nightly.nights import schedule_lines, schedule_summary
 
     if json_out:
@@ -63,7 +64,8 @@ def check(study_file: StudyFileArg,
         print_json({"study": study, "data": data_text,
                     "space": [dict(zip(("parameter", "applies", "values"), r, strict=True))
                               for r in sf.space.rows()],
-                    "samples": configs, "warnings": warnings, "schedule": schedule_summary(sf)})
+                    "scaling_defaults": defaults, "samples": configs, "warnings": warnings,
+                    "schedule": schedule_summary(sf)})
         return
     s = sf.study
     out.print(f"[green]✓[/] {escape(str(study_file))} is valid")
@@ -78,6 +80,12 @@ def check(study_file: StudyFileArg,
     for row in sf.space.rows():
         table.add_row(*row)
     out.print(table)
+    if defaults:
+        shown = "; ".join(f"{k} {v}" if isinstance(v, int) else
+                          f"{k} ({', '.join(f'{o}: {r}' for o, r in v.items())})"
+                          for k, v in defaults.items())
+        out.print(f"not set, so engine defaults: {shown}: lr is the rate at base_batch_size, "
+                  "scaled to each batch size by the rule", style="dim", highlight=False)
     sample_table = Table(title=f"{len(configs)} sampled configuration{'' if len(configs) == 1 else 's'}"
                                " (random)", title_justify="left")
     for col in ("#", "configuration"):
@@ -85,6 +93,20 @@ def check(study_file: StudyFileArg,
     for i, config in enumerate(configs):
         sample_table.add_row(str(i + 1), ", ".join(f"{k}={fmt(v, 3)}" for k, v in config.items()))
     out.print(sample_table)
+
+
+def _scaling_defaults(sf: StudyFile) -> dict[str, Any]:
+    """The batch-size scaling keys the file leaves to the engine: the rule per optimizer in
+    play and the base batch size (they decide the learning rate each trial trains at)."""
+    from tuner import params as P
+
+    general = sf.space.general
+    out: dict[str, Any] = {}
+    if "batch_scaling" not in general:
+        out["batch_scaling"] = {o: P.BATCH_SCALING_DEFAULTS[o] for o in sf.space.optimizer_choices}
+    if "base_batch_size" not in general:
+        out["base_batch_size"] = P.PARAMS["base_batch_size"].default
+    return out
 
 
 def _check_data(sf: StudyFile) -> tuple[str, tuple[int, int] | None]:
