@@ -361,7 +361,7 @@ def test_space_warnings_on_a_small_training_set(space, expected):
     from tuner.study import space_warnings
 
     text = ('[study]\nname = "w"\nn_trials = 5\n[data]\ndataset = "digits"\n[model]\nepochs = 5\n'
-            f'[space]\noptimizer = "sgd"\nlr = 0.1\n{space}\n')
+            f'[space]\noptimizer = "sgd"\nlr = [0.05, 0.1]\n{space}\n')  # (a space to search)
     warnings = space_warnings(parse_study_dict(tomllib.loads(text), source="w.toml"), 240)
     assert len(warnings) == len(expected), warnings
     for text, fragment in zip(warnings, expected, strict=True):
