@@ -175,6 +175,15 @@ def test_night_lock_held_elsewhere_exits_75(storage_url, tmp_path):
     assert proc.returncode == 75
     assert "already running in another process" in proc.stderr
     assert "nt-2026-11-25" not in _names(storage_url)
+    # with --json, stdout is JSON either way (it was empty): the error and the exit code
+    lock = NamedLock(open_storage(storage_url), "nightly:nt-2026-11-25", what="x").acquire()
+    try:
+        proc = nightly(path, storage_url, DAY, "--json")
+    finally:
+        lock.release()
+    answer = json.loads(proc.stdout)
+    assert proc.returncode == answer["exit_code"] == 75
+    assert "already running in another process" in answer["error"]
 
 
 def _names(url: str) -> list[str]:

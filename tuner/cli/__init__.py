@@ -148,6 +148,11 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
             err.print(f"  [dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+        if "--json" in sys.argv[1:]:  # a script reading stdout gets a JSON answer either way
+            import json
+
+            sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint,
+                                         "exit_code": exc.exit_code}, indent=2) + "\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
