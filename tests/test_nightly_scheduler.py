@@ -230,7 +230,7 @@ def test_a_broken_file_in_a_folder_does_not_stop_the_scheduler(sqlite_url, tmp_p
     # named explicitly, a broken file stops the scheduler at once (exit 2)
     explicit = subprocess.run([sys.executable, "-m", "tuner", "scheduler", str(folder / "nope.toml")],
                               capture_output=True, text=True, env=tuner_env(), timeout=60)
-    assert explicit.returncode == 2 and "study file not found" in explicit.stderr
+    assert explicit.returncode == 2 and "nope.toml: no such study file or folder" in explicit.stderr
 
 
 def test_a_duplicate_study_name_or_an_empty_folder_does_not_stop_the_scheduler(sqlite_url, tmp_path):

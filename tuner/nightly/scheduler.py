@@ -166,6 +166,10 @@ def collect_study_files(paths: list[Path]) -> Scan:
                     (in_folders.append((file, sf)) if sf.schedule is not None
                      else skipped.append(file))
         else:
+            if not path.exists():
+                raise ConfigError(f"{path}: no such study file or folder",
+                                  hint="give study files (*.toml with a [schedule] section) or "
+                                       "folders of them, e.g. tuner scheduler studies/")
             sf = load_study_file(path)
             if sf.schedule is None:
                 raise ConfigError(f"{path}: no [schedule] section, so it has no cron time",
