@@ -12,7 +12,7 @@ import pytest
 from tuner.config import RegressionRule, load_study_file, parse_study_dict
 from tuner.errors import ConfigError, TunerError
 from tuner.nightly.cron import _weekdays, cron_trigger, last_fire_time, night_of
-from tuner.nightly.figures import date_axis, log_ticks, verdict_key
+from tuner.nightly.figures import broken_at_gaps, date_axis, log_ticks, verdict_key
 from tuner.nightly.nights import (
     ATTR_NIGHT,
     ATTR_VERDICT,
@@ -300,6 +300,17 @@ def test_trend_axes_show_whole_days_and_uncrowded_log_ticks():
     assert log_ticks([None, float("nan")]) == {}
     assert verdict_key({"verdict": "ok", "cause": "search"}) == "ok (search shortfall)"
     assert verdict_key({"verdict": "regression", "cause": "data"}) == "regression"
+
+
+def test_trend_lines_break_where_nights_are_missing():
+    """A line straight across missing nights (11-24 -> 12-03) looked like data; a weekly
+    sweep's 7 days are its usual interval, not a gap."""
+    daily = ["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-12-03"]
+    xs, ys = broken_at_gaps(daily, [1, 2, 3, 4, 5])
+    assert ys == [1, 2, 3, 4, None, 5] and xs[4] == "2026-11-28"
+    weekly = ["2026-11-01", "2026-11-08", "2026-11-15", "2026-11-22"]
+    assert broken_at_gaps(weekly, [1, 2, 3, 4]) == (weekly, [1, 2, 3, 4])
+    assert broken_at_gaps(["2026-11-01"], [1]) == (["2026-11-01"], [1])
 
 
 def test_one_verdict_label_for_every_place_that_shows_a_verdict():

@@ -17,6 +17,8 @@ the sweep's base name, ``last`` limits the nights shown). They do not import the
 from __future__ import annotations
 
 import math
+import statistics
+from datetime import date
 from typing import Any
 
 import plotly.graph_objects as go
@@ -130,6 +132,26 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+def broken_at_gaps(dates: list[str], values: list[Any]) -> tuple[list[str], list[Any]]:
+    """``dates`` and ``values`` with a break (a ``None`` value between them) where nights are
+    missing: consecutive nights more than 1.5x the usual interval apart (the median one; a
+    weekly sweep's 7 days are no gap). A line drawn straight across missing nights looks like
+    data."""
+    days = [date.fromisoformat(d) for d in dates]
+    steps = [(b - a).days for a, b in zip(days, days[1:], strict=False)]
+    if not steps:
+        return list(dates), list(values)
+    usual = max(1.0, statistics.median(steps))
+    xs, ys = [dates[0]], [values[0]]
+    for a, b, step, value in zip(days, days[1:], steps, values[1:], strict=False):
+        if step > 1.5 * usual:
+            xs.append((a + (b - a) / 2).isoformat())
+            ys.append(None)
+        xs.append(b.isoformat())
+        ys.append(value)
+    return xs, ys
+
+
 def trend_figure(ctx: Any) -> go.Figure:
     """Best value per night, baseline band, incumbent re-evaluations and verdict markers."""
     base, records = _records(ctx)
@@ -160,11 +182,11 @@ def trend_figure(ctx: Any) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[b["level"] for _, b in band], mode="lines",
                                  line={"dash": "dash", "color": "#1f77b4"},
                                  name="baseline (median of the nights)"))
+    xs, ys = broken_at_gaps(dates, [r.best_value for r in records])
+    _, text = broken_at_gaps(dates, [f"{r.study} #{r.best_trial}" for r in records])
     fig.add_trace(go.Scatter(
-        x=dates, y=[r.best_value for r in records], mode="lines+markers", name="best of the night",
-        line={"color": "#1f77b4"}, marker={"size": 6},
-        text=[f"{r.study} #{r.best_trial}" for r in records],
-        hovertemplate="%{x}: %{y:.4f} (%{text})<extra></extra>"))
+        x=xs, y=ys, mode="lines+markers", name="best of the night", line={"color": "#1f77b4"},
+        marker={"size": 6}, text=text, hovertemplate="%{x}: %{y:.4f} (%{text})<extra></extra>"))
     inc = [(r.date.isoformat(), ((r.verdict or {}).get("incumbent") or {})) for r in records]
     inc = [(d, i) for d, i in inc if _num(i.get("tonight")) is not None]
     if inc:
@@ -217,8 +239,10 @@ def choices_figure(ctx: Any) -> go.Figure:
                       row=i, col=1)
         fig.update_yaxes(type="category", categoryorder="category ascending", row=i, col=1)
     lrs = [_num(r.choice("lr")) for r in records]
-    fig.add_trace(go.Scatter(x=dates, y=lrs, mode="markers+lines", name="lr",
-                             marker={"size": 9, "color": colors},
+    xs, ys = broken_at_gaps(dates, lrs)
+    lr_colors = [c or "rgba(0,0,0,0)" for c in broken_at_gaps(dates, colors)[1]]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+lines", name="lr",
+                             marker={"size": 9, "color": lr_colors},
                              hovertemplate="%{x}: lr %{y:.3g}<extra></extra>"), row=4, col=1)
     fig.update_yaxes(type="log", row=4, col=1, **log_ticks(lrs))
     fig.update_xaxes(**date_axis(dates))
