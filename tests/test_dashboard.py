@@ -421,6 +421,19 @@ def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     assert "1 RUNNING trial(s) without a heartbeat for longer than the grace period" in flat(shown.stdout)
     assert json.loads(run_tuner("show", "gone", "--storage", f"sqlite:///{tmp_path / 's.db'}",
                                 "--json", check=True).stdout)["stale"] == 1
+    # doctor tells a trial that saved epochs (was training) from one that saved none (claimed
+    # ahead of its worker's current trial, or in its first seconds)
+    gone_url = f"sqlite:///{tmp_path / 's.db'}"
+    row = json.loads(run_tuner("doctor", "gone", "--storage", gone_url, "--json").stdout)["running"][0]
+    assert row["epochs_saved"] == 0 and row["stale"] is True
+    assert "none (claimed ahead, or starting)" in flat(run_tuner("doctor", "gone", "--storage",
+                                                                  gone_url).stdout)
+    trial_id = optuna.load_study(study_name="gone", storage=gone_url).trials[0]._trial_id
+    storage.set_trial_intermediate_value(trial_id, 1, 0.5)
+    storage.set_trial_intermediate_value(trial_id, 2, 0.6)
+    storage.flush(trial_id)
+    row = json.loads(run_tuner("doctor", "gone", "--storage", gone_url, "--json").stdout)["running"][0]
+    assert row["epochs_saved"] == 2
     # a study made with Optuna directly beats no heartbeat: its running trials cannot be told
     # stale (a live Optuna process may be training them), by ls nor by doctor on SQLite
     plain = optuna.create_study(study_name="plain", storage=storage)
