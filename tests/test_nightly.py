@@ -282,7 +282,8 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
 
     rule = load_study_file(path).schedule.regression
 
-    def scenario(bests: list[tuple], *, cli: bool = False, night_sf: Any = None) -> tuple[int, dict]:
+    def scenario(bests: list[tuple], *, cli: bool = False, night_sf: Any = None,
+                 night_file: Path = path) -> tuple[int, dict]:
         """Replace the baseline nights with ``bests`` (oldest first, one night each: config,
         value, seed and optionally the night's verdict) and check tonight again: in-process, or
         by rerunning ``tuner nightly`` (a resume)."""
@@ -290,7 +291,7 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
             if name != "nt-2026-11-25":
                 optuna.delete_study(study_name=name, storage=storage_url)
         for i, (config, value, seed, *verdict) in enumerate(bests):
-            name = add_night(storage_url, path, DAY - timedelta(days=len(bests) - i),
+            name = add_night(storage_url, night_file, DAY - timedelta(days=len(bests) - i),
                              [(config, value, seed)])
             if verdict:  # the night's own stored verdict
                 study_of(storage_url, name).set_user_attr(ATTR_VERDICT, verdict[0])
@@ -342,21 +343,27 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
     assert (code, v["verdict"], v["cause"]) == (0, "improvement", "search"), v
     assert v["drift"] == pytest.approx(0.0)
 
-    # tonight's space no longer holds the incumbent (adam, lr 0.05; tonight: sgd, lr <= 3e-4):
-    # the sweep falls short because of that edit, not by luck, and no budget makes up for it
+    # [space] edited since the baseline nights (theirs held adam, lr 0.05; tonight's: sgd, lr
+    # <= 3e-4): the sweep falls short because of the edit, not by luck, and no budget makes up
+    # for it (it said "ok (search)", exit 0)
+    wide = nightly_file(tmp_path / "wide.toml", space='optimizer = ["sgd", "adam"]\n'
+                        'lr = {low = 1e-4, high = 0.1, log = true}', warm_start=0, tolerance=0.01)
     nights = [(good, v_good - 0.002, 8), (good, v_good, 7), (good, v_good - 0.001, 9)]
-    code, v = scenario(nights)
+    code, v = scenario(nights, night_file=wide)
     assert (code, v["verdict"], v["cause"]) == (4, "regression", "space"), v
     assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
-    assert ("and tonight's search space no longer holds the incumbent (optimizer is fixed to "
-            "'sgd' tonight (was 'adam')") in v["message"], v["message"]
-    assert "the space edit, not search luck" in v["message"]
+    assert "[space] was edited (space.lr.high: 0.1 -> 0.0003" in v["message"], v["message"]
+    assert ("no longer holds the incumbent (optimizer is fixed to 'sgd' tonight (was 'adam')"
+            in v["message"]) and "Restore those keys to search it again" in v["message"]
+
+    # the nights after the edit, under the same space: the accepted edit's shortfall, exit 0
+    code, v = scenario(nights)
+    assert (code, v["verdict"], v["cause"]) == (0, "ok", "space"), v
+    assert "tonight's search space does not hold the incumbent (optimizer is fixed" in v["message"]
 
     # search luck: the same nights under a space that holds the incumbent (as if the sweep of
     # this wide space had found only tonight's best): a shortfall, not a regression
-    wide = nightly_file(tmp_path / "r.toml", space='optimizer = ["sgd", "adam"]\n'
-                        'lr = {low = 1e-4, high = 0.1, log = true}', warm_start=0, tolerance=0.01)
-    code, v = scenario(nights, night_sf=night_study_file(load_study_file(wide), DAY))
+    code, v = scenario(nights, night_file=wide, night_sf=night_study_file(load_study_file(wide), DAY))
     assert (code, v["verdict"], v["cause"]) == (0, "ok", "search"), v
     assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
 

@@ -342,6 +342,27 @@ def test_a_night_that_did_not_run_is_logged_as_an_error():
     assert night_level(-15) == night_level(-2) == logging.WARNING
 
 
+def test_a_night_that_failed_on_an_error_is_logged_with_the_error(tmp_path):
+    """A failed night's --json stdout is {error, hint, exit_code}: the scheduler's log line
+    said "ended ... with exit code 3; None; trials: " with it."""
+    import subprocess
+    import sys
+
+    from tuner.nightly.scheduler import _parse_json, describe_night
+
+    from conftest import REPO, tuner_env
+
+    url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"  # its folder does not exist: exit 3
+    proc = subprocess.run([sys.executable, "-m", "tuner", "nightly", str(REPO / "studies" /
+                           "nightly-digits.toml"), "--storage", url, "--json"],
+                          capture_output=True, text=True, env=tuner_env(), timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    line = describe_night("nightly-digits", date(2026, 11, 25), 3, 1.0, _parse_json(proc.stdout))
+    assert line.startswith("nightly-digits: night nightly-digits-2026-11-25 ended after 1.0 s with "
+                           "exit code 3: ") and "does not exist" in line, line
+    assert "None" not in line
+
+
 def test_a_nights_output_is_logged_line_by_line_at_its_level(caplog):
     import io
 

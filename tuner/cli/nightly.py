@@ -140,8 +140,8 @@ def nightly(study_file: StudyFileArg,
     else:
         style = {"regression": "bold red", "improvement": "bold green", "ok": "green"}.get(
             result.verdict.verdict, "yellow")
-        if result.verdict.verdict == "ok" and result.verdict.cause == "search":
-            style = "bold yellow"  # a search shortfall: exit 0, but worth a look if it recurs
+        if result.verdict.verdict == "ok" and result.verdict.cause in ("search", "space"):
+            style = "bold yellow"  # a shortfall: exit 0, but worth a look
         for line in result.verdict.lines():
             if line.startswith("verdict:"):
                 out.print(f"[{style}]{escape(line)}[/]", highlight=False)

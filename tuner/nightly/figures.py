@@ -42,8 +42,8 @@ MAX_DATE_TICKS = 14
 def verdict_key(verdict: dict[str, Any] | None) -> str:
     """The :data:`VERDICT_STYLE` entry of a stored verdict (a search shortfall is its own)."""
     v = verdict or {}
-    if v.get("verdict") == "ok" and v.get("cause") == "search":
-        return "ok (search shortfall)"
+    if v.get("verdict") == "ok" and v.get("cause") in ("search", "space"):
+        return "ok (search shortfall)"  # (of the search, or of an edited space)
     return str(v.get("verdict", ""))
 
 

@@ -52,11 +52,13 @@ checked in this order:
   shortfall") when tonight's sweep fell below level - margin but the incumbent still holds on
   tonight's data: search luck, not a regression (exit 0; printed as a warning, and the night
   enters later baselines at the incumbent's value).
-- ``regression`` with cause ``space`` instead, when tonight's search space no longer holds
-  the incumbent (an edited ``[space]``: ``optimizer`` narrowed, ``lr`` moved): the sweep fell
-  short because of the edit, which no budget makes up for, and every night until the space
-  is fixed says so (the incumbent still holds on tonight's data; the night enters later
-  baselines at its value, as a search shortfall does).
+- ``regression`` with cause ``space`` instead, when ``[space]`` was edited since the
+  incumbent's night and tonight's space no longer holds the incumbent (``optimizer``
+  narrowed, ``lr`` moved): the sweep fell short because of the edit, which no budget makes
+  up for (exit 4, once: the night of the edit). The nights after it, under the same space,
+  are ``ok`` with cause ``space``: the shortfall is the accepted edit's, not luck (the
+  incumbent still holds on the night's data, and each night enters later baselines at its
+  value, as a search shortfall does).
 - ``regression`` when available < level - margin: tonight's sweep found nothing as good *and*
   the incumbent lost on tonight's data too. Cause ``data``, or ``unknown`` when the incumbent
   could not be re-evaluated (no stored configuration).
@@ -320,10 +322,18 @@ def _message(j: Judgement, data: dict[str, Any] | None = None,
     if j.verdict == "ok":
         if j.cause == "search" and outside:
             shown = "; ".join(outside[:3]) + (f"; {len(outside) - 3} more" if len(outside) > 3 else "")
-            return (f"tonight's sweep is {signed(j.sweep_delta)} from the baseline (margin {m}), and "
-                    f"tonight's search space no longer holds the incumbent ({shown}): the space "
-                    f"edit, not search luck, which no budget makes up for; the incumbent still "
-                    f"scores {_fmt(j.available)} on tonight's data")
+            edited = (data or {}).get("space_changes")
+            if edited:
+                keys = "; ".join(edited[:3]) + (f"; {len(edited) - 3} more" if len(edited) > 3 else "")
+                return (f"tonight's sweep is {signed(j.sweep_delta)} from the baseline (margin {m}): "
+                        f"[space] was edited ({keys}) and no longer holds the incumbent ({shown}); "
+                        f"that edit, not search luck, and no budget makes up for it. The incumbent "
+                        f"still scores {_fmt(j.available)} on tonight's data. Restore those keys to "
+                        f"search it again; kept, the next nights are judged under this space "
+                        f"(exit 0)")
+            return (f"tonight's sweep is {signed(j.sweep_delta)} from the baseline (margin {m}): "
+                    f"tonight's search space does not hold the incumbent ({shown}), so no budget "
+                    f"finds it. The incumbent still scores {_fmt(j.available)} on tonight's data")
         if j.cause == "search":
             return (f"search shortfall: tonight's sweep is {signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
@@ -395,11 +405,12 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
 
 
 def _setup(sf: StudyFile | None) -> dict[str, Any] | None:
-    """The sections of a study file that decide how a configuration trains and is scored."""
+    """The sections of a study file that decide how a configuration trains and is scored, and
+    the search space it was found in."""
     if sf is None:
         return None
     raw = sf.public_raw()
-    return {"data": raw.get("data", {}), "model": raw.get("model", {})}
+    return {"data": raw.get("data", {}), "model": raw.get("model", {}), "space": raw.get("space", {})}
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
@@ -459,7 +470,9 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             outside = map_config(sf.space, config)[1]
         data = {"since": carrier.get("scored_on") or carrier["night"], "setup_changes": (
             [] if carrier.get("setup") is None
-            else changed_keys(carrier["setup"], _setup(sf), sections=("data", "model")))}
+            else changed_keys(carrier["setup"], _setup(sf), sections=("data", "model"))),
+            "space_changes": ([] if not (carrier.get("setup") or {}).get("space")
+                              else changed_keys(carrier["setup"], _setup(sf), sections=("space",)))}
         then, now = carrier.get("data_digest"), data_digest(sf)
         if then is not None and now is not None:
             data.update(tonight=now, incumbent=then, changed=then != now)
@@ -474,8 +487,8 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
                 "spread_factor": rule.spread_factor, "baseline_nights": rule.baseline_nights}
     cause = "setup" if j.cause == "data" and data and data["setup_changes"] else j.cause
     name = j.verdict
-    if j.verdict == "ok" and j.cause == "search" and outside:
-        name, cause = "regression", "space"
+    if j.verdict == "ok" and j.cause == "search" and outside:  # not luck: the space
+        name, cause = ("regression" if data and data["space_changes"] else "ok"), "space"
     verdict = Verdict(verdict=name, cause=cause, message=_message(j, data, outside), metric=metric,
                       direction=direction, tonight=None if best is None else best.value,
                       tonight_trial=None if best is None else best.number, baseline=baseline,

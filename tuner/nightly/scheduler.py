@@ -654,6 +654,8 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
         return f"{head}: interrupted; its running trials were re-queued (the next run resumes it)"
     if summary is None:
         return f"{head}: no summary (see the lines above)"
+    if "error" in summary:  # the night stopped on an error (--json prints it as JSON too)
+        return f"{head}: {summary['error']}"
     counts = summary.get("counts") or {}
     stopped = summary.get("stopped")
     if stopped == "done" and summary.get("ran") == 0:  # a rerun of a finished night
