@@ -26,7 +26,7 @@ from tuner.cli import doctor
 from tuner.cli import nightly  # noqa: F401, I001
 from tuner.cli import dashboard  # noqa: F401, I001  (tuner dashboard, tuner report)
 from tuner.cli import admin  # noqa: F401, I001  (tuner init)
-from tuner.cli.app import Command, app, err
+from tuner.cli.app import JSON_ASKED, Command, app, err
 from tuner.errors import TunerError
 
 
@@ -148,7 +148,7 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
             err.print(f"  [dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
-        if "--json" in sys.argv[1:]:  # a script reading stdout gets a JSON answer either way
+        if JSON_ASKED:  # a script reading stdout gets a JSON answer either way
             import json
 
             sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint,

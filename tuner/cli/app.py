@@ -66,7 +66,18 @@ StorageOpt = Annotated[str | None, typer.Option(
 FileStorageOpt = Annotated[str | None, typer.Option(
     "--storage", "-s", envvar="TUNER_STORAGE", show_envvar=True,
     help=_STORAGE_HELP + "\\[default: the study file's study.storage, else sqlite:///tuner.db]")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+#: Whether the running command was given --json (its errors are then JSON on stdout too).
+JSON_ASKED: list[bool] = []
+
+
+def _json_asked(value: bool) -> bool:
+    if value:
+        JSON_ASKED.append(True)
+    return value
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.",
+                                       callback=_json_asked)]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `tuner ls`).")]
 StudyFileArg = Annotated[Path, typer.Argument(help="Study file, e.g. studies/digits.toml.",
                                               show_default=False)]
