@@ -101,6 +101,9 @@ def test_check_names_the_scaling_defaults_a_file_leaves_to_the_engine(tmp_path):
                                                           "adam": "sqrt"}, "base_batch_size": 256}
     assert "not set" not in run_tuner("check", STUDIES / "digits.toml", "--samples", "1",
                                       check=True).stdout  # it sets both
+    unscaled = write_study(tmp_path / "u.toml", space='optimizer = "adam"\nlr = [0.01, 0.1]\n'
+                                                     'batch_scaling = "none"')
+    assert "not set" not in run_tuner("check", unscaled, "--samples", "1", check=True).stdout  # no base
 
 
 def test_jsonable_makes_plain_json_of_results():

@@ -445,6 +445,7 @@ def test_a_study_page_marks_running_trials_whose_runner_is_gone(tmp_path):
     plain_url = f"sqlite:///{tmp_path / 's.db'}"
     report = json.loads(run_tuner("doctor", "plain", "--storage", plain_url, "--json").stdout)
     assert report["runner_alive"] is None and report["running"][0]["stale"] is False, report
+    assert report["running"][0]["epochs_saved"] is None  # (tuner's runners save epochs; Optuna's?)
     said = flat(run_tuner("doctor", "plain", "--storage", plain_url, check=True).stdout)
     assert "1 running, 0 stale (not created by tuner: its trials beat no heartbeat" in said, said
     refused = run_tuner("doctor", "plain", "--storage", plain_url, "--fail-stale")

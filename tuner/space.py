@@ -109,15 +109,15 @@ class SearchSpace:
 
     @property
     def optimizer_choices(self) -> tuple[str, ...]:
-        return _values(self.general["optimizer"])
+        return values_of(self.general["optimizer"])
 
     @property
     def decay_choices(self) -> tuple[str, ...]:
-        return _values(self.general.get("decay")) or (P.PARAMS["decay"].default,)
+        return values_of(self.general.get("decay")) or (P.PARAMS["decay"].default,)
 
     def losses(self) -> tuple[str, ...]:
         """The losses the space trains with (empty: the engine's default)."""
-        return _values(self.general.get("loss"))
+        return values_of(self.general.get("loss"))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Define-by-run: suggest one configuration on ``trial``; returns flat training params
@@ -246,7 +246,8 @@ def _describe_distribution(dist: Any) -> str:
     return f"{'log ' if dist.log else ''}{kind} range [{dist.low:g}, {dist.high:g}]"
 
 
-def _values(dim: Dimension | None) -> tuple[Any, ...]:
+def values_of(dim: Dimension | None) -> tuple[Any, ...]:
+    """The values a fixed or choice dimension takes (none for ``None``)."""
     if dim is None:
         return ()
     return (dim.value,) if dim.kind == "fixed" else dim.choices
@@ -288,8 +289,8 @@ def build_space(raw: dict[str, Any], model: ModelSection, *, source: str) -> Sea
             raise fail(f"space.{key}", f"required key is missing ({P.PARAMS[key].doc})")
     general = {k: general[k] for k in general_keys if k in general}
 
-    optimizers_in_play = _values(general["optimizer"])
-    decays_in_play = _values(general.get("decay")) or ("constant",)
+    optimizers_in_play = values_of(general["optimizer"])
+    decays_in_play = values_of(general.get("decay")) or ("constant",)
     optimizers = _conditional(raw.get("optimizers", {}), "optimizers", P.OPTIMIZERS,
                               optimizers_in_play, "optimizer", P.keys_for_optimizer, fail)
     decays = _conditional(raw.get("decays", {}), "decays", P.DECAYS, decays_in_play, "decay",

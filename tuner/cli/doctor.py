@@ -112,8 +112,8 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
         "study": study, "tuner_study": sf is not None, "grace_seconds": grace_s,
         "runner_alive": None if store.backend.engine.dialect.name != "sqlite" or sf is None
         else not no_runner,
-        "running": [{"trial": n, "heartbeat_age_s": round(a, 1), "stale": s, "epochs_saved": e}
-                    for n, a, s, e in running],
+        "running": [{"trial": n, "heartbeat_age_s": round(a, 1), "stale": s,
+                     "epochs_saved": e if sf is not None else None} for n, a, s, e in running],
         "failed_now": [f.number for f in fixed],
         "requeued_now": [f.number for f in fixed if f.no_retry is None],
         "not_requeued_now": {str(f.number): f.no_retry for f in fixed if f.no_retry is not None},
@@ -154,7 +154,8 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
             status = "[green]alive[/]" if report["tuner_study"] else "unknown"
             if row["stale"]:
                 status = "[red]orphaned (no runner)[/]" if orphans else "[red]stale[/]"
-            saved = str(row["epochs_saved"]) if row["epochs_saved"] else "none (claimed ahead, or starting)"
+            saved = ("-" if row["epochs_saved"] is None else str(row["epochs_saved"])
+                     if row["epochs_saved"] else "none (claimed ahead, or starting)")
             table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", saved, status)
         out.print(table)
     if report["retries"]:

@@ -99,12 +99,16 @@ def _scaling_defaults(sf: StudyFile) -> dict[str, Any]:
     """The batch-size scaling keys the file leaves to the engine: the rule per optimizer in
     play and the base batch size (they decide the learning rate each trial trains at)."""
     from tuner import params as P
+    from tuner.space import values_of
 
     general = sf.space.general
     out: dict[str, Any] = {}
-    if "batch_scaling" not in general:
+    if "batch_scaling" in general:
+        rules = set(values_of(general["batch_scaling"]))
+    else:
         out["batch_scaling"] = {o: P.BATCH_SCALING_DEFAULTS[o] for o in sf.space.optimizer_choices}
-    if "base_batch_size" not in general:
+        rules = set(out["batch_scaling"].values())
+    if "base_batch_size" not in general and rules != {"none"}:  # (no scaling: no base)
         out["base_batch_size"] = P.PARAMS["base_batch_size"].default
     return out
 
