@@ -125,6 +125,18 @@ def test_scheduler_catches_up_the_latest_missed_night_once(storage_url, tmp_path
     assert text.count("catching it up now") == 1
     assert f"the night of {DAY} was missed" in text
     assert done(study_of(storage_url, f"cu-{DAY}")) == 3
+    # a --cron try-out does not catch up the files' missed night (it wrote real nights)
+    later = f"{(DAY + timedelta(days=1)).isoformat()}T10:00:00+00:00"
+    proc, log = start_scheduler(tmp_path, str(path), "--storage", storage_url, "--now", later,
+                                "--cron", "0 2 * * *")
+    try:
+        wait_for("the sweep to be scheduled", lambda: f"scheduled cu ({path})" in log.read_text(),
+                 proc, log)
+    finally:
+        text = stop(proc, log)
+    assert "--cron given: missed nights are not caught up" in text
+    assert "catching it up now" not in text, text
+    assert f"cu-{DAY + timedelta(days=1)}" not in optuna.get_all_study_names(storage=storage_url)
 
 
 def test_scheduler_sigterm_leaves_no_trial_running(storage_url, tmp_path):

@@ -157,7 +157,8 @@ def nightly(study_file: StudyFileArg,
 
 @app.command(help="Run every study file's nightly sweep at its \\[schedule] cron time, in its "
                   "timezone, until SIGTERM or Ctrl-C. A night missed while the scheduler was "
-                  "down is caught up once on start; a cron fire during a running night of the "
+                  "down is caught up once on start (not with --cron, unless --catch-up); a cron "
+                  "fire during a running night of the "
                   "same file runs when it ends. Each night runs as `tuner nightly` in a "
                   "subprocess; SIGTERM is forwarded so no trial is left RUNNING. Folders are "
                   "rescanned every minute: a broken file is skipped until it loads, a file "
