@@ -311,6 +311,13 @@ def test_trend_lines_break_where_nights_are_missing():
     weekly = ["2026-11-01", "2026-11-08", "2026-11-15", "2026-11-22"]
     assert broken_at_gaps(weekly, [1, 2, 3, 4]) == (weekly, [1, 2, 3, 4])
     assert broken_at_gaps(["2026-11-01"], [1]) == (["2026-11-01"], [1])
+    # with the sweep's schedule: a weekday sweep's weekend is no gap, a missed Tuesday is
+    weekdays = parse_study_dict({"study": {"name": "w", "n_trials": 2}, "data": {"dataset": "iris"},
+                                 "model": {"epochs": 1}, "space": {"optimizer": "sgd", "lr": 0.1},
+                                 "schedule": {"cron": "0 2 * * 1-5", "timezone": "UTC"}}).schedule
+    nights = ["2026-11-19", "2026-11-20", "2026-11-23", "2026-11-25"]  # Thu, Fri, Mon, Wed
+    assert broken_at_gaps(nights, [1, 2, 3, 4], weekdays) == (
+        ["2026-11-19", "2026-11-20", "2026-11-23", "2026-11-24", "2026-11-25"], [1, 2, 3, None, 4])
 
 
 def test_one_verdict_label_for_every_place_that_shows_a_verdict():

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tuner.nightly.cron import cron_trigger, night_of
 from tuner.nightly.history import NightRecord, night_history
 from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, sweep_base, verdict_label
 from tuner.storage import BufferedStorage, rdb_backend
@@ -132,24 +135,44 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def broken_at_gaps(dates: list[str], values: list[Any]) -> tuple[list[str], list[Any]]:
+def broken_at_gaps(dates: list[str], values: list[Any], schedule: Any = None
+                   ) -> tuple[list[str], list[Any]]:
     """``dates`` and ``values`` with a break (a ``None`` value between them) where nights are
-    missing: consecutive nights more than 1.5x the usual interval apart (the median one; a
-    weekly sweep's 7 days are no gap). A line drawn straight across missing nights looks like
-    data."""
+    missing: where the sweep's ``schedule`` (cron, timezone) had a night between two nights;
+    without one, where two nights are more than 1.5x the usual (median) interval apart. A line
+    drawn straight across missing nights looks like data; a weekday sweep's weekends and a
+    weekly sweep's weeks are no gap."""
     days = [date.fromisoformat(d) for d in dates]
     steps = [(b - a).days for a, b in zip(days, days[1:], strict=False)]
     if not steps:
         return list(dates), list(values)
     usual = max(1.0, statistics.median(steps))
+    missing = _missed_nights(schedule)
     xs, ys = [dates[0]], [values[0]]
     for a, b, step, value in zip(days, days[1:], steps, values[1:], strict=False):
-        if step > 1.5 * usual:
+        if missing(a, b) if missing is not None else step > 1.5 * usual:
             xs.append((a + (b - a) / 2).isoformat())
             ys.append(None)
         xs.append(b.isoformat())
         ys.append(value)
     return xs, ys
+
+
+def _missed_nights(schedule: Any) -> Callable[[date, date], bool] | None:
+    """``missed(a, b)``: whether ``schedule`` has a night strictly between nights ``a`` and
+    ``b``; ``None`` without a usable schedule."""
+    try:
+        trigger = cron_trigger(schedule.cron, schedule.timezone)
+        zone = ZoneInfo(schedule.timezone)
+    except Exception:  # no schedule (or one this version cannot read): fall back
+        return None
+
+    def missed(a: date, b: date) -> bool:
+        after = datetime.combine(a + timedelta(days=1), time.min, tzinfo=zone)
+        fire = trigger.get_next_fire_time(None, after)
+        return fire is not None and night_of(fire, schedule.timezone) < b
+
+    return missed
 
 
 def trend_figure(ctx: Any) -> go.Figure:
@@ -182,8 +205,9 @@ def trend_figure(ctx: Any) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[b["level"] for _, b in band], mode="lines",
                                  line={"dash": "dash", "color": "#1f77b4"},
                                  name="baseline (median of the nights)"))
-    xs, ys = broken_at_gaps(dates, [r.best_value for r in records])
-    _, text = broken_at_gaps(dates, [f"{r.study} #{r.best_trial}" for r in records])
+    schedule = getattr(getattr(ctx, "study_file", None), "schedule", None)
+    xs, ys = broken_at_gaps(dates, [r.best_value for r in records], schedule)
+    _, text = broken_at_gaps(dates, [f"{r.study} #{r.best_trial}" for r in records], schedule)
     fig.add_trace(go.Scatter(
         x=xs, y=ys, mode="lines+markers", name="best of the night", line={"color": "#1f77b4"},
         marker={"size": 6}, text=text, hovertemplate="%{x}: %{y:.4f} (%{text})<extra></extra>"))
@@ -239,8 +263,9 @@ def choices_figure(ctx: Any) -> go.Figure:
                       row=i, col=1)
         fig.update_yaxes(type="category", categoryorder="category ascending", row=i, col=1)
     lrs = [_num(r.choice("lr")) for r in records]
-    xs, ys = broken_at_gaps(dates, lrs)
-    lr_colors = [c or "rgba(0,0,0,0)" for c in broken_at_gaps(dates, colors)[1]]
+    schedule = getattr(getattr(ctx, "study_file", None), "schedule", None)
+    xs, ys = broken_at_gaps(dates, lrs, schedule)
+    lr_colors = [c or "rgba(0,0,0,0)" for c in broken_at_gaps(dates, colors, schedule)[1]]
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+lines", name="lr",
                              marker={"size": 9, "color": lr_colors},
                              hovertemplate="%{x}: lr %{y:.3g}<extra></extra>"), row=4, col=1)
