@@ -567,13 +567,21 @@ class SchedulerService:
         relay = threading.Thread(target=_relay, args=(proc.stderr, f"{sweep.base} [{day}]"),
                                  name="tuner-night-stderr", daemon=True)
         relay.start()
+        lines: list[str] = []  # read on a thread: once the night has exited, a process it left
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()),  # holding the
+                                  name="tuner-night-stdout", daemon=True)  # pipe cannot hang us
+        reader.start()
         try:
-            stdout = proc.stdout.read() if proc.stdout is not None else ""
             proc.wait()
+            reader.join(10.0)
             relay.join(10.0)
+            if reader.is_alive() or relay.is_alive():
+                log.warning("%s: the night of %s exited, but a process it started still holds its "
+                            "output open; not waiting for it", sweep.base, day)
         finally:
             with self._lock:
                 self._children.pop(proc.pid, None)
+        stdout = "".join(lines)
         code = proc.returncode
         elapsed = time.monotonic() - started
         summary = _parse_json(stdout)
