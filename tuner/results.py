@@ -85,9 +85,9 @@ def list_studies(storage: BufferedStorage) -> list[StudyRow]:
                 .where(trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
                 .group_by(trials.c.study_id)).all():
             best[sid] = (lo, hi)
-        running = [sid for sid, c in counts.items() if c.get("RUNNING")]
+        running = {sid for sid, c in counts.items() if c.get("RUNNING")}
         configs = dict(conn.execute(sqlalchemy.select(attrs.c.study_id, attrs.c.value_json).where(
-            attrs.c.key == ATTR_CONFIG, attrs.c.study_id.in_(running))).all()) if running else {}
+            attrs.c.key == ATTR_CONFIG, attrs.c.study_id.in_(sorted(running)))).all()) if running else {}
         rows, ids = [], sorted(names, key=names.__getitem__)
         for sid in ids:
             name = names[sid]

@@ -44,6 +44,7 @@ class Plan:
     warmup_steps: int
     peak_lr: float
     schedule: Schedule
+    batch_size: int  # the batch used: batch_size, at most the whole training set
 
     def warmup_epochs_done(self, epoch: int) -> bool:
         """Whether warmup is over by the end of (1-based) ``epoch``."""
@@ -108,7 +109,7 @@ def make_plan(params: Mapping[str, Any], n_train: int, epochs: int) -> Plan:
         decay_params["timescale"] = max(1.0, params["timescale_epochs"] * spe)
     schedule = make_schedule(decay, peak_lr=peak, total_steps=total, warmup_steps=warmup,
                              warmup_start_factor=warmup_start_factor(params, peak), **decay_params)
-    return Plan(spe, total, warmup, peak, schedule)
+    return Plan(spe, total, warmup, peak, schedule, batch)
 
 
 def warmup_start_factor(params: Mapping[str, Any], peak_lr: float) -> float:
@@ -169,7 +170,7 @@ def fit(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray,
     n_classes = int(max(y_train.max(), -1 if y_val is None or len(y_val) == 0 else y_val.max())) + 1
 
     plan = make_plan(resolved, n, epochs)
-    batch = min(int(resolved["batch_size"]), n)
+    batch = plan.batch_size
     reg = resolved.get("reg", 0.0)
     loss_and_grad = kernels.BatchLossGrad(resolved["loss"], X_train, y_train, n_classes, batch)
     evaluator = None  # the validation split's buffers and thread choice, built once

@@ -328,10 +328,9 @@ def train(study_file: StudyFileArg,
         for key, value in params.items():
             shown.add_row(key, fmt(value, 6), sources[key])
         out.print(shown)
-        n_train = len(splits.y_train)
-        batch = min(int(params["batch_size"]), n_train)
-        capped = (f"; batch_size {params['batch_size']} is capped to the {n_train} training examples"
-                  if batch < int(params["batch_size"]) else "")
+        batch = plan.batch_size
+        capped = (f"; batch_size {params['batch_size']} is capped to the {len(splits.y_train)} "
+                  f"training examples" if batch < int(params["batch_size"]) else "")
         out.print(f"plan: {plan.total_steps} updates ({plan.steps_per_epoch}/epoch), "
                   f"{plan.warmup_steps} warmup, peak lr {plan.peak_lr:.4g} "
                   + (f"({params['batch_scaling']} scaling of lr {params['lr']:.4g} at batch "

@@ -15,11 +15,12 @@ and a value :class:`Allowed` does not allow, each naming the file, the panel and
 
 from __future__ import annotations
 
-import difflib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tuner.errors import closest
 
 Builder = Callable[[Any], Any]
 Kind = type | tuple[type, ...]
@@ -84,8 +85,8 @@ class Allowed:
         return None
 
     def _guess(self, value: Any) -> str:
-        close = difflib.get_close_matches(str(value), self.names or (), n=1, cutoff=0.6)
-        return f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest(str(value), self.names or ())
+        return f" (did you mean {close!r}?)" if close else ""
 
 
 OptionSpec = tuple[Kind, Any] | tuple[Kind, Any, Allowed]
