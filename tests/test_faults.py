@@ -364,6 +364,46 @@ def test_sigkill_runner_mid_trial_is_detected_failed_and_retried(tmp_path, pg_ur
     assert f"failed {len(killed)} trial(s) of a runner that is gone (no heartbeat for" in said, said
 
 
+@pytest.mark.postgres
+def test_trials_another_runner_failed_as_stale_are_stopped_and_their_retries_run(tmp_path, pg_url):
+    """A runner cut off from the database longer than the grace period finds, once back, that
+    another runner failed its trials as stale: it stops training them (with a pruner, a worker
+    whose epochs go unacknowledged would wait for ever), discards their results, and finishes
+    the budget with their retries, not with new samples (they were queued moments ago, within
+    its cache's refresh interval)."""
+    from tuner.storage import open_storage
+    from tuner.storage.coordination import enqueue_retry, fail_trial
+
+    path = study_file(tmp_path, n_trials=2, epochs=600)
+    path.write_text(path.read_text().replace('type = "none"', 'type = "median"'))  # acks on
+    log = tmp_path / "a.log"
+    runner = start_runner(path, pg_url, log)
+    victims = wait_for(lambda: [t for t in owned_running(pg_url, "faults", runner.pid)
+                                if t.intermediate_values], 60, what="a trial in training")
+    victims = owned_running(pg_url, "faults", runner.pid)  # and the one claimed next, if any
+    storage = open_storage(pg_url)
+    try:
+        study = optuna.load_study(study_name="faults", storage=storage)
+        for victim in victims:  # what another runner's stale-trial sweep does
+            assert fail_trial(storage, victim._trial_id, "stale heartbeat (test)", retry=True,
+                              max_retry=3)
+            enqueue_retry(study, storage.backend.get_trial(victim._trial_id), 3)
+    finally:
+        storage.backend.engine.dispose()
+
+    assert finish(runner, 120, log) == 0
+    trials = read_trials(pg_url, "faults")
+    c = counts(trials)
+    assert c[TrialState.COMPLETE] + c[TrialState.PRUNED] == 2 and c[TrialState.RUNNING] == 0, \
+        [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in trials]
+    assert_retried(trials, [v.number for v in victims])
+    said = " ".join(log.read_text().split())
+    # (stopped mid-training if the runner's next flush found it failed; discarded at its end
+    # if it finished first)
+    assert ("was failed by another runner (stale heartbeat); its retry will run it" in said
+            or "was finished as FAIL by another process; its result is discarded" in said), said
+
+
 # --- 2. SIGTERM a runner ---------------------------------------------------------------
 
 @pytest.mark.postgres

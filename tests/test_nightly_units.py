@@ -780,7 +780,7 @@ def test_a_rescan_follows_edited_removed_and_renamed_folder_files(sqlite_url, tm
         assert [s.base for s in service.rescan()] == ["c2"]
         assert service.scheduler.get_job("nightly:c") is None and "nightly:c" not in service.sweeps
         service._job("nightly:c")  # a fire that raced the unschedule runs nothing
-        assert service.completed == [] and not service._children
+        assert not service.completed and not service._children
         # c.toml loses its [schedule]: unscheduled
         (folder / "c.toml").write_text(_toml(name="c2"))
         assert service.rescan() == [] and service.rescan() == []

@@ -86,12 +86,3 @@ def evaluate(W: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str) -> tuple[fl
         value = float(np.maximum(margins, 0.0).sum()) / n
     return value, accuracy
 
-
-def predict(W: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Predicted class per row: ``argmax(X @ W)``."""
-    return np.argmax(X @ W, axis=1)
-
-
-def accuracy(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of rows whose predicted class equals ``y``."""
-    return float(np.mean(predict(W, X) == y))

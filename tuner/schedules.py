@@ -15,7 +15,8 @@ applied, ``a0`` the peak lr, ``T`` the total number of updates, ``W`` warmup upd
 
 With ``s0 = 0`` the first update is a no-op (as in HF, optax and torch). Step sizes and
 milestones are in updates, counted on the decay clock ``u``. Every function returns a Python
-``float`` so float32 weights stay float32 (spec 1.7).
+``float`` so float32 weights stay float32 (spec 1.7). Each ``*_decay`` factory takes the decay
+length ``Td`` first, used or not, so :func:`make_schedule` builds any of them the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections.abc import Callable, Sequence
 Schedule = Callable[[int], float]
 Multiplier = Callable[[int], float]
 
-DECAY_TYPES: tuple[str, ...] = ("constant", "step", "cosine", "linear", "inv_sqrt")
 SCALING_RULES: dict[str, float] = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 
 
@@ -111,6 +111,7 @@ _DECAY_PARAMS: dict[str, tuple[str, ...]] = {
     "linear": ("min_lr",),
     "inv_sqrt": ("timescale",),
 }
+DECAY_TYPES: tuple[str, ...] = tuple(_DECAY_PARAMS)
 
 
 def _make_multiplier(decay: str, decay_steps: int, peak_lr: float, warmup_steps: int,

@@ -123,10 +123,10 @@ MIN_VALIDATION = 50
 are ranked mostly by noise (a warning)."""
 
 
-def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None) -> list[str]:
+def space_warnings(study_file: StudyFile, n_train: int | None, n_val: int | None = None) -> list[str]:
     """Warnings about a valid study file whose search space probably does not do what was
     meant on a training set of ``n_train`` examples and a validation set of ``n_val``
-    (``tuner check``, the first run of a study):
+    (``tuner check``, the first run of a study; ``None``: not loaded, those checks are skipped):
 
     * a validation set of fewer than :data:`MIN_VALIDATION` examples ranks trials by noise;
 
@@ -135,7 +135,8 @@ def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None
     * a ``base_batch_size`` larger than the training set: every batch is below it, so scaling
       can only lower the learning rate, and ``lr`` is the rate of a batch that cannot exist;
     * ``warmup_from_unscaled = true`` with no warmup does nothing;
-    * a space whose every key is fixed searches nothing."""
+    * a space whose every key is fixed searches nothing;
+    * a pruner whose settings keep it from ever acting (:func:`_idle_pruner`)."""
     general = study_file.space.general
     where = study_file.source
     found: list[str] = []
@@ -155,7 +156,7 @@ def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None
             f"value flatters it; use more data, or a larger data.val_size (now "
             f"{study_file.data.val_size:g}), if the data allows")
     dim = general.get("batch_size")
-    if dim is not None:
+    if dim is not None and n_train is not None:
         too_big = sorted({int(b) for b in _extremes(dim) if int(b) > n_train})
         if too_big:
             what = ("up to " + str(int(dim.high)) if dim.kind == "range"
@@ -168,7 +169,7 @@ def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None
     base = general.get("base_batch_size")
     bases = _extremes(base) if base is not None else [P.PARAMS["base_batch_size"].default]
     rules = _extremes(general["batch_scaling"]) if "batch_scaling" in general else ["default"]
-    too_big = sorted({int(b) for b in bases if int(b) > n_train})
+    too_big = sorted({int(b) for b in bases if n_train is not None and int(b) > n_train})
     if too_big and any(rule != "none" for rule in rules):
         what = ("up to " + str(int(base.high)) if base is not None and base.kind == "range"
                 else ", ".join(map(str, too_big)))
@@ -182,7 +183,28 @@ def space_warnings(study_file: StudyFile, n_train: int, n_val: int | None = None
             and (warmup is None or (warmup.kind == "fixed" and not warmup.value))):
         found.append(f"{where}: space.warmup_from_unscaled: true does nothing without a warmup "
                      f"(warmup_epochs is 0)")
+    idle = _idle_pruner(study_file)
+    if idle:
+        found.append(f"{where}: study.pruner: {idle}, so no trial is ever pruned; lower it, or "
+                     f"set type = \"none\" to say so")
     return found
+
+
+def _idle_pruner(study_file: StudyFile) -> str | None:
+    """Why the pruner can never stop a trial, or ``None``. It is asked after epochs
+    ``1 .. epochs-1``: median/percentile from step ``n_warmup_steps`` on; successive
+    halving/hyperband from step ``min_resource`` on."""
+    cfg, epochs = study_file.study.pruner, study_file.model.epochs
+    if cfg.type == "none":
+        return None
+    if epochs == 1:
+        return "model.epochs = 1 leaves no epoch to decide after"
+    if cfg.type in ("median", "percentile"):
+        if cfg.n_warmup_steps >= epochs:
+            return f"n_warmup_steps = {cfg.n_warmup_steps} is not below model.epochs = {epochs}"
+    elif cfg.min_resource >= epochs:
+        return f"min_resource = {cfg.min_resource} is not below model.epochs = {epochs}"
+    return None
 
 
 def _extremes(dim: Any) -> list[Any]:
@@ -441,7 +463,7 @@ def _losses_run(attrs: dict[str, Any]) -> set[str]:
 
 def check_same_data_shape(study_file: StudyFile, storage: BufferedStorage, stored: dict[str, Any] | None,
                           splits: Splits, finished: int) -> None:
-    """Refuse data with other features or classes than the data a study's ``finished`` trials
+    """Refuse data with another number of features or classes than the data a study's ``finished`` trials
     were scored on (``stored``: its ``tuner.data`` sizes): their values cannot be ranked with
     new ones (other data of the same shape is a warning, :func:`record_data_digest`)."""
     if not stored or not finished:
@@ -564,11 +586,6 @@ def metric_direction(study: optuna.Study) -> tuple[str, str]:
         return "values", ", ".join(d.name.lower() for d in study.directions)
     metric = study.user_attrs.get(ATTR_METRIC, "value")
     return metric, METRICS.get(metric, study.direction.name.lower())
-
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE and PRUNED trials, without copying."""
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
 def flat_params(trial: FrozenTrial, study_file: StudyFile | None) -> dict[str, Any]:

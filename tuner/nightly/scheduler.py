@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -247,7 +248,16 @@ def catch_up(sweep: Sweep, now: datetime, storage: Any = None) -> tuple[date | N
     if fire is None:
         return None, "no fire time in the last five years"
     day = night_of(fire, sweep.timezone)
-    storage = storage if storage is not None else open_storage(sweep.storage_url)
+    if storage is None:  # (the scheduler runs for months: give its connections back)
+        storage = open_storage(sweep.storage_url)
+        try:
+            return _missed(sweep, day, storage)
+        finally:
+            storage.backend.engine.dispose()
+    return _missed(sweep, day, storage)
+
+
+def _missed(sweep: Sweep, day: date, storage: Any) -> tuple[date | None, str]:
     if not list_nights(storage, sweep.base):
         return None, (f"no night of {sweep.base} in {describe(sweep.storage_url)} yet, so none was "
                       "missed")
@@ -301,7 +311,7 @@ class SchedulerService:
         self._stopping = False
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": MAX_INSTANCES, "misfire_grace_time": None})
-        self.completed: list[dict[str, Any]] = []
+        self.completed: deque[dict[str, Any]] = deque(maxlen=100)  # the latest nights run
 
     # --- life cycle ------------------------------------------------------------------------
 

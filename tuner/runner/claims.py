@@ -31,7 +31,7 @@ from tuner.errors import StorageError
 from tuner.params import resolve
 from tuner.runner.pool import Job
 from tuner.storage.coordination import BudgetLock, retries_being_queued, state_counts
-from tuner.storage.resilience import Resilient
+from tuner.storage.resilience import Resilient, is_transient
 from tuner.study import trial_seed
 from tuner.train import make_plan
 
@@ -186,6 +186,8 @@ class Claimer:
                 taken += retries_being_queued(self.storage, study_id, grace)
             if taken >= n_trials:
                 return None
+            if counts[TrialState.WAITING]:  # a retry another runner queued within the cache's
+                self.storage.refresh(study_id)  # refresh interval: run it, not a new sample
             trial = self.study.ask()
             if not lock.still_held():
                 # The lock's connection was cut: the server released the lock, and another
@@ -198,6 +200,8 @@ class Claimer:
             params = self.sf.space.suggest(trial)
             plan = make_plan(resolve(params), self._n_train, self.sf.model.epochs)
         except Exception as exc:
+            if isinstance(exc, StorageError) or is_transient(exc):
+                raise  # the sampler read the database (TPE): a blip, not a bad configuration
             self.on_bad_config(trial._trial_id, trial.number, exc)
             return None
         seed = trial_seed(self.sf.study.seed, self.storage.get_trial(trial._trial_id))

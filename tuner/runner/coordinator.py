@@ -48,11 +48,10 @@ from tuner.config import StudyFile
 from tuner.data import Splits
 from tuner.errors import StorageError, TunerError
 from tuner.kernels import engine_id
-from tuner.params import with_defaults
 from tuner.runner.claims import Claimer
 from tuner.runner.outcome import DivergedValue, trial_outcome
 from tuner.runner.pool import Job, Worker, usable_cpus
-from tuner.runner.progress import Display, Snapshot
+from tuner.runner.progress import Display, Snapshot, compact_config
 from tuner.runner.shared import SharedSplits
 from tuner.runner.signals import Signals
 from tuner.storage import describe, open_storage
@@ -90,7 +89,7 @@ log = logging.getLogger("tuner.runner")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 FLUSH_EVERY_S = 5.0
-EXIT_CODES = {"done": 0, "timeout": 0, "budget": 0, "SIGINT": 130, "SIGTERM": 143,
+EXIT_CODES = {"done": 0, "timeout": 0, "SIGINT": 130, "SIGTERM": 143,
               "fail_fast": 1, "deleted": 1}
 
 
@@ -427,7 +426,7 @@ class Runner:
             if self.hooks and now - last_hook >= self.hook_interval:
                 self._call_hooks("periodic")
                 last_hook = now
-            self.snap.jobs = [(w.current.number, _describe(w.current.params), w.current.epoch,
+            self.snap.jobs = [(w.current.number, compact_config(w.current.params), w.current.epoch,
                                self.sf.model.epochs) for w in self.workers if w.current is not None]
             self.snap.training = len(self.snap.jobs)
             self.snap.queued_here = sum(w.queued is not None for w in self.workers) + len(self._ready)
@@ -443,8 +442,7 @@ class Runner:
                     log.warning("trial %d was failed by another runner (stale heartbeat); "
                                 "its retry will run it", job.number)
                     job.lost = True
-                    if job is worker.current:
-                        worker.send("stop", job.number)
+                    worker.send("stop", job.number)  # the next job: answered "skipped"
 
     def _may_claim(self) -> bool:
         """Whether another trial may be claimed; sets the stop reason once the timeout has
@@ -581,6 +579,11 @@ class Runner:
         job = worker.current
         if job is None or job.number != message[1]:
             return
+        if job.lost and kind == "skipped":  # stopped before it started: nothing to discard
+            job.finished = True
+            self.claims.release(job.trial_id)
+            self._advance(worker)
+            return
         if job.cancelled:  # skipped, or stopped at once if it had started before the stop
             if kind in ("skipped", "done", "error"):
                 self.claims.unclaim(job)
@@ -618,7 +621,9 @@ class Runner:
                         f"decide whether to prune trial {job.number}", job.trial.should_prune)):
                 job.prune_at = job.epoch  # (never inside the trial's own warmup)
                 worker.send("stop", job.number)
-        if job.prune_at is None and not job.lost:
+        if job.lost:  # (again, in case it started before the first stop reached it)
+            worker.send("stop", job.number)
+        elif job.prune_at is None:
             worker.send("ack", job.number, job.epoch)
 
     def _on_done(self, worker: Worker, job: Job, result: dict[str, Any]) -> None:
@@ -718,6 +723,8 @@ class Runner:
     def _worker_died(self, worker: Worker) -> None:
         code = worker.process.exitcode
         why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        for message in self._receive(worker):  # what it sent since _dispatch's wait, then died
+            self._handle(worker, message)
         self._handle_deferred([worker], everything=True)  # what it finished before dying is kept
         if worker.current is not None and worker.current.cancelled:
             self.claims.unclaim(worker.current)
@@ -818,7 +825,7 @@ class Runner:
             for worker in self.workers:
                 worker.process.kill()
         for worker in self.workers:  # trials that finished must be saved, not failed
-            messages, worker.deferred = worker.deferred, []
+            messages, worker.deferred = worker.deferred + self._receive(worker), []
             for message in messages:
                 job = worker.current
                 finishing = message[0] in ("done", "error") and job is not None \
@@ -904,9 +911,3 @@ def describe_failed(failed: list[Failed]) -> str:
     parts += [f"#{f.number} not re-queued ({f.no_retry})" for f in failed if f.no_retry is not None]
     return "; ".join(parts)
 
-
-def _describe(params: dict[str, Any]) -> str:
-    params = with_defaults(params)
-    return (f"{params.get('optimizer')} lr={params.get('lr', float('nan')):.3g} "
-            f"bs={params['batch_size']} {params['batch_scaling']} "
-            f"warmup={params['warmup_epochs']:g} {params['decay']}")

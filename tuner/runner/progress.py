@@ -100,9 +100,7 @@ class Display:
             return
         s = self.snap
         shown = "-" if value is None else f"{value:.4f}"
-        params = with_defaults(params)
-        what = f"{params.get('optimizer', '?')} lr={params.get('lr', float('nan')):.3g} " \
-               f"bs={params['batch_size']} {params['decay']}"
+        what = compact_config(params)
         best = "-" if s.best_value is None else f"{s.best_value:.4f} (#{s.best_number})"
         self.console.print(f"trial {number:>4} {state:<8} {s.metric}={shown:<7} {what}"
                            f"{'  ' + note if note else ''}  [{s.done}/{s.n_trials}, best {best}]",
@@ -167,3 +165,11 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def compact_config(params: dict[str, Any]) -> str:
+    """``adam lr=0.003 bs=64 sqrt warmup=1 cosine``: a configuration on one line."""
+    params = with_defaults(params)
+    return (f"{params.get('optimizer', '?')} lr={params.get('lr', float('nan')):.3g} "
+            f"bs={params['batch_size']} {params['batch_scaling']} "
+            f"warmup={params['warmup_epochs']:g} {params['decay']}")

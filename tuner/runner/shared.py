@@ -43,12 +43,16 @@ class SharedSplits:
     def __init__(self, splits: Splits) -> None:
         self._blocks: list[shared_memory.SharedMemory] = []
         handles = {}
-        for key in ARRAYS:
-            array = np.ascontiguousarray(getattr(splits, key))
-            block = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
-            np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
-            self._blocks.append(block)
-            handles[key] = ArrayHandle(block.name, array.shape, array.dtype.str)
+        try:
+            for key in ARRAYS:
+                array = np.ascontiguousarray(getattr(splits, key))
+                block = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
+                self._blocks.append(block)
+                np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
+                handles[key] = ArrayHandle(block.name, array.shape, array.dtype.str)
+        except BaseException:  # /dev/shm full: free the blocks already made
+            self.close()
+            raise
         self.handle = SharedData(handles)
 
     def close(self) -> None:

@@ -76,6 +76,7 @@ class BufferedStorage(_CachedStorage):
         # read after it, failed (a dropped connection); {trial_id: claim token}
         self._unsettled: dict[int, str] = {}
         self._last_refresh: dict[int, float] = {}
+        self._lost: set[int] = set()  # found finished by another process; see flush_older_than
         # sorted trial lists of finished states, valid until the cache changes
         self._listings: dict[tuple[int, frozenset], list[FrozenTrial]] = {}
         self._owned_lock = threading.RLock()
@@ -278,9 +279,9 @@ class BufferedStorage(_CachedStorage):
     def flush_older_than(self, seconds: float) -> list[int]:
         """Flush every owned trial not written for ``seconds`` (live learning curves). Returns
         the trials another process finished meanwhile (e.g. failed as stale while this one was
-        cut off from the database); they are no longer ours."""
+        cut off from the database); they are no longer ours. Those found by a call that then
+        failed (a dropped connection) are returned by the next call."""
         now = time.monotonic()
-        lost = []
         for trial_id in self.owned_trial_ids():
             owned = self._owned.get(trial_id)
             if owned is not None and now - owned.last_flush >= seconds:
@@ -288,7 +289,8 @@ class BufferedStorage(_CachedStorage):
                     self.flush(trial_id)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     self.release(trial_id)
-                    lost.append(trial_id)
+                    self._lost.add(trial_id)
+        lost, self._lost = sorted(self._lost), set()
         return lost
 
     def _write(self, trial_id: int, owned: _Owned, *, state: TrialState | None = None,
