@@ -244,6 +244,24 @@ def test_train_says_how_to_pick_an_optimizer_a_set_key_applies_to(tmp_path):
                       "optimizer=momentum (or --set momentum.momentum=...)")
 
 
+def test_train_says_where_a_ctrl_c_stopped_it(tmp_path):
+    import signal
+    import time
+
+    study = write_study(tmp_path / "s.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "train", str(study), "--set",
+                             "optimizer=sgd", "--set", "lr=0.01", "--epochs", "1000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tuner_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.stdout.readline().split()[:1] != ["1"]:
+        pass  # until the first epoch's line
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert re.search(r"interrupted after epoch \d+ of 1000000 \(tuner train stores nothing\)\n$",
+                     stderr), stderr
+
+
 def test_train_rejects_a_non_positive_epoch_count(tmp_path):
     proc = run_tuner("train", write_study(tmp_path / "s.toml"), "--epochs", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -788,6 +806,19 @@ def test_check_warns_about_a_batch_larger_than_the_training_set(tmp_path):
     assert "space.batch_size: 2048 is larger" in first.stderr
     again = run_tuner("run", study, "--storage", url, "-n", "2", "-q", check=True)
     assert "space.batch_size" not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize(("pruner", "epochs", "said"), [
+    ('type = "median"\nn_warmup_steps = 50', 5, "n_warmup_steps = 50 is not below model.epochs = 5"),
+    ('type = "successive_halving"\nmin_resource = 5', 5, "min_resource = 5 is not below model.epochs = 5"),
+    ('type = "hyperband"', 1, "model.epochs = 1 leaves no epoch to decide after"),
+])
+def test_a_pruner_that_can_never_act_is_warned_about(tmp_path, pruner, epochs, said):
+    study = write_study(tmp_path / "s.toml", epochs=epochs, extra_study=f"[study.pruner]\n{pruner}")
+    text = " ".join(run_tuner("check", study, "--samples", "1", "--no-data", check=True).stderr.split())
+    assert f"warning: {study}: study.pruner: {said}, so no trial is ever pruned" in text, text
+    fine = write_study(tmp_path / "f.toml", epochs=60, extra_study=f"[study.pruner]\n{pruner}")
+    assert "study.pruner" not in run_tuner("check", fine, "--samples", "1", "--no-data").stderr
 
 
 def test_a_space_with_nothing_to_search_is_warned_about(tmp_path):

@@ -92,7 +92,7 @@ ERROR_CASES = [
      ["unknown key in [study]; it belongs in [model]"]),
     ("tpe-key-for-random-sampler",
      edit("n_trials = 5", "n_trials = 5\n[study.sampler]\ntype = 'random'\nn_startup_trials = 5"),
-     "study.sampler.n_startup_trials", ["does not apply to sampler 'random'; it takes: no options"]),
+     "study.sampler.n_startup_trials", ["does not apply to sampler 'random'; it takes no options"]),
     ("space-typo", BASE + "batchsize = 32\n", "space.batchsize",
      ["unknown key; did you mean batch_size? allowed keys: optimizer, lr"]),
     ("space-other-tools-name", BASE + "learning_rate = 0.1\n", "space.learning_rate",
@@ -262,6 +262,14 @@ def test_error_names_file_key_and_what_is_allowed(tmp_path, text, key, allowed):
     assert key in message, message
     for fragment in allowed:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_a_misspelt_required_key_is_one_error_not_two(tmp_path):
+    """'n_trial: did you mean n_trials?' already says n_trials is missing."""
+    message = error_of(write(tmp_path, edit("n_trials = 5", "n_trial = 5")))
+    assert "did you mean n_trials?" in message and "required key is missing" not in message
+    message = error_of(write(tmp_path, edit("n_trials = 5", "budget = 5")))
+    assert "study.n_trials: required key is missing" in message  # no suggestion: still said
 
 
 def test_invalid_toml_names_file_and_line(tmp_path):

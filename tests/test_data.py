@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -230,6 +231,14 @@ def test_a_target_that_differs_only_in_spaces_or_capitals_is_pointed_at(tmp_path
                                "capitals: set data.target = 'Species name ', or fix the header")
 
 
+def test_a_misspelt_target_gets_a_suggestion(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n")
+    with pytest.raises(DataError, match="target column 'lable' not found; did you mean label\\? "
+                                        "columns: a, b, label"):
+        load_dataset(str(path), target="lable")
+
+
 def test_a_tsv_file_is_read_with_tabs_and_checked_like_a_csv_file(tmp_path):
     path = tmp_path / "t.tsv"
     frame().to_csv(path, index=False, sep="\t")
@@ -389,6 +398,47 @@ def test_missing_target_values(tmp_path):
     assert info.value.hint.startswith("fill in the label of those rows or delete them")
 
 
+def test_class_names_pandas_would_read_as_missing_are_classes(tmp_path):
+    """'NA' (North America), 'None' (no defect), 'null' are class names; in a feature column
+    they still mean a missing value."""
+    path = tmp_path / "t.csv"
+    frame(classes=("NA", "None", "null", "dog")).to_csv(path, index=False)
+    ds = load_dataset(str(path), target="label")
+    assert ds.class_names == ["NA", "None", "dog", "null"] and np.bincount(ds.y).tolist() == [15] * 4
+    path.write_text("f1,label\n1,NA\nNA,dog\n3,NA\n4,dog\n")
+    with pytest.raises(DataError, match=r"missing or infinite feature values in 'f1' \(1 value, "
+                                        r"in data row 2 "):
+        load_dataset(str(path), target="label")
+
+
+def test_labels_are_stripped_and_a_blank_label_is_missing(tmp_path):
+    path = tmp_path / "t.csv"
+    df = frame(classes=("dog", "cat"))
+    df.loc[1, "label"] = " dog "
+    df.to_csv(path, index=False)
+    assert load_dataset(str(path), target="label").class_names == ["cat", "dog"]
+    df.loc[3, "label"] = "  "
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"target column 'label' is missing in 1 row \(data row 4 "):
+        load_dataset(str(path), target="label")
+
+
+@pytest.mark.parametrize(("value", "dtype", "limit"), [(1e300, "float64", "1e+150"),
+                                                        (1e39, "float32", "3.4e+38")])
+def test_values_too_large_for_the_engine_are_refused_by_column(value, dtype, limit):
+    """A 1e300 'missing' placeholder would overflow float32 (a non-finite loss in every trial)
+    or, in float64, the column's standard deviation (the column silently flattened to 0)."""
+    ds = dataset([20, 20])
+    ds.X[3, 1] = value
+    expected = (f"toy: feature values too large for the engine (beyond {limit} for dtype {dtype}) "
+                f"in 'x1' (largest |value| {value:.3g})")
+    with pytest.raises(DataError, match=re.escape(expected)) as info:
+        split_dataset(ds, dtype=dtype)
+    assert "placeholder for missing values" in info.value.hint
+    ds.X[3, 1] = 1e30  # large but fine in float64
+    split_dataset(ds, dtype="float64")
+
+
 def test_fewer_than_two_classes(tmp_path):
     df = frame(classes=("only",))
     path = tmp_path / "t.csv"
@@ -436,7 +486,7 @@ def test_small_class_emptied_by_the_test_split():
     ([5, 5], {"val_size": 0.5, "test_size": 0.4}, "leave 1 for training"),
     ([5, 5], {"val_size": 6, "test_size": 5}, r"validation \(6\) \+ test \(5\) examples are more "
                                               "than the 10 examples there are"),
-    ([10, 10], {"val_size": 25}, "val_size=25 would take 25 of the 20 examples"),
+    ([10, 10], {"val_size": 25}, "data.val_size = 25 would take 25 of the 20 examples"),
     ([10, 10], {"test_size": -0.1}, "test_size must be >= 0"),
 ])
 def test_impossible_split_sizes(counts, kwargs, match):

@@ -77,7 +77,7 @@ def _keys_of_type(section: Any, what: str, keys_by_type: dict[str, tuple[str, ..
     allowed = keys_by_type[section.type]
     stray = sorted(k for k in section.model_fields_set if k != "type" and k not in allowed)
     if stray:
-        takes = f"it takes: {', '.join(allowed) or 'no options'}"
+        takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes no options"
         if len(stray) == 1:
             raise ValueError(f"{stray[0]}: does not apply to {what} {section.type!r}; {takes}")
         raise ValueError(f"{', '.join(stray)} do not apply to {what} {section.type!r}; {takes}")
@@ -509,6 +509,7 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
     first (a typo also makes the key it meant "missing"), with the closest allowed key."""
     lines = []
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    meant_keys = set()  # "n_trails: did you mean n_trials?" already says n_trials is missing
     for err in errors:
         loc = tuple(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
@@ -521,11 +522,13 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
             allowed = _allowed_keys(model, loc[:-1])
             home = key_home(str(loc[-1]), section) if len(loc) == 1 else None
             meant = f"{home}; " if home else did_you_mean(str(loc[-1]), allowed)
+            meant_keys.add((*loc[:-1], closest(str(loc[-1]), allowed)))
             lines.append(f"{source}: {key}: unknown key in [{section}]; {meant}allowed keys: "
                          f"{', '.join(allowed)}" if home else
                          f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")
         elif err["type"] == "missing":
-            lines.append(f"{source}: {key}: required key is missing")
+            if loc not in meant_keys:
+                lines.append(f"{source}: {key}: required key is missing")
         elif err["type"] in ("model_type", "dict_type"):
             allowed = _allowed_keys(model, loc)
             lines.append(f"{source}: {key}: must be a table ([{key}]) with keys: "

@@ -146,11 +146,12 @@ def _opts(*names: str) -> frozenset[str]:
 
 _SPECS: list[ParamSpec] = [
     # --- what every run has -------------------------------------------------------------
-    ParamSpec("optimizer", "choice", "update rule (spec section 1)", choices=OPTIMIZERS, required=True),
+    ParamSpec("optimizer", "choice", "update rule: one of the seven optimizers", choices=OPTIMIZERS,
+              required=True),
     ParamSpec("lr", "float", "reference learning rate at base_batch_size", low=0.0,
               low_inclusive=False, required=True),
     ParamSpec("batch_size", "int", "mini-batch size (examples per update)", default=64, low=1),
-    ParamSpec("base_batch_size", "int", "batch size at which lr is the peak lr (spec section 3)",
+    ParamSpec("base_batch_size", "int", "batch size at which lr is the peak lr",
               default=256, low=1),
     ParamSpec("batch_scaling", "choice", "how the peak lr scales with batch_size/base_batch_size",
               default=BATCH_SCALING_DEFAULTS, choices=SCALING_RULES),
@@ -160,7 +161,7 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("warmup_from_unscaled", "bool",
               "warmup starts no lower than the unscaled lr where scaling raised the peak above "
               "it (Goyal et al. gradual warmup)", default=False),
-    ParamSpec("decay", "choice", "learning-rate decay after warmup (spec section 2)",
+    ParamSpec("decay", "choice", "learning-rate decay after warmup",
               default="constant", choices=DECAYS),
     ParamSpec("loss", "choice", "softmax cross-entropy or multiclass hinge (CS231n)",
               default="softmax", choices=LOSSES),

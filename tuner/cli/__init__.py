@@ -123,6 +123,18 @@ class _CliFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {super().format(record)}"
 
 
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a KeyboardInterrupt (not ``from None``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
 def main() -> None:
     if not isinstance(sys.stdout, _Output) and sys.stdout is not None:
         sys.stdout = _Output(sys.stdout)
@@ -157,6 +169,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130
+        if exc.code == 130 and _caused_by_ctrl_c(exc):
+            err.print("interrupted")
+        raise
     except Exception as exc:
         read_only = _read_only_database(exc)
         if not read_only:

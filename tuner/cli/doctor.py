@@ -39,8 +39,8 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
            grace: Annotated[float | None, typer.Option(
                min=0,
                help="Seconds without heartbeat after which a RUNNING trial is stale; longer than "
-                    "the study's heartbeat interval \\[default: the study file's "
-                    "reliability.grace_period].")] = None,
+                    "the study's heartbeat interval \\[default: reliability.grace_period of the "
+                    "study file the study was run with].")] = None,
            json_out: JsonOpt = False) -> None:
     from optuna.trial import TrialState
 

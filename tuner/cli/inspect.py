@@ -192,6 +192,8 @@ def export(study: StudyArg, storage: StorageOpt = None,
         table = pd.DataFrame.from_records(
             [{k: results.table_cell(v) for k, v in r.items()} for r in records],
             columns=results.record_columns(records))
+        if "retry_of" in table:  # a trial number, or empty (not 1.0)
+            table["retry_of"] = table["retry_of"].astype("Int64")
         if fmt == "csv":
             data = table.to_csv(index=False).encode()
         else:  # typed columns: the times as timestamps (CSV has only text)

@@ -77,7 +77,8 @@ def nightly(study_file: StudyFileArg,
                 show_default=False)] = None,
             timeout: Annotated[float | None, typer.Option(
                 help="Stop starting this night's trials after this many seconds \\[default: "
-                     "the file's schedule.timeout, else none].", show_default=False)] = None,
+                     "the file's schedule.timeout, else study.timeout, else none].",
+                show_default=False)] = None,
             workers: Annotated[int, typer.Option(
                 "--workers", "-w", min=1, help="Worker processes on this machine.")] = 1,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,

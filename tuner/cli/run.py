@@ -149,7 +149,7 @@ def _check_warnings(sf: StudyFile, sizes: tuple[int, int] | None) -> list[str]:
     from tuner.cli.app import warn
     from tuner.study import space_warnings
 
-    warnings = space_warnings(sf, *sizes) if sizes is not None else []
+    warnings = space_warnings(sf, *(sizes or (None, None)))
     for text in warnings:
         warn(text)
     return warnings
@@ -282,7 +282,8 @@ def _pick_an_owner(params: dict[str, Any], overrides: dict[str, Any],
             if owners is None or params.get(what) in owners or what in overrides:
                 continue
             first = sorted(owners)[0]
-            return (f"the {what} is {params.get(what)} ({sources.get(what, 'engine default')}); "
+            current = params.get(what) or P.PARAMS[what].default
+            return (f"the {what} is {current} ({sources.get(what, 'engine default')}); "
                     f"pick one {key} applies to: --set {what}={first} (or --set {first}.{key}=...)")
     return None
 
@@ -339,13 +340,20 @@ def train(study_file: StudyFileArg,
                      else f"(not scaled: batch_scaling = none{capped})"), highlight=False)
         out.print(f"[dim]{'epoch':>5} {'train_loss':>10} {'val_loss':>9} {'val_acc':>8} {'lr':>10}[/]")
 
+    done = [0]  # epochs trained, for the message of a Ctrl-C
+
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
+        done[0] = epoch
         if not json_out:
             out.print(f"{epoch:>5} {m['train_loss']:>10.4f} {m['val_loss']:>9.4f} "
                       f"{m['val_accuracy']:>8.4f} {m['lr']:>10.3g}", highlight=False)
 
-    result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
-                 epochs=n_epochs, seed=seed, dtype=sf.model.dtype, on_epoch=on_epoch)
+    try:
+        result = fit(params, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
+                     epochs=n_epochs, seed=seed, dtype=sf.model.dtype, on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        err.print(f"interrupted after epoch {done[0]} of {n_epochs} (tuner train stores nothing)")
+        raise typer.Exit(130) from None
     # data.test_size = 0 leaves no test split: report what exists
     evals = {name: (X, y) for name, X, y in (("val", splits.X_val, splits.y_val),
                                              ("test", splits.X_test, splits.y_test)) if len(y)}
@@ -375,7 +383,7 @@ def train(study_file: StudyFileArg,
 def run(study_file: StudyFileArg,
         storage: FileStorageOpt = None,
         n_trials: Annotated[int | None, typer.Option(
-            "--n-trials", "-n", help="Target of finished (COMPLETE + PRUNED) trials for the whole "
+            "--n-trials", "-n", help="Target (>= 1) of finished (COMPLETE + PRUNED) trials for the whole "
                                      "study, across workers, machines and restarts "
                                      "\\[default: the study file's study.n_trials].",
             show_default=False)] = None,

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib.npyio import NpzFile
 
 from tuner.data.dataset import BUILTIN_DATASETS, FILE_FORMATS, Dataset
-from tuner.errors import DataError
+from tuner.errors import DataError, did_you_mean
 from tuner.params import literal
 
 RowNamer = Callable[[np.ndarray], str]
@@ -182,8 +182,7 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
                         hint="expected a header line with the column names, then one row per "
                              "example" if fmt == "csv" else None)
     try:
-        frame = (pd.read_csv(path, sep=sep) if fmt == "csv"
-                 else pd.read_parquet(path))
+        frame = _read_csv(path, sep, target) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:  # only blank lines: nothing to parse
         raise DataError(f"{path}: cannot read CSV file: the file is empty (no header line)",
                         hint="expected a header line with the column names, then one row per "
@@ -211,7 +210,8 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
     if target not in columns:
         twin = next((c for c in columns if c.strip().lower() == target.strip().lower()), None)
         shown = ", ".join(repr(c) if c != c.strip() else c for c in columns)
-        raise DataError(f"{path}: target column {target!r} not found; columns: {shown}",
+        meant = "" if twin else did_you_mean(target, columns)
+        raise DataError(f"{path}: target column {target!r} not found; {meant}columns: {shown}",
                         hint=separator or (
                             f"the file has {twin!r}, which differs only in spaces or capitals: "
                             f"set data.target = {twin!r}, or fix the header" if twin else None))
@@ -245,6 +245,8 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
                               f"({separator}s between fields)" if commas
                               else "encode them as numbers or drop them; only the target may be text"))
     labels = frame[target]
+    if not pd.api.types.is_numeric_dtype(labels):  # "dog " is "dog"; a blank label is missing
+        labels = labels.map(lambda v: (v.strip() or None) if isinstance(v, str) else v)
     row_names = _table_rows(path, fmt, len(frame), sep)
     if labels.isna().any():
         rows = np.flatnonzero(labels.isna().to_numpy())
@@ -259,6 +261,24 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
     _warn_row_identifiers(path, X, list(features.columns))
     return Dataset(name=path.name, X=X, y=y, class_names=class_names,
                    feature_names=list(features.columns))
+
+
+def _read_csv(path: Path, sep: str, target: str | None) -> Any:
+    """``pd.read_csv``, except that in the target column only an empty cell is missing: pandas
+    would read the class names ``NA``, ``None`` or ``null`` as missing too."""
+    import pandas as pd
+
+    names = [] if target is None else [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    if target not in names:  # (pandas' names: an empty header is "Unnamed: 3", a repeated "x.1")
+        return pd.read_csv(path, sep=sep)
+    try:
+        from pandas._libs.parsers import STR_NA_VALUES as missing  # pandas' default list
+    except ImportError:  # pragma: no cover - moved in a future pandas
+        missing = {"", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "-NaN", "-nan", "n/a",
+                   "#N/A", "#NA", "<NA>", "1.#IND", "1.#QNAN", "-1.#IND", "-1.#QNAN", "#N/A N/A"}
+    na_values = {name: sorted(missing) for name in names}
+    na_values[target] = [""]
+    return pd.read_csv(path, sep=sep, keep_default_na=False, na_values=na_values)
 
 
 def _csv_header(path: Path, sep: str) -> list[str] | None:

@@ -57,6 +57,7 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
     train_idx, val_idx = _split(rest, ds.y[rest], n_val, seed + 1, train_test_split)
 
     dt = np.dtype(dtype)
+    _check_magnitudes(ds, dt)
     train_rows = ds.X[train_idx]
     mean = train_rows.mean(axis=0, dtype=np.float64)
     std = train_rows.std(axis=0, dtype=np.float64)
@@ -83,6 +84,24 @@ def split_dataset(ds: Dataset, *, val_size: float = 0.2, test_size: float = 0.2,
                   feature_names=ds.feature_names, mean=mean, std=std)
 
 
+def _check_magnitudes(ds: Dataset, dtype: np.dtype) -> None:
+    """Refuse feature values the engine cannot hold: beyond ``dtype``'s range, or so large that
+    their square overflows float64 (the column's standard deviation would be infinite and the
+    whole column silently flattened to 0). Such values are usually placeholders (``1e300`` for
+    "missing")."""
+    limit = min(float(np.finfo(dtype).max), 1e150)
+    peak = np.abs(ds.X).max(axis=0) if ds.X.size else np.zeros(ds.X.shape[1])
+    cols = np.flatnonzero(peak > limit)
+    if len(cols):
+        names = ", ".join(f"{literal(ds.feature_names[c]) if ds.feature_names else c} "
+                          f"(largest |value| {peak[c]:.3g})" for c in cols[:5])
+        more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
+        raise DataError(f"{ds.name}: feature values too large for the engine (beyond {limit:.3g} "
+                        f"for dtype {dtype.name}) in {names}{more}",
+                        hint="a placeholder for missing values (like 1e300)? leave those cells empty "
+                             "and fill or drop them; otherwise rescale the column (e.g. log)")
+
+
 def split_size_problem(size: float) -> str | None:
     """Why ``size`` (``val_size``/``test_size``) is not a fraction or a count, else ``None``."""
     if size >= 1 and not float(size).is_integer():
@@ -98,7 +117,8 @@ def _count(size: float, n: int, name: str) -> int:
         raise DataError(f"{name}={size!r} is {problem}")
     count = int(round(size * n)) if size < 1 else int(size)
     if count >= n:
-        raise DataError(f"{name}={size!r} would take {count} of the {n} examples")
+        raise DataError(f"data.{name} = {size:g} would take {count} of the {n} examples",
+                        hint=f"give a fraction (e.g. data.{name} = 0.2) or fewer than {n} examples")
     return count
 
 
