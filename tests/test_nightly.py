@@ -424,8 +424,20 @@ def test_dates_bad_future_back_filled_and_long_past(sqlite_url, tmp_path):
     quiet = tuner_env(TUNER_DASHBOARD_VIEWS="0")
     nightly(path, sqlite_url, DAY, check=True, env=quiet)
     back = nightly(path, sqlite_url, DAY - timedelta(days=1), check=True, env=quiet)
-    assert (f"note: 1 later night(s) (2026-11-25) were judged without this one; to judge one "
-            f"again: tuner nightly {path} --date 2026-11-25 --storage {sqlite_url}") in flat(back.stdout)
+    hint = (f"note: later night(s) were judged before this result (2026-11-25 without this one); "
+            f"to judge one again without running more trials: tuner nightly {path} --date "
+            f"2026-11-25 -n 1 --storage {sqlite_url}")
+    assert hint in flat(back.stdout), back.stdout
+    again = nightly(path, sqlite_url, DAY, "-n", "1", "--json", check=True, env=quiet)
+    judged = json.loads(again.stdout)["verdict"]
+    assert [b["date"] for b in judged["baseline"]["nights"]] == ["2026-11-24"]
+    assert done(study_of(sqlite_url, "bf-2026-11-25")) == 1  # re-judged, nothing more ran
+    quiet_now = nightly(path, sqlite_url, DAY - timedelta(days=1), check=True, env=quiet)
+    assert "note: later night(s)" not in quiet_now.stdout  # 11-25 counted it as it is
+    for text, fragment in (("20261125", "expected a date as YYYY-MM-DD"),
+                           ("2026-02-30", "--date 2026-02-30: not a date (day is out of range")):
+        proc = nightly(path, sqlite_url, DAY, "--date", text)
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
     # a year long past (a typo?) runs, with a warning: the night stays in every trend
     old = nightly(nightly_file(tmp_path / "n.toml", n_trials=1), sqlite_url, date(2020, 1, 1),
                   env=tuner_env(TUNER_DASHBOARD_VIEWS="0"))
@@ -580,7 +592,8 @@ def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_pa
 
 def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_path):
     """Fewer epochs tonight: the incumbent, re-trained with tonight's set-up, loses accuracy.
-    That is the edit, not data drift: the verdict names the edited keys (cause setup)."""
+    That is the edit, not data drift: the verdict names the edited keys (cause setup), on the
+    night of the edit only."""
     path = nightly_file(tmp_path / "e.toml", n_trials=3, epochs=5, space=POOR_SPACE,
                         warm_start=0)
     quick = tuner_env(TUNER_DASHBOARD_VIEWS="0")
@@ -596,6 +609,12 @@ def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_pat
     verdict = study_of(sqlite_url, "nt-2026-11-25").user_attrs[ATTR_VERDICT]
     assert verdict["cause"] == "setup" and verdict["data"]["setup_changes"] == ["model.epochs: 5 -> 1"]
     assert "changed" not in verdict["data"]  # digits: no data file to compare
+    # said once: the next night is judged against the nights under the new set-up
+    after = nightly(path, sqlite_url, DAY + timedelta(days=1), env=quick)
+    assert after.returncode == 0, after.stdout + after.stderr
+    shown = flat(after.stdout)
+    assert ("baseline: only the nights since [data]/[model] last changed (1 earlier night(s) left "
+            "out: another set-up)") in shown and "nt-2026-11-25" in shown, shown
 
 
 def test_sigterm_after_the_sweep_ends_the_night_with_143(sqlite_url, tmp_path):

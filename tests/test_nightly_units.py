@@ -173,6 +173,39 @@ def test_improvement_by_search_and_by_easier_data():
     assert EXIT_CODES["improvement"] == 0
 
 
+def test_the_incumbent_alone_is_no_improvement():
+    """The incumbent is the best baseline night, above the median by itself: re-trained on
+    unchanged data it is no news. A sweep far below is a search shortfall (a regression (space)
+    where the space no longer holds the incumbent), one between the median and the incumbent is
+    'the incumbent holds', and only a sweep better than the incumbent is an improvement."""
+    tight = RegressionRule(tolerance=0.002, baseline_nights=3)
+    nights = [0.9610, 0.9638, 0.9610]
+    short = judge("maximize", 0.9248, nights, tight, incumbent_stored=0.9638, incumbent_tonight=0.9638)
+    assert (short.verdict, short.cause) == ("ok", "search")
+    between = judge("maximize", 0.9635, nights, tight, incumbent_stored=0.9638,
+                    incumbent_tonight=0.9638)
+    assert (between.verdict, between.cause) == ("ok", None)
+    assert _message(between) == ("the incumbent holds: re-trained on tonight's data it scores 0.9638 "
+                                 "(+0.0028 from the baseline's median, margin 0.0020); tonight's "
+                                 "sweep (+0.0025) found nothing better")
+    better = judge("maximize", 0.9666, nights, tight, incumbent_stored=0.9638,
+                   incumbent_tonight=0.9638)
+    assert (better.verdict, better.cause) == ("improvement", "search")
+
+
+def test_the_incumbents_configuration_with_another_seed_is_seed_noise():
+    """A warm-started copy of the incumbent scoring higher with tonight's seed is not a better
+    configuration."""
+    j = judge("maximize", 0.9638, [0.9415], RULE, incumbent_stored=0.9415, incumbent_tonight=0.9415,
+              same_config=True)
+    assert (j.verdict, j.cause) == ("ok", None)
+    assert _message(j) == ("tonight's best (+0.0223 from the baseline, margin 0.0050) is the "
+                           "incumbent's configuration trained with another seed: seed noise, not a "
+                           "better configuration")
+    assert judge("maximize", 0.9638, [0.9415], RULE, incumbent_stored=0.9415,
+                 incumbent_tonight=0.9415).verdict == "improvement"
+
+
 def test_minimized_metric_signs():
     worse = judge("minimize", 0.40, [0.30, 0.31, 0.29], RULE,
                   incumbent_stored=0.29, incumbent_tonight=0.41)

@@ -292,9 +292,8 @@ def trial_record(trial: FrozenTrial, study_file: Any = None, *, curves: bool = F
         record.update({f"value.{i}": v for i, v in enumerate(trial.values)})
     record.update({f"param.{k}": v for k, v in flat_params(trial, study_file).items()})
     for key, value in trial.user_attrs.items():
-        if key in ("config", "curve") or isinstance(value, list | dict):
-            continue
-        record[f"attr.{key}"] = value
+        if key not in ("config", "curve"):  # (the parameters above; the curve with curves)
+            record[f"attr.{key}"] = value  # a list or dict (warm_start) as JSON in a table
     if curves:
         record["curve"] = trial.user_attrs.get("curve")
         record["intermediate_values"] = {str(k): v for k, v in trial.intermediate_values.items()}

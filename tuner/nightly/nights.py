@@ -80,10 +80,12 @@ def sweep_base(study_name: str, night: Any = None, base: Any = None) -> str | No
 
 
 def parse_date(text: str) -> date:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # (Python 3.11 also takes 20261125)
+        raise ConfigError(f"--date {text!r}: expected a date as YYYY-MM-DD, e.g. 2026-11-25")
     try:
         return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--date {text!r}: expected a date as YYYY-MM-DD, e.g. 2026-11-25") from None
+    except ValueError as exc:
+        raise ConfigError(f"--date {text}: not a date ({exc})") from None
 
 
 def today(schedule: ScheduleSection, now: datetime | None = None) -> date:

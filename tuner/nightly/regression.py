@@ -43,8 +43,12 @@ After a night's sweep, tonight is compared with a **baseline**: the last
 Verdict (signs are such that positive is better, for maximized and minimized metrics alike),
 checked in this order:
 
-- ``improvement`` when available - level > margin. Cause ``data`` if the incumbent itself
-  improved on tonight's data by more than the tolerance (the data got easier), else ``search``.
+- ``improvement`` when available - level > margin and either the incumbent itself improved on
+  tonight's data by more than the tolerance (cause ``data``: the data got easier) or tonight's
+  sweep is above level + margin *and* better than the incumbent re-trained tonight (cause
+  ``search``). The incumbent is the best baseline night, above the median by itself: its value
+  alone is no news (``ok``, "the incumbent holds"), nor is the incumbent's own configuration
+  scoring higher with tonight's seed (``ok``: seed noise).
 - ``regression`` with cause ``data`` when the incumbent lost more than the margin on tonight's
   data (drift < -margin), even if the level (dragged down by bad nights) is still within
   reach: the best known configuration got measurably worse on tonight's data.
@@ -118,6 +122,7 @@ class Judgement:
     drift: float | None  # incumbent re-evaluated - incumbent stored, positive = better
     available: float | None
     incumbent_diverged: bool = False  # re-trained on tonight's data, it diverged: no value
+    same_config: bool = False  # tonight's best is the incumbent's configuration (another seed)
 
 
 MAD_SCALE = 1.4826  # MAD x this estimates the standard deviation of normal noise
@@ -142,11 +147,13 @@ def noise_margin(level: float, spread: float, rule: RegressionRule) -> float:
 
 def judge(direction: str, tonight: float | None, baseline: list[float], rule: RegressionRule, *,
           incumbent_stored: float | None = None, incumbent_tonight: float | None = None,
-          incumbent_diverged: bool = False) -> Judgement:
+          incumbent_diverged: bool = False, same_config: bool = False) -> Judgement:
     """The verdict from the numbers (see the module docs). ``baseline``: the value of each
     baseline night; ``incumbent_*``: the incumbent's value on its night's data and re-trained
     on tonight's data (``None``: not re-evaluated). A non-finite re-evaluation is a divergence:
-    the incumbent is as bad as it gets on tonight's data (drift ``-inf``), not a number."""
+    the incumbent is as bad as it gets on tonight's data (drift ``-inf``), not a number.
+    ``same_config``: tonight's best trial trained the incumbent's configuration (warm-started,
+    with another seed): whatever it scored, the sweep found no better configuration."""
     sign = 1.0 if direction == "maximize" else -1.0
     if incumbent_tonight is not None and not math.isfinite(incumbent_tonight):
         incumbent_tonight, incumbent_diverged = None, True
@@ -170,9 +177,13 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
     sweep_delta = sign * (tonight - level)
     delta = sign * (available - level)
     tol = rule.tolerance
-    if delta > margin:
-        cause = "data" if drift is not None and drift > tol else "search"
-        verdict = "improvement"
+    easier = drift is not None and drift > tol
+    # the sweep found better than the typical night *and* than the incumbent can do tonight
+    # (the incumbent is the best baseline night: above the median by itself, it is no news)
+    found = sweep_delta > margin and not same_config and (
+        incumbent_tonight is None or sign * (tonight - incumbent_tonight) > 0)
+    if delta > margin and (found or easier):
+        verdict, cause = "improvement", ("data" if easier else "search")
     elif drift is not None and drift < -margin:
         verdict, cause = "regression", "data"
     elif delta >= -margin:
@@ -181,7 +192,7 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
         verdict = "regression"
         cause = "data" if drift is not None and drift < -tol else "unknown"
     return Judgement(verdict, cause, level, spread, margin, delta, sweep_delta, drift, available,
-                     diverged)
+                     diverged, same_config)
 
 
 @dataclass
@@ -249,6 +260,9 @@ class Verdict:
             out.append(f"incumbent {inc['night']} #{inc['trial']} ({f(inc['value'])}{on}) re-trained "
                        f"on tonight's data: {again}")
         d = self.data or {}
+        if d.get("baseline_left_out"):
+            out.append(f"baseline: only the nights since [data]/[model] last changed "
+                       f"({d['baseline_left_out']} earlier night(s) left out: another set-up)")
         if d.get("setup_changes"):
             out.append(f"study file: [data]/[model] changed since {d['since']}: "
                        + "; ".join(d["setup_changes"]))
@@ -338,8 +352,16 @@ def _message(j: Judgement, data: dict[str, Any] | None = None,
             return (f"search shortfall: tonight's sweep is {signed(j.sweep_delta)} from the baseline "
                     f"(margin {m}), but the incumbent still scores {_fmt(j.available)} on tonight's "
                     "data (search luck, not a regression; if it recurs, raise the nightly budget)")
+        if j.same_config and j.sweep_delta is not None and j.sweep_delta > j.margin:
+            return (f"tonight's best ({signed(j.sweep_delta)} from the baseline, margin {m}) is the "
+                    f"incumbent's configuration trained with another seed: seed noise, not a "
+                    f"better configuration")
         held = (j.available is not None and j.sweep_delta is not None and j.delta is not None
                 and j.delta > j.sweep_delta)  # the incumbent, not tonight's sweep, is that close
+        if held and j.delta > j.margin:
+            return (f"the incumbent holds: re-trained on tonight's data it scores "
+                    f"{_fmt(j.available)} ({d} from the baseline's median, margin {m}); tonight's "
+                    f"sweep ({signed(j.sweep_delta)}) found nothing better")
         return (f"within the margin of the baseline ({d}, margin {m})"
                 + (f", by the incumbent re-trained on tonight's data ({_fmt(j.available)}; "
                    f"tonight's sweep is {signed(j.sweep_delta)})" if held else ""))
@@ -413,6 +435,12 @@ def _setup(sf: StudyFile | None) -> dict[str, Any] | None:
     return {"data": raw.get("data", {}), "model": raw.get("model", {}), "space": raw.get("space", {})}
 
 
+def _training_setup(sf: StudyFile | None) -> dict[str, Any] | None:
+    """How a night trains and scores (its study file's [data] and [model]), or ``None``."""
+    setup = _setup(sf)
+    return None if setup is None else {"data": setup["data"], "model": setup["model"]}
+
+
 def _best(study: optuna.Study) -> FrozenTrial | None:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
@@ -420,6 +448,18 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
         return None
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     return max(done, key=lambda t: (sign * t.value, -t.number))
+
+
+def _same_config(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two stored configurations train the same way (engine defaults filled in)."""
+    from tuner.params import resolve
+
+    if not a or not b:
+        return False
+    try:
+        return resolve(a) == resolve(b)
+    except ValueError:
+        return a == b
 
 
 def reevaluate(config: dict[str, Any], seed: int, sf: StudyFile,
@@ -447,6 +487,13 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     direction, metric = sf.direction, sf.study.metric
     best = _best(study)
     nights = baseline_nights(storage, base, day, rule.baseline_nights)
+    # After a [data]/[model] edit, the nights trained under the new set-up are the baseline:
+    # the edit is judged (and flagged) once, on its first night, not on every night until the
+    # old nights have left the baseline.
+    setup = _training_setup(sf)
+    since_edit = [b for b in nights if _training_setup(b.study_file) == setup]
+    left_out = len(nights) - len(since_edit) if since_edit else 0
+    nights = since_edit or nights
     values = [b.value for b in nights]
     incumbent: dict[str, Any] | None = None
     outside: list[str] = []  # why the incumbent is not a configuration of tonight's space
@@ -476,9 +523,13 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
         then, now = carrier.get("data_digest"), data_digest(sf)
         if then is not None and now is not None:
             data.update(tonight=now, incumbent=then, changed=then != now)
+        if left_out:
+            data["baseline_left_out"] = left_out
+    same = (best is not None and incumbent is not None
+            and _same_config(flat_params(best, sf), incumbent.get("config")))
     j = judge(direction, None if best is None else best.value, values, rule,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
-              incumbent_diverged=inc_diverged)
+              incumbent_diverged=inc_diverged, same_config=same)
     baseline = {"nights": [{"night": b.name, "date": b.date.isoformat(), "best": b.best.value,
                             "trial": b.best.number, "value": b.value} for b in nights],
                 "level": j.level, "best": (None if not values else

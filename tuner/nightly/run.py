@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from optuna.trial import TrialState
+
 from tuner.config import StudyFile
 from tuner.errors import LockHeldError
 from tuner.nightly.nights import (
@@ -31,7 +33,7 @@ from tuner.nightly.nights import (
 from tuner.nightly.regression import EXIT_NO_RESULT, Verdict, check_night
 from tuner.nightly.warmstart import WarmStart, warm_start
 from tuner.storage import describe, open_storage
-from tuner.storage.coordination import NamedLock
+from tuner.storage.coordination import NamedLock, state_counts
 from tuner.storage.urls import storage_flag
 from tuner.study import flat_params, open_study
 
@@ -118,7 +120,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
                                   rule=schedule.regression)
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
-            _note_later_nights(storage, base, day, schedule.regression.baseline_nights,
+            _note_later_nights(storage, base, day, verdict, schedule.regression.baseline_nights,
                                sf.source, storage_url, say)
             if views:
                 _attach_nightly_views(study, night_sf)
@@ -134,16 +136,29 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         lock.release()
 
 
-def _note_later_nights(storage: Any, base: str, day: date, n: int, source: str,
-                       storage_url: str, say: Callable[[str], None]) -> None:
-    """A night run after later ones (a back-fill) is in their baselines from now on, but
-    their stored verdicts did not count it: say which, and how to judge them again."""
-    later = [x for x in list_nights(storage, base) if x.date > day and x.verdict][:n]
-    if later:
-        dates = ", ".join(x.date.isoformat() for x in later)
-        say(f"note: {len(later)} later night(s) ({dates}) were judged without this one; to "
-            f"judge one again: tuner nightly {source} --date {later[0].date.isoformat()}"
-            f"{storage_flag(storage_url)}")
+def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: int,
+                       source: str, storage_url: str, say: Callable[[str], None]) -> None:
+    """A night run after later ones (a back-fill, or a rerun that changed its result) is in
+    their baselines from now on, but their stored verdicts counted it otherwise or not at all:
+    say which, and how to judge them again without running more trials."""
+    mine = verdict.available if verdict.available is not None else verdict.tonight
+    stale = []
+    for night in [x for x in list_nights(storage, base) if x.date > day and x.verdict][:n]:
+        used = next((b for b in (night.verdict.get("baseline") or {}).get("nights") or []
+                     if b.get("date") == day.isoformat()), None)
+        if used is None:
+            stale.append((night, "without this one"))
+        elif mine is not None and used.get("value") != mine:
+            stale.append((night, f"with its earlier value {used.get('value'):.4f}"))
+    if not stale:
+        return
+    first = stale[0][0]
+    counts = state_counts(storage, first.study_id)
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    said = "; ".join(f"{x.date.isoformat()} {how}" for x, how in stale)
+    say(f"note: later night(s) were judged before this result ({said}); to judge one again "
+        f"without running more trials: tuner nightly {source} --date {first.date.isoformat()} "
+        f"-n {done}{storage_flag(storage_url)}")
 
 
 def _keep_the_night(lock: NamedLock) -> None:
