@@ -314,8 +314,9 @@ def test_reference_gap_uses_logistic_regression_on_the_same_split_cached_in_the_
     meta = fig.layout.meta
     assert math.isclose(meta["reference"], expected)
     assert meta["best_trial"] == best.number and math.isclose(meta["best_accuracy"], best.value)
-    assert fig.layout.title.text == (f"Best trial #{best.number} vs LogisticRegression: "
-                                     f"{best.value:.4f} ({(best.value - expected) * 100:+.2f} points)")
+    assert fig.layout.title.text == (f"Gap to LogisticRegression<br><span style='font-size:13px'>"
+                                     f"best trial #{best.number}: {best.value:.4f} "
+                                     f"({(best.value - expected) * 100:+.2f} points)</span>")
     [label] = [a for a in fig.layout.annotations if a.text.startswith("LogisticRegression")]
     assert label.text == f"LogisticRegression {expected:.4f}" and label.y == 0.0
     # the label reads away from the nearer edge: never cut

@@ -103,7 +103,7 @@ def test_dashboard_in_chromium(study_url, tmp_path):
         assert f"{STUDY_NAME} (id={study_id})" in dom
         for p in FIGURES:
             assert rendered(dom, f"user-defined-plot:tuner-{p}"), p
-        assert f"Best trial #{best.number} vs LogisticRegression: {best_text}" in dom
+        assert f"best trial #{best.number}: {best_text}" in dom
 
         # ... and the summary as the study's note
         dom = browse_until(f"{dash.base}/dashboard/studies/{study_id}/note", profile,

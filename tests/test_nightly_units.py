@@ -331,7 +331,7 @@ def test_trend_axes_show_whole_days_and_uncrowded_log_ticks():
     assert all(t in ("1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1", "1", "10") for t in wide["ticktext"])
     assert len(wide["tickvals"]) <= 7
     assert log_ticks([None, float("nan")]) == {}
-    assert verdict_key({"verdict": "ok", "cause": "search"}) == "ok (search shortfall)"
+    assert verdict_key({"verdict": "ok", "cause": "search"}) == "ok (sweep fell short)"
     assert verdict_key({"verdict": "regression", "cause": "data"}) == "regression"
 
 

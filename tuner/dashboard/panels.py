@@ -79,6 +79,23 @@ def style(fig: go.Figure, title: str, *, legend: bool = True) -> go.Figure:
     return fig
 
 
+def log_ticks(values: list[float | None]) -> dict[str, Any]:
+    """Tick values and labels for a log axis over ``values`` that never crowd: powers of ten,
+    with 2 and 5 between them only when the data span at most one decade (plotly's own log
+    ticks label 2..9 of every decade, which overlap in a short subplot)."""
+    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not finite:
+        return {}
+    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
+    high = max(high, low + 1)
+    mantissas = (1, 2, 5) if high - low <= 1 else (1,)
+    step = max(1, math.ceil((high - low + 1) / 6))
+    ticks = [m * 10.0 ** e for e in range(low, high + 1, step if mantissas == (1,) else 1)
+             for m in mantissas]
+    ticks = [t for t in ticks if 10.0 ** low <= t <= 10.0 ** high]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}
+
+
 def sig(value: Any, digits: int = 6) -> str:
     """A parameter value: floats with ``digits`` significant digits, the rest as text."""
     if isinstance(value, float | np.floating):
@@ -240,11 +257,13 @@ def learning_curves(ctx: PanelContext) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("validation accuracy", "validation loss"))
     seen: set[str] = set()
+    last_epoch = 0.0
     for rank, row in enumerate(top.itertuples(index=False)):
         curve = ctx.trial(row.number).user_attrs.get("curve") or {}
         epochs = np.asarray(curve.get("epoch") or [], dtype=float)
         if epochs.size == 0:
             continue
+        last_epoch = max(last_epoch, float(epochs.max()))
         idx = sample_index(len(epochs), budget)
         opt = str(row.optimizer)
         color = color_for(opt, OPTIMIZER_COLORS)
@@ -259,6 +278,7 @@ def learning_curves(ctx: PanelContext) -> go.Figure:
                               f"{key} %{{y:.4f}}<extra></extra>"), row=r, col=1)
         seen.add(opt)
     fig.update_xaxes(title_text="epoch", row=2, col=1)
+    fig.update_xaxes(tickformat="d", **({"dtick": 1} if last_epoch <= 12 else {}))  # whole epochs
     style(fig, title + " (thick: best)")
     fig.update_layout(legend_title_text="optimizer")
     return fig
@@ -457,7 +477,8 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
                            showarrow=False, font={"size": 12, "color": "#666"})
         fig.update_yaxes(visible=False, row=2, col=1)
     sizes = sorted(done["batch_size"].unique())
-    fig.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes])
+    # (labels on every subplot: the difference row may be empty, a note instead of bars)
+    fig.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes], showticklabels=True)
     fig.update_xaxes(title_text="batch size", row=2 if diff else 1, col=1)
     fig.update_yaxes(title_text=metric_label(ctx), row=1, col=1)
     return style(fig, title)
@@ -513,7 +534,7 @@ def effective_lr(ctx: PanelContext) -> go.Figure:
     fig = go.Figure(traces)
     sizes = sorted(f["batch_size"].unique())
     fig.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes], title_text="batch size")
-    fig.update_yaxes(type="log", title_text="effective peak lr")
+    fig.update_yaxes(type="log", title_text="effective peak lr", **log_ticks(list(f["peak_lr"])))
     return style(fig, title)
 
 
@@ -537,9 +558,10 @@ def reference_gap(ctx: PanelContext) -> go.Figure:
     if ref_acc is not None:
         gaps = (per[col].to_numpy() - ref_acc) * 100
         text = [f"{a:.4f} ({g:+.2f} pts)" for a, g in zip(per[col], gaps, strict=True)]
-        # short: the plot's toolbar covers the right end of a long title
-        title = (f"Best trial #{int(best['number'])} vs LogisticRegression: {best[col]:.4f} "
-                 f"({(best[col] - ref_acc) * 100:+.2f} points)")
+        # two short lines: the plot's toolbar covers the right end of a long title
+        title = (f"Gap to LogisticRegression<br><span style='font-size:13px'>best trial "
+                 f"#{int(best['number'])}: {best[col]:.4f} ({(best[col] - ref_acc) * 100:+.2f} "
+                 f"points)</span>")
     else:
         text = [f"{a:.4f}" for a in per[col]]
     palette = OPTIMIZER_COLORS if key == "optimizer" else RULE_COLORS if key == "batch_scaling" else {}
@@ -569,7 +591,9 @@ def reference_gap(ctx: PanelContext) -> go.Figure:
     fig.update_layout(uniformtext={"minsize": 9, "mode": "show"})
     fig.layout.meta = {"reference": ref_acc, "model": REFERENCE_MODEL, "best_trial": int(best["number"]),
                        "best_accuracy": float(best[col])}
-    return style(fig, title, legend=False)
+    style(fig, title, legend=False)
+    fig.update_layout(margin={"t": 84})
+    return fig
 
 
 # --- importances and history ------------------------------------------------------------------

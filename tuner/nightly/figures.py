@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tuner.dashboard.panels import log_ticks
 from tuner.nightly.cron import cron_trigger, night_of
 from tuner.nightly.history import NightRecord, night_history
 from tuner.nightly.nights import ATTR_NIGHT, ATTR_VERDICT, ATTR_WARM_START, sweep_base, verdict_label
@@ -35,7 +36,7 @@ VERDICT_STYLE = {
     "regression": {"color": "#d62728", "symbol": "x", "size": 14},
     "improvement": {"color": "#2ca02c", "symbol": "triangle-up", "size": 14},
     "ok": {"color": "#7f7f7f", "symbol": "circle", "size": 9},
-    "ok (search shortfall)": {"color": "#e3a008", "symbol": "circle-open", "size": 13},
+    "ok (sweep fell short)": {"color": "#e3a008", "symbol": "circle-open", "size": 13},
     "no_result": {"color": "#ff7f0e", "symbol": "square", "size": 10},
 }
 DAY_MS = 86_400_000
@@ -46,7 +47,7 @@ def verdict_key(verdict: dict[str, Any] | None) -> str:
     """The :data:`VERDICT_STYLE` entry of a stored verdict (a search shortfall is its own)."""
     v = verdict or {}
     if v.get("verdict") == "ok" and v.get("cause") in ("search", "space"):
-        return "ok (search shortfall)"  # (of the search, or of an edited space)
+        return "ok (sweep fell short)"  # search luck, or an accepted edit of the space
     return str(v.get("verdict", ""))
 
 
@@ -62,23 +63,6 @@ def date_axis(dates: list[str]) -> dict[str, Any]:
     step = max(1, math.ceil(days / MAX_DATE_TICKS))
     return {"type": "date", "tickformat": "%Y-%m-%d", "hoverformat": "%Y-%m-%d",
             "dtick": step * DAY_MS, "tick0": min(dates)}
-
-
-def log_ticks(values: list[float | None]) -> dict[str, Any]:
-    """Tick values and labels for a log axis over ``values`` that never crowd: powers of ten,
-    with 2 and 5 between them only when the data span at most one decade (plotly's own log
-    ticks label 2..9 of every decade, which overlap in a short subplot)."""
-    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
-    if not finite:
-        return {}
-    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
-    high = max(high, low + 1)
-    mantissas = (1, 2, 5) if high - low <= 1 else (1,)
-    step = max(1, math.ceil((high - low + 1) / 6))
-    ticks = [m * 10.0 ** e for e in range(low, high + 1, step if mantissas == (1,) else 1)
-             for m in mantissas]
-    ticks = [t for t in ticks if 10.0 ** low <= t <= 10.0 ** high]
-    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}
 
 
 def base_name(ctx: Any) -> str | None:
