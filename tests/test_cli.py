@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import STUDIES, PrivatePostgres, flat, run_tuner, tuner_env, write_study
+from conftest import REPO, STUDIES, PrivatePostgres, flat, run_tuner, tuner_env, write_study
 
 MY_COMMANDS = ("check", "train", "run", "ls", "show", "export", "delete", "replay", "best")
 SECRET = "s3cret-Pa55-word"
@@ -909,3 +909,15 @@ def test_importance_bars_are_empty_for_zero_and_exact_in_eighths():
     assert bar(0.5) == "█" * 15
     assert bar(0.05) == "█▌"  # 1.5 cells of 30
     assert bar(2.0) == bar(1.0)
+
+
+def test_the_cli_reference_is_what_help_says(tmp_path):
+    """docs/cli.md is generated from the commands' --help: it lists every option there is."""
+    out = tmp_path / "cli.md"
+    subprocess.run([sys.executable, "-m", "typer", "tuner.cli", "utils", "docs", "--name", "tuner",
+                    "--output", str(out)], check=True, capture_output=True, env=tuner_env())
+    committed = (REPO / "docs" / "cli.md").read_text()
+    assert out.read_text() == committed, (
+        "docs/cli.md is out of date: python -m typer tuner.cli utils docs --name tuner --output "
+        "docs/cli.md")
+
