@@ -170,7 +170,8 @@ def test_scheduler_sigterm_leaves_no_trial_running(storage_url, tmp_path):
         text = stop(proc, log)
     assert proc.returncode == 0, text
     assert "forwarding SIGTERM to 1 running night(s)" in text
-    assert "exit code 143: interrupted; its running trials were re-queued" in text
+    assert "exit code 143: interrupted before its verdict; trials it was training, if any, were " \
+        "re-queued" in text
     study = study_of(storage_url, name)
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states

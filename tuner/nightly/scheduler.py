@@ -669,7 +669,8 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
     if code == LockHeldError.exit_code:
         return f"{head}: skipped, this night is already running in another process"
     if code in (130, 143):
-        return f"{head}: interrupted; its running trials were re-queued (the next run resumes it)"
+        return (f"{head}: interrupted before its verdict; trials it was training, if any, were "
+                f"re-queued (the next run resumes the night and judges it)")
     if summary is None:
         return f"{head}: no summary (see the lines above)"
     if "error" in summary:  # the night stopped on an error (--json prints it as JSON too)
