@@ -253,7 +253,8 @@ def test_train_says_where_a_ctrl_c_stopped_it(tmp_path):
                              "optimizer=sgd", "--set", "lr=0.01", "--epochs", "1000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tuner_env())
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.stdout.readline().split()[:1] != ["1"]:
+    while time.monotonic() < deadline and proc.poll() is None \
+            and proc.stdout.readline().split()[:1] != ["1"]:
         pass  # until the first epoch's line
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)

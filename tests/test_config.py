@@ -270,6 +270,9 @@ def test_a_misspelt_required_key_is_one_error_not_two(tmp_path):
     assert "did you mean n_trials?" in message and "required key is missing" not in message
     message = error_of(write(tmp_path, edit("n_trials = 5", "budget = 5")))
     assert "study.n_trials: required key is missing" in message  # no suggestion: still said
+    # a key of another section where a required one should be: both are said
+    message = error_of(write(tmp_path, edit("epochs = 5", "warmup_epochs = 2")))
+    assert "model.warmup_epochs" in message and "model.epochs: required key is missing" in message
 
 
 def test_invalid_toml_names_file_and_line(tmp_path):

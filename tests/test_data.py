@@ -409,6 +409,10 @@ def test_class_names_pandas_would_read_as_missing_are_classes(tmp_path):
     with pytest.raises(DataError, match=r"missing or infinite feature values in 'f1' \(1 value, "
                                         r"in data row 2 "):
         load_dataset(str(path), target="label")
+    # numbers and NA (R's missing value): a numeric target with a missing label, not a class
+    path.write_text("f1,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)) + "7,NA\n")
+    with pytest.raises(DataError, match=r"target column 'label' is missing in 1 row \(data row 21 "):
+        load_dataset(str(path), target="label")
 
 
 def test_labels_are_stripped_and_a_blank_label_is_missing(tmp_path):

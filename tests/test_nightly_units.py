@@ -191,6 +191,10 @@ def test_the_incumbent_alone_is_no_improvement():
     better = judge("maximize", 0.9666, nights, tight, incumbent_stored=0.9638,
                    incumbent_tonight=0.9638)
     assert (better.verdict, better.cause) == ("improvement", "search")
+    tie = judge("maximize", 0.9638, nights, tight, incumbent_stored=0.9638, incumbent_tonight=0.9638)
+    assert (tie.verdict, tie.cause) == ("ok", None)  # (digits moves in steps of 1/360: ties happen)
+    assert _message(tie).startswith("the incumbent holds: re-trained on tonight's data it scores "
+                                    "0.9638 (+0.0028 from the baseline's median"), _message(tie)
 
 
 def test_the_incumbents_configuration_with_another_seed_is_seed_noise():
@@ -204,6 +208,10 @@ def test_the_incumbents_configuration_with_another_seed_is_seed_noise():
                            "better configuration")
     assert judge("maximize", 0.9638, [0.9415], RULE, incumbent_stored=0.9415,
                  incumbent_tonight=0.9415).verdict == "improvement"
+    # the lucky copy on top does not hide a new configuration that beats the incumbent too
+    hidden = judge("maximize", 0.9638, [0.9415], RULE, incumbent_stored=0.9415,
+                   incumbent_tonight=0.9415, same_config=True, best_new=0.9610)
+    assert (hidden.verdict, hidden.cause) == ("improvement", "search")
 
 
 def test_minimized_metric_signs():

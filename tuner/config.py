@@ -522,7 +522,8 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
             allowed = _allowed_keys(model, loc[:-1])
             home = key_home(str(loc[-1]), section) if len(loc) == 1 else None
             meant = f"{home}; " if home else did_you_mean(str(loc[-1]), allowed)
-            meant_keys.add((*loc[:-1], closest(str(loc[-1]), allowed)))
+            if not home:
+                meant_keys.add((*loc[:-1], closest(str(loc[-1]), allowed)))
             lines.append(f"{source}: {key}: unknown key in [{section}]; {meant}allowed keys: "
                          f"{', '.join(allowed)}" if home else
                          f"{source}: {key}: unknown key; {meant}allowed keys: {', '.join(allowed)}")

@@ -264,8 +264,9 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
 
 
 def _read_csv(path: Path, sep: str, target: str | None) -> Any:
-    """``pd.read_csv``, except that in the target column only an empty cell is missing: pandas
-    would read the class names ``NA``, ``None`` or ``null`` as missing too."""
+    """``pd.read_csv``, except that in a target column of text only an empty cell is missing:
+    pandas would read the class names ``NA``, ``None`` or ``null`` as missing too. (In a column
+    of numbers, ``NA`` still means missing.)"""
     import pandas as pd
 
     names = [] if target is None else [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
@@ -278,7 +279,15 @@ def _read_csv(path: Path, sep: str, target: str | None) -> Any:
                    "#N/A", "#NA", "<NA>", "1.#IND", "1.#QNAN", "-1.#IND", "-1.#QNAN", "#N/A N/A"}
     na_values = {name: sorted(missing) for name in names}
     na_values[target] = [""]
-    return pd.read_csv(path, sep=sep, keep_default_na=False, na_values=na_values)
+    frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=na_values)
+    labels = frame[target]
+    if not pd.api.types.is_numeric_dtype(labels):
+        # numbers and "NA": a numeric target with missing values (as R writes them), not a class
+        tokens = labels.isin(missing)
+        rest = labels[~tokens & labels.notna()]
+        if tokens.any() and len(rest) and pd.to_numeric(rest, errors="coerce").notna().all():
+            frame[target] = pd.to_numeric(labels.mask(tokens))
+    return frame
 
 
 def _csv_header(path: Path, sep: str) -> list[str] | None:

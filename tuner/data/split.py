@@ -90,7 +90,8 @@ def _check_magnitudes(ds: Dataset, dtype: np.dtype) -> None:
     whole column silently flattened to 0). Such values are usually placeholders (``1e300`` for
     "missing")."""
     limit = min(float(np.finfo(dtype).max), 1e150)
-    peak = np.abs(ds.X).max(axis=0) if ds.X.size else np.zeros(ds.X.shape[1])
+    peak = (np.maximum(ds.X.max(axis=0), -ds.X.min(axis=0)) if ds.X.size  # (no |X| copy)
+            else np.zeros(ds.X.shape[1]))
     cols = np.flatnonzero(peak > limit)
     if len(cols):
         names = ", ".join(f"{literal(ds.feature_names[c]) if ds.feature_names else c} "

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -147,13 +148,15 @@ def noise_margin(level: float, spread: float, rule: RegressionRule) -> float:
 
 def judge(direction: str, tonight: float | None, baseline: list[float], rule: RegressionRule, *,
           incumbent_stored: float | None = None, incumbent_tonight: float | None = None,
-          incumbent_diverged: bool = False, same_config: bool = False) -> Judgement:
+          incumbent_diverged: bool = False, same_config: bool = False,
+          best_new: float | None = None) -> Judgement:
     """The verdict from the numbers (see the module docs). ``baseline``: the value of each
     baseline night; ``incumbent_*``: the incumbent's value on its night's data and re-trained
     on tonight's data (``None``: not re-evaluated). A non-finite re-evaluation is a divergence:
     the incumbent is as bad as it gets on tonight's data (drift ``-inf``), not a number.
     ``same_config``: tonight's best trial trained the incumbent's configuration (warm-started,
-    with another seed): whatever it scored, the sweep found no better configuration."""
+    with another seed): whatever it scored, that is no better configuration; ``best_new`` is
+    then the best value of tonight's other configurations (``None``: none), which may be."""
     sign = 1.0 if direction == "maximize" else -1.0
     if incumbent_tonight is not None and not math.isfinite(incumbent_tonight):
         incumbent_tonight, incumbent_diverged = None, True
@@ -180,8 +183,9 @@ def judge(direction: str, tonight: float | None, baseline: list[float], rule: Re
     easier = drift is not None and drift > tol
     # the sweep found better than the typical night *and* than the incumbent can do tonight
     # (the incumbent is the best baseline night: above the median by itself, it is no news)
-    found = sweep_delta > margin and not same_config and (
-        incumbent_tonight is None or sign * (tonight - incumbent_tonight) > 0)
+    new = best_new if same_config else tonight
+    found = (new is not None and sign * (new - level) > margin
+             and (incumbent_tonight is None or sign * (new - incumbent_tonight) > 0))
     if delta > margin and (found or easier):
         verdict, cause = "improvement", ("data" if easier else "search")
     elif drift is not None and drift < -margin:
@@ -358,7 +362,7 @@ def _message(j: Judgement, data: dict[str, Any] | None = None,
                     f"better configuration")
         held = (j.available is not None and j.sweep_delta is not None and j.delta is not None
                 and j.delta > j.sweep_delta)  # the incumbent, not tonight's sweep, is that close
-        if held and j.delta > j.margin:
+        if j.delta is not None and j.delta > j.margin:  # above, but not by a new configuration
             return (f"the incumbent holds: re-trained on tonight's data it scores "
                     f"{_fmt(j.available)} ({d} from the baseline's median, margin {m}); tonight's "
                     f"sweep ({signed(j.sweep_delta)}) found nothing better")
@@ -441,9 +445,10 @@ def _training_setup(sf: StudyFile | None) -> dict[str, Any] | None:
     return None if setup is None else {"data": setup["data"], "model": setup["model"]}
 
 
-def _best(study: optuna.Study) -> FrozenTrial | None:
+def _best(study: optuna.Study, keep: Callable[[FrozenTrial], bool] | None = None) -> FrozenTrial | None:
+    """The best COMPLETE trial with a finite value (of those ``keep`` keeps), lowest number first."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
+            if t.value is not None and math.isfinite(t.value) and (keep is None or keep(t))]
     if not done:
         return None
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
@@ -525,11 +530,13 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             data.update(tonight=now, incumbent=then, changed=then != now)
         if left_out:
             data["baseline_left_out"] = left_out
-    same = (best is not None and incumbent is not None
-            and _same_config(flat_params(best, sf), incumbent.get("config")))
+    inc_config = (incumbent or {}).get("config")
+    same = best is not None and _same_config(flat_params(best, sf), inc_config)
+    new = _best(study, lambda t: not _same_config(flat_params(t, sf), inc_config)) if same else best
     j = judge(direction, None if best is None else best.value, values, rule,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
-              incumbent_diverged=inc_diverged, same_config=same)
+              incumbent_diverged=inc_diverged, same_config=same,
+              best_new=None if new is None else new.value)
     baseline = {"nights": [{"night": b.name, "date": b.date.isoformat(), "best": b.best.value,
                             "trial": b.best.number, "value": b.value} for b in nights],
                 "level": j.level, "best": (None if not values else

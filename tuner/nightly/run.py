@@ -142,13 +142,15 @@ def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: 
     their baselines from now on, but their stored verdicts counted it otherwise or not at all:
     say which, and how to judge them again without running more trials."""
     mine = verdict.available if verdict.available is not None else verdict.tonight
+    if mine is None:  # no COMPLETE trial: no baseline counts this night
+        return
     stale = []
     for night in [x for x in list_nights(storage, base) if x.date > day and x.verdict][:n]:
         used = next((b for b in (night.verdict.get("baseline") or {}).get("nights") or []
                      if b.get("date") == day.isoformat()), None)
         if used is None:
             stale.append((night, "without this one"))
-        elif mine is not None and used.get("value") != mine:
+        elif used.get("value") != mine:
             stale.append((night, f"with its earlier value {used.get('value'):.4f}"))
     if not stale:
         return
@@ -156,9 +158,10 @@ def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: 
     counts = state_counts(storage, first.study_id)
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     said = "; ".join(f"{x.date.isoformat()} {how}" for x, how in stale)
+    keep = f" -n {done}" if done else ""  # (-n: judge again, do not top it up to the file's budget)
     say(f"note: later night(s) were judged before this result ({said}); to judge one again "
-        f"without running more trials: tuner nightly {source} --date {first.date.isoformat()} "
-        f"-n {done}{storage_flag(storage_url)}")
+        f"without running more trials: tuner nightly {source} --date {first.date.isoformat()}"
+        f"{keep}{storage_flag(storage_url)}")
 
 
 def _keep_the_night(lock: NamedLock) -> None:

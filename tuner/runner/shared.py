@@ -50,7 +50,7 @@ class SharedSplits:
                 self._blocks.append(block)
                 np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
                 handles[key] = ArrayHandle(block.name, array.shape, array.dtype.str)
-        except BaseException:  # /dev/shm full: free the blocks already made
+        except BaseException:  # (too many open files, an interrupt): free the blocks made so far
             self.close()
             raise
         self.handle = SharedData(handles)
