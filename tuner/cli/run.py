@@ -383,7 +383,7 @@ def train(study_file: StudyFileArg,
 def run(study_file: StudyFileArg,
         storage: FileStorageOpt = None,
         n_trials: Annotated[int | None, typer.Option(
-            "--n-trials", "-n", help="Target (>= 1) of finished (COMPLETE + PRUNED) trials for the whole "
+            "--n-trials", "-n", help="Target of finished (COMPLETE + PRUNED) trials for the whole "
                                      "study, across workers, machines and restarts "
                                      "\\[default: the study file's study.n_trials].",
             show_default=False)] = None,
