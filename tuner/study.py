@@ -44,7 +44,8 @@ ATTR_DATA_DIGEST = "data_digest"  # trial attribute: data_digest() of the data f
 ATTR_DATA_FILE = "tuner.data_file"  # study attribute: data_digest() its latest run trained on
 ATTR_LAST_FILE = "tuner.last_file"  # study attribute: the study file its latest run ran (JSON)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # (the CLI has set ERROR: keep it)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def make_sampler(study_file: StudyFile, seed: int) -> optuna.samplers.BaseSampler:

@@ -90,9 +90,9 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     by_id = {t._trial_id: t for t in trials}
     # epochs saved so far (a runner saves them every few seconds): none for a trial claimed
     # ahead of its worker's current one, or one in its first seconds of training
-    running = [(by_id[tid].number, age, sf is not None and (no_runner or age > grace_s),
-                len(by_id[tid].intermediate_values))
-               for tid, age in ages.items() if tid in by_id]
+    running = sorted((by_id[tid].number, age, sf is not None and (no_runner or age > grace_s),
+                      len(by_id[tid].intermediate_values), by_id[tid].user_attrs.get("runner"))
+                     for tid, age in ages.items() if tid in by_id)
     stale = [r for r in running if r[2]]
 
     chains: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -113,7 +113,8 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
         "runner_alive": None if store.backend.engine.dialect.name != "sqlite" or sf is None
         else not no_runner,
         "running": [{"trial": n, "heartbeat_age_s": round(a, 1), "stale": s,
-                     "epochs_saved": e if sf is not None else None} for n, a, s, e in running],
+                     "epochs_saved": e if sf is not None else None, "runner": r}
+                    for n, a, s, e, r in running],
         "failed_now": [f.number for f in fixed],
         "requeued_now": [f.number for f in fixed if f.no_retry is None],
         "not_requeued_now": {str(f.number): f.no_retry for f in fixed if f.no_retry is not None},
@@ -148,15 +149,16 @@ def _print(report: dict[str, Any], stale: list, flag: str) -> None:
                   highlight=False)
     if report["running"]:
         table = FitTable(title="RUNNING trials", title_justify="left")
-        for col in ("trial", "last heartbeat", "epochs saved", "status"):
-            table.add_column(col, key=True)
+        for col in ("trial", "runner (host:pid)", "last heartbeat", "epochs saved", "status"):
+            table.add_column(col, key=True, drop=col.startswith("runner"))  # (first to go)
         for row in report["running"]:
             status = "[green]alive[/]" if report["tuner_study"] else "unknown"
             if row["stale"]:
                 status = "[red]orphaned (no runner)[/]" if orphans else "[red]stale[/]"
             saved = ("-" if row["epochs_saved"] is None else str(row["epochs_saved"])
                      if row["epochs_saved"] else "none (claimed ahead, or starting)")
-            table.add_row(f"#{row['trial']}", f"{row['heartbeat_age_s']:g} s ago", saved, status)
+            table.add_row(f"#{row['trial']}", row["runner"] or "-", f"{row['heartbeat_age_s']:g} s ago",
+                          saved, status)
         out.print(table)
     if report["retries"]:
         table = FitTable(title="retries", title_justify="left")

@@ -295,7 +295,10 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
         retries = [t.number for t in st.get_trials(deepcopy=False)
                    if trial in t.system_attrs.get("retry_history", ()) and t.user_attrs.get("curve")]
         reason = frozen.user_attrs.get("fail_reason")
-        raise TunerError(f"trial #{trial} has no stored learning curve or seed to compare with "
+        partial = len(frozen.intermediate_values)
+        what = (f"only {partial} epoch(s) of intermediate values, no final learning curve"
+                if partial and "seed" in frozen.user_attrs else "no stored learning curve or seed")
+        raise TunerError(f"trial #{trial} has {what} to compare with "
                          f"(state {frozen.state.name}{': ' + str(reason) if reason else ''})",
                          hint=f"its retry #{retries[0]} trained the same configuration: tuner replay "
                               f"{study} {retries[0]}{storage_flag(url)}" if retries else None)

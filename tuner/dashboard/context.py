@@ -218,8 +218,12 @@ def study_reference(study: optuna.Study, study_file: Any, *, compute: bool = Tru
             return {"error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"}
         try:
             study.set_user_attr(ATTR_REFERENCE, value)
-        except Exception as exc:  # read-only database: keep it for this render only
-            log.warning("cannot cache the reference in study %s: %s", study.study_name, exc)
+        except Exception as exc:  # read-only or unreachable database: keep it for this render only
+            from tuner.storage.resilience import is_transient
+
+            why = "the database connection was lost" if is_transient(exc) else str(exc)
+            log.warning("cannot cache the reference in study %s (%s); it is computed again next "
+                        "time", study.study_name, why)
         attrs[ATTR_REFERENCE] = value
         return value
 

@@ -399,18 +399,20 @@ class Runner:
                 if self.stop_reason is not None or done >= self.sf.study.n_trials:
                     self.stop_reason = self.stop_reason or "done"
                     return
-                if self.engine_kind == "sqlite" and counts[TrialState.RUNNING]:
-                    # no other runner (we hold the study's lock), none of ours in flight: an
-                    # interrupted claim left it (Optuna's trial creation retries its commit)
-                    self._recover_orphans("an interrupted claim of this runner")
-                elif counts[TrialState.RUNNING] and self._waiting_said != counts[TrialState.RUNNING]:
-                    self._waiting_said = counts[TrialState.RUNNING]
-                    self.display.message(
-                        f"waiting for {counts[TrialState.RUNNING]} trial(s) running in other "
-                        f"runners: the budget has no other trial left; a runner that is gone is "
-                        f"noticed after {self.rel.grace} s without heartbeat and its trials re-run")
-                # other runners hold the remaining trials; wait for them to finish or go stale
-                self._stop_event.wait(0.5)
+                if any(w.ready for w in self.workers):  # (none yet: they are starting, not idle)
+                    if self.engine_kind == "sqlite" and counts[TrialState.RUNNING]:
+                        # no other runner (we hold the study's lock), none of ours in flight: an
+                        # interrupted claim left it (Optuna's trial creation retries its commit)
+                        self._recover_orphans("an interrupted claim of this runner")
+                    elif counts[TrialState.RUNNING] and self._waiting_said != counts[TrialState.RUNNING]:
+                        self._waiting_said = counts[TrialState.RUNNING]
+                        self.display.message(
+                            f"waiting for {counts[TrialState.RUNNING]} trial(s) running in other "
+                            f"runners: the budget has no other trial left; a runner that is gone "
+                            f"is noticed after {self.rel.grace} s without heartbeat and its trials "
+                            f"re-run")
+                    # other runners hold the remaining trials; wait for them to finish or go stale
+                    self._stop_event.wait(0.5)
             while self._stale_failed:  # failed by the heartbeat thread: said from this one,
                 log.warning("%s", self._stale_failed.popleft())  # --quiet too
             self._dispatch(timeout=0.2)
