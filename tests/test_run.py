@@ -865,6 +865,35 @@ def test_replay_mismatch_names_the_engine_that_ran_the_trial(mixed, tmp_path):
             "bit-for-bit replays need the same tuner and numba versions") in text
 
 
+def test_replay_of_a_long_trial_shows_its_ends_and_every_mismatch(tmp_path):
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    study = write_study(tmp_path / "long.toml", name="long", n_trials=1, epochs=30,
+                        extra_study=NO_PRUNER)
+    tuner("run", study, "--storage", url, "-q", check=True)
+    rows = [line for line in tuner("replay", "long", "0", "--storage", url, check=True).stdout
+            .splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["1", "2", "3", "4", "5", "…", "26", "27",
+                                                        "28", "29", "30"], rows
+    assert "20 epochs" in rows[5]
+    trial = load(url, "long").trials[0]
+    curve = dict(trial.user_attrs["curve"])
+    curve["val_loss"] = [v + (1e-9 if i == 14 else 0.0) for i, v in enumerate(curve["val_loss"])]
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE trial_user_attributes SET value_json = :v "
+                                     "WHERE trial_id = :t AND key = 'curve'"),
+                     {"v": json.dumps(curve), "t": trial._trial_id})
+    engine.dispose()
+    proc = tuner("replay", "long", "0", "--storage", url)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert proc.returncode == 1
+    assert [r.split("│")[1].strip() for r in rows] == ["1", "2", "3", "4", "5", "…", "15", "…",
+                                                        "26", "27", "28", "29", "30"], rows
+    assert "≠" in rows[6] and "mismatch in 1 epoch(s)" in proc.stdout
+
+
 def test_replay_of_an_unknown_trial(mixed):
     url, _ = mixed
     proc = tuner("replay", "mixed", 999, "--storage", url)

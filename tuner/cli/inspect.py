@@ -342,9 +342,17 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
             table.add_column(f"{k} stored", justify="right")
             table.add_column("replayed", justify="right")
         table.add_column("")
-        for epoch, old, new, same in rows:
+        # a long trial: its first and last epochs and every mismatch (--json has them all)
+        shown = [r for i, r in enumerate(rows) if len(rows) <= 20 or i < 5 or i >= len(rows) - 5
+                 or not r[3]][:45]
+        previous = 0
+        for epoch, old, new, same in shown:
+            if epoch > previous + 1:
+                table.add_row("…", f"[dim]{epoch - previous - 1} epochs[/]",
+                              *[""] * (2 * len(keys) - 1), "[green]=[/]")
             table.add_row(str(epoch), *[c for k in keys for c in (fmt(old[k], 6), fmt(new[k], 6))],
                           "[green]=[/]" if same else "[red]≠[/]")
+            previous = epoch
         out.print(table)
         if diverged:
             out.print(f"stored divergence at update {frozen.user_attrs.get('divergence_step')}, "
