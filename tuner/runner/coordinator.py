@@ -89,6 +89,8 @@ log = logging.getLogger("tuner.runner")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 FLUSH_EVERY_S = 5.0
+STARTING_NOTE = ("starting the worker processes (the first run on a machine also compiles the "
+                 "training kernels, about 10 s)")
 EXIT_CODES = {"done": 0, "timeout": 0, "SIGINT": 130, "SIGTERM": 143,
               "fail_fast": 1, "deleted": 1}
 
@@ -376,6 +378,15 @@ class Runner:
     def _note(self, text: str) -> None:
         self.snap.note = text
 
+    def _starting_note(self) -> None:
+        """Say why nothing trains yet while no worker is ready (the first run on a machine
+        compiles the training kernels), and take it back once one is."""
+        if any(w.ready for w in self.workers):
+            if self.snap.note == STARTING_NOTE:
+                self.snap.note = ""
+        elif not self.snap.note and time.monotonic() - self.started > 2.0:
+            self.snap.note = STARTING_NOTE
+
     def _on_db_retry(self, what: str, exc: BaseException, delay: float) -> None:
         self.snap.note = f"database unavailable ({type(exc).__name__}) while trying to {what}; " \
                          f"retrying in {delay:.2g} s"
@@ -413,6 +424,7 @@ class Runner:
                             f"re-run")
                     # other runners hold the remaining trials; wait for them to finish or go stale
                     self._stop_event.wait(0.5)
+            self._starting_note()
             while self._stale_failed:  # failed by the heartbeat thread: said from this one,
                 log.warning("%s", self._stale_failed.popleft())  # --quiet too
             self._dispatch(timeout=0.2)
