@@ -430,19 +430,17 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> l
     return out[::-1]
 
 
-def _setup(sf: StudyFile | None) -> dict[str, Any] | None:
-    """The sections of a study file that decide how a configuration trains and is scored, and
-    the search space it was found in."""
+TRAINING = ("data", "model")  # the sections that decide how a configuration trains and scores
+
+
+def _setup(sf: StudyFile | None, sections: tuple[str, ...] = (*TRAINING, "space")
+           ) -> dict[str, Any] | None:
+    """Those ``sections`` of a study file (by default also the search space a configuration
+    was found in), or ``None``."""
     if sf is None:
         return None
     raw = sf.public_raw()
-    return {"data": raw.get("data", {}), "model": raw.get("model", {}), "space": raw.get("space", {})}
-
-
-def _training_setup(sf: StudyFile | None) -> dict[str, Any] | None:
-    """How a night trains and scores (its study file's [data] and [model]), or ``None``."""
-    setup = _setup(sf)
-    return None if setup is None else {"data": setup["data"], "model": setup["model"]}
+    return {section: raw.get(section, {}) for section in sections}
 
 
 def _best(study: optuna.Study, keep: Callable[[FrozenTrial], bool] | None = None) -> FrozenTrial | None:
@@ -455,16 +453,17 @@ def _best(study: optuna.Study, keep: Callable[[FrozenTrial], bool] | None = None
     return max(done, key=lambda t: (sign * t.value, -t.number))
 
 
-def _same_config(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Whether two stored configurations train the same way (engine defaults filled in)."""
+def _resolved(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored configuration with the engine's defaults filled in (as it trains), so two that
+    train the same way compare equal; ``None`` for none."""
     from tuner.params import resolve
 
-    if not a or not b:
-        return False
+    if not config:
+        return None
     try:
-        return resolve(a) == resolve(b)
+        return resolve(config)
     except ValueError:
-        return a == b
+        return config
 
 
 def reevaluate(config: dict[str, Any], seed: int, sf: StudyFile,
@@ -495,8 +494,9 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     # After a [data]/[model] edit, the nights trained under the new set-up are the baseline:
     # the edit is judged (and flagged) once, on its first night, not on every night until the
     # old nights have left the baseline.
-    setup = _training_setup(sf)
-    since_edit = [b for b in nights if _training_setup(b.study_file) == setup]
+    setup = _setup(sf)
+    training = {section: setup[section] for section in TRAINING}
+    since_edit = [b for b in nights if _setup(b.study_file, TRAINING) == training]
     left_out = len(nights) - len(since_edit) if since_edit else 0
     nights = since_edit or nights
     values = [b.value for b in nights]
@@ -522,17 +522,17 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
             outside = map_config(sf.space, config)[1]
         data = {"since": carrier.get("scored_on") or carrier["night"], "setup_changes": (
             [] if carrier.get("setup") is None
-            else changed_keys(carrier["setup"], _setup(sf), sections=("data", "model"))),
+            else changed_keys(carrier["setup"], setup, sections=TRAINING)),
             "space_changes": ([] if not (carrier.get("setup") or {}).get("space")
-                              else changed_keys(carrier["setup"], _setup(sf), sections=("space",)))}
+                              else changed_keys(carrier["setup"], setup, sections=("space",)))}
         then, now = carrier.get("data_digest"), data_digest(sf)
         if then is not None and now is not None:
             data.update(tonight=now, incumbent=then, changed=then != now)
         if left_out:
             data["baseline_left_out"] = left_out
-    inc_config = (incumbent or {}).get("config")
-    same = best is not None and _same_config(flat_params(best, sf), inc_config)
-    new = _best(study, lambda t: not _same_config(flat_params(t, sf), inc_config)) if same else best
+    inc_config = _resolved((incumbent or {}).get("config"))
+    same = best is not None and inc_config is not None and _resolved(flat_params(best, sf)) == inc_config
+    new = _best(study, lambda t: _resolved(flat_params(t, sf)) != inc_config) if same else best
     j = judge(direction, None if best is None else best.value, values, rule,
               incumbent_stored=inc_stored, incumbent_tonight=inc_tonight,
               incumbent_diverged=inc_diverged, same_config=same,
