@@ -367,10 +367,14 @@ def test_regression_verdicts_and_exit_codes(storage_url, tmp_path):
     assert (code, v["verdict"], v["cause"]) == (0, "ok", "search"), v
     assert v["incumbent"]["tonight"] == v_good and v["available"] == v_good
 
-    proc = nightly(wide, storage_url, DAY)  # its budget is spent: only the verdict again
-    assert proc.returncode == 0, proc.stderr
-    assert "verdict: OK (search) — search shortfall" in proc.stdout
-    assert "re-trained on tonight's data" in proc.stdout
+    # its budget is spent: only the verdict again, and as the night ran (its own narrow space,
+    # not the wide file's of this command: the sweep could not find the incumbent)
+    proc = nightly(wide, storage_url, DAY)
+    assert proc.returncode == 4, proc.stderr
+    shown = flat(proc.stdout)
+    assert (f"night nt-2026-11-25 had finished: judged with the study file it ran, not with {wide} "
+            "as it is now (space.lr.high: 0.0003 -> 0.1") in shown, shown
+    assert "verdict: REGRESSION (space)" in shown and "re-trained on tonight's data" in shown
 
 
 def test_a_night_without_result_exits_1(sqlite_url, tmp_path):
@@ -588,6 +592,14 @@ def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_pa
                           storage=sqlite_url, options={})
     assert "| data file since `nt-2026-11-2" in verdict_markdown(ctx)
     assert "changed (`" in verdict_markdown(ctx)
+    # judging the clean night again: its data is gone, so its stored verdict stands
+    before = study_of(sqlite_url, "nt-2026-11-24").user_attrs[ATTR_VERDICT]
+    again = nightly(path, sqlite_url, DAY - timedelta(days=1), env=quick)
+    assert again.returncode == 0, again.stdout + again.stderr
+    shown = flat(again.stdout)
+    assert ("not judged again: the data file digits.csv changed since night nt-2026-11-24 "
+            "trained on it (contents ") in shown and "its stored verdict stands" in shown, shown
+    assert study_of(sqlite_url, "nt-2026-11-24").user_attrs[ATTR_VERDICT] == before
 
 
 def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_path):
@@ -613,8 +625,21 @@ def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_pat
     after = nightly(path, sqlite_url, DAY + timedelta(days=1), env=quick)
     assert after.returncode == 0, after.stdout + after.stderr
     shown = flat(after.stdout)
-    assert ("baseline: only the nights since [data]/[model] last changed (1 earlier night(s) left "
-            "out: another set-up)") in shown and "nt-2026-11-25" in shown, shown
+    assert ("baseline: only nights with tonight's [data]/[model] set-up (1 night(s) with another "
+            "passed over)") in shown and "nt-2026-11-25" in shown, shown
+    # the edit reverted: judging the edited night again keeps its own set-up (and verdict) ...
+    path.write_text(path.read_text().replace("epochs = 1", "epochs = 5"))
+    again = nightly(path, sqlite_url, DAY, env=quick)
+    assert again.returncode == 4, again.stdout + again.stderr
+    shown = flat(again.stdout)
+    assert (f"night nt-2026-11-25 had finished: judged with the study file it ran, not with "
+            f"{path} as it is now (model.epochs: 1 -> 5)") in shown, shown
+    assert "REGRESSION (setup)" in shown, shown
+    # ... and the next night's baseline is the nights of its set-up, the two others passed over
+    later = json.loads(nightly(path, sqlite_url, DAY + timedelta(days=2), "--json",
+                               env=quick).stdout)["verdict"]
+    assert [b["date"] for b in later["baseline"]["nights"]] == ["2026-11-24"], later
+    assert later["data"]["baseline_left_out"] == 2, later
 
 
 def test_sigterm_after_the_sweep_ends_the_night_with_143(sqlite_url, tmp_path):

@@ -433,7 +433,7 @@ def test_a_night_killed_by_a_signal_is_described_by_the_signal():
                      "(no trial was running; the next run does the night)")
     again = describe_night("d", date(2026, 11, 25), 0, 2.0,
                            {"stopped": "done", "ran": 0, "counts": {"COMPLETE": 5}})
-    assert "done earlier (no trial ran now; the verdict was recomputed); trials: 5 complete" in again
+    assert "done earlier (no trial ran now); trials: 5 complete" in again
     killed = describe_night("d", date(2026, 11, 25), -9, 30.0, None)
     assert killed.startswith("d: night d-2026-11-25 was stopped by SIGKILL after 30.0 s: it did "
                              "not finish (killed from outside: out of memory?)")
@@ -570,6 +570,16 @@ def test_no_catch_up_before_the_first_night(sqlite_url, tmp_path):
     assert day == date(2026, 11, 25) and why == "the night of 2026-11-25 was missed (it never ran)"
 
 
+def test_no_catch_up_of_a_night_older_than_one_that_ran(sqlite_url, tmp_path):
+    """A night run by hand (`tuner nightly`, dated by its day) after a 23:00 fire: the fire's
+    earlier night is not back-filled before it."""
+    sweep = _sweep(tmp_path, sqlite_url, cron="0 23 * * *")
+    _make_night(sqlite_url, sweep, date(2026, 12, 5), verdict=True)
+    day, why = catch_up(sweep, datetime(2026, 12, 5, 1, 19, tzinfo=UTC))
+    assert day is None
+    assert why == "a later night (2026-12-05) has run, so the night of 2026-12-04 is not back-filled"
+
+
 def test_catch_up_uses_the_schedule_timezone(sqlite_url, tmp_path):
     sweep = _sweep(tmp_path, sqlite_url, cron="30 0 * * *", timezone="Europe/Berlin")
     _make_night(sqlite_url, sweep, date(2026, 11, 20), verdict=True)
@@ -616,9 +626,11 @@ def test_map_config_follows_fixed_and_searched_keys():
     # a key yesterday's configuration set that tonight's space no longer sets
     _, reasons = map_config(_space(warmup_epochs=None), {**config, "warmup_epochs": 2.0})
     assert reasons == ["warmup_epochs would be 0.0 tonight (was 2.0): tonight's space no longer sets it"]
-    # a key searched tonight that the configuration lacks
-    _, reasons = map_config(_space(warmup_epochs=[0.0, 1.0]), config)
-    assert reasons == ["warmup_epochs is searched tonight but the configuration has no value for it"]
+    # a key searched tonight that the configuration left out: it trained with the default
+    params, reasons = map_config(_space(warmup_epochs=[0.0, 1.0]), config)
+    assert reasons == [] and params["warmup_epochs"] == 0.0
+    _, reasons = map_config(_space(warmup_epochs={"low": 1, "high": 2}), config)
+    assert reasons == ["warmup_epochs=0.0 is outside float [1, 2]"]
 
 
 def test_map_config_gives_every_reason_the_deciding_key_first():

@@ -87,7 +87,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config import RegressionRule, StudyFile
 from tuner.data import Splits
 from tuner.jsonsafe import jsonable
-from tuner.nightly.nights import ATTR_VERDICT, list_nights, verdict_label
+from tuner.nightly.nights import ATTR_VERDICT, NightRef, list_nights, verdict_label
 from tuner.nightly.warmstart import map_config
 from tuner.storage import BufferedStorage
 from tuner.study import (
@@ -265,8 +265,8 @@ class Verdict:
                        f"on tonight's data: {again}")
         d = self.data or {}
         if d.get("baseline_left_out"):
-            out.append(f"baseline: only the nights since [data]/[model] last changed "
-                       f"({d['baseline_left_out']} earlier night(s) left out: another set-up)")
+            out.append(f"baseline: only nights with tonight's [data]/[model] set-up "
+                       f"({d['baseline_left_out']} night(s) with another passed over)")
         if d.get("setup_changes"):
             out.append(f"study file: [data]/[model] changed since {d['since']}: "
                        + "; ".join(d["setup_changes"]))
@@ -397,37 +397,66 @@ class BaselineNight:
     carrier: dict[str, Any]
 
 
-def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int) -> list[BaselineNight]:
-    """The last ``n`` nights before ``day`` that have a COMPLETE trial, oldest first."""
-    out: list[BaselineNight] = []
+def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int, *,
+                    training: dict[str, Any] | None = None) -> tuple[list[BaselineNight], int]:
+    """The last ``n`` nights before ``day`` that have a COMPLETE trial, oldest first, and how
+    many such nights were passed over on the way for another set-up.
+
+    ``training``: tonight's ``[data]``/``[model]`` sections (:func:`_setup` with
+    :data:`TRAINING`). Then the baseline is the last ``n`` nights trained under that set-up,
+    looked for among the last ``LOOK_BACK * n`` nights; if none was, the last ``n`` nights
+    whatever their set-up (the night of an edit is judged against the nights before it)."""
+    same: list[BaselineNight] = []
+    recent: list[BaselineNight] = []  # whatever their set-up: the fallback
+    passed = looked = 0
     for night in reversed([x for x in list_nights(storage, base) if x.date < day]):
-        if len(out) >= n:
+        if len(same) >= n or looked >= LOOK_BACK * n:
             break
-        study, sf = load_study(night.name, storage)
-        best = _best(study)
-        if best is None:
+        b = _baseline_night(storage, night)
+        if b is None:
             continue
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        config = flat_params(best, sf) if (best.user_attrs.get("config") is not None
-                                           or sf is not None) else None
-        carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
-                   "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
-                   "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST),
-                   "setup": _setup(None if sf is None else trial_study_file(study, best, sf))}
-        value = best.value
-        inc = (night.verdict or {}).get("incumbent") or {}
-        again = inc.get("tonight")
-        if (isinstance(again, int | float) and math.isfinite(again) and sign * (again - value) > 0
-                and inc.get("config") is not None and inc.get("seed") is not None):
-            # its incumbent, re-trained on its data, did better than its sweep: that is what
-            # the night had available
-            value = float(again)
-            carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
-                       "value": value, "config": inc["config"], "seed": inc["seed"],
-                       "scored_on": night.name,
-                       "data_digest": study.user_attrs.get(ATTR_DATA_FILE), "setup": _setup(sf)}
-        out.append(BaselineNight(night.name, night.date, best, sf, value, carrier))
-    return out[::-1]
+        looked += 1
+        if len(recent) < n:
+            recent.append(b)
+        if training is None or _setup(b.study_file, TRAINING) == training:
+            same.append(b)
+        else:
+            passed += 1
+    if same:
+        return same[::-1], passed
+    return recent[::-1], 0
+
+
+LOOK_BACK = 4  # baseline_nights: how far back (in baseline lengths) nights of tonight's set-up are looked for
+
+
+def _baseline_night(storage: BufferedStorage, night: NightRef) -> BaselineNight | None:
+    """A night as a baseline member (``None`` without a COMPLETE trial): its value is the
+    better of its sweep's best and its incumbent re-trained on its data."""
+    study, sf = load_study(night.name, storage)
+    best = _best(study)
+    if best is None:
+        return None
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    config = flat_params(best, sf) if (best.user_attrs.get("config") is not None
+                                       or sf is not None) else None
+    carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
+               "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
+               "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST),
+               "setup": _setup(None if sf is None else trial_study_file(study, best, sf))}
+    value = best.value
+    inc = (night.verdict or {}).get("incumbent") or {}
+    again = inc.get("tonight")
+    if (isinstance(again, int | float) and math.isfinite(again) and sign * (again - value) > 0
+            and inc.get("config") is not None and inc.get("seed") is not None):
+        # its incumbent, re-trained on its data, did better than its sweep: that is what
+        # the night had available
+        value = float(again)
+        carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
+                   "value": value, "config": inc["config"], "seed": inc["seed"],
+                   "scored_on": night.name,
+                   "data_digest": study.user_attrs.get(ATTR_DATA_FILE), "setup": _setup(sf)}
+    return BaselineNight(night.name, night.date, best, sf, value, carrier)
 
 
 TRAINING = ("data", "model")  # the sections that decide how a configuration trains and scores
@@ -490,15 +519,12 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     baseline, re-train the incumbent on tonight's data, store the verdict with the study."""
     direction, metric = sf.direction, sf.study.metric
     best = _best(study)
-    nights = baseline_nights(storage, base, day, rule.baseline_nights)
     # After a [data]/[model] edit, the nights trained under the new set-up are the baseline:
     # the edit is judged (and flagged) once, on its first night, not on every night until the
     # old nights have left the baseline.
     setup = _setup(sf)
-    training = {section: setup[section] for section in TRAINING}
-    since_edit = [b for b in nights if _setup(b.study_file, TRAINING) == training]
-    left_out = len(nights) - len(since_edit) if since_edit else 0
-    nights = since_edit or nights
+    nights, left_out = baseline_nights(storage, base, day, rule.baseline_nights,
+                                       training={section: setup[section] for section in TRAINING})
     values = [b.value for b in nights]
     incumbent: dict[str, Any] | None = None
     outside: list[str] = []  # why the incumbent is not a configuration of tonight's space

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from optuna.trial import TrialState
 
 from tuner.config import StudyFile
-from tuner.errors import LockHeldError
+from tuner.errors import LockHeldError, TunerError
 from tuner.nightly.nights import (
     ATTR_NIGHT,
+    ATTR_VERDICT,
     list_nights,
     night_name,
     night_study_file,
@@ -35,7 +36,15 @@ from tuner.nightly.warmstart import WarmStart, warm_start
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import NamedLock, state_counts
 from tuner.storage.urls import storage_flag
-from tuner.study import flat_params, open_study
+from tuner.study import (
+    ATTR_CONFIG,
+    ATTR_DATA_FILE,
+    ATTR_LAST_FILE,
+    changed_keys,
+    data_digest,
+    flat_params,
+    open_study,
+)
 
 INTERRUPTED = ("SIGINT", "SIGTERM")
 
@@ -54,13 +63,14 @@ class NightResult:
     exit_code: int
     best: dict[str, Any] | None = None
     ran: int = 0  # trials this run finished (0: the night was done before it, or interrupted)
+    notes: list[str] = field(default_factory=list)  # what the verdict's reader should know
 
     def as_dict(self) -> dict[str, Any]:
         return {"base": self.base, "date": self.date.isoformat(), "study": self.study,
                 "storage": self.storage, "n_trials": self.n_trials, "stopped": self.reason,
                 "ran": self.ran, "counts": self.counts, "warm_start": self.warm_start.as_dict(),
                 "verdict": None if self.verdict is None else self.verdict.as_dict(),
-                "best": self.best, "exit_code": self.exit_code}
+                "best": self.best, "notes": self.notes, "exit_code": self.exit_code}
 
 
 def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, quiet: bool = False,
@@ -74,7 +84,13 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     from tuner.runner.coordinator import EXIT_CODES, Runner
     from tuner.study import load_data, study_exists
 
-    say = say or (lambda _line: None)
+    said = say or (lambda _line: None)
+    notes: list[str] = []
+
+    def note(line: str) -> None:  # said, and kept for the summary (--json, the scheduler's log)
+        notes.append(line)
+        said(line)
+
     schedule = schedule_of(sf)
     base = sf.study.name
     night_sf = night_study_file(sf, day)
@@ -87,7 +103,8 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
     try:
         # a new night: data that cannot load must not leave an empty night (the runner gets
         # the loaded splits)
-        splits = None if study_exists(storage, name) else load_data(night_sf)
+        existed = study_exists(storage, name)
+        splits = None if existed else load_data(night_sf)
         flag = storage_flag(storage_url)
         study = open_study(night_sf, storage, edited_hint=(
             f"the night ran trials with the search space it started with: finish it with those "
@@ -100,7 +117,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         warm = warm_start(study, night_sf, storage, base=base, day=day,
                           k=min(schedule.warm_start, night_sf.study.n_trials))
         for line in warm.lines():
-            say(line)
+            said(line)
         views = _nightly_views_enabled(name)
         runner = Runner(night_sf, storage_url=storage_url, workers=workers,
                         timeout=timeout if timeout is not None else schedule.timeout,
@@ -116,14 +133,19 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
         if reason not in INTERRUPTED:
             _keep_the_night(lock)
             storage.refresh(study._study_id)  # the runner wrote through its own connection
-            verdict = check_night(study, night_sf, storage, base=base, day=day,
-                                  rule=schedule.regression)
+            judged_sf, verdict = night_sf, None
+            if existed and result.reason == "done" and not result.finished_here:
+                judged_sf, verdict = _finished_night(study, night_sf, note, flag=flag,
+                                                     source=sf.source, day=day)
+            if verdict is None:
+                verdict = check_night(study, judged_sf, storage, base=base, day=day,
+                                      rule=schedule.regression)
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
             _note_later_nights(storage, base, day, verdict, schedule.regression.baseline_nights,
-                               sf.source, storage_url, say)
+                               sf.source, storage_url, note)
             if views:
-                _attach_nightly_views(study, night_sf)
+                _attach_nightly_views(study, judged_sf)
         best = None
         if verdict is not None and verdict.tonight_trial is not None:
             trial = next(t for t in study.get_trials(deepcopy=False)
@@ -131,9 +153,39 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
             best = {"trial": trial.number, "value": trial.value,
                     "config": flat_params(trial, night_sf)}
         return NightResult(base, day, name, describe(storage_url), night_sf.study.n_trials,
-                           reason, counts, warm, verdict, exit_code, best, result.finished_here)
+                           reason, counts, warm, verdict, exit_code, best, result.finished_here,
+                           notes)
     finally:
         lock.release()
+
+
+def _finished_night(study: Any, night_sf: StudyFile, say: Callable[[str], None], *, flag: str,
+                    source: str, day: date) -> tuple[StudyFile, Verdict | None]:
+    """A night that had finished before this run is judged again as it ran: with the study
+    file it last ran (not today's edit of it) and only on the data it trained on. Returns that
+    file, and the stored verdict when the data file has changed since (it stands: the
+    incumbent cannot be re-trained on the night's data any more)."""
+    attrs = study.user_attrs
+    text = attrs.get(ATTR_LAST_FILE) or attrs.get(ATTR_CONFIG)
+    own = StudyFile.from_json(text) if text else night_sf
+    edits = changed_keys(own.public_raw(), night_sf.public_raw())
+    if edits:
+        shown = "; ".join(edits[:4]) + (f"; {len(edits) - 4} more" if len(edits) > 4 else "")
+        say(f"night {study.study_name} had finished: judged with the study file it ran, not "
+            f"with {source} as it is now ({shown})")
+    then, now = attrs.get(ATTR_DATA_FILE), data_digest(own)
+    if then is None or now is None or then == now:
+        return own, None
+    why = (f"the data file {own.data.dataset} changed since night {study.study_name} trained on "
+           f"it (contents {then}, now {now})")
+    stored = attrs.get(ATTR_VERDICT)
+    if stored is not None:
+        say(f"not judged again: {why}; its stored verdict stands")
+        return own, Verdict.from_dict(stored)
+    raise TunerError(f"cannot judge night {study.study_name}: {why}",
+                     hint=f"put back the file it trained on, or delete the night and run it "
+                          f"again: tuner delete {study.study_name}{flag}, then tuner nightly "
+                          f"{source} --date {day.isoformat()}{flag}")
 
 
 def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: int,

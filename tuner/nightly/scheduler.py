@@ -22,7 +22,8 @@ Design:
 - **Catch-up**: on start, for each file, the latest fire time at or before *now* is compared
   with the night studies that exist. If that night has no study with a verdict (never ran, or
   was interrupted), it is run once, now, for *that* date. Only the latest missed night is run,
-  never one per missed night. A sweep with no night at all in the storage has missed nothing:
+  never one per missed night, and never one older than a night that exists (e.g. one run by
+  hand with ``tuner nightly``). A sweep with no night at all in the storage has missed nothing:
   its first night runs at its cron time (so a first ``docker compose up`` does not start a
   sweep at once).
 - **Folders**: a ``*.toml`` of a folder argument that fails to load is logged and skipped, not
@@ -258,9 +259,13 @@ def catch_up(sweep: Sweep, now: datetime, storage: Any = None) -> tuple[date | N
 
 
 def _missed(sweep: Sweep, day: date, storage: Any) -> tuple[date | None, str]:
-    if not list_nights(storage, sweep.base):
+    nights = list_nights(storage, sweep.base)
+    if not nights:
         return None, (f"no night of {sweep.base} in {describe(sweep.storage_url)} yet, so none was "
                       "missed")
+    if nights[-1].date > day:  # (a night run by hand, dated by its day rather than the cron's)
+        return None, (f"a later night ({nights[-1].date}) has run, so the night of {day} is not "
+                      "back-filled")
     night = find_night(storage, sweep.base, day)
     if night is not None and night.verdict is not None:
         return None, f"the night of {day} has run"
@@ -678,7 +683,7 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
     counts = summary.get("counts") or {}
     stopped = summary.get("stopped")
     if stopped == "done" and summary.get("ran") == 0:  # a rerun of a finished night
-        stopped = "done earlier (no trial ran now; the verdict was recomputed)"
+        stopped = "done earlier (no trial ran now)"
     parts = [head, f"{stopped}; trials: "
              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()) if n)]
     best = summary.get("best")
@@ -692,6 +697,7 @@ def describe_night(base: str, day: date, code: int | None, elapsed: float,
     verdict = summary.get("verdict")
     if verdict:
         parts.append(f"verdict {verdict_label(verdict, upper=True)}: {verdict.get('message')}")
+    parts += [str(line) for line in summary.get("notes") or []]
     return "; ".join(parts)
 
 

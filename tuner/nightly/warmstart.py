@@ -128,7 +128,10 @@ def map_config(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, An
     another value tonight, or no longer set), what follows from that alone is not repeated: the
     keys only one of the two optimizers (decays) uses (``reg`` for ``adamw`` -> ``sgd``), and
     the optimizer's own defaults (``batch_scaling``) when tonight's space does not set them."""
-    trial = _ConfigTrial(config)
+    try:  # a key the configuration left out trained with the engine's default: that is its value
+        trial = _ConfigTrial({**P.resolve(config), **config})
+    except ValueError:
+        trial = _ConfigTrial(config)
     try:
         rebuilt = space.suggest(trial)
     except (ValueError, KeyError) as exc:
