@@ -271,9 +271,20 @@ def test_scaling_rules_say_when_one_rule_has_nothing_to_compare(tmp_path):
                                    "batch_size": batch}, "peak_lr": 0.1}))
     fig = scaling_rules(PanelContext(study, sf, storage))
     texts = [a.text for a in fig.layout.annotations]
-    assert "no COMPLETE trial with batch_scaling = sqrt: nothing to compare" in texts, texts
+    assert texts == ["no COMPLETE trial with batch_scaling = sqrt: nothing to compare"], texts
+    assert "yaxis2" not in fig.layout  # one plot: no empty difference plot under it
+    assert fig.layout.xaxis.title.text == "batch size"
     [best] = [t for t in fig.data if list(t.meta or ()) == ["linear", "best"]]
     assert list(best.y) == [0.9, 0.92]
+    # a sqrt trial at another batch size: two rules, but no batch size to compare them at
+    study.add_trial(optuna.trial.create_trial(
+        params={"batch_size": 32}, value=0.8,
+        distributions={"batch_size": CategoricalDistribution([32, 64])},
+        user_attrs={"config": {"optimizer": "sgd", "lr": 0.1, "batch_scaling": "sqrt",
+                               "batch_size": 128}, "peak_lr": 0.1}))
+    fig = scaling_rules(PanelContext(study, sf, storage))
+    texts = [a.text for a in fig.layout.annotations]
+    assert "linear and sqrt share no batch size: nothing to compare" in texts, texts
 
 
 def test_effective_lr_shows_every_finished_trial_and_marks_pruned_and_diverged(real, panels):
@@ -608,7 +619,8 @@ BAD_VALUES = [
     ({"type": "importances", "top": 0}, "option top must be an integer >= 1, got 0"),
     ({"type": "nightly_trend", "last": -2}, "option last must be an integer >= 0 (0: every night), got -2"),
     ({"type": "nightly_choices", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
-    ({"type": "nightly_verdicts", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
+    ({"type": "nightly_verdicts", "last": 2},
+     "unknown option 'last' (options: none; every panel also takes title, width, height, attach)"),
 ]
 
 

@@ -533,7 +533,7 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
         elif err["type"] in ("model_type", "dict_type"):
             allowed = _allowed_keys(model, loc)
             lines.append(f"{source}: {key}: must be a table ([{key}]) with keys: "
-                         f"{', '.join(allowed)} (got {err.get('input')!r})")
+                         f"{', '.join(allowed)} (got {literal(err.get('input'))})")
         else:
             if err["type"] == "string_pattern_mismatch":
                 msg = ("must start with a letter or digit and contain only letters, digits, "

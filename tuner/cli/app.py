@@ -53,8 +53,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 for _console in (out, err):
-    if not _console.is_terminal and "COLUMNS" not in os.environ:
-        _console.width = 200  # piped or logged: rich's 80 columns would cut values to "0.95…"
+    if not _console.is_terminal and "COLUMNS" not in os.environ:  # piped or logged (cron mail)
+        _console.soft_wrap = True  # lines are not broken
+        _console.width = 200  # tables: rich's 80 columns would cut values to "0.95…"
 
 # no word longer than the narrowest help column at 80 columns (rich cuts it with an ellipsis)
 _STORAGE_HELP = ("Database URL: sqlite:///PATH, or postgresql+psycopg:// followed by "

@@ -57,7 +57,7 @@ class PanelContext:
         value = self.options.get(key, default)
         if kind is not None and value is not None and not _is_kind(value, kind):
             raise DashboardError(f"{self.where or self.panel}: option {key} must be "
-                                 f"{_kind_name(kind)}, got {value!r}")
+                                 f"{_kind_name(kind)}, got {P.literal(value)}")
         return value
 
     # --- the study ----------------------------------------------------------------------

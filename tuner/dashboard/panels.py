@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,8 +107,10 @@ def sig(value: Any, digits: int = 6) -> str:
 
 
 def empty_figure(title: str, message: str) -> go.Figure:
+    """A figure with no data: ``message`` in its middle, in lines that fit a half-width panel."""
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    fig.add_annotation(text="<br>".join(textwrap.wrap(message, 56)), x=0.5, y=0.5, xref="paper",
+                       yref="paper", showarrow=False,
                        font={"size": 14, "color": "#666"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -320,7 +323,7 @@ def lr_schedule(ctx: PanelContext) -> go.Figure:
         steps = schedule_steps(plan, params, points)
         lrs = np.fromiter((plan.schedule(int(t)) for t in steps), dtype=float, count=len(steps))
         color = TRIAL_COLORS[rank % len(TRIAL_COLORS)]
-        label = f"#{row.number} {row.optimizer} · {row.decay} · {row.batch_scaling} · b={row.batch_size}"
+        label = f"#{row.number} {row.optimizer} · {row.decay} · {row.batch_scaling} · b={sig(row.batch_size)}"
         group = f"t{row.number}"
         fig.add_trace(go.Scatter(
             x=steps, y=lrs, mode="lines", name=label, legendgroup=group, line={"color": color,
@@ -349,8 +352,9 @@ def lr_schedule(ctx: PanelContext) -> go.Figure:
     fig.update_yaxes(type="log" if axis == "log" else "linear", title_text="lr", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=2, col=1)
     style(fig, title)
-    fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"},
-                      margin={"b": 90})
+    # (the legend below the x-axis title, which it covered at half width)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},
+                      margin={"b": 110})
     return fig
 
 
@@ -425,12 +429,13 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
     done = done[done["batch_scaling"].isin(rules) & done["batch_size"].notna()]
     if done.empty:
         return empty_figure(title, f"no COMPLETE trial with batch_scaling in {rules}")
-    diff = len(rules) == 2
+    # the difference of the bests, in a second row, needs a best of each of the two rules
+    missing = [r for r in rules if not (done["batch_scaling"] == r).any()]
+    diff = len(rules) == 2 and not missing
     fig = make_subplots(rows=2 if diff else 1, cols=1, shared_xaxes=True, vertical_spacing=0.1,
                         row_heights=[0.7, 0.3] if diff else [1.0],
                         subplot_titles=(f"{metric_label(ctx)} by batch size",
-                                        f"best {rules[0]} − best {rules[1]}" if diff else None)[:2 if diff
-                                                                                             else 1])
+                                        f"best {rules[0]} − best {rules[1]}") if diff else None)
     bests: dict[str, pd.Series] = {}
     for rule in rules:
         sub = done[done["batch_scaling"] == rule]
@@ -457,9 +462,9 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
             error_y={"type": "data", "symmetric": False, "array": (q75 - med).to_numpy(),
                      "arrayminus": (med - q25).to_numpy(), "thickness": 1, "width": 3},
             hovertemplate=f"{rule}, batch %{{x:.0f}}<br>median %{{y:.4f}}<extra></extra>"), row=1, col=1)
-    if diff and all(r in bests for r in rules):
+    both = bests[rules[0]].index.intersection(bests[rules[1]].index) if diff else None
+    if diff and len(both):
         a, b = bests[rules[0]], bests[rules[1]]
-        both = a.index.intersection(b.index)
         delta = (a[both] - b[both]).to_numpy()
         better = delta >= 0 if ctx.maximize else delta <= 0
         xs = both.to_numpy(dtype=float)
@@ -470,12 +475,15 @@ def scaling_rules(ctx: PanelContext) -> go.Figure:
             meta=["difference", "best"],
             hovertemplate="batch %{x}<br>difference %{y:+.4f}<extra></extra>"), row=2, col=1)
         fig.update_yaxes(title_text="Δ best", zeroline=True, row=2, col=1)
-    elif diff:  # the difference needs a best of each rule
-        missing = " and ".join(r for r in rules if r not in bests)
-        fig.add_annotation(text=f"no COMPLETE trial with batch_scaling = {missing}: nothing to "
-                                "compare", x=0.5, y=0.12, xref="paper", yref="paper",
-                           showarrow=False, font={"size": 12, "color": "#666"})
+    elif diff:
+        fig.add_annotation(text=f"{rules[0]} and {rules[1]} share no batch size: nothing to compare",
+                           x=0.5, y=0.12, xref="paper", yref="paper", showarrow=False,
+                           font={"size": 12, "color": "#666"})
         fig.update_yaxes(visible=False, row=2, col=1)
+    elif len(rules) == 2:
+        fig.add_annotation(text=f"no COMPLETE trial with batch_scaling = {' and '.join(missing)}: "
+                                "nothing to compare", x=0.5, y=1.0, yanchor="bottom", xref="paper",
+                           yref="paper", showarrow=False, font={"size": 12, "color": "#666"})
     sizes = sorted(done["batch_size"].unique())
     # (labels on every subplot: the difference row may be empty, a note instead of bars)
     fig.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes], showticklabels=True)

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from tuner.dashboard.context import PanelContext, _is_kind, _kind_name
 from tuner.dashboard.registry import allowed_of, get_panel, panel_names
 from tuner.dashboard.spec import DashboardError, DashboardSpec, PanelSpec
+from tuner.params import literal
 
 log = logging.getLogger("tuner.dashboard")
 
@@ -57,10 +58,11 @@ def check_panels(spec: DashboardSpec) -> None:
             kind, allowed = info.options[key][0], allowed_of(info.options[key])
             if not _is_kind(value, kind):
                 problems.append(f"{p.where(spec.source)}: option {key} must be "
-                                f"{_kind_name(kind)}, got {value!r}")
+                                f"{_kind_name(kind)}, got {literal(value)}")
             elif allowed is not None and (why := allowed.problem(value)) is not None:
                 problems.append(f"{p.where(spec.source)}: option {key} must be "
-                                f"{allowed.describe(kind)}, got {value!r}" + (f": {why}" if why else ""))
+                                f"{allowed.describe(kind)}, got {literal(value)}"
+                                + (f": {why}" if why else ""))
     if problems:
         raise DashboardError("; ".join(problems), hint=f"registered panels: {', '.join(panel_names())}"
                              if unknown_type else None)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.params import literal
 
 ENV_DASHBOARDS = "TUNER_DASHBOARDS"
 GENERIC_KEYS = ("type", "title", "width", "height", "attach")
@@ -152,13 +153,13 @@ def parse_dashboard(raw: dict[str, Any], *, name: str, source: str = "<memory>",
     description = raw.get("description", "")
     for key, value in (("title", title), ("description", description)):
         if not isinstance(value, str):
-            raise DashboardError(f"{source}: {key} must be a string, got {value!r}")
+            raise DashboardError(f"{source}: {key} must be a string, got {literal(value)}")
     include = raw.get("include", [])
     if isinstance(include, str):
         include = [include]
     if not isinstance(include, list) or not all(isinstance(x, str) and x for x in include):
         raise DashboardError(f"{source}: include must be a dashboard name or a list of names, "
-                             f"got {include!r}", hint='e.g. include = ["study"]')
+                             f"got {literal(include)}", hint='e.g. include = ["study"]')
     entries = raw.get("panel", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DashboardError(f"{source}: panels are [[panel]] tables (an array of tables)")
@@ -191,18 +192,18 @@ def _panel(entry: dict[str, Any], index: int, source: str) -> PanelSpec:
                              hint="see `tuner dashboard --list-panels` for the panel names")
     title = entry.get("title")
     if title is not None and not isinstance(title, str):
-        raise DashboardError(f"{where} ({kind!r}): title must be a string")
+        raise DashboardError(f"{where} ({kind!r}): title must be a string, got {literal(title)}")
     width = entry.get("width", "full")
     if width not in WIDTHS:
         raise DashboardError(f"{where} ({kind!r}): width must be one of {', '.join(WIDTHS)}, "
-                             f"got {width!r}")
+                             f"got {literal(width)}")
     height = entry.get("height")
     if height is not None and (isinstance(height, bool) or not isinstance(height, int)
                                or not 150 <= height <= 3000):
         raise DashboardError(f"{where} ({kind!r}): height must be whole pixels in 150..3000, "
-                             f"got {height!r}")
+                             f"got {literal(height)}")
     attach = entry.get("attach", True)
     if not isinstance(attach, bool):
-        raise DashboardError(f"{where} ({kind!r}): attach must be true or false, got {attach!r}")
+        raise DashboardError(f"{where} ({kind!r}): attach must be true or false, got {literal(attach)}")
     options = {k: v for k, v in entry.items() if k not in GENERIC_KEYS}
     return PanelSpec(kind, index, options, title, width, height, attach)

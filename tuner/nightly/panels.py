@@ -21,4 +21,4 @@ def register() -> None:
                                "each night's best trial.", options=_OPTIONS)
     register_panel("nightly_verdicts", verdict_markdown, title="Verdict",
                    description="The night's regression verdict with its numbers, and its warm "
-                               "start.", options=_OPTIONS)
+                               "start.", options={})
