@@ -68,11 +68,14 @@ def study_file(tmp_path: Path, *, name: str = "faults", n_trials: int = 8, epoch
     return path
 
 
-def start_runner(path: Path, url: str, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+def start_runner(path: Path, url: str, log: Path, *args: str, env: dict | None = None,
+                 session: bool = False) -> subprocess.Popen:
+    """``session``: in a process group of its own (its pid is the group's id), as a service
+    manager or `timeout` starts it, so a signal can go to the runner and its workers at once."""
     handle = open(log, "ab")
     return subprocess.Popen([sys.executable, "-m", "tuner", "run", str(path), "--storage", url,
                              "--quiet", *args], stdout=handle, stderr=subprocess.STDOUT,
-                            env=env or tuner_env(), cwd=path.parent)
+                            env=env or tuner_env(), cwd=path.parent, start_new_session=session)
 
 
 def read_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -500,6 +503,28 @@ def test_workers_wait_through_a_server_restart_and_finish(tmp_path, throwaway_pg
 
 
 @pytest.mark.postgres
+def test_an_outage_longer_than_the_grace_period_fails_no_live_trial(tmp_path, throwaway_pg):
+    """Two runners lose the server for more than twice the grace period (3 s). When it is back,
+    the other runner's heartbeats are as old as one's own were: neither may take the other's
+    trials, finished ones waiting to be saved among them, for a dead runner's."""
+    url, pg_ctl = throwaway_pg
+    path = study_file(tmp_path, n_trials=16, epochs=150)
+    runners = [start_runner(path, url, tmp_path / f"{i}.log") for i in range(2)]
+    wait_for(lambda: all(owned_running(url, "faults", r.pid) for r in runners), 60,
+             what="a trial running in each runner")
+    pg_ctl("stop", "-m", "fast")
+    time.sleep(7)
+    pg_ctl("start")
+    for i, runner in enumerate(runners):
+        assert finish(runner, 180, tmp_path / f"{i}.log") == 0
+    trials = read_trials(url, "faults")
+    c = counts(trials)
+    assert c[TrialState.COMPLETE] == 16 and c[TrialState.RUNNING] == 0
+    assert c[TrialState.FAIL] == 0, [t.user_attrs.get("fail_reason") for t in trials
+                                     if t.state == TrialState.FAIL]
+
+
+@pytest.mark.postgres
 def test_a_persistent_outage_ends_the_runner_after_max_db_outage(tmp_path, throwaway_pg):
     """One outage clock for every database operation of a runner: with max_db_outage = 4 and
     the server gone for good, the runner gives up about 4 s after the outage began (each
@@ -563,12 +588,16 @@ def _long_trials(tmp_path: Path, max_retry: int) -> Path:
     return path
 
 
-def _kill_once_running(path: Path, url: str, log: Path, sig: int) -> list:
-    """Start a runner, wait until it trains a trial, send ``sig``; its trials with params."""
-    runner = start_runner(path, url, log)
+def _kill_once_running(path: Path, url: str, log: Path, sig: int, *, group: bool = False) -> list:
+    """Start a runner, wait until it trains a trial, send ``sig`` (``group``: to its process
+    group, workers included, as `kill -TERM -PGID` or `timeout` does); its trials with params."""
+    runner = start_runner(path, url, log, session=group)
     wait_for(lambda: owned_running(url, "faults", runner.pid), 60, what="a running trial")
     victims = owned_running(url, "faults", runner.pid)
-    runner.send_signal(sig)
+    if group:
+        os.killpg(runner.pid, sig)
+    else:
+        runner.send_signal(sig)
     runner.wait(30)
     return victims
 
@@ -599,12 +628,14 @@ def test_a_configuration_is_retried_at_most_max_retry_times_and_doctor_says_why(
 
 def test_interruptions_do_not_use_the_retry_budget(tmp_path):
     """max_retry = 0, and a trial interrupted twice by SIGTERM is still re-queued each time
-    (Ctrl-C / SIGTERM used to count, so a configuration interrupted three times was dropped)."""
+    (Ctrl-C / SIGTERM used to count, so a configuration interrupted three times was dropped).
+    The last SIGTERM goes to the whole process group: the workers get it too, and their trial is
+    still an interruption, not a dead worker (which would use a retry)."""
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     path = _long_trials(tmp_path, max_retry=0)
     # run 1 trains #0 (next: #1); run 2 trains #1, put back; run 3 trains #0's retry
     for i in range(3):
-        _kill_once_running(path, url, tmp_path / f"{i}.log", signal.SIGTERM)
+        _kill_once_running(path, url, tmp_path / f"{i}.log", signal.SIGTERM, group=i == 2)
     trials = read_trials(url, "faults")
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 3

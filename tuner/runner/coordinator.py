@@ -184,6 +184,7 @@ class Runner:
         self._returned = 0  # claimed trials the shutdown put back in the queue
         self._claim_abandoned = False
         self._stop_event = threading.Event()
+        self._beats_stop = threading.Event()  # set once the shutdown has written everything
         self.workers: list[Worker] = []
         self.startup_failures = 0
         self.claims: Claimer | None = None  # once the study is open
@@ -238,7 +239,12 @@ class Runner:
                 self.stop_reason = "deleted"
         finally:
             self._stop_event.set()
-            self._shutdown(skip_writes=deleted or (lost is not None and self.resilient.gave_up))
+            # (the heartbeats go on while the shutdown saves finished trials and fails the
+            # others: another runner must not take them for a dead runner's meanwhile)
+            try:
+                self._shutdown(skip_writes=deleted or (lost is not None and self.resilient.gave_up))
+            finally:
+                self._beats_stop.set()
             if lost is not None and self.resilient.gave_up:
                 lost.hint = self._outage_hint()
             if self._heartbeat is not None:
@@ -570,11 +576,13 @@ class Runner:
                 self._worker_died(worker)
 
     @staticmethod
-    def _receive(worker: Worker) -> list[tuple]:
-        """Every message waiting from ``worker``; a dead worker's last ones included."""
+    def _receive(worker: Worker, seconds: float | None = None) -> list[tuple]:
+        """Every message waiting from ``worker``; a dead worker's last ones included. A live
+        one keeps sending: ``seconds`` bounds the reading."""
         messages = []
+        until = None if seconds is None else time.monotonic() + seconds
         try:
-            while worker.conn.poll():
+            while (until is None or time.monotonic() < until) and worker.conn.poll():
                 messages.append(worker.conn.recv())
         except (EOFError, OSError):
             pass  # it died: handled as a dead worker by _dispatch
@@ -656,7 +664,11 @@ class Runner:
         for key, val in outcome.attrs.items():
             trial.set_user_attr(key, val)
         state, value = outcome.state, outcome.value
-        self._finish(job, state, value)
+        if not self._finish(job, state, value):
+            self._advance(worker)
+            self.display.trial_finished(job.number, "FAIL", None, job.params,
+                                        f"could not save its {self.metric} {value}")
+            return
         self.successes_this_run += 1
         self.snap.finished_this_run += 1
         if state == TrialState.COMPLETE:
@@ -687,20 +699,33 @@ class Runner:
         if worker.current is not None and not worker.current.cancelled:
             worker.current.started = True
 
-    def _finish(self, job: Job, state: TrialState, value: float | None) -> None:
+    def _finish(self, job: Job, state: TrialState, value: float | None) -> bool:
+        """Save the trial's final state; ``False`` if Optuna refused its value (nothing was
+        written): the trial is then failed with that error."""
+        refused: list[ValueError] = []
+
         def tell() -> None:
             try:
                 self.study.tell(job.trial, value, state=state)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                actual = self.storage.backend.get_trial(job.trial_id).state
+                if actual == TrialState.RUNNING and isinstance(exc, ValueError):
+                    refused.append(exc)  # a value tell() does not take (it checks before writing)
+                    return
                 # finished elsewhere: our earlier attempt committed before the connection
                 # dropped, or another runner failed it as stale (its retry will run it)
                 self.storage.release(job.trial_id)
-                actual = self.storage.backend.get_trial(job.trial_id).state
                 if actual != state:
                     log.warning("trial %d was finished as %s by another process; its result "
                                 "is discarded (a retry re-runs it)", job.number, actual.name)
         self.resilient.call(f"save trial {job.number}", tell)
+        if refused:
+            self._fail(job.trial_id, job.number, f"exception: ValueError: {refused[0]}",
+                       retry=False, error=str(refused[0]), error_type="ValueError")
+            self.fail_fast_errors[f"ValueError: {refused[0]}"] += 1
+            return False
         self.claims.release(job.trial_id)
+        return True
 
     def _fail(self, trial_id: int, number: int, reason: str, *, retry: bool, **attrs: Any) -> bool:
         """Fail a RUNNING trial (and queue its retry); ``False`` if it was no longer RUNNING."""
@@ -742,6 +767,10 @@ class Runner:
         self._handle_deferred([worker], everything=True)  # what it finished before dying is kept
         if worker.current is not None and worker.current.cancelled:
             self.claims.unclaim(worker.current)
+        elif worker.current is not None and self.signals.received is not None:
+            # it died of the stop signal too (sent to the process group before it ignored it):
+            # an interruption, which uses no retry and does not count toward fail-fast
+            self._fail_interrupted(worker.current, f"interrupted by {self.signals.received}")
         elif worker.current is not None:
             job = worker.current
             self._fail(job.trial_id, job.number, f"worker process died ({why})", retry=True)
@@ -781,13 +810,21 @@ class Runner:
     # --- background: heartbeats and stale trials ------------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat_interval``: beat this runner's trials' hearts, and (PostgreSQL) fail
+        other runners' stale trials. After this runner lost the database, others did too, and
+        their beats are as old as ours were: their stale trials are looked for only once they
+        had ``grace`` seconds to beat again (their finished trials' results are on the way)."""
         interval = self.rel.heartbeat_interval
         failing_since: float | None = None
+        sweep_from = 0.0  # (monotonic) when stale trials may be looked for again
         last_logged = -1e9
-        while not self._stop_event.wait(interval):
+        while not self._beats_stop.wait(interval):
             try:
                 touch_heartbeats(self.storage, self.storage.owned_trial_ids())
-                if self.engine_kind != "sqlite":
+                if failing_since is not None:
+                    sweep_from = time.monotonic() + self.rel.grace
+                if self.engine_kind != "sqlite" and time.monotonic() >= sweep_from \
+                        and not self._stop_event.is_set():
                     failed = fail_stale_trials(self.study, self.storage, grace_seconds=self.rel.grace,
                                                max_retry=self.rel.max_retry)
                     if failed:
@@ -837,6 +874,9 @@ class Runner:
 
         if self.signals.received is not None:  # exit promptly: the trials are re-queued anyway
             for worker in self.workers:
+                # what it already sent first: a finished trial's result (thousands of epochs:
+                # more than a pipe holds) would be cut off by the kill, and the trial failed
+                worker.deferred += self._receive(worker, seconds=0.5)
                 worker.process.kill()
         for worker in self.workers:  # trials that finished must be saved, not failed
             messages, worker.deferred = worker.deferred + self._receive(worker), []

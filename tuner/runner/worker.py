@@ -14,7 +14,7 @@ The worker does not wait for the runner's answer to an epoch report, except that
 ``LAG_SECONDS`` of training, whichever is more, ahead of the acknowledged epochs: a pruned trial
 trains at most that much past its pruning point, and a trial of small epochs (digits: well under
 a millisecond each) never waits for a round trip per epoch.
-Workers ignore SIGINT (the runner decides when they stop) and die with the runner (Linux
+Workers ignore SIGINT and SIGTERM (the runner decides when they stop) and die with the runner (Linux
 ``PR_SET_PDEATHSIG``), so a killed runner leaves no orphan training behind.
 
 Fault injection for reliability tests: ``TUNER_INJECT_FAULT=exception:P`` makes a trial raise
@@ -54,7 +54,10 @@ def outcome(result: FitResult) -> dict[str, Any]:
 
 
 def worker_main(conn: Connection, blas_threads: int = 1) -> None:
+    # a Ctrl-C, `timeout` or `kill -TERM -PGID` signals the whole process group: the runner
+    # alone decides, and fails and re-queues the trial as interrupted (not as a dead worker)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     from threadpoolctl import threadpool_limits
 

@@ -399,8 +399,11 @@ def fail_stale_trials(study: optuna.Study, storage: BufferedStorage, *, grace_se
                       max_retry: int, all_running: bool = False,
                       reason: str = "stale heartbeat: its runner stopped responding") -> list[Failed]:
     """Fail stale RUNNING trials of ``study`` and queue their retries (and any retry an earlier
-    call lost to a dropped connection); returns the trials failed."""
-    requeue_missing_retries(study, storage, max_retry=max_retry, older_than=grace_seconds)
+    call lost to a dropped connection); returns the trials failed. ``all_running``: the
+    caller holds the study's only runner lock (SQLite), so every RUNNING trial that is not its
+    own is an orphan, and no other process can be queuing a retry right now either."""
+    requeue_missing_retries(study, storage, max_retry=max_retry,
+                            older_than=0.0 if all_running else grace_seconds)
     failed = []
     for trial_id in stale_trial_ids(storage, study._study_id, grace_seconds, all_running=all_running):
         if trial_id in storage.owned_trial_ids():
