@@ -546,7 +546,7 @@ def test_doctor_refuses_a_grace_a_live_runner_could_not_meet(small):
         proc = run_tuner("doctor", "alpha", "--grace", grace, "--fail-stale", "--storage", small)
         text = " ".join(proc.stderr.split())
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert (f"--grace {grace}: must be longer than study 'alpha''s heartbeat interval (5 s): a "
+        assert (f"--grace {grace}: must be longer than the heartbeat interval of study 'alpha' (5 s): a "
                 "live runner's trials beat only every 5 s, so --fail-stale would fail them, and "
                 "lose their work") in text, text
         assert "hint: leave --grace out (the study file's grace period, 20 s), or give a few " \
@@ -817,7 +817,8 @@ def test_check_warns_about_a_batch_larger_than_the_training_set(tmp_path):
 def test_a_pruner_that_can_never_act_is_warned_about(tmp_path, pruner, epochs, said):
     study = write_study(tmp_path / "s.toml", epochs=epochs, extra_study=f"[study.pruner]\n{pruner}")
     text = " ".join(run_tuner("check", study, "--samples", "1", "--no-data", check=True).stderr.split())
-    assert f"warning: {study}: study.pruner: {said}, so no trial is ever pruned" in text, text
+    fix = "raise model.epochs" if epochs == 1 else "lower it"  # (epochs cannot be lowered below 1)
+    assert f"warning: {study}: study.pruner: {said}, so no trial is ever pruned; {fix}" in text, text
     fine = write_study(tmp_path / "f.toml", epochs=60, extra_study=f"[study.pruner]\n{pruner}")
     assert "study.pruner" not in run_tuner("check", fine, "--samples", "1", "--no-data").stderr
 
@@ -842,6 +843,10 @@ def test_a_tiny_validation_set_is_warned_about(tmp_path):
     assert (f"warning: {study}: data: the validation set has 6 examples: val_accuracy moves in "
             "steps of 0.167, so trials are ranked mostly by noise") in text, text
     assert "a larger data.val_size (now 0.2)" in text
+    # ranked by val_loss, which does not move in steps: no such warning
+    by_loss = write_study(tmp_path / "l.toml", data='dataset = "tiny.csv"\ntarget = "label"',
+                          extra_study='metric = "val_loss"')
+    assert "validation set has" not in run_tuner("check", by_loss, "--samples", "1", check=True).stderr
 
 
 def test_missing_postgres_database(pg_url):

@@ -129,7 +129,8 @@ ERROR_CASES = [
     ("space-not-a-table", 'space = "all"\n' + BASE.split("[space]")[0], "space",
      ["space must be a table ([space])"]),
     ("range-for-a-choice-key", BASE + 'decay = {low = 0, high = 1}\n', "space.decay",
-     ["a range is not allowed here", "'constant', 'step', 'cosine', 'linear', 'inv_sqrt'"]),
+     ["a table ({low, high} range) is not allowed here",
+      "'constant', 'step', 'cosine', 'linear', 'inv_sqrt'"]),
     ("range-for-milestones", BASE + 'decay = "step"\n[space.decays.step]\n'
      "milestones = {low = 0.1, high = 0.9}\n", "space.decays.step.milestones",
      ["increasing list of numbers strictly between 0 and 1", "not searchable"]),
@@ -430,6 +431,9 @@ def test_parse_sets_reads_toml_values():
     assert parse_sets(["lr=1e-3", "optimizer=adam", "amsgrad=true", "milestones=[0.3, 0.6]",
                        "batch_size = 32"]) == {"lr": 1e-3, "optimizer": "adam", "amsgrad": True,
                                                "milestones": [0.3, 0.6], "batch_size": 32}
+    # what a shell user types: True for true, a list without its brackets
+    assert parse_sets(["amsgrad=True", "centered=FALSE", "milestones=0.3,0.6", "optimizer=sgd"]) == {
+        "amsgrad": True, "centered": False, "milestones": [0.3, 0.6], "optimizer": "sgd"}
 
 
 @pytest.mark.parametrize("item, fragments", [

@@ -831,7 +831,7 @@ def test_replay_reproduces_the_stored_history(mixed, kind):
         assert data["divergence"]["step"] == trial.user_attrs["divergence_step"]
         text = tuner("replay", "mixed", trial.number, "--storage", url, check=True).stdout
         assert "match: the replay reproduces the stored history exactly" in text
-        assert f"stored divergence at update {trial.user_attrs['divergence_step']}" in text
+        assert f"stored divergence at update {trial.user_attrs['divergence_step'] + 1}" in text
 
 
 def test_replay_mismatch_names_the_engine_that_ran_the_trial(mixed, tmp_path):

@@ -356,12 +356,20 @@ def test_warmup_from_the_unscaled_lr_is_searchable_with_the_batch_size():
      ["space.warmup_from_unscaled: true does nothing without a warmup"]),
     ('base_batch_size = 64\nwarmup_from_unscaled = true\nwarmup_epochs = [0, 1]', []),
     ('base_batch_size = 64', []),
+    # reg with adamw alone: adamw adds no L2 term to its gradient
+    ('base_batch_size = 64\noptimizer = "adamw"\nreg = {low = 1e-5, high = 1e-2, log = true}',
+     ["reg: never used: adamw decays the weights itself (weight_decay)"]),
+    ('base_batch_size = 64\noptimizer = ["adamw", "sgd"]\nreg = {low = 1e-5, high = 1e-2, log = true}',
+     []),
 ])
 def test_space_warnings_on_a_small_training_set(space, expected):
     from tuner.study import space_warnings
 
     text = ('[study]\nname = "w"\nn_trials = 5\n[data]\ndataset = "digits"\n[model]\nepochs = 5\n'
-            f'[space]\noptimizer = "sgd"\nlr = [0.05, 0.1]\n{space}\n')  # (a space to search)
+            f'[space]\nlr = [0.05, 0.1]\n{space}\n')  # (a space to search)
+    if "optimizer" not in space:
+        text += 'optimizer = "sgd"\n'
+
     warnings = space_warnings(parse_study_dict(tomllib.loads(text), source="w.toml"), 240)
     assert len(warnings) == len(expected), warnings
     for text, fragment in zip(warnings, expected, strict=True):

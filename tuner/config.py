@@ -540,6 +540,7 @@ def _format_validation_error(source: str, section: str, model: type[BaseModel],
                        "'_', '.' and '-'")
             msg = msg.replace("Input should be", "must be")
             shown = err.get("input")
-            got = "" if isinstance(shown, dict) or shown is None else f" (got {literal(shown)})"
+            said = isinstance(shown, str) and repr(shown) in msg  # ("unknown dataset 'mnist'")
+            got = "" if isinstance(shown, dict) or shown is None or said else f" (got {literal(shown)})"
             lines.append(f"{source}: {key}: {msg}{got}")
     return "\n".join(lines)

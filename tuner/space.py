@@ -354,8 +354,8 @@ def _dimension(key: str, name: str, value: Any, path: str, fail: Any) -> Dimensi
         return Dimension(key, name, "fixed", value=list(value))
     if isinstance(value, dict):
         if spec.kind in ("choice", "bool") or not spec.searchable:
-            raise fail(path, f"a range is not allowed here; give a value or a list of choices "
-                             f"({spec.bounds_text()})")
+            raise fail(path, f"a table ({{low, high}} range) is not allowed here; give a value or "
+                             f"a list of choices, e.g. {key} = [...] ({spec.bounds_text()})")
         return _range(spec, key, name, value, path, fail)
     if isinstance(value, list):
         if not value:

@@ -150,7 +150,7 @@ def space_warnings(study_file: StudyFile, n_train: int | None, n_val: int | None
             f"{where}: space: every key is fixed, so the {n_trials} trials train one configuration "
             f"with {n_trials} seeds (a measure of seed noise, not a search); make a key a list or "
             f"a range to search it")
-    if n_val is not None and 0 < n_val < MIN_VALIDATION:
+    if n_val is not None and 0 < n_val < MIN_VALIDATION and study_file.study.metric == "val_accuracy":
         found.append(
             f"{where}: data: the validation set has {n_val} examples: val_accuracy moves in "
             f"steps of {1 / n_val:.3f}, so trials are ranked mostly by noise and the best one's "
@@ -184,9 +184,16 @@ def space_warnings(study_file: StudyFile, n_train: int | None, n_val: int | None
             and (warmup is None or (warmup.kind == "fixed" and not warmup.value))):
         found.append(f"{where}: space.warmup_from_unscaled: true does nothing without a warmup "
                      f"(warmup_epochs is 0)")
+    reg = general.get("reg")
+    if (reg is not None and _extremes(reg) != [0.0] and space.optimizer_choices
+            and set(space.optimizer_choices) <= P.DECOUPLED_DECAY_OPTIMIZERS):
+        only = " and ".join(sorted(space.optimizer_choices))
+        found.append(f"{where}: reg: never used: {only} decays the weights itself (weight_decay) "
+                     f"and adds no L2 term to its gradient; remove reg, or search weight_decay")
     idle = _idle_pruner(study_file)
     if idle:
-        found.append(f"{where}: study.pruner: {idle}, so no trial is ever pruned; lower it, or "
+        fix = "raise model.epochs" if study_file.model.epochs == 1 else "lower it"
+        found.append(f"{where}: study.pruner: {idle}, so no trial is ever pruned; {fix}, or "
                      f"set type = \"none\" to say so")
     return found
 

@@ -55,7 +55,7 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
         harm = "--fail-stale would fail them, and lose their work" if fail_stale else \
             "they would be reported stale"
         raise TunerError(
-            f"--grace {grace:g}: must be longer than study {study!r}'s heartbeat interval "
+            f"--grace {grace:g}: must be longer than the heartbeat interval of study {study!r} "
             f"({rel.heartbeat_interval} s): a live runner's trials beat only every "
             f"{rel.heartbeat_interval} s, so {harm}",
             hint=f"leave --grace out (the study file's grace period, {rel.grace} s), or give a "
@@ -85,8 +85,10 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
             fixed = fail_stale_trials(st, store, grace_seconds=grace_s, max_retry=max_retry,
                                       all_running=no_runner,
                                       reason="stale heartbeat: failed by tuner doctor")
-        trials = st.get_trials(deepcopy=False)
+        # (the RUNNING trials first: a trial of a few milliseconds, claimed after the trials
+        # were read, would be missing from them)
         ages = heartbeat_ages(store, st._study_id)
+        trials = st.get_trials(deepcopy=False)
     by_id = {t._trial_id: t for t in trials}
     # epochs saved so far (a runner saves them every few seconds): none for a trial claimed
     # ahead of its worker's current one, or one in its first seconds of training

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -355,8 +355,11 @@ def replay(study: StudyArg, trial: Annotated[int, typer.Argument(help="Trial num
             previous = epoch
         out.print(table)
         if diverged:
-            out.print(f"stored divergence at update {frozen.user_attrs.get('divergence_step')}, "
-                      f"replayed: {result.divergence and result.divergence['step']}")
+            def nth(step: Any) -> Any:  # the update's number, counted from 1 (stored: from 0)
+                return step + 1 if isinstance(step, int) else step
+
+            out.print(f"stored divergence at update {nth(frozen.user_attrs.get('divergence_step'))}, "
+                      f"replayed: {nth(result.divergence and result.divergence['step'])}")
         out.print("[green]match: the replay reproduces the stored history exactly[/]" if match else
                   f"[red]mismatch in {mismatches} epoch(s)[/]")
         if not match and engine["stored"] != engine["replayed"]:

@@ -228,6 +228,13 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
+            if P.PARAMS[key].kind == "bool" and value.lower() in ("true", "false"):
+                value = value.lower() == "true"  # True, FALSE: what a shell user types
+            elif "," in value:  # a list without its brackets: milestones=0.5,0.75
+                try:
+                    value = tomllib.loads(f"v = [{value}]")["v"]
+                except tomllib.TOMLDecodeError:
+                    pass
         overrides[key] = value
     for key, value in implied.items():
         if key in overrides and overrides[key] != value:
@@ -370,7 +377,7 @@ def train(study_file: StudyFileArg,
     names = {"val": "validation", "test": "test"}
     if result.diverged:
         d = result.divergence
-        out.print(f"[red]diverged[/] at update {d['step']} (epoch {d['epoch']}): {d['reason']}")
+        out.print(f"[red]diverged[/] at update {d['step'] + 1} (epoch {d['epoch']}): {d['reason']}")
     else:
         shown = ", ".join(f"{names[k]} accuracy [bold]{summary[f'{k}_accuracy']:.4f}[/]" for k in evals)
         out.print(f"{shown[0].upper()}{shown[1:]} ({result.wall_time:.2f} s)")

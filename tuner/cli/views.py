@@ -222,7 +222,8 @@ def top_table(study: optuna.Study, study_file: Any, k: int) -> FitTable:
         rows.append((str(trial.number), fmt(trial.value), str(p.get("optimizer")),
                      fmt(p.get("lr"), 3), fmt(trial.user_attrs.get("peak_lr"), 3),
                      str(p.get("batch_size")), str(p.get("batch_scaling")),
-                     fmt(p.get("warmup_epochs"), 2), str(p.get("decay")), extra))
+                     "-" if p.get("warmup_epochs") is None else f"{p['warmup_epochs']:.3g}",
+                     str(p.get("decay")), extra))
     table = FitTable(title=f"top {k} trials", title_justify="left")
     # key: never shrink; drop: left out first (highest) when the terminal is too narrow; the
     # extra column only when some trial has something in it

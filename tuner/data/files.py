@@ -415,6 +415,9 @@ def _check_unnamed_columns(path: Path, fmt: str, frame: Any, header: list[str] |
         hint=f"{fix} (every column but data.target is a feature)")
 
 
+_ID_WARNED: set[tuple[str, str]] = set()  # (file, column) already warned about
+
+
 def _warn_row_identifiers(path: Path, X: np.ndarray, names: list[str]) -> None:
     """Warn about a feature column that numbers the rows (each of 0..N-1 or 1..N once) or is
     named like an identifier (``id``, ``index``) and differs in every row. Not an error: it may
@@ -434,6 +437,9 @@ def _warn_row_identifiers(path: Path, X: np.ndarray, names: list[str]) -> None:
             what = "has a different value in every row: it looks like a row identifier"
         else:
             continue
+        if (str(path), names[i]) in _ID_WARNED:  # once per process (a run reads its data twice)
+            continue
+        _ID_WARNED.add((str(path), names[i]))
         log.warning("%s: feature column %r %s, not a measurement; if the row order or the "
                     "numbering follows the label (rows sorted by it, say) it gives the labels "
                     "away. Delete the column from the file unless it is a real feature",

@@ -53,7 +53,7 @@ def trial_outcome(result: dict[str, Any], *, metric: str, prune_at: int | None,
     if divergence is not None:
         attrs.update(diverged=True, divergence_step=divergence["step"],
                      divergence_epoch=divergence["epoch"], divergence_reason=divergence["reason"])
-        note = f"diverged at step {divergence['step']}: {divergence['reason']}"
+        note = f"diverged at update {divergence['step'] + 1}: {divergence['reason']}"  # (1-based)
         return Outcome(TrialState.PRUNED, None, attrs, note, divergence, history)
     return Outcome(TrialState.COMPLETE, float(history[-1][metric]), attrs, "", None, history)
 
