@@ -151,7 +151,7 @@ def test_check_without_data_still_checks_the_data_file_and_the_storage_url(tmp_p
     space = 'optimizer = "sgd"\nlr = 0.1'
     missing = write_study(tmp_path / "m.toml", data='dataset = "nope.csv"\ntarget = "y"', space=space)
     proc = run_tuner("check", missing, "--no-data")
-    assert_user_error(proc, 2, f"{missing}: [data]: {tmp_path / 'nope.csv'}: data file not found")
+    assert_user_error(proc, 2, f"{missing}: data.dataset: {tmp_path / 'nope.csv'}: data file not found")
     url = f"postgresql+psycopg//bob:{SECRET}@127.0.0.1:5999/tuner"
     broken = write_study(tmp_path / "b.toml", extra_study=f'storage = "{url}"', space=space)
     proc = run_tuner("check", broken, "--no-data")

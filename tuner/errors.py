@@ -55,7 +55,12 @@ class ConfigError(TunerError):
 
 
 class DataError(TunerError):
-    """A dataset cannot be loaded or split."""
+    """A dataset cannot be loaded or split. ``key``: the ``[data]`` key the problem is with
+    (``dataset``, ``target``), when one is."""
+
+    def __init__(self, message: str, *, hint: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
 
 
 class StorageError(TunerError):

@@ -116,7 +116,9 @@ def _naming_the_study_file(study_file: StudyFile) -> Iterator[None]:
     try:
         yield
     except DataError as exc:
-        raise DataError(f"{study_file.source}: [data]: {exc.message}", hint=exc.hint) from None
+        where = f"data.{exc.key}" if exc.key else "[data]"
+        raise DataError(f"{study_file.source}: {where}: {exc.message}", hint=exc.hint,
+                        key=exc.key) from None
 
 
 MIN_VALIDATION = 50

@@ -56,11 +56,11 @@ def data_file(name: str, base_dir: Path | None = None) -> Path:
         if not path.suffix and not path.exists():
             check_dataset_name(name)
         raise DataError(f"{path}: unknown data format {path.suffix!r}; "
-                        f"supported: {', '.join(FILE_FORMATS)}")
+                        f"supported: {', '.join(FILE_FORMATS)}", key="dataset")
     if not path.exists():
-        raise DataError(f"{path}: data file not found")
+        raise DataError(f"{path}: data file not found", key="dataset")
     if not path.is_file():
-        raise DataError(f"{path}: not a file")
+        raise DataError(f"{path}: not a file", key="dataset")
     return path
 
 
@@ -206,12 +206,13 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
     separator = _separator_hint(columns, sep) if fmt == "csv" else None
     if target is None:
         raise DataError(f"{path}: no target column given; set data.target to one of: "
-                        f"{', '.join(columns)}", hint=separator)
+                        f"{', '.join(columns)}", hint=separator, key="target")
     if target not in columns:
         twin = next((c for c in columns if c.strip().lower() == target.strip().lower()), None)
         shown = ", ".join(repr(c) if c != c.strip() else c for c in columns)
         meant = "" if twin else did_you_mean(target, columns)
         raise DataError(f"{path}: target column {target!r} not found; {meant}columns: {shown}",
+                        key="target",
                         hint=separator or (
                             f"the file has {twin!r}, which differs only in spaces or capitals: "
                             f"set data.target = {twin!r}, or fix the header" if twin else None))
@@ -253,7 +254,7 @@ def load_table(path: Path, fmt: str, target: str | None, sep: str | None = None)
         raise DataError(f"{path}: target column {target!r} is missing in {len(rows)} "
                         f"{_word(len(rows), 'row', 'rows')} ({row_names(rows)})",
                         hint="fill in the label of those rows or delete them (an example without "
-                             "a label cannot be trained on or scored)")
+                             "a label cannot be trained on or scored)", key="target")
     X = features.to_numpy(dtype=np.float64)
     _check_finite(X, list(features.columns), str(path), row_names)
     y, class_names = _encode_labels(labels.to_numpy(), f"{path}: target column {target!r}",
