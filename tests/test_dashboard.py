@@ -618,9 +618,7 @@ BAD_VALUES = [
     ({"type": "lr_schedule", "points": 0}, "option points must be an integer >= 2, got 0"),
     ({"type": "importances", "top": 0}, "option top must be an integer >= 1, got 0"),
     ({"type": "nightly_trend", "last": -2}, "option last must be an integer >= 0 (0: every night), got -2"),
-    ({"type": "nightly_choices", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
-    ({"type": "nightly_verdicts", "last": 2},
-     "unknown option 'last' (options: none; every panel also takes title, width, height, attach)"),
+    ({"type": "nightly_verdicts", "last": -1}, "option last must be an integer >= 0 .*, got -1"),
 ]
 
 

@@ -525,7 +525,15 @@ def test_history_and_trend_views(sqlite_url, tmp_path):
     other = SimpleNamespace(study=optuna.create_study(study_name="plain"), study_file=None,
                             storage=sqlite_url, options={"base": "nt"})
     assert [t.name for t in trend_figure(other).data] == [t.name for t in trend.data]
+    # base: the verdict of that sweep's latest night; last: a table of its last nights' verdicts
+    assert verdict_markdown(other).startswith("### Nightly verdict for `nt-2026-11-25`")
+    other.options = {}
     assert "is not a night of a nightly sweep" in verdict_markdown(other)
+    table = verdict_markdown(SimpleNamespace(study=study, study_file=None, storage=storage,
+                                             options={"last": 2}))
+    assert table.startswith("### Nightly verdict for `nt-2026-11-25`")
+    assert "Last 2 night(s) of `nt`:" in table
+    assert "| 2026-11-24 | ok" in table and "| 2026-11-25 |" in table and "2026-11-23 |" not in table
 
 
 def test_history_shows_the_incumbent_drift_signed_as_tuner_nightly_does(sqlite_url, tmp_path):
@@ -600,6 +608,14 @@ def test_a_changed_data_file_is_told_apart_from_the_same_data(sqlite_url, tmp_pa
     assert ("not judged again: the data file digits.csv changed since night nt-2026-11-24 "
             "trained on it (contents ") in shown and "its stored verdict stands" in shown, shown
     assert study_of(sqlite_url, "nt-2026-11-24").user_attrs[ATTR_VERDICT] == before
+    # the same when the file it trained on is gone (moved, and the study file edited to follow)
+    csv.rename(tmp_path / "moved.csv")
+    path.write_text(path.read_text().replace('"digits.csv"', '"moved.csv"'))
+    again = nightly(path, sqlite_url, DAY - timedelta(days=1), env=quick)
+    assert again.returncode == 0, again.stdout + again.stderr
+    shown = flat(again.stdout)
+    assert "not judged again: the data file digits.csv it trained on cannot be read now (" in shown, shown
+    assert "data file not found); its stored verdict stands" in shown, shown
 
 
 def test_an_edited_training_set_up_is_not_blamed_on_the_data(sqlite_url, tmp_path):

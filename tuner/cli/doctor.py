@@ -94,7 +94,8 @@ def doctor(study: StudyArg, storage: StorageOpt = None,
     # ahead of its worker's current one, or one in its first seconds of training
     running = sorted((by_id[tid].number, age, sf is not None and (no_runner or age > grace_s),
                       len(by_id[tid].intermediate_values), by_id[tid].user_attrs.get("runner"))
-                     for tid, age in ages.items() if tid in by_id)
+                     for tid, age in ages.items()
+                     if tid in by_id and by_id[tid].state == TrialState.RUNNING)
     stale = [r for r in running if r[2]]
 
     chains: dict[int, list[tuple[int, str]]] = defaultdict(list)

@@ -267,18 +267,42 @@ def _f(value: Any, signed: bool = False) -> str:
 
 
 def verdict_markdown(ctx: Any) -> str:
-    """The night's verdict with its numbers, and what its warm start did (Markdown)."""
+    """The night's verdict with its numbers, and what its warm start did (Markdown). Options:
+    ``base``, a sweep other than the study's own: the verdict of that sweep's latest night;
+    ``last`` > 0: a table of the verdicts of the sweep's last nights below it."""
     study = getattr(ctx, "study", None)
-    if study is None:
+    options = getattr(ctx, "options", None) or {}
+    own = None if study is None else sweep_base(study.study_name, study.user_attrs.get(ATTR_NIGHT))
+    records: list[NightRecord] | None = None
+    if options.get("base") and options["base"] != own:
+        base, records = _records(ctx)
+        if not records:
+            return f"_No nights of `{base}` yet._"
+        night = records[-1]
+        text = _verdict_text(night.study, {ATTR_NIGHT: {"base": base}, ATTR_VERDICT: night.verdict,
+                                           ATTR_WARM_START: night.warm_start}, base)
+    elif study is None:
         return "_No study selected._"
-    attrs = study.user_attrs
+    else:
+        text = _verdict_text(study.study_name, study.user_attrs, base_name(ctx))
+    if int(options.get("last") or 0) > 0:
+        base, records = (base_name(ctx), records) if records is not None else _records(ctx)
+        rows = [f"| {r.date} | {verdict_label(r.verdict, missing='–')} | {_f(r.best_value)} | "
+                f"{_f((r.verdict or {}).get('delta'), signed=True)} |" for r in records]
+        text += "\n".join(["", "", f"Last {len(rows)} night(s) of `{base}`:", "",
+                           "| night | verdict | best | best available − baseline |",
+                           "|---|---|---|---|", *rows])
+    return text
+
+
+def _verdict_text(name: str, attrs: dict[str, Any], base: str | None) -> str:
+    """:func:`verdict_markdown` of the night study ``name`` with user attributes ``attrs``."""
     verdict = attrs.get(ATTR_VERDICT)
     if verdict is None:
         if ATTR_NIGHT not in attrs:
-            base = base_name(ctx)
             hint = f" The nights of `{base}` are studies `{base}-YYYY-MM-DD`." if base else ""
-            return f"_`{study.study_name}` is not a night of a nightly sweep._{hint}"
-        return (f"_No verdict for `{study.study_name}` yet: the night is running or was "
+            return f"_`{name}` is not a night of a nightly sweep._{hint}"
+        return (f"_No verdict for `{name}` yet: the night is running or was "
                 "interrupted (rerun `tuner nightly` to resume it)._")
     v, b, inc = verdict, verdict.get("baseline") or {}, verdict.get("incumbent") or {}
     no_result = v.get("verdict") == "no_result"
@@ -288,7 +312,7 @@ def verdict_markdown(ctx: Any) -> str:
     else:
         trial = f" (trial #{v['tonight_trial']})" if v.get("tonight_trial") is not None else ""
         tonight = [f"| tonight's best{trial} | {_f(v.get('tonight'))} |"]
-    lines = [f"### Nightly verdict for `{study.study_name}`: **{verdict_label(v, upper=True)}**",
+    lines = [f"### Nightly verdict for `{name}`: **{verdict_label(v, upper=True)}**",
              "", str(v.get("message", "")), "",
              f"| {v.get('metric', 'value')} | value |", "|---|---|", *tonight]
     nights = b.get("nights") or []

@@ -21,4 +21,5 @@ def register() -> None:
                                "each night's best trial.", options=_OPTIONS)
     register_panel("nightly_verdicts", verdict_markdown, title="Verdict",
                    description="The night's regression verdict with its numbers, and its warm "
-                               "start.", options={})
+                               "start (base: another sweep's latest night; last: a table of the "
+                               "last nights' verdicts below it).", options=_OPTIONS)

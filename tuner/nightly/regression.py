@@ -392,7 +392,7 @@ class BaselineNight:
     name: str
     date: date
     best: FrozenTrial
-    study_file: StudyFile | None
+    study_file: StudyFile | None  # the file its best trial trained under
     value: float
     carrier: dict[str, Any]
 
@@ -418,7 +418,7 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int, *,
         looked += 1
         if len(recent) < n:
             recent.append(b)
-        if training is None or _setup(b.study_file, TRAINING) == training:
+        if training is None or setup_sections(b.study_file, TRAINING) == training:
             same.append(b)
         else:
             passed += 1
@@ -440,10 +440,12 @@ def _baseline_night(storage: BufferedStorage, night: NightRef) -> BaselineNight 
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     config = flat_params(best, sf) if (best.user_attrs.get("config") is not None
                                        or sf is not None) else None
+    # the file its best trial trained under (a night resumed with an edited file has two):
+    # its set-up is what the night enters a baseline with
+    own = None if sf is None else trial_study_file(study, best, sf)
     carrier = {"night": night.name, "date": night.date.isoformat(), "trial": best.number,
                "value": best.value, "config": config, "seed": best.user_attrs.get("seed"),
-               "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST),
-               "setup": _setup(None if sf is None else trial_study_file(study, best, sf))}
+               "data_digest": best.user_attrs.get(ATTR_DATA_DIGEST), "setup": setup_sections(own)}
     value = best.value
     inc = (night.verdict or {}).get("incumbent") or {}
     again = inc.get("tonight")
@@ -455,14 +457,14 @@ def _baseline_night(storage: BufferedStorage, night: NightRef) -> BaselineNight 
         carrier = {"night": inc.get("night"), "date": inc.get("date"), "trial": inc.get("trial"),
                    "value": value, "config": inc["config"], "seed": inc["seed"],
                    "scored_on": night.name,
-                   "data_digest": study.user_attrs.get(ATTR_DATA_FILE), "setup": _setup(sf)}
-    return BaselineNight(night.name, night.date, best, sf, value, carrier)
+                   "data_digest": study.user_attrs.get(ATTR_DATA_FILE), "setup": setup_sections(own)}
+    return BaselineNight(night.name, night.date, best, own, value, carrier)
 
 
 TRAINING = ("data", "model")  # the sections that decide how a configuration trains and scores
 
 
-def _setup(sf: StudyFile | None, sections: tuple[str, ...] = (*TRAINING, "space")
+def setup_sections(sf: StudyFile | None, sections: tuple[str, ...] = (*TRAINING, "space")
            ) -> dict[str, Any] | None:
     """Those ``sections`` of a study file (by default also the search space a configuration
     was found in), or ``None``."""
@@ -522,7 +524,7 @@ def check_night(study: optuna.Study, sf: StudyFile, storage: BufferedStorage, *,
     # After a [data]/[model] edit, the nights trained under the new set-up are the baseline:
     # the edit is judged (and flagged) once, on its first night, not on every night until the
     # old nights have left the baseline.
-    setup = _setup(sf)
+    setup = setup_sections(sf)
     nights, left_out = baseline_nights(storage, base, day, rule.baseline_nights,
                                        training={section: setup[section] for section in TRAINING})
     values = [b.value for b in nights]

@@ -31,7 +31,14 @@ from tuner.nightly.nights import (
     night_study_file,
     schedule_of,
 )
-from tuner.nightly.regression import EXIT_NO_RESULT, Verdict, check_night
+from tuner.nightly.regression import (
+    EXIT_NO_RESULT,
+    LOOK_BACK,
+    TRAINING,
+    Verdict,
+    check_night,
+    setup_sections,
+)
 from tuner.nightly.warmstart import WarmStart, warm_start
 from tuner.storage import describe, open_storage
 from tuner.storage.coordination import NamedLock, state_counts
@@ -143,7 +150,7 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
             exit_code = verdict.exit_code if result.exit_code == 0 else max(result.exit_code,
                                                                              EXIT_NO_RESULT)
             _note_later_nights(storage, base, day, verdict, schedule.regression.baseline_nights,
-                               sf.source, storage_url, note)
+                               sf.source, storage_url, note, setup_sections(judged_sf, TRAINING))
             if views:
                 _attach_nightly_views(study, judged_sf)
         best = None
@@ -162,22 +169,36 @@ def run_night(sf: StudyFile, *, day: date, storage_url: str, workers: int = 1, q
 def _finished_night(study: Any, night_sf: StudyFile, say: Callable[[str], None], *, flag: str,
                     source: str, day: date) -> tuple[StudyFile, Verdict | None]:
     """A night that had finished before this run is judged again as it ran: with the study
-    file it last ran (not today's edit of it) and only on the data it trained on. Returns that
-    file, and the stored verdict when the data file has changed since (it stands: the
-    incumbent cannot be re-trained on the night's data any more)."""
+    file it last ran (not today's edit of it; the regression rule is today's) and only on the
+    data it trained on. Returns that file, and the stored verdict when the data file has
+    changed or gone since (it stands: the incumbent cannot be re-trained on the night's data
+    any more)."""
     attrs = study.user_attrs
-    text = attrs.get(ATTR_LAST_FILE) or attrs.get(ATTR_CONFIG)
-    own = StudyFile.from_json(text) if text else night_sf
+    own = night_sf
+    for key in (ATTR_LAST_FILE, ATTR_CONFIG):  # (the latter: unless a run stored an edit)
+        if not attrs.get(key):
+            continue
+        try:
+            own = StudyFile.from_json(attrs[key])
+            break
+        except TunerError:  # stored by another version of tuner, which this one cannot read
+            continue
     edits = changed_keys(own.public_raw(), night_sf.public_raw())
     if edits:
         shown = "; ".join(edits[:4]) + (f"; {len(edits) - 4} more" if len(edits) > 4 else "")
         say(f"night {study.study_name} had finished: judged with the study file it ran, not "
             f"with {source} as it is now ({shown})")
-    then, now = attrs.get(ATTR_DATA_FILE), data_digest(own)
-    if then is None or now is None or then == now:
-        return own, None
-    why = (f"the data file {own.data.dataset} changed since night {study.study_name} trained on "
-           f"it (contents {then}, now {now})")
+    then = attrs.get(ATTR_DATA_FILE)
+    try:
+        now = data_digest(own)
+    except (TunerError, OSError) as exc:  # moved, renamed or unreadable since
+        why = (f"the data file {own.data.dataset} it trained on cannot be read now "
+               f"({exc.message if isinstance(exc, TunerError) else exc})")
+    else:
+        if then is None or now is None or then == now:
+            return own, None
+        why = (f"the data file {own.data.dataset} changed since night {study.study_name} "
+               f"trained on it (contents {then}, now {now})")
     stored = attrs.get(ATTR_VERDICT)
     if stored is not None:
         say(f"not judged again: {why}; its stored verdict stands")
@@ -188,8 +209,19 @@ def _finished_night(study: Any, night_sf: StudyFile, say: Callable[[str], None],
                           f"{source} --date {day.isoformat()}{flag}")
 
 
+def _training(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``[data]``/``[model]`` set-up of the study file a night last ran (its user
+    attributes ``attrs``), as its verdict compared it; ``None`` if it cannot be read."""
+    text = attrs.get(ATTR_LAST_FILE) or attrs.get(ATTR_CONFIG)
+    try:
+        return setup_sections(StudyFile.from_json(text), TRAINING) if text else None
+    except TunerError:
+        return None
+
+
 def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: int,
-                       source: str, storage_url: str, say: Callable[[str], None]) -> None:
+                       source: str, storage_url: str, say: Callable[[str], None],
+                       training: dict[str, Any] | None) -> None:
     """A night run after later ones (a back-fill, or a rerun that changed its result) is in
     their baselines from now on, but their stored verdicts counted it otherwise or not at all:
     say which, and how to judge them again without running more trials."""
@@ -197,13 +229,16 @@ def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: 
     if mine is None:  # no COMPLETE trial: no baseline counts this night
         return
     stale = []
-    for night in [x for x in list_nights(storage, base) if x.date > day and x.verdict][:n]:
-        used = next((b for b in (night.verdict.get("baseline") or {}).get("nights") or []
-                     if b.get("date") == day.isoformat()), None)
-        if used is None:
+    later = [x for x in list_nights(storage, base) if x.date > day and x.verdict]
+    for night in later[:LOOK_BACK * n]:  # (as far as a baseline looks back)
+        nights = (night.verdict.get("baseline") or {}).get("nights") or []
+        used = next((b for b in nights if b.get("date") == day.isoformat()), None)
+        if used is not None:
+            if used.get("value") != mine:
+                stale.append((night, f"with its earlier value {used.get('value'):.4f}"))
+        elif _training(night.user_attrs) == training and (  # (another set-up: not its baseline)
+                len(nights) < n or day.isoformat() > min(str(b.get("date")) for b in nights)):
             stale.append((night, "without this one"))
-        elif used.get("value") != mine:
-            stale.append((night, f"with its earlier value {used.get('value'):.4f}"))
     if not stale:
         return
     first = stale[0][0]

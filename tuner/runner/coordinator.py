@@ -784,7 +784,7 @@ class Runner:
         worker.current = worker.queued = None
         worker.conn.close()
         index = self.workers.index(worker)
-        if not worker.ready:
+        if not worker.ready and self.signals.received is None:  # (a stop signal is no failure)
             self.startup_failures += 1
             if self.startup_failures >= 3:
                 raise WorkerStartError(
