@@ -56,11 +56,14 @@ COPY --from=builder /opt/venv /opt/venv
 # read-only view of shared memory), training batches and whole-split evaluation, one thread and
 # threads (parallel=True: the build machine may have one core, the cluster's more). A container
 # whose CPU matches the build machine's starts training at once, any other compiles them when
-# its workers start (about 15 s) and keeps them for the container's life.
+# its workers start (about 15 s) and keeps them for the container's life. Writable by any user:
+# `docker compose run --user "$(id -u):$(id -g)" ... report` (docs/deploy.md) runs as another
+# uid, and numba refuses to import its kernels where it cannot write its cache.
 ENV NUMBA_CACHE_DIR=/var/cache/tuner/numba
 RUN mkdir -p "$NUMBA_CACHE_DIR" \
     && python -c "from tuner.kernels import warm_up; [warm_up(dtype, parallel=True) for dtype in ('float32', 'float64')]" \
-    && chown -R tuner:tuner /var/cache/tuner
+    && chown -R tuner:tuner /var/cache/tuner \
+    && chmod -R a+rwX /var/cache/tuner
 WORKDIR /app
 # read-only for the tuner user (owned by root); edit them in the repo or mount your own
 COPY studies/ /app/studies/

@@ -172,6 +172,14 @@ def test_init_on_an_old_sqlite_schema_changes_nothing(sqlite_url: str):
     assert "`optuna storage upgrade` is needed, nothing was changed" in stderr
     assert "copy the file" in stderr
     assert schema_state(sqlite_url) == (OLD_SCHEMA, [])
+    # any other command: the same way out (exit 3, a storage it cannot use), with a URL that
+    # connects ("$TUNER_STORAGE", never a masked password)
+    proc = run_tuner("ls", env=tuner_env(TUNER_STORAGE=sqlite_url))
+    assert proc.returncode == 3, text_of(proc)
+    stderr = " ".join(proc.stderr.split())
+    assert "has an older Optuna schema than this Optuna" in stderr, stderr
+    assert ('copy the file), then run `optuna storage upgrade --storage "$TUNER_STORAGE"` with '
+            "this Optuna version, then `tuner init` again") in stderr, stderr
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------

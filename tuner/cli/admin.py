@@ -22,7 +22,6 @@ upgrade`` (or is newer than this Optuna).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import typer
 
 from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
 from tuner.errors import StorageError
+from tuner.storage.urls import upgrade_hint
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -149,19 +149,6 @@ def wait_for_schema(url: str, wait: float, *, say: Any) -> tuple[Schema, float]:
             delay = min(delay * 2, MAX_BACKOFF_S)
 
 
-def _upgrade_hint(url: str) -> str:
-    from tuner.storage import mask_url
-    from tuner.storage.urls import ENV_VAR, has_password, sqlite_path
-
-    if os.environ.get(ENV_VAR):
-        target = f'"${ENV_VAR}"'
-    else:
-        target = f"'{mask_url(url)}'" + (" (with the real password)" if has_password(url) else "")
-    backup = "copy the file" if sqlite_path(url) is not None else "pg_dump, see docs/deploy.md"
-    return (f"back the database up first ({backup}), then run `optuna storage upgrade --storage "
-            f"{target}` with this Optuna version, then `tuner init` again")
-
-
 def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
     """Raise :class:`SchemaError` if the existing tables are not at this Optuna's head."""
     import optuna
@@ -176,7 +163,7 @@ def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
         found = schema.version or "from before schema versioning"
         raise SchemaError(f"{where} has an older Optuna schema {found}{by}; optuna "
                           f"{optuna.__version__} needs {head}: `optuna storage upgrade` is needed, "
-                          "nothing was changed", hint=_upgrade_hint(url))
+                          "nothing was changed", hint=upgrade_hint(url))
     raise SchemaError(f"{where} has Optuna schema {schema.version}{by}, which optuna "
                       f"{optuna.__version__} does not know (its newest is {head}): it was written by a "
                       "newer Optuna; nothing was changed",

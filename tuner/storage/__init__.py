@@ -250,8 +250,10 @@ def storage_error(exc: BaseException, url: str) -> StorageError:
     if "readonly database" in lowered:
         return StorageError(f"{where} is read-only: {text}", hint=READ_ONLY_HINT)
     if isinstance(root, RuntimeError) and "upgrade" in lowered:
-        return StorageError(f"{where} was written by an older Optuna schema: {text}",
-                            hint=f"run `optuna storage upgrade --storage '{masked}'` (back it up first)")
+        from tuner.storage.urls import upgrade_hint
+
+        return StorageError(f"{where} has an older Optuna schema than this Optuna "
+                            f"({optuna.__version__}) needs: {text}", hint=upgrade_hint(url))
     if isinstance(root, ImportError):
         return StorageError(f"no database driver for {masked}: {text}",
                             hint="PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'")

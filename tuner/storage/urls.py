@@ -208,3 +208,16 @@ def storage_note(url: str) -> str:
     if _found_by_itself(url) or not has_password(url):
         return ""
     return f"(first `export {ENV_VAR}='<the storage URL, with its password>'`)"
+
+
+def upgrade_hint(url: str) -> str:
+    """How to upgrade the Optuna schema of storage ``url``: back it up, ``optuna storage
+    upgrade`` (naming the URL as the user gave it: ``"$TUNER_STORAGE"``, never a masked
+    password that would not connect), then ``tuner init``."""
+    if os.environ.get(ENV_VAR):
+        target = f'"${ENV_VAR}"'
+    else:
+        target = f"'{mask_url(url)}'" + (" (with the real password)" if has_password(url) else "")
+    backup = "copy the file" if sqlite_path(url) is not None else "pg_dump, see docs/deploy.md"
+    return (f"back the database up first ({backup}), then run `optuna storage upgrade --storage "
+            f"{target}` with this Optuna version, then `tuner init` again")
