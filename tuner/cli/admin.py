@@ -31,7 +31,6 @@ import typer
 
 from tuner.cli.app import JsonOpt, StorageOpt, app, err, out, print_json
 from tuner.errors import StorageError
-from tuner.storage.urls import upgrade_hint
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -154,6 +153,7 @@ def check_schema(url: str, schema: Schema, head: str, known: list[str]) -> None:
     import optuna
 
     from tuner.storage import describe
+    from tuner.storage.urls import upgrade_hint
 
     if not schema.optuna_tables or schema.version == head:
         return
