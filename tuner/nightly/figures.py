@@ -273,7 +273,7 @@ def verdict_markdown(ctx: Any) -> str:
     study = getattr(ctx, "study", None)
     options = getattr(ctx, "options", None) or {}
     own = None if study is None else sweep_base(study.study_name, study.user_attrs.get(ATTR_NIGHT))
-    records: list[NightRecord] | None = None
+    records: list[NightRecord] | None = None  # the sweep's nights, once read
     if options.get("base") and options["base"] != own:
         base, records = _records(ctx)
         if not records:
@@ -286,7 +286,8 @@ def verdict_markdown(ctx: Any) -> str:
     else:
         text = _verdict_text(study.study_name, study.user_attrs, base_name(ctx))
     if int(options.get("last") or 0) > 0:
-        base, records = (base_name(ctx), records) if records is not None else _records(ctx)
+        if records is None:
+            base, records = _records(ctx)
         rows = [f"| {r.date} | {verdict_label(r.verdict, missing='–')} | {_f(r.best_value)} | "
                 f"{_f((r.verdict or {}).get('delta'), signed=True)} |" for r in records]
         text += "\n".join(["", "", f"Last {len(rows)} night(s) of `{base}`:", "",

@@ -402,7 +402,7 @@ def baseline_nights(storage: BufferedStorage, base: str, day: date, n: int, *,
     """The last ``n`` nights before ``day`` that have a COMPLETE trial, oldest first, and how
     many such nights were passed over on the way for another set-up.
 
-    ``training``: tonight's ``[data]``/``[model]`` sections (:func:`_setup` with
+    ``training``: tonight's ``[data]``/``[model]`` sections (:func:`setup_sections` with
     :data:`TRAINING`). Then the baseline is the last ``n`` nights trained under that set-up,
     looked for among the last ``LOOK_BACK * n`` nights; if none was, the last ``n`` nights
     whatever their set-up (the night of an edit is judged against the nights before it)."""

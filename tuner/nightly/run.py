@@ -174,15 +174,7 @@ def _finished_night(study: Any, night_sf: StudyFile, say: Callable[[str], None],
     changed or gone since (it stands: the incumbent cannot be re-trained on the night's data
     any more)."""
     attrs = study.user_attrs
-    own = night_sf
-    for key in (ATTR_LAST_FILE, ATTR_CONFIG):  # (the latter: unless a run stored an edit)
-        if not attrs.get(key):
-            continue
-        try:
-            own = StudyFile.from_json(attrs[key])
-            break
-        except TunerError:  # stored by another version of tuner, which this one cannot read
-            continue
+    own = _last_file(attrs) or night_sf
     edits = changed_keys(own.public_raw(), night_sf.public_raw())
     if edits:
         shown = "; ".join(edits[:4]) + (f"; {len(edits) - 4} more" if len(edits) > 4 else "")
@@ -209,14 +201,16 @@ def _finished_night(study: Any, night_sf: StudyFile, say: Callable[[str], None],
                           f"{source} --date {day.isoformat()}{flag}")
 
 
-def _training(attrs: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``[data]``/``[model]`` set-up of the study file a night last ran (its user
-    attributes ``attrs``), as its verdict compared it; ``None`` if it cannot be read."""
-    text = attrs.get(ATTR_LAST_FILE) or attrs.get(ATTR_CONFIG)
-    try:
-        return setup_sections(StudyFile.from_json(text), TRAINING) if text else None
-    except TunerError:
-        return None
+def _last_file(attrs: dict[str, Any]) -> StudyFile | None:
+    """The study file a night last ran (from its user attributes ``attrs``): the edit a run
+    stored, else the file it was created with; ``None`` if neither can be read."""
+    for key in (ATTR_LAST_FILE, ATTR_CONFIG):
+        if attrs.get(key):
+            try:
+                return StudyFile.from_json(attrs[key])
+            except TunerError:  # stored by another version of tuner, which this one cannot read
+                continue
+    return None
 
 
 def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: int,
@@ -230,13 +224,15 @@ def _note_later_nights(storage: Any, base: str, day: date, verdict: Verdict, n: 
         return
     stale = []
     later = [x for x in list_nights(storage, base) if x.date > day and x.verdict]
-    for night in later[:LOOK_BACK * n]:  # (as far as a baseline looks back)
+    # as far back as a baseline looks, and only nights of this night's set-up (another set-up
+    # leaves it out of their baselines)
+    for night in later[:LOOK_BACK * n]:
         nights = (night.verdict.get("baseline") or {}).get("nights") or []
         used = next((b for b in nights if b.get("date") == day.isoformat()), None)
         if used is not None:
             if used.get("value") != mine:
                 stale.append((night, f"with its earlier value {used.get('value'):.4f}"))
-        elif _training(night.user_attrs) == training and (  # (another set-up: not its baseline)
+        elif setup_sections(_last_file(night.user_attrs), TRAINING) == training and (
                 len(nights) < n or day.isoformat() > min(str(b.get("date")) for b in nights)):
             stale.append((night, "without this one"))
     if not stale:
